@@ -1,0 +1,116 @@
+//! The output of a tick: every watcher's diff in one compact batch.
+//!
+//! Layout is CSR: `watchers` (ascending), `offsets` (one more than watchers), and `items`,
+//! indexes into `entries`. Each changed user's entry is stored once however many friends
+//! watch it, so a transport can render it once and send the same bytes to every watcher.
+
+use crate::ids::UserId;
+use crate::presence::Change;
+use crate::shard::SessionId;
+
+/// How a tick computed its fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Nothing changed.
+    #[default]
+    Idle,
+    /// For each changed user, its friends that are live.
+    Push,
+    /// For each live watcher, its friends that changed.
+    Pull,
+}
+
+/// Counters of one tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickStats {
+    /// Users whose visible state changed.
+    pub transitions: usize,
+    /// Users with a connected session when the tick was taken.
+    pub live_watchers: u64,
+    /// Work estimates the strategy was picked by.
+    pub push_cost: u64,
+    pub pull_cost: u64,
+    pub strategy: Strategy,
+    /// Net friend-list changes announced.
+    pub edge_changes: usize,
+}
+
+/// Every watcher's diff for one tick.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Tick number, starting at 1. A session whose welcome carried tick `t` must be handed the
+    /// diffs of ticks after `t` only.
+    pub tick: u64,
+    /// The `now` the tick was computed at.
+    pub now: u64,
+    /// Entries referenced by `items`: first the users whose presence changed (ascending ids),
+    /// then entries for friends added or removed while live.
+    pub entries: Vec<(UserId, Change)>,
+    /// Watchers with a non-empty diff, ascending.
+    pub watchers: Vec<UserId>,
+    /// `items[offsets[i]..offsets[i + 1]]` is the diff of `watchers[i]`.
+    pub offsets: Vec<u32>,
+    /// Indexes into `entries`.
+    pub items: Vec<u32>,
+    /// Sessions the heartbeat timeout expired since the last tick: close them.
+    pub expired: Vec<SessionId>,
+    pub stats: TickStats,
+}
+
+impl Batch {
+    /// Number of diff entries across all watchers (what a transport sends).
+    pub fn entry_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// `(watcher, items)` for every watcher with a diff.
+    pub fn diffs(&self) -> impl ExactSizeIterator<Item = (UserId, &[u32])> + '_ {
+        self.watchers.iter().enumerate().map(move |(i, &w)| {
+            (
+                w,
+                &self.items[self.offsets[i] as usize..self.offsets[i + 1] as usize],
+            )
+        })
+    }
+
+    /// The diff of one watcher (empty if it has none).
+    pub fn diff_of(&self, watcher: UserId) -> &[u32] {
+        match self.watchers.binary_search(&watcher) {
+            Ok(i) => &self.items[self.offsets[i] as usize..self.offsets[i + 1] as usize],
+            Err(_) => &[],
+        }
+    }
+
+    pub fn entry(&self, item: u32) -> &(UserId, Change) {
+        &self.entries[item as usize]
+    }
+
+    /// Builds the CSR arrays from `(watcher << 32 | item)` keys.
+    pub(crate) fn fill_from_pairs(&mut self, pairs: &mut [u64]) {
+        radsort::sort(pairs);
+        self.watchers.clear();
+        self.offsets.clear();
+        self.items.clear();
+        self.items.reserve(pairs.len());
+        let mut last = None;
+        for &p in pairs.iter() {
+            let w = (p >> 32) as u32;
+            if last != Some(w) {
+                self.offsets.push(self.items.len() as u32);
+                self.watchers.push(UserId(w));
+                last = Some(w);
+            }
+            self.items.push(p as u32);
+        }
+        self.offsets.push(self.items.len() as u32);
+    }
+
+    /// The CSR as `(watcher << 32 | item)` keys.
+    pub(crate) fn to_pairs(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.items.len());
+        for (w, items) in self.diffs() {
+            out.extend(items.iter().map(|&i| (u64::from(w.0) << 32) | u64::from(i)));
+        }
+        out
+    }
+}

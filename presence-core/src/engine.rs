@@ -1,0 +1,622 @@
+//! The engine: users striped over lock shards, the friend graph, and the tick that turns what
+//! happened since the last tick into one batch of diffs.
+//!
+//! Locks, and the order they are taken in: the tick lock (one tick at a time), then the graph,
+//! then one shard at a time; the interner is only ever taken alone. `connect` registers the
+//! session and reads its snapshot under the graph's read lock, and the tick publishes new
+//! states under the graph's write lock, so every snapshot sits exactly between two ticks.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+use hashbrown::{DefaultHashBuilder, HashMap};
+use roaring::RoaringBitmap;
+
+use crate::batch::{Batch, Strategy, TickStats};
+use crate::config::{Config, FanoutPolicy};
+use crate::error::{ConfigError, Error};
+use crate::graph::Graph;
+use crate::ids::{Interner, UserId};
+use crate::presence::{Change, Presence, Status};
+use crate::shard::{Disconnect, SessionId, Shard};
+use crate::sync::{Mutex, RwLock, downgrade, parallel_map};
+
+/// What a new session starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub session: SessionId,
+    /// The tick this snapshot was taken after: hand this session the batches of later ticks.
+    pub tick: u64,
+    /// Presence of every friend, ascending by id.
+    pub friends: Vec<(UserId, Presence)>,
+}
+
+/// Counts of what the engine holds, for metrics and memory reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub users: usize,
+    pub sessions: usize,
+    pub edges: u64,
+    pub wheel_entries: usize,
+    /// Bytes of per-user state: user records, sessions, wheels, live sets, side tables.
+    pub state_bytes: usize,
+    /// Bytes of the friend graph.
+    pub graph_bytes: usize,
+    /// Bytes of the id interner.
+    pub interner_bytes: usize,
+    /// Friend sets held as roaring bitmaps (the rest are plain sorted slices).
+    pub roaring_sets: usize,
+}
+
+/// State the tick keeps between runs.
+#[derive(Debug, Default)]
+struct Ticker {
+    tick: u64,
+    /// Dense `user -> index in this tick's entries` map for pull fan-out (`u32::MAX` = none).
+    index: Vec<u32>,
+}
+
+/// The presence engine. All methods take `&self` and may be called from many threads.
+pub struct Engine {
+    cfg: Config,
+    shard_bits: u32,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    graph: RwLock<GraphState>,
+    names: RwLock<Interner>,
+    ticker: Mutex<Ticker>,
+    device_hasher: DefaultHashBuilder,
+}
+
+/// The graph plus the number of the last published tick, under one lock.
+#[derive(Debug, Default)]
+struct GraphState {
+    graph: Graph,
+    published_tick: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// A new, empty engine whose clock starts at `start` (ms since the epoch).
+    pub fn new(cfg: Config, start: u64) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let shard_bits = cfg.shards.trailing_zeros();
+        let shards = (0..cfg.shards)
+            .map(|i| CachePadded::new(Mutex::new(Shard::new(i as u32, shard_bits, start))))
+            .collect();
+        Ok(Self {
+            cfg,
+            shard_bits,
+            shards,
+            graph: RwLock::new(GraphState::default()),
+            names: RwLock::new(Interner::new()),
+            ticker: Mutex::new(Ticker::default()),
+            device_hasher: DefaultHashBuilder::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn shard(&self, id: u32) -> &Mutex<Shard> {
+        &self.shards[(id & ((1 << self.shard_bits) - 1)) as usize]
+    }
+
+    // ---- ids -------------------------------------------------------------------------------
+
+    /// The dense id of an app user id, interning it if new.
+    pub fn intern(&self, name: &str) -> Result<UserId, Error> {
+        if let Some(id) = self.names.read().get(name) {
+            return Ok(id);
+        }
+        Ok(self.names.write().intern(name)?.0)
+    }
+
+    /// The dense id of an app user id, if known.
+    pub fn lookup(&self, name: &str) -> Option<UserId> {
+        self.names.read().get(name)
+    }
+
+    /// The app's id for a dense id.
+    pub fn name(&self, id: UserId) -> Option<String> {
+        self.names.read().name(id).map(str::to_owned)
+    }
+
+    /// Calls `f` with the app id of each dense id (one lock for the lot).
+    pub fn with_names<R>(
+        &self,
+        f: impl for<'a> FnOnce(&'a dyn Fn(UserId) -> Option<&'a str>) -> R,
+    ) -> R {
+        let names = self.names.read();
+        f(&|id| names.name(id))
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.names.read().len()
+    }
+
+    fn check_user(&self, id: UserId) -> Result<(), Error> {
+        if id.index() < self.names.read().len() {
+            Ok(())
+        } else {
+            Err(Error::UnknownUser(id))
+        }
+    }
+
+    // ---- sessions --------------------------------------------------------------------------
+
+    /// Starts a session of `user` on `device` and returns its snapshot of friends.
+    pub fn connect(&self, user: UserId, device: &str, now: u64) -> Result<Welcome, Error> {
+        self.check_user(user)?;
+        let device = self.device_hasher.hash_one(device);
+        let g = self.graph.read();
+        let session = self
+            .shard(user.0)
+            .lock()
+            .connect(user.0, device, now, &self.cfg)?;
+        let friends = self.published_of(&g.graph.published_friends(user.0));
+        Ok(Welcome {
+            session,
+            tick: g.published_tick,
+            friends,
+        })
+    }
+
+    /// Published presence of `ids` (ascending ids lock each shard once).
+    fn published_of(&self, ids: &[u32]) -> Vec<(UserId, Presence)> {
+        let mut out: Vec<(UserId, Presence)> = Vec::with_capacity(ids.len());
+        let mask = (1u32 << self.shard_bits) - 1;
+        let mut order: Vec<u32> = ids.to_vec();
+        order.sort_unstable_by_key(|&id| (id & mask, id));
+        let mut i = 0;
+        while i < order.len() {
+            let s = order[i] & mask;
+            let shard = self.shard(order[i]).lock();
+            while i < order.len() && order[i] & mask == s {
+                out.push((UserId(order[i]), shard.published(order[i])));
+                i += 1;
+            }
+        }
+        out.sort_unstable_by_key(|(id, _)| *id);
+        out
+    }
+
+    pub fn disconnect(&self, session: SessionId, how: Disconnect, now: u64) -> Result<(), Error> {
+        self.shard(session.user)
+            .lock()
+            .disconnect(session, how, now, &self.cfg)
+    }
+
+    /// The person did something: resets idleness. The hot path.
+    pub fn activity(&self, session: SessionId, now: u64) -> Result<(), Error> {
+        self.shard(session.user).lock().activity(session, now)
+    }
+
+    /// The connection is alive; idleness is untouched.
+    pub fn heartbeat(&self, session: SessionId, now: u64) -> Result<(), Error> {
+        self.shard(session.user).lock().heartbeat(session, now)
+    }
+
+    /// Sets the user's custom status and optional text.
+    pub fn set_status(
+        &self,
+        user: UserId,
+        status: Status,
+        text: Option<&str>,
+        now: u64,
+    ) -> Result<(), Error> {
+        self.check_user(user)?;
+        let text = match text {
+            Some(t) if !t.is_empty() => {
+                let len = t.chars().count();
+                if len > self.cfg.max_status_text {
+                    return Err(Error::TextTooLong {
+                        len,
+                        max: self.cfg.max_status_text,
+                    });
+                }
+                Some(Arc::from(t))
+            }
+            _ => None,
+        };
+        self.shard(user.0)
+            .lock()
+            .set_status(user.0, status, text, now, &self.cfg);
+        Ok(())
+    }
+
+    // ---- queries ---------------------------------------------------------------------------
+
+    /// Published presence of one user (what friends currently see).
+    pub fn presence(&self, user: UserId) -> Presence {
+        self.shard(user.0).lock().published(user.0)
+    }
+
+    /// Published presence of many users, in the order given.
+    pub fn presence_of(&self, users: &[UserId]) -> Vec<Presence> {
+        let ids: Vec<u32> = users.iter().map(|u| u.0).collect();
+        let found = self.published_of(&ids);
+        users
+            .iter()
+            .map(|u| {
+                found
+                    .binary_search_by_key(u, |(id, _)| *id)
+                    .map_or(Presence::NEVER_SEEN, |i| found[i].1.clone())
+            })
+            .collect()
+    }
+
+    /// The snapshot a new session of `user` would get, without starting one.
+    pub fn friends_presence(&self, user: UserId) -> Vec<(UserId, Presence)> {
+        let g = self.graph.read();
+        self.published_of(&g.graph.published_friends(user.0))
+    }
+
+    /// Whether `user` has at least one connected session.
+    pub fn is_live(&self, user: UserId) -> bool {
+        self.shard(user.0).lock().is_live(user.0)
+    }
+
+    // ---- friend graph ----------------------------------------------------------------------
+
+    /// Current friends of `user`, ascending.
+    pub fn friends(&self, user: UserId) -> Vec<UserId> {
+        let g = self.graph.read();
+        g.graph.friends(user.0).into_iter().map(UserId).collect()
+    }
+
+    pub fn are_friends(&self, a: UserId, b: UserId) -> bool {
+        self.graph.read().graph.are_friends(a.0, b.0)
+    }
+
+    /// Applies edge additions and removals atomically: either every pair is valid and the
+    /// whole request is applied, or nothing changes. Pairs already in the wanted state are not
+    /// errors; they count as neither added nor removed. Returns (added, removed).
+    pub fn apply_friendships(
+        &self,
+        add: &[(UserId, UserId)],
+        remove: &[(UserId, UserId)],
+    ) -> Result<(u64, u64), Error> {
+        let users = self.names.read().len();
+        let mut g = self.graph.write();
+        let graph = &mut g.graph;
+        let mut seen = hashbrown::HashSet::with_capacity(add.len() + remove.len());
+        let mut delta: HashMap<u32, i64> = HashMap::new();
+        for (list, sign) in [(add, 1i64), (remove, -1i64)] {
+            for &(a, b) in list {
+                for id in [a, b] {
+                    if id.index() >= users {
+                        return Err(Error::UnknownUser(id));
+                    }
+                }
+                if a == b {
+                    return Err(Error::SelfFriendship(a));
+                }
+                let key = (a.0.min(b.0), a.0.max(b.0));
+                if !seen.insert(key) {
+                    return Err(Error::DuplicateEdge(a, b));
+                }
+                let exists = graph.are_friends(a.0, b.0);
+                if (sign > 0) != exists {
+                    *delta.entry(a.0).or_default() += sign;
+                    *delta.entry(b.0).or_default() += sign;
+                }
+            }
+        }
+        for (&id, &d) in &delta {
+            let would_have = (graph.degree(id) as i64 + d).max(0) as u64;
+            if d > 0 && would_have > u64::from(self.cfg.max_friends) {
+                return Err(Error::TooManyFriends {
+                    user: UserId(id),
+                    would_have,
+                    cap: self.cfg.max_friends,
+                });
+            }
+        }
+        let (mut added, mut removed) = (0, 0);
+        for &(a, b) in add {
+            added += u64::from(graph.add_edge(a.0, b.0));
+        }
+        for &(a, b) in remove {
+            removed += u64::from(graph.remove_edge(a.0, b.0));
+        }
+        Ok((added, removed))
+    }
+
+    /// Adds one friendship; `Ok(false)` if they already were friends.
+    pub fn add_friendship(&self, a: UserId, b: UserId) -> Result<bool, Error> {
+        Ok(self.apply_friendships(&[(a, b)], &[])?.0 == 1)
+    }
+
+    /// Removes one friendship; `Ok(false)` if they were not friends.
+    pub fn remove_friendship(&self, a: UserId, b: UserId) -> Result<bool, Error> {
+        Ok(self.apply_friendships(&[], &[(a, b)])?.1 == 1)
+    }
+
+    /// Replaces `user`'s friend list (edges stay symmetric). Returns (added, removed).
+    pub fn replace_friends(&self, user: UserId, friends: &[UserId]) -> Result<(u64, u64), Error> {
+        let current = self.friends(user);
+        let mut wanted: Vec<UserId> = friends.to_vec();
+        wanted.sort_unstable();
+        if let Some(w) = wanted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::DuplicateEdge(user, w[0]));
+        }
+        let add: Vec<(UserId, UserId)> = wanted
+            .iter()
+            .filter(|f| current.binary_search(f).is_err())
+            .map(|&f| (user, f))
+            .collect();
+        let remove: Vec<(UserId, UserId)> = current
+            .iter()
+            .filter(|f| wanted.binary_search(f).is_err())
+            .map(|&f| (user, f))
+            .collect();
+        self.apply_friendships(&add, &remove)
+    }
+
+    // ---- tick ------------------------------------------------------------------------------
+
+    /// Fires due deadlines, publishes every visible change since the last tick and computes
+    /// each live watcher's diff. Call it periodically (the node does every 200 ms).
+    pub fn tick(&self, now: u64) -> Batch {
+        let mut ticker = self.ticker.lock();
+        ticker.tick += 1;
+        let tick = ticker.tick;
+
+        let mut gw = self.graph.write();
+        let collected = parallel_map(self.shards.len(), self.cfg.threads, |i| {
+            self.shards[i].lock().collect(now, &self.cfg)
+        });
+        let edge_events = gw.graph.drain_journal();
+        gw.published_tick = tick;
+        let g = downgrade(gw);
+        let graph = &g.graph;
+
+        let mut batch = Batch {
+            tick,
+            now,
+            ..Batch::default()
+        };
+        let mut live = RoaringBitmap::new();
+        let mut changed: Vec<(u32, Presence)> = Vec::new();
+        for c in collected {
+            live |= c.live;
+            changed.extend(c.changes);
+            batch.expired.extend(c.expired);
+        }
+        changed.sort_unstable_by_key(|(id, _)| *id);
+        let changed_ids: Vec<u32> = changed.iter().map(|(id, _)| *id).collect();
+        batch.entries = changed
+            .into_iter()
+            .map(|(id, p)| (UserId(id), Change::Presence(p)))
+            .collect();
+
+        let push_cost: u64 = changed_ids.iter().map(|&u| graph.degree(u)).sum();
+        let users = graph.sets.len().max(1) as u64;
+        let pull_cost = live.len() * (2 * graph.edges()).div_ceil(users);
+        let strategy = if changed_ids.is_empty() || live.is_empty() {
+            Strategy::Idle
+        } else {
+            match self.cfg.fanout {
+                FanoutPolicy::Push => Strategy::Push,
+                FanoutPolicy::Pull => Strategy::Pull,
+                // Push also sorts what it emits: weigh its per-friend work twice.
+                FanoutPolicy::Auto if 2 * push_cost <= pull_cost => Strategy::Push,
+                FanoutPolicy::Auto => Strategy::Pull,
+            }
+        };
+        match strategy {
+            Strategy::Idle => batch.offsets.push(0),
+            Strategy::Push => self.fan_out_push(graph, &changed_ids, &live, &mut batch),
+            Strategy::Pull => {
+                self.fan_out_pull(graph, &changed_ids, &live, &mut ticker.index, &mut batch)
+            }
+        }
+
+        let edge_changes = self.announce_edges(&edge_events, &changed_ids, &live, &mut batch);
+        drop(g);
+
+        batch.stats = TickStats {
+            transitions: changed_ids.len(),
+            live_watchers: live.len(),
+            push_cost,
+            pull_cost,
+            strategy,
+            edge_changes,
+        };
+        batch
+    }
+
+    fn fan_out_push(
+        &self,
+        graph: &Graph,
+        changed: &[u32],
+        live: &RoaringBitmap,
+        batch: &mut Batch,
+    ) {
+        let threads = self.cfg.threads.max(1);
+        let chunk = changed.len().div_ceil(threads).max(1);
+        let parts = parallel_map(changed.len().div_ceil(chunk), threads, |t| {
+            let lo = t * chunk;
+            let hi = (lo + chunk).min(changed.len());
+            let mut pairs = Vec::new();
+            for (idx, &u) in changed[lo..hi].iter().enumerate() {
+                let item = (lo + idx) as u64;
+                if let Some(set) = graph.set(u) {
+                    set.for_each(|w| {
+                        if live.contains(w) {
+                            pairs.push((u64::from(w) << 32) | item);
+                        }
+                    });
+                }
+            }
+            pairs
+        });
+        let mut pairs: Vec<u64> = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_default()
+        } else {
+            let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+            for p in parts {
+                all.extend_from_slice(&p);
+            }
+            all
+        };
+        batch.fill_from_pairs(&mut pairs);
+    }
+
+    fn fan_out_pull(
+        &self,
+        graph: &Graph,
+        changed: &[u32],
+        live: &RoaringBitmap,
+        index: &mut Vec<u32>,
+        batch: &mut Batch,
+    ) {
+        if index.len() < graph.sets.len() {
+            index.resize(graph.sets.len(), u32::MAX);
+        }
+        for (i, &u) in changed.iter().enumerate() {
+            if let Some(slot) = index.get_mut(u as usize) {
+                *slot = i as u32;
+            }
+        }
+        let watchers: Vec<u32> = live.iter().collect();
+        let threads = self.cfg.threads.max(1);
+        let chunk = watchers.len().div_ceil(threads).max(1);
+        let index_ref: &[u32] = index;
+        let parts = parallel_map(watchers.len().div_ceil(chunk), threads, |t| {
+            let lo = t * chunk;
+            let hi = (lo + chunk).min(watchers.len());
+            let mut ws = Vec::new();
+            let mut ends = Vec::new();
+            let mut items = Vec::new();
+            for &w in &watchers[lo..hi] {
+                let start = items.len();
+                if let Some(set) = graph.set(w) {
+                    set.for_each(|u| {
+                        if let Some(&i) = index_ref.get(u as usize) {
+                            if i != u32::MAX {
+                                items.push(i);
+                            }
+                        }
+                    });
+                }
+                if items.len() > start {
+                    ws.push(UserId(w));
+                    ends.push(items.len() as u32);
+                }
+            }
+            (ws, ends, items)
+        });
+        batch.offsets.push(0);
+        for (ws, ends, items) in parts {
+            let base = batch.items.len() as u32;
+            batch.watchers.extend(ws);
+            batch.offsets.extend(ends.iter().map(|e| e + base));
+            batch.items.extend(items);
+        }
+        for &u in changed {
+            if let Some(slot) = index.get_mut(u as usize) {
+                *slot = u32::MAX;
+            }
+        }
+    }
+
+    /// Adds the net friend additions and removals since the last tick to live endpoints'
+    /// diffs. Returns how many were announced.
+    fn announce_edges(
+        &self,
+        events: &[(u32, u32, bool)],
+        changed: &[u32],
+        live: &RoaringBitmap,
+        batch: &mut Batch,
+    ) -> usize {
+        let mut extra: Vec<u64> = Vec::new();
+        let mut added_idx: HashMap<u32, u32> = HashMap::new();
+        let mut removed_idx: HashMap<u32, u32> = HashMap::new();
+        for &(w, f, now_friends) in events {
+            if !live.contains(w) {
+                continue;
+            }
+            let item = if now_friends {
+                if changed.binary_search(&f).is_ok() {
+                    continue; // the fan-out already carries f's new presence to w
+                }
+                *added_idx.entry(f).or_insert_with(|| {
+                    let p = self.shard(f).lock().published(f);
+                    batch.entries.push((UserId(f), Change::Presence(p)));
+                    (batch.entries.len() - 1) as u32
+                })
+            } else {
+                *removed_idx.entry(f).or_insert_with(|| {
+                    batch.entries.push((UserId(f), Change::Removed));
+                    (batch.entries.len() - 1) as u32
+                })
+            };
+            extra.push((u64::from(w) << 32) | u64::from(item));
+        }
+        let announced = extra.len();
+        if announced > 0 {
+            let mut pairs = batch.to_pairs();
+            pairs.extend(extra);
+            batch.fill_from_pairs(&mut pairs);
+        }
+        announced
+    }
+
+    // ---- bulk load and accounting ----------------------------------------------------------
+
+    /// Replaces the id table and friend graph wholesale (from a snapshot). Only valid before
+    /// any session exists; refuses otherwise.
+    pub(crate) fn install(&self, names: Interner, graph: Graph) -> Result<(), Error> {
+        let mut g = self.graph.write();
+        for shard in self.shards.iter() {
+            if shard.lock().session_count() > 0 {
+                return Err(Error::NotEmpty);
+            }
+        }
+        *self.names.write() = names;
+        g.graph = graph;
+        Ok(())
+    }
+
+    /// Reads the graph under its lock.
+    pub(crate) fn with_graph<R>(&self, f: impl FnOnce(&Graph) -> R) -> R {
+        f(&self.graph.read().graph)
+    }
+
+    /// Reads the interner under its lock.
+    pub(crate) fn with_interner<R>(&self, f: impl FnOnce(&Interner) -> R) -> R {
+        f(&self.names.read())
+    }
+
+    /// What the engine holds, and its bytes.
+    pub fn footprint(&self) -> Footprint {
+        let mut fp = Footprint::default();
+        for shard in self.shards.iter() {
+            let s = shard.lock();
+            fp.sessions += s.session_count();
+            fp.wheel_entries += s.wheel_len();
+            fp.state_bytes += s.state_bytes();
+        }
+        fp.state_bytes += self.shards.len() * std::mem::size_of::<CachePadded<Mutex<Shard>>>();
+        {
+            let g = self.graph.read();
+            fp.edges = g.graph.edges();
+            fp.graph_bytes = g.graph.heap_bytes();
+            fp.roaring_sets = g.graph.roaring_sets();
+        }
+        let names = self.names.read();
+        fp.users = names.len();
+        fp.interner_bytes = names.heap_bytes();
+        fp
+    }
+}

@@ -1,0 +1,623 @@
+//! One lock stripe of users: their state machines, sessions and timing wheel.
+//!
+//! Everything here runs under the shard's mutex and takes `now` as an argument. The hot path
+//! (`activity`, `heartbeat`) writes a timestamp and at most sets a dirty bit; deadlines it
+//! pushes later are re-armed lazily when the wheel reaches the old one.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use roaring::RoaringBitmap;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::presence::{Presence, State, Status};
+use crate::wheel::{Entry, Wheel};
+
+const NIL: u32 = u32::MAX;
+const NO_DEADLINE: u64 = u64::MAX;
+
+const DIRTY: u8 = 1;
+const HAS_EXT: u8 = 2;
+
+const IN_USE: u32 = 1 << 31;
+const LINGERING: u32 = 1 << 30;
+const GEN_MASK: u32 = LINGERING - 1;
+
+/// A live or lingering session, as handed out by `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    pub user: u32,
+    pub(crate) slot: u32,
+    pub(crate) tag: u32,
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The connection dropped: keep the user present for the grace period, so a quick
+    /// reconnect does not flap.
+    Dropped,
+    /// The user logged out: no grace period.
+    LoggedOut,
+}
+
+/// Per-user state: 32 bytes.
+#[derive(Debug, Clone, Copy)]
+struct User {
+    /// Last activity over all devices, ms since the epoch (0 = never).
+    last_active: u64,
+    /// `last_active` of the published entry.
+    pub_la: u64,
+    /// The earliest deadline this user has in the wheel (`NO_DEADLINE` if none).
+    armed: u64,
+    /// Head of the user's session list in the shard's slab.
+    first: u32,
+    status: u8,
+    pub_state: u8,
+    pub_status: u8,
+    flags: u8,
+}
+
+impl Default for User {
+    fn default() -> Self {
+        Self {
+            last_active: 0,
+            pub_la: 0,
+            armed: NO_DEADLINE,
+            first: NIL,
+            status: Status::Available as u8,
+            pub_state: State::Offline.code(),
+            pub_status: Status::Available as u8,
+            flags: 0,
+        }
+    }
+}
+
+/// A session slot: 24 bytes. `at` is the last contact while connected, the grace expiry
+/// while lingering.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    device: u64,
+    at: u64,
+    next: u32,
+    tag: u32,
+}
+
+/// Rarely present per-user data: status text and the last-active time frozen while invisible.
+#[derive(Debug, Default, Clone)]
+struct Ext {
+    text: Option<Arc<str>>,
+    pub_text: Option<Arc<str>>,
+    frozen_la: u64,
+}
+
+/// What one shard contributes to a tick.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    /// Global ids whose visible state changed, ascending, with their new presence.
+    pub changes: Vec<(u32, Presence)>,
+    /// Global ids with at least one connected session.
+    pub live: RoaringBitmap,
+    /// Sessions expired by the heartbeat timeout since the last tick.
+    pub expired: Vec<SessionId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    index: u32,
+    bits: u32,
+    users: Vec<User>,
+    sessions: Vec<Session>,
+    free: Vec<u32>,
+    wheel: Wheel,
+    dirty: Vec<u32>,
+    live: RoaringBitmap,
+    ext: HashMap<u32, Ext>,
+    /// Highest `now` seen: time never goes backwards inside a shard.
+    clock: u64,
+    fired: Vec<Entry>,
+    expired: Vec<SessionId>,
+}
+
+impl Shard {
+    pub fn new(index: u32, bits: u32, start: u64) -> Self {
+        Self {
+            index,
+            bits,
+            users: Vec::new(),
+            sessions: Vec::new(),
+            free: Vec::new(),
+            wheel: Wheel::new(start),
+            dirty: Vec::new(),
+            live: RoaringBitmap::new(),
+            ext: HashMap::new(),
+            clock: start,
+            fired: Vec::new(),
+            expired: Vec::new(),
+        }
+    }
+
+    fn local(&self, global: u32) -> usize {
+        (global >> self.bits) as usize
+    }
+
+    fn global(&self, local: usize) -> u32 {
+        ((local as u32) << self.bits) | self.index
+    }
+
+    fn tick_clock(&mut self, now: u64) -> u64 {
+        self.clock = self.clock.max(now);
+        self.clock
+    }
+
+    /// Makes room for users up to `global`.
+    pub fn ensure(&mut self, global: u32) {
+        let local = self.local(global);
+        if local >= self.users.len() {
+            self.users.resize(local + 1, User::default());
+        }
+    }
+
+    fn mark_dirty(&mut self, local: usize) {
+        let u = &mut self.users[local];
+        if u.flags & DIRTY == 0 {
+            u.flags |= DIRTY;
+            self.dirty.push(local as u32);
+        }
+    }
+
+    fn session_ok(&self, id: SessionId) -> Option<usize> {
+        let s = self.sessions.get(id.slot as usize)?;
+        let local = self.local(id.user);
+        (s.tag & IN_USE != 0 && s.tag & GEN_MASK == id.tag && local < self.users.len())
+            .then_some(local)
+    }
+
+    fn alloc_session(&mut self, s: Session) -> u32 {
+        if let Some(slot) = self.free.pop() {
+            let tag = self.sessions[slot as usize].tag;
+            self.sessions[slot as usize] = Session {
+                tag: (tag & GEN_MASK) | IN_USE,
+                ..s
+            };
+            slot
+        } else {
+            let slot = self.sessions.len() as u32;
+            self.sessions.push(Session { tag: IN_USE, ..s });
+            slot
+        }
+    }
+
+    /// Unlinks `slot` from `local`'s list (given its predecessor) and frees it.
+    fn free_session(&mut self, local: usize, prev: u32, slot: u32) {
+        let next = self.sessions[slot as usize].next;
+        if prev == NIL {
+            self.users[local].first = next;
+        } else {
+            self.sessions[prev as usize].next = next;
+        }
+        let s = &mut self.sessions[slot as usize];
+        s.tag = (s.tag.wrapping_add(1)) & GEN_MASK;
+        s.next = NIL;
+        self.free.push(slot);
+    }
+
+    fn has_connected(&self, local: usize) -> bool {
+        let mut slot = self.users[local].first;
+        while slot != NIL {
+            let s = &self.sessions[slot as usize];
+            if s.tag & LINGERING == 0 {
+                return true;
+            }
+            slot = s.next;
+        }
+        false
+    }
+
+    /// Drops sessions whose heartbeat timed out or whose grace ran out by `now`.
+    fn expire_sessions(&mut self, local: usize, now: u64, cfg: &Config) {
+        let mut prev = NIL;
+        let mut slot = self.users[local].first;
+        let mut removed = false;
+        while slot != NIL {
+            let s = self.sessions[slot as usize];
+            let lingering = s.tag & LINGERING != 0;
+            let gone = if lingering {
+                s.at <= now
+            } else {
+                s.at.saturating_add(cfg.heartbeat_timeout_ms) <= now
+            };
+            if gone {
+                if !lingering {
+                    self.expired.push(SessionId {
+                        user: self.global(local),
+                        slot,
+                        tag: s.tag & GEN_MASK,
+                    });
+                }
+                self.free_session(local, prev, slot);
+                removed = true;
+            } else {
+                prev = slot;
+            }
+            slot = s.next;
+        }
+        if removed {
+            if !self.has_connected(local) {
+                self.live.remove(self.global(local));
+            }
+            self.mark_dirty(local);
+        }
+    }
+
+    /// The user's visible presence at `now`, from scratch.
+    fn evaluate(&self, local: usize, now: u64, cfg: &Config) -> Presence {
+        let u = &self.users[local];
+        let mut present = false;
+        let mut slot = u.first;
+        while slot != NIL {
+            let s = &self.sessions[slot as usize];
+            let alive = if s.tag & LINGERING != 0 {
+                s.at > now
+            } else {
+                s.at.saturating_add(cfg.heartbeat_timeout_ms) > now
+            };
+            if alive {
+                present = true;
+                break;
+            }
+            slot = s.next;
+        }
+        let status = Status::from_u8(u.status);
+        let nonzero = |t: u64| (t != 0).then_some(t);
+        if status == Status::Invisible {
+            let frozen = self.ext.get(&(local as u32)).map_or(0, |e| e.frozen_la);
+            return Presence {
+                last_active: nonzero(frozen),
+                ..Presence::NEVER_SEEN
+            };
+        }
+        if !present {
+            return Presence {
+                last_active: nonzero(u.last_active),
+                ..Presence::NEVER_SEEN
+            };
+        }
+        let idle_for = now.saturating_sub(u.last_active);
+        let passed = cfg
+            .idle_thresholds_ms
+            .iter()
+            .take_while(|&&t| t <= idle_for)
+            .count();
+        let state = if passed == 0 {
+            State::Online
+        } else {
+            State::Idle((passed - 1) as u8)
+        };
+        let text = if u.flags & HAS_EXT != 0 {
+            self.ext.get(&(local as u32)).and_then(|e| e.text.clone())
+        } else {
+            None
+        };
+        Presence {
+            state,
+            last_active: nonzero(u.last_active),
+            status,
+            text,
+        }
+    }
+
+    /// The entry friends were last told about.
+    fn published_local(&self, local: usize) -> Presence {
+        let Some(u) = self.users.get(local) else {
+            return Presence::NEVER_SEEN;
+        };
+        let state = State::from_code(u.pub_state);
+        let text = if u.flags & HAS_EXT != 0 && state != State::Offline {
+            self.ext
+                .get(&(local as u32))
+                .and_then(|e| e.pub_text.clone())
+        } else {
+            None
+        };
+        Presence {
+            state,
+            last_active: (u.pub_la != 0).then_some(u.pub_la),
+            status: if state == State::Offline {
+                Status::Available
+            } else {
+                Status::from_u8(u.pub_status)
+            },
+            text,
+        }
+    }
+
+    pub fn published(&self, global: u32) -> Presence {
+        self.published_local(self.local(global))
+    }
+
+    /// The earliest moment after `now` at which this user's visible state could change
+    /// without any event.
+    fn next_deadline(&self, local: usize, now: u64, cfg: &Config) -> u64 {
+        let u = &self.users[local];
+        let mut d = NO_DEADLINE;
+        let mut slot = u.first;
+        while slot != NIL {
+            let s = &self.sessions[slot as usize];
+            let at = if s.tag & LINGERING != 0 {
+                s.at
+            } else {
+                s.at.saturating_add(cfg.heartbeat_timeout_ms)
+            };
+            d = d.min(at);
+            slot = s.next;
+        }
+        if u.first != NIL && Status::from_u8(u.status) != Status::Invisible {
+            if let Some(&t) = cfg
+                .idle_thresholds_ms
+                .iter()
+                .find(|&&t| u.last_active.saturating_add(t) > now)
+            {
+                d = d.min(u.last_active.saturating_add(t));
+            }
+        }
+        d
+    }
+
+    /// Puts the user's next deadline in the wheel if it is earlier than the armed one.
+    fn arm(&mut self, local: usize, now: u64, cfg: &Config) {
+        let d = self.next_deadline(local, now, cfg);
+        let u = &mut self.users[local];
+        if d < u.armed {
+            u.armed = d;
+            self.wheel.insert(local as u32, d);
+        }
+    }
+
+    pub fn connect(
+        &mut self,
+        global: u32,
+        device: u64,
+        now: u64,
+        cfg: &Config,
+    ) -> Result<SessionId, Error> {
+        let now = self.tick_clock(now);
+        self.ensure(global);
+        let local = self.local(global);
+        self.expire_sessions(local, now, cfg);
+        // A reconnect of the same device replaces its lingering session.
+        let mut prev = NIL;
+        let mut slot = self.users[local].first;
+        let mut count = 0u32;
+        let mut lingering_same = None;
+        while slot != NIL {
+            let s = self.sessions[slot as usize];
+            if s.tag & LINGERING != 0 && s.device == device && lingering_same.is_none() {
+                lingering_same = Some((prev, slot));
+            } else {
+                count += 1;
+            }
+            prev = slot;
+            slot = s.next;
+        }
+        if count >= cfg.max_sessions_per_user {
+            return Err(Error::TooManySessions {
+                user: crate::UserId(global),
+                cap: cfg.max_sessions_per_user,
+            });
+        }
+        let was_present = self.users[local].first != NIL;
+        if let Some((prev, slot)) = lingering_same {
+            self.free_session(local, prev, slot);
+        }
+        if !was_present {
+            // Opening the app is activity.
+            let u = &mut self.users[local];
+            u.last_active = u.last_active.max(now);
+        }
+        let first = self.users[local].first;
+        let slot = self.alloc_session(Session {
+            device,
+            at: now,
+            next: first,
+            tag: 0,
+        });
+        self.users[local].first = slot;
+        self.live.insert(global);
+        self.mark_dirty(local);
+        self.arm(local, now, cfg);
+        Ok(SessionId {
+            user: global,
+            slot,
+            tag: self.sessions[slot as usize].tag & GEN_MASK,
+        })
+    }
+
+    pub fn disconnect(
+        &mut self,
+        id: SessionId,
+        how: Disconnect,
+        now: u64,
+        cfg: &Config,
+    ) -> Result<(), Error> {
+        let now = self.tick_clock(now);
+        let local = self.session_ok(id).ok_or(Error::UnknownSession)?;
+        if self.sessions[id.slot as usize].tag & LINGERING != 0 {
+            return Err(Error::UnknownSession);
+        }
+        match how {
+            Disconnect::Dropped => {
+                let s = &mut self.sessions[id.slot as usize];
+                s.tag |= LINGERING;
+                s.at = now.saturating_add(cfg.grace_ms);
+            }
+            Disconnect::LoggedOut => {
+                let mut prev = NIL;
+                let mut slot = self.users[local].first;
+                while slot != id.slot {
+                    if slot == NIL {
+                        return Err(Error::UnknownSession);
+                    }
+                    prev = slot;
+                    slot = self.sessions[slot as usize].next;
+                }
+                self.free_session(local, prev, slot);
+            }
+        }
+        if !self.has_connected(local) {
+            self.live.remove(id.user);
+        }
+        self.expire_sessions(local, now, cfg);
+        self.mark_dirty(local);
+        self.arm(local, now, cfg);
+        Ok(())
+    }
+
+    /// The hot path: the person did something.
+    pub fn activity(&mut self, id: SessionId, now: u64) -> Result<(), Error> {
+        let now = self.tick_clock(now);
+        let local = self.session_ok(id).ok_or(Error::UnknownSession)?;
+        let s = &mut self.sessions[id.slot as usize];
+        if s.tag & LINGERING != 0 {
+            return Err(Error::UnknownSession);
+        }
+        s.at = now;
+        let u = &mut self.users[local];
+        u.last_active = u.last_active.max(now);
+        if u.pub_state != State::Online.code() && u.flags & DIRTY == 0 {
+            u.flags |= DIRTY;
+            self.dirty.push(local as u32);
+        }
+        Ok(())
+    }
+
+    /// The connection is alive; idleness is untouched.
+    pub fn heartbeat(&mut self, id: SessionId, now: u64) -> Result<(), Error> {
+        let now = self.tick_clock(now);
+        self.session_ok(id).ok_or(Error::UnknownSession)?;
+        let s = &mut self.sessions[id.slot as usize];
+        if s.tag & LINGERING != 0 {
+            return Err(Error::UnknownSession);
+        }
+        s.at = now;
+        Ok(())
+    }
+
+    pub fn set_status(
+        &mut self,
+        global: u32,
+        status: Status,
+        text: Option<Arc<str>>,
+        now: u64,
+        cfg: &Config,
+    ) {
+        let now = self.tick_clock(now);
+        self.ensure(global);
+        let local = self.local(global);
+        let u = self.users[local];
+        let was = Status::from_u8(u.status);
+        let needs_ext = text.is_some() || status == Status::Invisible;
+        if needs_ext || u.flags & HAS_EXT != 0 {
+            let ext = self.ext.entry(local as u32).or_default();
+            ext.text = text;
+            if status == Status::Invisible && was != Status::Invisible {
+                // Going invisible looks like leaving: freeze what friends will see as last seen.
+                ext.frozen_la = u.last_active;
+            }
+            self.users[local].flags |= HAS_EXT;
+        }
+        self.users[local].status = status as u8;
+        self.mark_dirty(local);
+        self.arm(local, now, cfg);
+    }
+
+    /// Fires due deadlines and publishes every dirty user whose visible state changed.
+    pub fn collect(&mut self, now: u64, cfg: &Config) -> Collected {
+        let now = self.tick_clock(now);
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(now, &mut fired);
+        for e in fired.drain(..) {
+            let local = e.id as usize;
+            let when = e.when;
+            if self.users[local].armed != when {
+                continue; // stale: the user was re-armed earlier since
+            }
+            self.users[local].armed = NO_DEADLINE;
+            self.expire_sessions(local, now, cfg);
+            self.mark_dirty(local);
+            self.arm(local, now, cfg);
+        }
+        self.fired = fired;
+
+        let mut changes = Vec::new();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        for &local in &dirty {
+            let local = local as usize;
+            self.users[local].flags &= !DIRTY;
+            let cur = self.evaluate(local, now, cfg);
+            if cur != self.published_local(local) {
+                let u = &mut self.users[local];
+                u.pub_state = cur.state.code();
+                u.pub_la = cur.last_active.unwrap_or(0);
+                u.pub_status = cur.status as u8;
+                if u.flags & HAS_EXT != 0 {
+                    let ext = self.ext.entry(local as u32).or_default();
+                    ext.pub_text = cur.text.clone();
+                    if ext.text.is_none()
+                        && ext.pub_text.is_none()
+                        && Status::from_u8(self.users[local].status) != Status::Invisible
+                    {
+                        self.ext.remove(&(local as u32));
+                        self.users[local].flags &= !HAS_EXT;
+                    }
+                }
+                changes.push((self.global(local), cur));
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+        Collected {
+            changes,
+            live: self.live.clone(),
+            expired: std::mem::take(&mut self.expired),
+        }
+    }
+
+    pub fn is_live(&self, global: u32) -> bool {
+        self.live.contains(global)
+    }
+
+    /// Heap and inline bytes of this shard's per-user state.
+    pub fn state_bytes(&self) -> usize {
+        self.users.capacity() * std::mem::size_of::<User>()
+            + self.sessions.capacity() * std::mem::size_of::<Session>()
+            + self.free.capacity() * 4
+            + self.dirty.capacity() * 4
+            + self.wheel.heap_bytes()
+            + self.live.serialized_size()
+            + self.ext.capacity() * (std::mem::size_of::<(u32, Ext)>() + 1)
+    }
+
+    pub fn wheel_len(&self) -> usize {
+        self.wheel.len()
+    }
+
+    /// Number of sessions (connected and lingering) in this shard.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len() - self.free.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_structs_stay_small() {
+        assert_eq!(std::mem::size_of::<User>(), 32);
+        assert_eq!(std::mem::size_of::<Session>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
+    }
+}
