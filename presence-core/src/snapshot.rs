@@ -158,8 +158,10 @@ pub fn load(
     let mut degree = vec![0u32; users];
     for a in 0..users {
         let (lo, hi) = (offsets[a].to_native(), offsets[a + 1].to_native());
-        if lo > hi {
-            return Err(invalid(format!("offsets decrease at user {a}")));
+        if lo > hi || hi > upper.len() as u64 {
+            return Err(invalid(format!(
+                "offsets of user {a} are out of order or bounds"
+            )));
         }
         let mut prev = a as u64;
         for b in &upper[lo as usize..hi as usize] {

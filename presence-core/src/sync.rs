@@ -64,9 +64,6 @@ mod loom_shim {
         pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
             self.0.lock().unwrap_or_else(|p| p.into_inner())
         }
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().unwrap_or_else(|p| p.into_inner())
-        }
     }
 
     /// `parking_lot::RwLock`'s API over loom's lock.
@@ -101,9 +98,6 @@ mod loom_shim {
         }
         pub(crate) fn write(&self) -> RwLockWriteGuard<'_, T> {
             self.0.write().unwrap_or_else(|p| p.into_inner())
-        }
-        pub(crate) fn get_mut(&mut self) -> &mut T {
-            self.0.get_mut().unwrap_or_else(|p| p.into_inner())
         }
     }
 

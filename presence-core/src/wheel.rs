@@ -246,4 +246,44 @@ mod tests {
         assert!(fire(&mut w, 500).is_empty());
         assert_eq!(fire(&mut w, 2_000), vec![(7, 2_000)]);
     }
+
+    #[test]
+    fn random_schedules_fire_every_entry_once_on_the_first_advance_past_it() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..50 {
+            let start = 1_700_000_000_000 + next() % 1_000_000;
+            let mut w = Wheel::new(start);
+            let mut pending: Vec<(u32, u64)> = Vec::new();
+            let mut now = start;
+            let mut id = 0u32;
+            for _ in 0..400 {
+                // Insert a few deadlines at mixed distances, some already past.
+                for _ in 0..(next() % 4) {
+                    let span = [10, 1_000, 70_000, 5_000_000, 900_000_000][(next() % 5) as usize];
+                    let when = (now + next() % span).saturating_sub(next() % 3 * 5);
+                    w.insert(id, when);
+                    pending.push((id, when));
+                    id += 1;
+                }
+                let step = [1, 7, 64, 999, 65_536, 3_000_000][(next() % 6) as usize];
+                now += next() % step;
+                let mut fired = Vec::new();
+                w.advance(now, &mut fired);
+                let mut got: Vec<(u32, u64)> = fired.iter().map(|e| (e.id, e.when)).collect();
+                got.sort();
+                let mut want: Vec<(u32, u64)> =
+                    pending.iter().copied().filter(|&(_, t)| t <= now).collect();
+                want.sort();
+                assert_eq!(got, want, "round {round} at {now}");
+                pending.retain(|&(_, t)| t > now);
+                assert_eq!(w.len(), pending.len());
+            }
+        }
+    }
 }
