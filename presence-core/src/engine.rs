@@ -502,10 +502,10 @@ impl Engine {
                 let start = items.len();
                 if let Some(set) = graph.set(w) {
                     set.for_each(|u| {
-                        if let Some(&i) = index_ref.get(u as usize) {
-                            if i != u32::MAX {
-                                items.push(i);
-                            }
+                        if let Some(&i) = index_ref.get(u as usize)
+                            && i != u32::MAX
+                        {
+                            items.push(i);
                         }
                     });
                 }

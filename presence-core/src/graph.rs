@@ -147,7 +147,7 @@ impl FriendSet {
     /// choice close to optimal under incremental edits).
     fn reshape_if_due(&mut self) {
         let n = self.len() as usize;
-        if n % 16 == 0 {
+        if n.is_multiple_of(16) {
             let sorted = self.to_vec();
             *self = FriendSet::from_sorted(sorted);
         }

@@ -353,14 +353,14 @@ impl Shard {
             d = d.min(at);
             slot = s.next;
         }
-        if u.first != NIL && Status::from_u8(u.status) != Status::Invisible {
-            if let Some(&t) = cfg
+        if u.first != NIL
+            && Status::from_u8(u.status) != Status::Invisible
+            && let Some(&t) = cfg
                 .idle_thresholds_ms
                 .iter()
                 .find(|&&t| u.last_active.saturating_add(t) > now)
-            {
-                d = d.min(u.last_active.saturating_add(t));
-            }
+        {
+            d = d.min(u.last_active.saturating_add(t));
         }
         d
     }

@@ -1,5 +1,7 @@
 //! One test per rule of the state machine, the graph and the tick, with injected time.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test here
+
 use presence_core::{
     Batch, Change, Config, Disconnect, Engine, Error, FanoutPolicy, Presence, State, Status, UserId,
 };
