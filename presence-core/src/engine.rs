@@ -22,6 +22,22 @@ use crate::presence::{Change, Presence, Status};
 use crate::shard::{Disconnect, SessionId, Shard};
 use crate::sync::{Mutex, RwLock, downgrade, parallel_map};
 
+/// The edges a request really changes (pairs with the smaller id first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeDelta {
+    pub added: Vec<(UserId, UserId)>,
+    pub removed: Vec<(UserId, UserId)>,
+}
+
+/// Why a logged graph change did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError<E> {
+    #[error(transparent)]
+    Invalid(Error),
+    #[error("write-ahead log failed: {0}")]
+    Log(E),
+}
+
 /// What a new session starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
@@ -285,50 +301,77 @@ impl Engine {
         add: &[(UserId, UserId)],
         remove: &[(UserId, UserId)],
     ) -> Result<(u64, u64), Error> {
+        self.apply_friendships_logged(add, remove, |_| Ok::<(), std::convert::Infallible>(()))
+            .map_err(|e| match e {
+                ApplyError::Invalid(e) => e,
+                ApplyError::Log(never) => match never {},
+            })
+    }
+
+    /// Like [`Engine::apply_friendships`], but once the request is validated and before
+    /// anything changes, hands the effective changes to `log` (a write-ahead hook: the node
+    /// makes them durable there). If `log` fails, nothing changes. `log` runs under the
+    /// graph's write lock: it must not call back into the engine.
+    pub fn apply_friendships_logged<E>(
+        &self,
+        add: &[(UserId, UserId)],
+        remove: &[(UserId, UserId)],
+        log: impl FnOnce(&EdgeDelta) -> Result<(), E>,
+    ) -> Result<(u64, u64), ApplyError<E>> {
         let users = self.names.read().len();
         let mut g = self.graph.write();
         let graph = &mut g.graph;
         let mut seen = hashbrown::HashSet::with_capacity(add.len() + remove.len());
         let mut delta: HashMap<u32, i64> = HashMap::new();
-        for (list, sign) in [(add, 1i64), (remove, -1i64)] {
+        let mut effect = EdgeDelta::default();
+        for (list, adding) in [(add, true), (remove, false)] {
             for &(a, b) in list {
                 for id in [a, b] {
                     if id.index() >= users {
-                        return Err(Error::UnknownUser(id));
+                        return Err(ApplyError::Invalid(Error::UnknownUser(id)));
                     }
                 }
                 if a == b {
-                    return Err(Error::SelfFriendship(a));
+                    return Err(ApplyError::Invalid(Error::SelfFriendship(a)));
                 }
                 let key = (a.0.min(b.0), a.0.max(b.0));
                 if !seen.insert(key) {
-                    return Err(Error::DuplicateEdge(a, b));
+                    return Err(ApplyError::Invalid(Error::DuplicateEdge(a, b)));
                 }
-                let exists = graph.are_friends(a.0, b.0);
-                if (sign > 0) != exists {
+                if adding != graph.are_friends(a.0, b.0) {
+                    let sign = if adding { 1 } else { -1 };
                     *delta.entry(a.0).or_default() += sign;
                     *delta.entry(b.0).or_default() += sign;
+                    let pair = (UserId(key.0), UserId(key.1));
+                    if adding {
+                        effect.added.push(pair);
+                    } else {
+                        effect.removed.push(pair);
+                    }
                 }
             }
         }
         for (&id, &d) in &delta {
             let would_have = (graph.degree(id) as i64 + d).max(0) as u64;
             if d > 0 && would_have > u64::from(self.cfg.max_friends) {
-                return Err(Error::TooManyFriends {
+                return Err(ApplyError::Invalid(Error::TooManyFriends {
                     user: UserId(id),
                     would_have,
                     cap: self.cfg.max_friends,
-                });
+                }));
             }
         }
-        let (mut added, mut removed) = (0, 0);
-        for &(a, b) in add {
-            added += u64::from(graph.add_edge(a.0, b.0));
+        if effect.added.is_empty() && effect.removed.is_empty() {
+            return Ok((0, 0));
         }
-        for &(a, b) in remove {
-            removed += u64::from(graph.remove_edge(a.0, b.0));
+        log(&effect).map_err(ApplyError::Log)?;
+        for &(a, b) in &effect.added {
+            graph.add_edge(a.0, b.0);
         }
-        Ok((added, removed))
+        for &(a, b) in &effect.removed {
+            graph.remove_edge(a.0, b.0);
+        }
+        Ok((effect.added.len() as u64, effect.removed.len() as u64))
     }
 
     /// Adds one friendship; `Ok(false)` if they already were friends.
@@ -343,6 +386,17 @@ impl Engine {
 
     /// Replaces `user`'s friend list (edges stay symmetric). Returns (added, removed).
     pub fn replace_friends(&self, user: UserId, friends: &[UserId]) -> Result<(u64, u64), Error> {
+        let (add, remove) = self.replace_plan(user, friends)?;
+        self.apply_friendships(&add, &remove)
+    }
+
+    /// The (add, remove) pairs that turn `user`'s friend list into `friends`.
+    #[allow(clippy::type_complexity)]
+    pub fn replace_plan(
+        &self,
+        user: UserId,
+        friends: &[UserId],
+    ) -> Result<(Vec<(UserId, UserId)>, Vec<(UserId, UserId)>), Error> {
         let current = self.friends(user);
         let mut wanted: Vec<UserId> = friends.to_vec();
         wanted.sort_unstable();
@@ -359,7 +413,7 @@ impl Engine {
             .filter(|f| wanted.binary_search(f).is_err())
             .map(|&f| (user, f))
             .collect();
-        self.apply_friendships(&add, &remove)
+        Ok((add, remove))
     }
 
     // ---- tick ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ mod wheel;
 
 pub use batch::{Batch, Strategy, TickStats};
 pub use config::{Config, FanoutPolicy, MAX_DURATION_MS};
-pub use engine::{Engine, Footprint, Welcome};
+pub use engine::{ApplyError, EdgeDelta, Engine, Footprint, Welcome};
 pub use error::{ConfigError, Error, SnapshotError};
 pub use graph::Graph;
 pub use ids::{Interner, MAX_USER_ID_LEN, UserId};

@@ -1,0 +1,313 @@
+//! Protocol v1 as the node speaks it: client messages, server messages, presence entries and
+//! error codes. `docs/protocol.md` is checked against this file by `tests/docs.rs`.
+
+use presence_core::{Change, Config, Presence, State};
+use serde::{Deserialize, Serialize};
+
+/// Frames over this many bytes are refused.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Every client message type, in the order of the spec.
+pub const CLIENT_TYPES: &[&str] = &[
+    "hello", "activity", "heartbeat", "status", "send", "ack", "sync", "typing", "read", "edit",
+    "delete",
+];
+
+/// Every server message type.
+pub const SERVER_TYPES: &[&str] = &[
+    "welcome", "presence", "pong", "sent", "inbox", "typing", "error",
+];
+
+/// Every error code.
+pub const ERROR_CODES: &[&str] = &[
+    "protocol",
+    "unauthorized",
+    "bad_request",
+    "too_large",
+    "forbidden",
+    "not_found",
+    "rate_limited",
+];
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello {
+        token: String,
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        after: Option<u64>,
+    },
+    Activity {},
+    Heartbeat {},
+    Status {
+        status: String,
+        #[serde(default)]
+        text: Option<String>,
+    },
+    Send {
+        id: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        text: String,
+    },
+    Ack {
+        seq: u64,
+    },
+    Sync {
+        after: u64,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Typing {
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+    },
+    Read {
+        msg_id: String,
+    },
+    Edit {
+        msg_id: String,
+        text: String,
+    },
+    Delete {
+        msg_id: String,
+    },
+}
+
+/// Error codes of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Protocol,
+    Unauthorized,
+    BadRequest,
+    TooLarge,
+    Forbidden,
+    NotFound,
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+
+    /// Whether the node closes the connection after sending this error.
+    pub fn closes(self) -> bool {
+        matches!(self, ErrorCode::Protocol | ErrorCode::Unauthorized)
+    }
+}
+
+/// A refusal to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub id: Option<String>,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+}
+
+/// Parses one client frame: malformed JSON is a `protocol` error, an unknown type or a
+/// missing or invalid field a `bad_request`.
+pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    let value: serde_json::Value = serde_json::from_slice(frame)
+        .map_err(|e| ProtocolError::new(ErrorCode::Protocol, format!("malformed JSON: {e}")))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            "a message must be a JSON object with a string \"type\"",
+        ));
+    };
+    if !CLIENT_TYPES.contains(&kind) {
+        return Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            format!("unknown message type {kind:?}"),
+        ));
+    }
+    let kind = kind.to_owned();
+    serde_json::from_value(value)
+        .map_err(|e| ProtocolError::new(ErrorCode::BadRequest, format!("invalid {kind}: {e}")))
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+/// The `error` frame.
+pub fn error_frame(e: &ProtocolError) -> Vec<u8> {
+    serde_json::to_vec(&ErrorFrame {
+        kind: "error",
+        code: e.code.as_str(),
+        message: &e.message,
+        id: e.id.as_deref(),
+    })
+    .unwrap_or_default()
+}
+
+/// The `pong` frame.
+pub const PONG: &[u8] = br#"{"type":"pong"}"#;
+
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_active: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<bool>,
+}
+
+/// Renders one presence entry (`{"user": …, "state": …}`) or a removal.
+pub fn render_change(user: &str, change: &Change, cfg: &Config) -> Vec<u8> {
+    let entry = match change {
+        Change::Removed => EntryJson {
+            user,
+            state: None,
+            idle_ms: None,
+            last_active: None,
+            status: None,
+            text: None,
+            removed: Some(true),
+        },
+        Change::Presence(p) => entry_json(user, p, cfg),
+    };
+    serde_json::to_vec(&entry).unwrap_or_default()
+}
+
+fn entry_json<'a>(user: &'a str, p: &'a Presence, cfg: &Config) -> EntryJson<'a> {
+    let offline = p.state == State::Offline;
+    EntryJson {
+        user,
+        state: Some(p.state.as_str()),
+        idle_ms: match p.state {
+            State::Idle(level) => cfg.idle_thresholds_ms.get(usize::from(level)).copied(),
+            _ => None,
+        },
+        last_active: p.last_active,
+        status: (!offline).then(|| p.status.as_str()),
+        text: if offline { None } else { p.text.as_deref() },
+        removed: None,
+    }
+}
+
+/// Renders a presence entry as a JSON value (for welcome frames and the admin API).
+pub fn presence_value(user: &str, p: &Presence, cfg: &Config) -> serde_json::Value {
+    serde_json::to_value(entry_json(user, p, cfg)).unwrap_or(serde_json::Value::Null)
+}
+
+/// Assembles a `presence` frame from rendered entries.
+pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(br#"{"type":"presence","tick":"#);
+    out.extend_from_slice(tick.to_string().as_bytes());
+    out.extend_from_slice(br#","changes":["#);
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_core::Status;
+    use std::sync::Arc;
+
+    #[test]
+    fn parses_every_client_type_and_classifies_errors() {
+        let ok = [
+            r#"{"type":"hello","token":"t"}"#,
+            r#"{"type":"hello","token":"t","device":"d","after":5}"#,
+            r#"{"type":"activity"}"#,
+            r#"{"type":"heartbeat","extra":1}"#,
+            r#"{"type":"status","status":"busy","text":"x"}"#,
+            r#"{"type":"send","id":"c1","to":"7","text":"hi"}"#,
+            r#"{"type":"ack","seq":3}"#,
+            r#"{"type":"sync","after":0}"#,
+            r#"{"type":"typing","group":"g"}"#,
+            r#"{"type":"read","msg_id":"m"}"#,
+            r#"{"type":"edit","msg_id":"m","text":"t"}"#,
+            r#"{"type":"delete","msg_id":"m"}"#,
+        ];
+        for f in ok {
+            assert!(parse_client(f.as_bytes()).is_ok(), "{f}");
+        }
+        let code = |f: &str| parse_client(f.as_bytes()).err().map(|e| e.code);
+        assert_eq!(code("{nope"), Some(ErrorCode::Protocol));
+        assert_eq!(code("[1,2]"), Some(ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"hello"}"#), Some(ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"type":"ack","seq":"x"}"#), Some(ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn renders_entries_as_the_spec_says() {
+        let cfg = Config::default();
+        let idle = Change::Presence(Presence {
+            state: State::Idle(2),
+            last_active: Some(1_732_460_000_000),
+            status: Status::Busy,
+            text: Some(Arc::from("lunch")),
+        });
+        let v: serde_json::Value =
+            serde_json::from_slice(&render_change("7", &idle, &cfg)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"user":"7","state":"idle","idle_ms":300000,
+                "last_active":1732460000000u64,"status":"busy","text":"lunch"})
+        );
+        let gone: serde_json::Value =
+            serde_json::from_slice(&render_change("7", &Change::Removed, &cfg)).expect("json");
+        assert_eq!(gone, serde_json::json!({"user":"7","removed":true}));
+        let never: serde_json::Value = serde_json::from_slice(&render_change(
+            "8",
+            &Change::Presence(Presence::NEVER_SEEN),
+            &cfg,
+        ))
+        .expect("json");
+        assert_eq!(never, serde_json::json!({"user":"8","state":"offline"}));
+        let frame = presence_frame(9, [b"{}".as_slice(), b"{}".as_slice()].into_iter());
+        assert_eq!(frame, br#"{"type":"presence","tick":9,"changes":[{},{}]}"#);
+    }
+}

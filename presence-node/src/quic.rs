@@ -1,0 +1,125 @@
+//! QUIC clients: ALPN `presence/1`, one bidirectional stream per connection, each message a
+//! 4-byte big-endian length then the JSON bytes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tracing::debug;
+
+use crate::hub::Hub;
+use crate::protocol::MAX_FRAME;
+use crate::session::{self, HELLO_TIMEOUT, RecvError, Transport};
+
+pub const ALPN: &[u8] = b"presence/1";
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// A server endpoint sized for chat clients: one stream each way, small windows, keep-alive
+/// well below the idle timeout.
+pub fn endpoint(
+    addr: SocketAddr,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    heartbeat_timeout: Duration,
+) -> anyhow::Result<quinn::Endpoint> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = heartbeat_timeout + Duration::from_secs(15);
+    transport
+        .max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((128u32 * 1024).into())
+        .receive_window((256u32 * 1024).into())
+        .send_window(1024 * 1024)
+        .max_idle_timeout(Some(idle.try_into()?))
+        .keep_alive_interval(Some(Duration::from_secs(10)));
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => return debug!("QUIC handshake failed: {e}"),
+            };
+            let stream = tokio::select! {
+                s = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()) => s,
+                () = hub.shutdown.cancelled() => return,
+            };
+            let (send, recv) = match stream {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return debug!("QUIC connection ended before a stream: {e}"),
+                Err(_) => {
+                    conn.close(1u32.into(), b"no stream within 10 s");
+                    return;
+                }
+            };
+            let t = QuicTransport {
+                conn,
+                read: FramedRead::new(recv, codec()),
+                write: FramedWrite::new(send, codec()),
+            };
+            session::run(hub, t, "quic").await;
+        });
+    }
+}
+
+struct QuicTransport {
+    conn: quinn::Connection,
+    read: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
+    write: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
+}
+
+impl Transport for QuicTransport {
+    async fn recv(&mut self) -> Result<Option<Bytes>, RecvError> {
+        match self.read.next().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b.freeze())),
+            Some(Err(e))
+                if e
+                    .get_ref()
+                    .is_some_and(|r| r.is::<LengthDelimitedCodecError>()) =>
+            {
+                Err(RecvError::TooLarge)
+            }
+            Some(Err(e)) => Err(RecvError::Io(e.to_string())),
+        }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
+        self.write.send(Bytes::from(frame)).await
+    }
+
+    async fn close(&mut self, reason: &str) {
+        let _ = SinkExt::<Bytes>::flush(&mut self.write).await;
+        let stream = self.write.get_mut();
+        let _ = stream.finish();
+        // Give the peer a moment to read what was sent (an error frame) before closing.
+        let _ = tokio::time::timeout(Duration::from_millis(500), stream.stopped()).await;
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+}

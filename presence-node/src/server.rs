@@ -1,0 +1,156 @@
+//! Starting and stopping a node: data folder, store, listeners, tick driver, `ready.json`,
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::NodeConfig;
+use crate::datadir::{self, Ready};
+use crate::hub::{Groups, Hub, now_ms};
+use crate::outbox::CloseReason;
+use crate::store::Store;
+use crate::{admin, quic, ws};
+
+/// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
+fn raise_nofile() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(limit = n, "open files limit raised to the hard limit"),
+        Err(e) => warn!("could not raise the open files limit: {e}"),
+    }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+    raise_nofile();
+    datadir::ensure(&cfg.data_dir)?;
+    let (secret, new_secret) =
+        datadir::secret_value(&cfg.data_dir, "secret", cfg.secret.as_deref())?;
+    let (admin_key, new_key) =
+        datadir::secret_value(&cfg.data_dir, "admin_key", cfg.admin_key.as_deref())?;
+    let (certs, key, cert_path) =
+        datadir::tls_identity(&cfg.data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
+
+    let engine = presence_core::Engine::new(cfg.engine_config()?, now_ms())?;
+    let store = Store::open(&cfg.data_dir.join("graph.redb"))?;
+    let loaded = store
+        .load_into(&engine)
+        .context("loading the friend graph")?;
+    let groups: Groups = loaded
+        .groups
+        .into_iter()
+        .map(|(g, m)| (g, m.into()))
+        .collect();
+    info!(
+        edges = loaded.edges,
+        groups = groups.len(),
+        users = engine.user_count(),
+        "graph loaded"
+    );
+    let metrics = crate::metrics::install()?;
+    let hub = Arc::new(Hub::new(
+        engine,
+        cfg.clone(),
+        secret.into_bytes(),
+        admin_key,
+        store,
+        groups,
+    ));
+
+    let ws_listener = TcpListener::bind(cfg.ws_listen)
+        .await
+        .with_context(|| format!("binding WebSocket on {}", cfg.ws_listen))?;
+    let admin_listener = TcpListener::bind(cfg.admin_listen)
+        .await
+        .with_context(|| format!("binding admin on {}", cfg.admin_listen))?;
+    let endpoint = quic::endpoint(cfg.quic_listen, certs, key, cfg.heartbeat_timeout)?;
+    let ready = Ready {
+        ws: ws_listener.local_addr()?,
+        quic: endpoint.local_addr()?,
+        admin: admin_listener.local_addr()?,
+        pid: std::process::id(),
+    };
+
+    let ws_task = tokio::spawn(
+        axum::serve(ws_listener, ws::router(hub.clone()))
+            .with_graceful_shutdown(hub.shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    let admin_task = tokio::spawn(
+        axum::serve(admin_listener, admin::router(hub.clone(), metrics))
+            .with_graceful_shutdown(hub.shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    let quic_task = tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
+    let ticker = hub.spawn_ticker().context("starting the tick thread")?;
+
+    datadir::write_ready(&cfg.data_dir, &ready)?;
+    println!("presence-node ready (pid {})", ready.pid);
+    println!("  websocket  ws://{}/v1/ws", ready.ws);
+    println!(
+        "  quic       {} (ALPN presence/1, certificate {})",
+        ready.quic,
+        cert_path.display()
+    );
+    println!("  admin      http://{}", ready.admin);
+    println!("  data       {}", cfg.data_dir.display());
+    if new_secret || new_key {
+        println!("  generated a token secret and an admin key into the data folder");
+    }
+    let key_file = cfg.data_dir.join("admin_key");
+    println!("try:");
+    println!(
+        "  curl -X PUT -H \"Authorization: Bearer $(cat {})\" http://{}/v1/users/alice/friends -d '{{\"friends\":[\"bob\"]}}'",
+        key_file.display(),
+        ready.admin
+    );
+    println!(
+        "  cargo run -p presence-node -- token --user alice --data-dir {}",
+        cfg.data_dir.display()
+    );
+
+    wait_for_signal().await;
+    info!("shutting down: closing sessions");
+    hub.close_all(CloseReason::Shutdown);
+    hub.shutdown.cancel();
+    endpoint.close(0u32.into(), b"node shutting down");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.stop_ticker();
+    let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    for task in [ws_task, admin_task] {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    quic_task.abort();
+    datadir::remove_ready(&cfg.data_dir);
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,129 @@
+//! Durable friend graph and groups, in an embedded redb database in the data folder.
+//!
+//! redb commits are durable when `commit` returns (fsync, copy-on-write pages with a
+//! checksummed root), so a `kill -9` or a torn last write leaves the last committed state,
+//! never a corrupt one. Edges are keyed by the two app user ids (smaller first), not by dense
+//! ids: dense ids are assigned afresh at every start, and names make the file independent of
+//! them.
+
+use std::path::Path;
+
+use anyhow::Context;
+use presence_core::{EdgeDelta, Engine, UserId};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+const EDGES: TableDefinition<(&str, &str), ()> = TableDefinition::new("edges");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+
+/// Why a write did not reach the disk.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+/// The node's durable state.
+pub struct Store {
+    db: Database,
+}
+
+/// What a store held at start.
+pub struct Loaded {
+    pub edges: u64,
+    pub groups: Vec<(String, Vec<String>)>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let db = Database::create(path)
+            .with_context(|| format!("opening the graph store {}", path.display()))?;
+        let txn = db.begin_write()?;
+        txn.open_table(EDGES)?;
+        txn.open_table(GROUPS)?;
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Loads every edge into `engine` (interning names) and returns the groups.
+    pub fn load_into(&self, engine: &Engine) -> anyhow::Result<Loaded> {
+        let txn = self.db.begin_read()?;
+        let edges = txn.open_table(EDGES)?;
+        let mut batch: Vec<(UserId, UserId)> = Vec::with_capacity(65_536);
+        let mut total = 0u64;
+        for item in edges.iter()? {
+            let (k, _) = item?;
+            let (a, b) = k.value();
+            let a = engine.intern(a).with_context(|| format!("stored user id {a:?}"))?;
+            let b = engine.intern(b).with_context(|| format!("stored user id {b:?}"))?;
+            batch.push((a, b));
+            if batch.len() == batch.capacity() {
+                total += engine.apply_friendships(&batch, &[])?.0;
+                batch.clear();
+            }
+        }
+        total += engine.apply_friendships(&batch, &[])?.0;
+        let groups_table = txn.open_table(GROUPS)?;
+        let mut groups = Vec::new();
+        for item in groups_table.iter()? {
+            let (k, v) = item?;
+            let members: Vec<String> = serde_json::from_slice(v.value())
+                .with_context(|| format!("stored group {:?}", k.value()))?;
+            groups.push((k.value().to_owned(), members));
+        }
+        Ok(Loaded {
+            edges: total,
+            groups,
+        })
+    }
+
+    /// Makes an edge change durable. `name` resolves every id in `delta`.
+    pub fn commit_edges(
+        &self,
+        delta: &EdgeDelta,
+        name: &dyn Fn(UserId) -> Option<String>,
+    ) -> Result<(), StoreError> {
+        let key = |a: UserId, b: UserId| -> Result<(String, String), StoreError> {
+            let na = name(a).ok_or_else(|| StoreError(format!("no name for {a:?}")))?;
+            let nb = name(b).ok_or_else(|| StoreError(format!("no name for {b:?}")))?;
+            Ok(if na <= nb { (na, nb) } else { (nb, na) })
+        };
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut t = txn.open_table(EDGES).map_err(err)?;
+            for &(a, b) in &delta.added {
+                let (x, y) = key(a, b)?;
+                t.insert((x.as_str(), y.as_str()), ()).map_err(err)?;
+            }
+            for &(a, b) in &delta.removed {
+                let (x, y) = key(a, b)?;
+                t.remove((x.as_str(), y.as_str())).map_err(err)?;
+            }
+        }
+        txn.commit().map_err(err)
+    }
+
+    pub fn put_group(&self, gid: &str, members: &[String]) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(members).map_err(err)?;
+        let txn = self.db.begin_write().map_err(err)?;
+        txn.open_table(GROUPS)
+            .map_err(err)?
+            .insert(gid, bytes.as_slice())
+            .map_err(err)?;
+        txn.commit().map_err(err)
+    }
+
+    /// Removes a group; returns whether it existed.
+    pub fn delete_group(&self, gid: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let existed = txn
+            .open_table(GROUPS)
+            .map_err(err)?
+            .remove(gid)
+            .map_err(err)?
+            .is_some();
+        txn.commit().map_err(err)?;
+        Ok(existed)
+    }
+}
