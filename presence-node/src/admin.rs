@@ -397,7 +397,9 @@ async fn post_token(
         exp: now_ms() / 1000 + b.ttl_s,
         dev: b.device,
     };
-    Ok(Json(json!({ "token": token::mint(&s.hub.secret, &claims) })))
+    Ok(Json(
+        json!({ "token": token::mint(&s.hub.secret, &claims) }),
+    ))
 }
 
 async fn healthz(State(s): State<AdminState>) -> Json<serde_json::Value> {

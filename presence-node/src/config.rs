@@ -170,13 +170,21 @@ impl NodeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let tick = args.tick.clone().or(file.tick).unwrap_or_else(|| "200ms".into());
+        let tick = args
+            .tick
+            .clone()
+            .or(file.tick)
+            .unwrap_or_else(|| "200ms".into());
         let idle = args
             .idle_thresholds
             .clone()
             .or(file.idle_thresholds)
             .unwrap_or_else(|| "1m,2m,5m,10m".into());
-        let grace = args.grace.clone().or(file.grace).unwrap_or_else(|| "5s".into());
+        let grace = args
+            .grace
+            .clone()
+            .or(file.grace)
+            .unwrap_or_else(|| "5s".into());
         let hb = args
             .heartbeat_timeout
             .clone()

@@ -64,7 +64,11 @@ pub fn tls_identity(
     dir: &Path,
     cert: Option<&Path>,
     key: Option<&Path>,
-) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, PathBuf)> {
+) -> anyhow::Result<(
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    PathBuf,
+)> {
     let (cert_path, key_path) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_owned(), k.to_owned()),
         _ => {

@@ -144,9 +144,7 @@ impl Hub {
             batch
                 .entries
                 .iter()
-                .map(|(u, c)| {
-                    Bytes::from(protocol::render_change(name(*u).unwrap_or(""), c, ecfg))
-                })
+                .map(|(u, c)| Bytes::from(protocol::render_change(name(*u).unwrap_or(""), c, ecfg)))
                 .collect()
         });
         let mut handed = 0usize;

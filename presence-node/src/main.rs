@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (every flag is also PRESENCE_<NAME> and a key of --config).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Mint a client token from the data folder's secret (for development and scripts).
     Token {
         #[arg(long)]
@@ -54,7 +54,7 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Token {
             user,
             device,

@@ -34,7 +34,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_counter!(TRANSITIONS, "Users whose visible presence changed");
     describe_counter!(ENTRIES_SENT, "Presence entries handed to sessions");
     describe_counter!(FRAMES_SENT, "Presence frames written to clients");
-    describe_counter!(MERGES, "Presence frames merged into a slow client's pending frame");
+    describe_counter!(
+        MERGES,
+        "Presence frames merged into a slow client's pending frame"
+    );
     describe_counter!(ERRORS, "Error frames sent, by code");
     describe_counter!(ADMIN_REQUESTS, "Admin API requests, by route and status");
     describe_counter!(EXPIRED, "Sessions expired by the heartbeat timeout");

@@ -64,8 +64,8 @@ impl Outbox {
 
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
-        let presence = (!inner.pending.is_empty())
-            .then(|| (inner.tick, std::mem::take(&mut inner.pending)));
+        let presence =
+            (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
         Taken {
             presence,
             close: inner.close.clone(),

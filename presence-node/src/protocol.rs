@@ -9,7 +9,16 @@ pub const MAX_FRAME: usize = 64 * 1024;
 
 /// Every client message type, in the order of the spec.
 pub const CLIENT_TYPES: &[&str] = &[
-    "hello", "activity", "heartbeat", "status", "send", "ack", "sync", "typing", "read", "edit",
+    "hello",
+    "activity",
+    "heartbeat",
+    "status",
+    "send",
+    "ack",
+    "sync",
+    "typing",
+    "read",
+    "edit",
     "delete",
 ];
 
@@ -278,7 +287,10 @@ mod tests {
         assert_eq!(code("[1,2]"), Some(ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"dance"}"#), Some(ErrorCode::BadRequest));
         assert_eq!(code(r#"{"type":"hello"}"#), Some(ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"type":"ack","seq":"x"}"#), Some(ErrorCode::BadRequest));
+        assert_eq!(
+            code(r#"{"type":"ack","seq":"x"}"#),
+            Some(ErrorCode::BadRequest)
+        );
     }
 
     #[test]

@@ -100,8 +100,7 @@ impl Transport for QuicTransport {
             None => Ok(None),
             Some(Ok(b)) => Ok(Some(b.freeze())),
             Some(Err(e))
-                if e
-                    .get_ref()
+                if e.get_ref()
                     .is_some_and(|r| r.is::<LengthDelimitedCodecError>()) =>
             {
                 Err(RecvError::TooLarge)

@@ -31,8 +31,11 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         datadir::secret_value(&cfg.data_dir, "secret", cfg.secret.as_deref())?;
     let (admin_key, new_key) =
         datadir::secret_value(&cfg.data_dir, "admin_key", cfg.admin_key.as_deref())?;
-    let (certs, key, cert_path) =
-        datadir::tls_identity(&cfg.data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
+    let (certs, key, cert_path) = datadir::tls_identity(
+        &cfg.data_dir,
+        cfg.tls_cert.as_deref(),
+        cfg.tls_key.as_deref(),
+    )?;
 
     let engine = presence_core::Engine::new(cfg.engine_config()?, now_ms())?;
     let store = Store::open(&cfg.data_dir.join("graph.redb"))?;
@@ -137,7 +140,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

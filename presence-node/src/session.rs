@@ -107,7 +107,12 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
     let (token, device) = match protocol::parse_client(&frame) {
         Ok(ClientMessage::Hello { token, device, .. }) => (token, device),
         Ok(_) => {
-            return fail(&mut t, ErrorCode::Protocol, "the first message must be hello").await;
+            return fail(
+                &mut t,
+                ErrorCode::Protocol,
+                "the first message must be hello",
+            )
+            .await;
         }
         Err(e) => {
             return fail(&mut t, ErrorCode::Protocol, e.message).await;
@@ -145,12 +150,7 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
     metrics::gauge!(m::SESSIONS, "transport" => transport).decrement(1.0);
 }
 
-fn welcome_frame(
-    hub: &Hub,
-    welcome: &presence_core::Welcome,
-    user: &str,
-    device: &str,
-) -> Vec<u8> {
+fn welcome_frame(hub: &Hub, welcome: &presence_core::Welcome, user: &str, device: &str) -> Vec<u8> {
     let ecfg = hub.engine.config();
     let friends: Vec<serde_json::Value> = hub.engine.with_names(|name| {
         welcome

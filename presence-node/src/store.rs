@@ -55,8 +55,12 @@ impl Store {
         for item in edges.iter()? {
             let (k, _) = item?;
             let (a, b) = k.value();
-            let a = engine.intern(a).with_context(|| format!("stored user id {a:?}"))?;
-            let b = engine.intern(b).with_context(|| format!("stored user id {b:?}"))?;
+            let a = engine
+                .intern(a)
+                .with_context(|| format!("stored user id {a:?}"))?;
+            let b = engine
+                .intern(b)
+                .with_context(|| format!("stored user id {b:?}"))?;
             batch.push((a, b));
             if batch.len() == batch.capacity() {
                 total += engine.apply_friendships(&batch, &[])?.0;

@@ -59,7 +59,8 @@ pub fn mint(secret: &[u8], claims: &Claims) -> String {
 /// Verifies `token` at `now_s` (seconds since the epoch) and returns its claims.
 pub fn verify(secret: &[u8], token: &str, now_s: u64) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed);
     };
@@ -117,7 +118,10 @@ mod tests {
         let mut parts: Vec<&str> = t.split('.').collect();
         let evil = B64.encode(br#"{"sub":"1","exp":9999999999}"#);
         parts[1] = &evil;
-        assert_eq!(verify(SECRET, &parts.join("."), 1_000), Err(TokenError::Signature));
+        assert_eq!(
+            verify(SECRET, &parts.join("."), 1_000),
+            Err(TokenError::Signature)
+        );
         let none = format!(
             "{}.{}.",
             B64.encode(br#"{"alg":"none"}"#),
@@ -140,7 +144,10 @@ mod tests {
                     dev: None,
                 },
             );
-            assert!(matches!(verify(SECRET, &t, 1_000), Err(TokenError::Claims(_))));
+            assert!(matches!(
+                verify(SECRET, &t, 1_000),
+                Err(TokenError::Claims(_))
+            ));
         }
     }
 }

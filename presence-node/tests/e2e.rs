@@ -1,0 +1,503 @@
+//! End-to-end: the real binary, real WebSocket and QUIC clients, real files.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, FAST, Node, Via};
+use serde_json::json;
+
+const SOON: Duration = Duration::from_secs(3);
+
+fn is_state(s: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |e| e["state"] == s
+}
+
+async fn snapshot_and_live_change(via: Via) {
+    let node = Node::start(FAST);
+    node.befriend(&[("alice", "bob"), ("alice", "carol")]).await;
+    // Give the tick a moment to publish the edges before the snapshot.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (mut alice, welcome) = Client::hello(&node, via, "alice", "phone").await;
+    let friends = welcome["friends"].as_array().expect("friends");
+    assert_eq!(friends.len(), 2, "{welcome}");
+    assert!(friends.iter().all(|f| f["state"] == "offline"));
+    assert_eq!(welcome["user"], "alice");
+    assert_eq!(welcome["idle_thresholds_ms"], json!([400, 800, 1600]));
+    let started = std::time::Instant::now();
+    let (_bob, _) = Client::hello(&node, via, "bob", "web").await;
+    let e = alice.expect_presence("bob", SOON, is_state("online")).await;
+    assert_eq!(e["status"], "available");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "within a tick or so"
+    );
+}
+
+#[tokio::test]
+async fn snapshot_and_live_change_ws() {
+    common::init();
+    snapshot_and_live_change(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn snapshot_and_live_change_quic() {
+    common::init();
+    snapshot_and_live_change(Via::Quic).await;
+}
+
+async fn idle_levels_walked(via: Via) {
+    let node = Node::start(FAST);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, via, "alice", "d").await;
+    let (mut bob, _) = Client::hello(&node, via, "bob", "d").await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    // Heartbeats keep both alive but do not reset idleness.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let hb = tokio::spawn(async move {
+        loop {
+            bob.send(json!({"type": "heartbeat"})).await;
+            tokio::select! {
+                _ = &mut stopped => return bob,
+                () = tokio::time::sleep(Duration::from_millis(150)) => {}
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        alice.send(json!({"type": "heartbeat"})).await;
+        let e = alice.expect_presence("bob", SOON, is_state("idle")).await;
+        seen.push(e["idle_ms"].as_u64().expect("idle_ms"));
+        assert!(e["last_active"].as_u64().is_some());
+    }
+    assert_eq!(seen, vec![400, 800, 1600]);
+    let _ = stop.send(());
+    let mut bob = hb.await.expect("heartbeats");
+    bob.send(json!({"type": "activity"})).await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+}
+
+#[tokio::test]
+async fn idle_levels_walked_ws() {
+    common::init();
+    idle_levels_walked(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn idle_levels_walked_quic() {
+    common::init();
+    idle_levels_walked(Via::Quic).await;
+}
+
+async fn grace_absorbs_reconnect(via: Via) {
+    let node = Node::start(&[
+        "--tick",
+        "50ms",
+        "--grace",
+        "1500ms",
+        "--heartbeat-timeout",
+        "10s",
+    ]);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, via, "alice", "d").await;
+    let (bob, _) = Client::hello(&node, via, "bob", "phone").await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    bob.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (bob, _) = Client::hello(&node, via, "bob", "phone").await;
+    // No offline flap in the next two grace periods.
+    let quiet = alice.recv_within(Duration::from_millis(2000)).await;
+    assert!(
+        !matches!(&quiet, Ok(Some(v)) if v["type"] == "presence"),
+        "flapped: {quiet:?}"
+    );
+    bob.close().await;
+    let e = alice
+        .expect_presence("bob", SOON, is_state("offline"))
+        .await;
+    assert!(e["last_active"].as_u64().is_some(), "last seen: {e}");
+}
+
+#[tokio::test]
+async fn grace_absorbs_reconnect_ws() {
+    common::init();
+    grace_absorbs_reconnect(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn grace_absorbs_reconnect_quic() {
+    common::init();
+    grace_absorbs_reconnect(Via::Quic).await;
+}
+
+async fn vanished_client_expires(via: Via) {
+    let node = Node::start(&[
+        "--tick",
+        "50ms",
+        "--grace",
+        "200ms",
+        "--heartbeat-timeout",
+        "1500ms",
+    ]);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, via, "alice", "d").await;
+    let (mut bob, _) = Client::hello(&node, via, "bob", "d").await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    let started = std::time::Instant::now();
+    // alice keeps heartbeating; bob goes silent without closing.
+    let alive = tokio::spawn(async move {
+        let e = loop {
+            alice.send(json!({"type": "heartbeat"})).await;
+            match alice.recv_within(Duration::from_millis(300)).await {
+                Ok(Some(v)) if v["type"] == "presence" => {
+                    if let Some(e) = v["changes"]
+                        .as_array()
+                        .and_then(|c| c.iter().find(|e| e["user"] == "bob").cloned())
+                    {
+                        break e;
+                    }
+                }
+                Ok(None) => panic!("alice was closed"),
+                _ => {}
+            }
+        };
+        (alice, e)
+    });
+    let (_alice, e) = tokio::time::timeout(Duration::from_secs(6), alive)
+        .await
+        .expect("bob expired in time")
+        .expect("task");
+    assert_eq!(e["state"], "offline");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400),
+        "not before the timeout: {took:?}"
+    );
+    // bob's connection is told and closed.
+    let err = bob.expect("error", SOON).await;
+    assert_eq!(err["code"], "protocol");
+    assert_eq!(bob.recv_within(SOON).await, Ok(None));
+}
+
+#[tokio::test]
+async fn vanished_client_expires_ws() {
+    common::init();
+    vanished_client_expires(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn vanished_client_expires_quic() {
+    common::init();
+    vanished_client_expires(Via::Quic).await;
+}
+
+#[tokio::test]
+async fn two_devices_invisible_and_status_text() {
+    common::init();
+    let node = Node::start(&["--tick", "50ms", "--grace", "500ms"]);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, Via::Ws, "alice", "d").await;
+    let (mut phone, _) = Client::hello(&node, Via::Quic, "bob", "phone").await;
+    let (web, _) = Client::hello(&node, Via::Ws, "bob", "web").await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    // One device leaves: still online (grace and the other device).
+    web.close().await;
+    let quiet = alice.recv_within(Duration::from_millis(800)).await;
+    assert!(
+        !matches!(&quiet, Ok(Some(v)) if v["type"] == "presence"),
+        "{quiet:?}"
+    );
+    phone
+        .send(json!({"type": "status", "status": "dnd", "text": "focus time"}))
+        .await;
+    let e = alice
+        .expect_presence("bob", SOON, |e| e["status"] == "dnd")
+        .await;
+    assert_eq!(e["text"], "focus time");
+    assert_eq!(e["state"], "online");
+    phone
+        .send(json!({"type": "status", "status": "invisible"}))
+        .await;
+    let e = alice
+        .expect_presence("bob", SOON, is_state("offline"))
+        .await;
+    assert!(e.get("status").is_none() && e.get("text").is_none(), "{e}");
+    // Invisible bob still sees alice.
+    alice
+        .send(json!({"type": "status", "status": "busy"}))
+        .await;
+    phone
+        .expect_presence("alice", SOON, |e| e["status"] == "busy")
+        .await;
+    let long = "x".repeat(141);
+    phone
+        .send(json!({"type": "status", "status": "busy", "text": long}))
+        .await;
+    let err = phone.expect("error", SOON).await;
+    assert_eq!(err["code"], "bad_request");
+    phone
+        .send(json!({"type": "status", "status": "sleepy"}))
+        .await;
+    assert_eq!(phone.expect("error", SOON).await["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn friends_added_and_removed_while_live() {
+    common::init();
+    let node = Node::start(FAST);
+    let (mut alice, w) = Client::hello(&node, Via::Ws, "alice", "d").await;
+    assert_eq!(w["friends"], json!([]));
+    let (_bob, _) = Client::hello(&node, Via::Quic, "bob", "d").await;
+    node.befriend(&[("alice", "bob")]).await;
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    let (status, _) = node
+        .admin(
+            "PUT",
+            "/v1/users/alice/friends",
+            Some(json!({"friends": []})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let e = alice
+        .expect_presence("bob", SOON, |e| e["removed"] == true)
+        .await;
+    assert_eq!(e, json!({"user": "bob", "removed": true}));
+}
+
+#[tokio::test]
+async fn graph_and_groups_survive_restart_and_kill9() {
+    common::init();
+    let mut node = Node::start(FAST);
+    node.befriend(&[("a", "b"), ("a", "c")]).await;
+    let (s, _) = node
+        .admin(
+            "PUT",
+            "/v1/groups/g1",
+            Some(json!({"members": ["a", "b", "c"]})),
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert!(node.stop().success(), "SIGTERM exits 0");
+    assert!(
+        !node.dir.join("ready.json").exists(),
+        "ready.json removed on exit"
+    );
+    let mut node = node.restart();
+    let (_, v) = node.admin("GET", "/v1/users/a/friends", None).await;
+    assert_eq!(v["friends"], json!(["b", "c"]));
+    let (_, v) = node.admin("GET", "/v1/groups/g1", None).await;
+    assert_eq!(v["members"], json!(["a", "b", "c"]));
+    // Acknowledged writes survive kill -9.
+    node.befriend(&[("b", "c")]).await;
+    let (s, _) = node.admin("DELETE", "/v1/groups/g1", None).await;
+    assert_eq!(s, 204);
+    node.kill9();
+    let node = node.restart();
+    let (_, v) = node.admin("GET", "/v1/users/c/friends", None).await;
+    assert_eq!(v["friends"], json!(["a", "b"]));
+    let (s, _) = node.admin("GET", "/v1/groups/g1", None).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn admin_api_refuses_bad_requests() {
+    common::init();
+    let node = Node::start(FAST);
+    let (s, _) = common::http(node.ready.admin, "GET", "/v1/presence?users=a", None, None).await;
+    assert_eq!(s, 401);
+    let (s, _) = common::http(
+        node.ready.admin,
+        "GET",
+        "/v1/presence?users=a",
+        Some("wrong"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, v) = node
+        .admin(
+            "PUT",
+            "/v1/users/a/friends",
+            Some(json!({"friends": ["a"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = node
+        .admin("POST", "/v1/friendships", Some(json!({"add": [["a"]]})))
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = common::http_text(
+        node.ready.admin,
+        "POST",
+        "/v1/friendships",
+        Some(&node.key),
+        Some("{not json".into()),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let long = "u".repeat(129);
+    let (s, _) = node
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(json!({"add": [["a", long]]})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, _) = node
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(json!({"add": [["a", "b"], ["b", "a"]]})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (_, v) = node.admin("GET", "/v1/users/a/friends", None).await;
+    assert_eq!(v["friends"], json!([]), "refused requests change nothing");
+    let (s, v) = node
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(json!({"add": [["a", "b"]]})),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"added": 1, "removed": 0})));
+    let (s, v) = node
+        .admin("GET", "/v1/presence?users=a,b,nobody", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["presence"].as_array().map(Vec::len), Some(3));
+    let (s, v) = common::http(node.ready.admin, "GET", "/healthz", None, None).await;
+    assert_eq!((s, &v["status"]), (200, &json!("ok")));
+    let (s, text) = common::http_text(node.ready.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    assert!(text.contains("presence_tick_seconds_bucket"), "{text}");
+}
+
+async fn bad_client_input(via: Via) {
+    let node = Node::start(FAST);
+    // First message not hello.
+    let mut c = Client::open(&node, via).await;
+    c.send(json!({"type": "activity"})).await;
+    assert_eq!(c.expect("error", SOON).await["code"], "protocol");
+    assert_eq!(c.recv_within(SOON).await, Ok(None));
+    // Bad and expired tokens.
+    for token in ["nope".to_owned(), {
+        let t = node.token("x").await;
+        let mut t = t.into_bytes();
+        let last = t.len() - 2;
+        t[last] ^= 1;
+        String::from_utf8(t).expect("utf8")
+    }] {
+        let mut c = Client::open(&node, via).await;
+        c.send(json!({"type": "hello", "token": token})).await;
+        assert_eq!(c.expect("error", SOON).await["code"], "unauthorized");
+        assert_eq!(c.recv_within(SOON).await, Ok(None));
+    }
+    // Malformed JSON after hello closes with protocol.
+    let (mut c, _) = Client::hello(&node, via, "m", "d").await;
+    c.send_raw(b"{oops".to_vec()).await;
+    assert_eq!(c.expect("error", SOON).await["code"], "protocol");
+    assert_eq!(c.recv_within(SOON).await, Ok(None));
+    // Unknown type and invalid field: bad_request, connection stays open.
+    let (mut c, _) = Client::hello(&node, via, "n", "d").await;
+    c.send(json!({"type": "teleport"})).await;
+    assert_eq!(c.expect("error", SOON).await["code"], "bad_request");
+    c.send(json!({"type": "ack", "seq": "many"})).await;
+    assert_eq!(c.expect("error", SOON).await["code"], "bad_request");
+    c.send(json!({"type": "heartbeat"})).await;
+    assert_eq!(c.expect("pong", SOON).await["type"], "pong");
+    // Oversize frame.
+    let mut big = json!({"type": "status", "status": "busy", "text": ""}).to_string();
+    big.push_str(&" ".repeat(70 * 1024));
+    c.send_raw(big.into_bytes()).await;
+    assert_eq!(c.expect("error", SOON).await["code"], "protocol");
+    assert_eq!(c.recv_within(SOON).await, Ok(None));
+    // Flood: rate_limited, then closed.
+    let (mut c, _) = Client::hello(&node, via, "f", "d").await;
+    for _ in 0..200 {
+        c.send(json!({"type": "activity"})).await;
+    }
+    assert_eq!(c.expect("error", SOON).await["code"], "rate_limited");
+    let closed = async {
+        loop {
+            match c.recv_within(SOON).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(()) => return false,
+            }
+        }
+    };
+    assert!(closed.await, "a flood ends in a close");
+    // Too many sessions for one user.
+    let node = Node::start(&["--max-sessions-per-user", "2"]);
+    let (_a, _) = Client::hello(&node, via, "s", "1").await;
+    let (_b, _) = Client::hello(&node, via, "s", "2").await;
+    let token = node.token("s").await;
+    let mut c = Client::open(&node, via).await;
+    c.send(json!({"type": "hello", "token": token, "device": "3"}))
+        .await;
+    assert_eq!(c.expect("error", SOON).await["code"], "forbidden");
+    // The node is still fine.
+    let (s, _) = common::http(node.ready.admin, "GET", "/healthz", None, None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn bad_client_input_ws() {
+    common::init();
+    bad_client_input(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn bad_client_input_quic() {
+    common::init();
+    bad_client_input(Via::Quic).await;
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_the_hello_timeout() {
+    common::init();
+    let node = Node::start(FAST);
+    let mut ws = Client::open(&node, Via::Ws).await;
+    let mut quic = Client::open(&node, Via::Quic).await;
+    // QUIC streams only reach the server with data: send a partial frame header.
+    if let Client::Quic { send, .. } = &mut quic {
+        send.write_all(&[0, 0]).await.expect("partial");
+    }
+    for c in [&mut ws, &mut quic] {
+        let e = c.expect("error", Duration::from_secs(12)).await;
+        assert_eq!(e["code"], "protocol");
+        assert!(e["message"].as_str().unwrap_or("").contains("hello"));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_grow_memory() {
+    common::init();
+    let node = Node::start(&["--tick", "20ms", "--heartbeat-timeout", "60s"]);
+    let friends: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
+    let pairs: Vec<(&str, &str)> = friends.iter().map(|f| ("slow", f.as_str())).collect();
+    node.befriend(&pairs).await;
+    // The slow client says hello and then never reads again.
+    let (_slow, _) = Client::hello(&node, Via::Ws, "slow", "d").await;
+    let mut senders = Vec::new();
+    for f in &friends[..200] {
+        senders.push(Client::hello(&node, Via::Quic, f, "d").await.0);
+    }
+    let rss_before = node.rss_kib();
+    let texts: Vec<String> = (0..8).map(|i| format!("{i}{}", "z".repeat(120))).collect();
+    for round in 0..80 {
+        for c in senders.iter_mut() {
+            let t = &texts[round % texts.len()];
+            c.send(json!({"type": "status", "status": "busy", "text": t}))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let merges = node.metric("presence_outbox_merges_total").await;
+    let grown = node.rss_kib().saturating_sub(rss_before);
+    assert!(merges > 0.0, "the slow client's presence was merged");
+    assert!(grown < 30 * 1024, "RSS grew by {grown} KiB");
+}
