@@ -1,0 +1,74 @@
+//! Keeps `docs/protocol.md` from drifting from the code: message types, error codes, JSON
+//! examples and `serve` flags.
+
+use presence_node::protocol::{CLIENT_TYPES, ERROR_CODES, SERVER_TYPES, parse_client};
+
+fn doc() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+    std::fs::read_to_string(path).expect("docs/protocol.md")
+}
+
+#[test]
+fn every_type_and_code_is_documented() {
+    let doc = doc();
+    for t in CLIENT_TYPES.iter().chain(SERVER_TYPES).chain(ERROR_CODES) {
+        assert!(
+            doc.contains(&format!("`{t}`")),
+            "docs/protocol.md does not mention `{t}`"
+        );
+    }
+}
+
+#[test]
+fn client_examples_parse_and_frame_examples_are_json() {
+    let doc = doc();
+    let mut blocks = 0;
+    for block in doc.split("```json").skip(1) {
+        let json = block.split("```").next().expect("closed block").trim();
+        let v: serde_json::Value = serde_json::from_str(json).expect("example is JSON");
+        let t = v["type"].as_str().expect("example has a type");
+        if CLIENT_TYPES.contains(&t) {
+            parse_client(json.as_bytes()).expect("client example parses");
+        } else {
+            assert!(SERVER_TYPES.contains(&t), "unknown example type {t}");
+        }
+        blocks += 1;
+    }
+    assert!(blocks >= 5);
+}
+
+#[test]
+fn documented_flags_are_the_flags_serve_takes() {
+    let doc = doc();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_presence-node"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let flags_in = |text: &str| -> std::collections::BTreeSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| {
+                w.starts_with("--") && w.as_bytes().get(2).is_some_and(u8::is_ascii_alphabetic)
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let section = doc
+        .split("## Running a node")
+        .nth(1)
+        .expect("running section");
+    let documented = flags_in(section);
+    let mut taken = flags_in(&help);
+    taken.remove("--help");
+    assert_eq!(
+        documented, taken,
+        "docs/protocol.md flags vs `serve --help`"
+    );
+    for f in &taken {
+        let env = format!(
+            "PRESENCE_{}",
+            f.trim_start_matches("--").replace('-', "_").to_uppercase()
+        );
+        assert!(help.contains(&env), "{f} has no {env}");
+    }
+}
