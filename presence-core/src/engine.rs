@@ -213,12 +213,16 @@ impl Engine {
 
     /// The person did something: resets idleness. The hot path.
     pub fn activity(&self, session: SessionId, now: u64) -> Result<(), Error> {
-        self.shard(session.user).lock().activity(session, now)
+        self.shard(session.user)
+            .lock()
+            .activity(session, now, &self.cfg)
     }
 
     /// The connection is alive; idleness is untouched.
     pub fn heartbeat(&self, session: SessionId, now: u64) -> Result<(), Error> {
-        self.shard(session.user).lock().heartbeat(session, now)
+        self.shard(session.user)
+            .lock()
+            .heartbeat(session, now, &self.cfg)
     }
 
     /// Sets the user's custom status and optional text.

@@ -442,10 +442,7 @@ impl Shard {
         cfg: &Config,
     ) -> Result<(), Error> {
         let now = self.tick_clock(now);
-        let local = self.session_ok(id).ok_or(Error::UnknownSession)?;
-        if self.sessions[id.slot as usize].tag & LINGERING != 0 {
-            return Err(Error::UnknownSession);
-        }
+        let local = self.live_session(id, now, cfg)?;
         match how {
             Disconnect::Dropped => {
                 let s = &mut self.sessions[id.slot as usize];
@@ -474,15 +471,26 @@ impl Shard {
         Ok(())
     }
 
-    /// The hot path: the person did something.
-    pub fn activity(&mut self, id: SessionId, now: u64) -> Result<(), Error> {
-        let now = self.tick_clock(now);
+    /// A connected session's slot, or `UnknownSession` if it is gone, lingering, or past its
+    /// heartbeat timeout (then it is reaped now: no ghost outlives the timeout).
+    fn live_session(&mut self, id: SessionId, now: u64, cfg: &Config) -> Result<usize, Error> {
         let local = self.session_ok(id).ok_or(Error::UnknownSession)?;
-        let s = &mut self.sessions[id.slot as usize];
+        let s = &self.sessions[id.slot as usize];
         if s.tag & LINGERING != 0 {
             return Err(Error::UnknownSession);
         }
-        s.at = now;
+        if s.at.saturating_add(cfg.heartbeat_timeout_ms) <= now {
+            self.expire_sessions(local, now, cfg);
+            return Err(Error::UnknownSession);
+        }
+        Ok(local)
+    }
+
+    /// The hot path: the person did something.
+    pub fn activity(&mut self, id: SessionId, now: u64, cfg: &Config) -> Result<(), Error> {
+        let now = self.tick_clock(now);
+        let local = self.live_session(id, now, cfg)?;
+        self.sessions[id.slot as usize].at = now;
         let u = &mut self.users[local];
         u.last_active = u.last_active.max(now);
         if u.pub_state != State::Online.code() && u.flags & DIRTY == 0 {
@@ -493,14 +501,10 @@ impl Shard {
     }
 
     /// The connection is alive; idleness is untouched.
-    pub fn heartbeat(&mut self, id: SessionId, now: u64) -> Result<(), Error> {
+    pub fn heartbeat(&mut self, id: SessionId, now: u64, cfg: &Config) -> Result<(), Error> {
         let now = self.tick_clock(now);
-        self.session_ok(id).ok_or(Error::UnknownSession)?;
-        let s = &mut self.sessions[id.slot as usize];
-        if s.tag & LINGERING != 0 {
-            return Err(Error::UnknownSession);
-        }
-        s.at = now;
+        self.live_session(id, now, cfg)?;
+        self.sessions[id.slot as usize].at = now;
         Ok(())
     }
 
@@ -575,6 +579,9 @@ impl Shard {
                 }
                 changes.push((self.global(local), cur));
             }
+            // Activity after idling makes the next idle deadline earlier than the armed one
+            // (activity itself only writes a timestamp): arm it now.
+            self.arm(local, now, cfg);
         }
         dirty.clear();
         self.dirty = dirty;
