@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tracing::debug;
 
 use crate::hub::Hub;
@@ -80,18 +80,23 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
             };
             let t = QuicTransport {
                 conn,
-                read: FramedRead::new(recv, codec()),
-                write: FramedWrite::new(send, codec()),
+                read: FramedRead::with_capacity(recv, codec(), READ_CAPACITY),
+                send,
             };
             session::run(hub, t, "quic").await;
         });
     }
 }
 
+/// Initial read buffer per connection (tokio-util's default is 8 KiB; client messages are
+/// tiny and the buffer grows for larger ones).
+const READ_CAPACITY: usize = 512;
+
+/// Frames are written straight into quinn's send buffer (no per-connection write buffer).
 struct QuicTransport {
     conn: quinn::Connection,
     read: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
-    write: FramedWrite<quinn::SendStream, LengthDelimitedCodec>,
+    send: quinn::SendStream,
 }
 
 impl Transport for QuicTransport {
@@ -110,15 +115,22 @@ impl Transport for QuicTransport {
     }
 
     async fn send(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
-        self.write.send(Bytes::from(frame)).await
+        let len = u32::try_from(frame.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large")
+        })?;
+        self.send
+            .write_all_chunks(&mut [
+                Bytes::copy_from_slice(&len.to_be_bytes()),
+                Bytes::from(frame),
+            ])
+            .await
+            .map_err(std::io::Error::other)
     }
 
     async fn close(&mut self, reason: &str) {
-        let _ = SinkExt::<Bytes>::flush(&mut self.write).await;
-        let stream = self.write.get_mut();
-        let _ = stream.finish();
+        let _ = self.send.finish();
         // Give the peer a moment to read what was sent (an error frame) before closing.
-        let _ = tokio::time::timeout(Duration::from_millis(500), stream.stopped()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.send.stopped()).await;
         self.conn.close(0u32.into(), reason.as_bytes());
     }
 }

@@ -13,9 +13,10 @@ use crate::hub::Hub;
 use crate::protocol::MAX_FRAME;
 use crate::session::{self, RecvError, Transport};
 
-/// Per-connection read buffer. tungstenite's default (128 KiB) costs about 134 KB per idle
-/// connection; presence frames from clients are tiny.
-const READ_BUFFER: usize = 4 * 1024;
+/// Per-connection read buffer, allocated eagerly by tungstenite. Its default (128 KiB) costs
+/// about 134 KB per idle connection; client messages are tiny (larger ones still work, they
+/// are read in several chunks).
+const READ_BUFFER: usize = 512;
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new().route("/v1/ws", get(upgrade)).with_state(hub)

@@ -369,9 +369,21 @@ async fn admin_api_refuses_bad_requests() {
     assert_eq!(v["presence"].as_array().map(Vec::len), Some(3));
     let (s, v) = common::http(node.ready.admin, "GET", "/healthz", None, None).await;
     assert_eq!((s, &v["status"]), (200, &json!("ok")));
-    let (s, text) = common::http_text(node.ready.admin, "GET", "/metrics", None, None).await;
-    assert_eq!(s, 200);
-    assert!(text.contains("presence_tick_seconds_bucket"), "{text}");
+    // The tick histogram appears once the first tick has run.
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let (s, text) = common::http_text(node.ready.admin, "GET", "/metrics", None, None).await;
+        assert_eq!(s, 200);
+        if text.contains("presence_tick_seconds_bucket") {
+            assert!(text.contains("presence_admin_requests_total"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no tick metrics: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn bad_client_input(via: Via) {
@@ -479,15 +491,18 @@ async fn a_client_that_never_reads_does_not_grow_memory() {
     let friends: Vec<String> = (0..300).map(|i| format!("f{i}")).collect();
     let pairs: Vec<(&str, &str)> = friends.iter().map(|f| ("slow", f.as_str())).collect();
     node.befriend(&pairs).await;
-    // The slow client says hello and then never reads again.
-    let (_slow, _) = Client::hello(&node, Via::Ws, "slow", "d").await;
+    // The slow client says hello and then never reads again; its tiny receive buffer makes the
+    // node's writes back up within a few frames.
+    let _slow = Client::hello_tiny_window(&node, "slow").await;
     let mut senders = Vec::new();
     for f in &friends[..200] {
         senders.push(Client::hello(&node, Via::Quic, f, "d").await.0);
     }
     let rss_before = node.rss_kib();
-    let texts: Vec<String> = (0..8).map(|i| format!("{i}{}", "z".repeat(120))).collect();
-    for round in 0..80 {
+    // About 8 MB of presence for the slow client: more than the kernel's largest send buffer
+    // (4 MiB here), so the node's writes must back up and the outbox must merge.
+    let texts: Vec<String> = (0..8).map(|i| format!("{i}{}", "z".repeat(139))).collect();
+    for round in 0..150 {
         for c in senders.iter_mut() {
             let t = &texts[round % texts.len()];
             c.send(json!({"type": "status", "status": "busy", "text": t}))

@@ -331,6 +331,25 @@ impl Client {
         (c, w)
     }
 
+    /// A WebSocket client with a 4 KiB socket receive buffer, hello sent, welcome read.
+    pub async fn hello_tiny_window(node: &Node, user: &str) -> Client {
+        let token = node.token(user).await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket.connect(node.ready.ws).await.expect("connect");
+        let url = format!("ws://{}/v1/ws", node.ready.ws);
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+                .expect("ws handshake");
+        let mut c = Client::Ws(ws);
+        c.send(serde_json::json!({"type": "hello", "token": token, "device": "tiny"}))
+            .await;
+        let w = c.recv().await.expect("welcome");
+        assert_eq!(w["type"], "welcome", "{w}");
+        c
+    }
+
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         match self {
             Client::Ws(ws) => {
