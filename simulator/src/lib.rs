@@ -1,0 +1,1 @@
+//! The simulator: synthetic friend graphs and activity, replayed against `presence-core`.
