@@ -88,12 +88,17 @@ impl Batch {
     /// Builds the CSR arrays from `(watcher << 32 | item)` keys.
     pub(crate) fn fill_from_pairs(&mut self, pairs: &mut [u64]) {
         radsort::sort(pairs);
+        self.fill_from_sorted(pairs.iter().copied());
+    }
+
+    /// Builds the CSR arrays from ascending `(watcher << 32 | item)` keys.
+    pub(crate) fn fill_from_sorted(&mut self, pairs: impl Iterator<Item = u64>) {
         self.watchers.clear();
         self.offsets.clear();
         self.items.clear();
-        self.items.reserve(pairs.len());
+        self.items.reserve(pairs.size_hint().0);
         let mut last = None;
-        for &p in pairs.iter() {
+        for p in pairs {
             let w = (p >> 32) as u32;
             if last != Some(w) {
                 self.offsets.push(self.items.len() as u32);

@@ -71,6 +71,9 @@ struct Ticker {
     tick: u64,
     /// Dense `user -> index in this tick's entries` map for pull fan-out (`u32::MAX` = none).
     index: Vec<u32>,
+    /// Dense bitset of this tick's live watchers for push fan-out: one load per friend instead
+    /// of a roaring lookup.
+    live_bits: Vec<u64>,
 }
 
 /// The presence engine. All methods take `&self` and may be called from many threads.
@@ -473,7 +476,17 @@ impl Engine {
         };
         match strategy {
             Strategy::Idle => batch.offsets.push(0),
-            Strategy::Push => self.fan_out_push(graph, &changed_ids, &live, &mut batch),
+            Strategy::Push => {
+                let bits = &mut ticker.live_bits;
+                bits.clear();
+                bits.resize(graph.sets.len().div_ceil(64), 0);
+                for w in live.iter() {
+                    if let Some(word) = bits.get_mut((w >> 6) as usize) {
+                        *word |= 1 << (w & 63);
+                    }
+                }
+                self.fan_out_push(graph, &changed_ids, bits, &mut batch);
+            }
             Strategy::Pull => {
                 self.fan_out_pull(graph, &changed_ids, &live, &mut ticker.index, &mut batch)
             }
@@ -493,41 +506,44 @@ impl Engine {
         batch
     }
 
-    fn fan_out_push(
-        &self,
-        graph: &Graph,
-        changed: &[u32],
-        live: &RoaringBitmap,
-        batch: &mut Batch,
-    ) {
+    fn fan_out_push(&self, graph: &Graph, changed: &[u32], live: &[u64], batch: &mut Batch) {
         let threads = self.cfg.threads.max(1);
+        // Each thread walks a slice of the changed users and drops (watcher, item) keys into
+        // buckets by watcher range; then each bucket is sorted on its own thread, and the
+        // buckets in order are the CSR.
+        let buckets = threads * 4;
+        let span = (graph.sets.len() as u64).div_ceil(buckets as u64).max(1);
         let chunk = changed.len().div_ceil(threads).max(1);
         let parts = parallel_map(changed.len().div_ceil(chunk), threads, |t| {
             let lo = t * chunk;
             let hi = (lo + chunk).min(changed.len());
-            let mut pairs = Vec::new();
+            let mut out: Vec<Vec<u64>> = vec![Vec::new(); buckets];
             for (idx, &u) in changed[lo..hi].iter().enumerate() {
                 let item = (lo + idx) as u64;
                 if let Some(set) = graph.set(u) {
                     set.for_each(|w| {
-                        if live.contains(w) {
-                            pairs.push((u64::from(w) << 32) | item);
+                        let bit = live
+                            .get((w >> 6) as usize)
+                            .map_or(0, |word| word >> (w & 63));
+                        if bit & 1 == 1 {
+                            let b = ((u64::from(w) / span) as usize).min(buckets - 1);
+                            out[b].push((u64::from(w) << 32) | item);
                         }
                     });
                 }
             }
-            pairs
+            out
         });
-        let mut pairs: Vec<u64> = if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_default()
-        } else {
-            let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        let parts = &parts;
+        let sorted = parallel_map(buckets, threads, |b| {
+            let mut keys: Vec<u64> = Vec::with_capacity(parts.iter().map(|p| p[b].len()).sum());
             for p in parts {
-                all.extend_from_slice(&p);
+                keys.extend_from_slice(&p[b]);
             }
-            all
-        };
-        batch.fill_from_pairs(&mut pairs);
+            radsort::sort(&mut keys);
+            keys
+        });
+        batch.fill_from_sorted(sorted.iter().flatten().copied());
     }
 
     fn fan_out_pull(
@@ -640,6 +656,10 @@ impl Engine {
             if shard.lock().session_count() > 0 {
                 return Err(Error::NotEmpty);
             }
+        }
+        let per_shard = names.len().div_ceil(self.shards.len());
+        for shard in self.shards.iter() {
+            shard.lock().reserve_users(per_shard);
         }
         *self.names.write() = names;
         g.graph = graph;

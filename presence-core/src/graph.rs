@@ -158,11 +158,12 @@ impl FriendSet {
         match self {
             FriendSet::Small(s) => small_bytes(s.len()),
             FriendSet::Big(b) => {
+                // roaring's own byte counts assume 4 bytes per array value; arrays hold u16s.
                 let st = b.statistics();
                 ROARING_FIXED
                     + st.n_containers as usize * ROARING_CONTAINER_OVERHEAD
-                    + st.n_bytes_array_containers as usize
-                    + st.n_bytes_bitset_containers as usize
+                    + st.n_values_array_containers as usize * 2
+                    + st.n_bitset_containers as usize * 8192
                     + st.n_bytes_run_containers as usize
             }
         }

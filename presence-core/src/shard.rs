@@ -159,6 +159,12 @@ impl Shard {
         }
     }
 
+    /// Reserves exactly enough room for `n` users (when the count is known, at snapshot load),
+    /// instead of letting the table grow by doubling.
+    pub fn reserve_users(&mut self, n: usize) {
+        self.users.reserve_exact(n.saturating_sub(self.users.len()));
+    }
+
     fn mark_dirty(&mut self, local: usize) {
         let u = &mut self.users[local];
         if u.flags & DIRTY == 0 {
