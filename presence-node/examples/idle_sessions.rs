@@ -36,12 +36,35 @@ struct Args {
     /// UDP sockets the QUIC clients share.
     #[arg(long, default_value_t = 16)]
     quic_sockets: usize,
+    /// Friends per user (a ring: u_i with the next N/2 users), loaded through the admin API,
+    /// so each welcome carries a realistic snapshot.
+    #[arg(long, default_value_t = 0)]
+    friends: usize,
     /// The node binary [default: next to this example].
     #[arg(long)]
     node: Option<PathBuf>,
 }
 
 const SECRET: &str = "bench-secret";
+const ADMIN_KEY: &str = "bench-admin-key";
+
+/// One admin request over a fresh connection (Connection: close); returns the status code.
+async fn admin_post(addr: &str, path: &str, body: &str) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")
+}
 
 fn node_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
@@ -93,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         .arg(dir.path())
         .args(["--ws-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
         .args(["--admin-listen", "127.0.0.1:0", "--secret", SECRET])
+        .args(["--admin-key", ADMIN_KEY])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -109,6 +133,21 @@ async fn main() -> anyhow::Result<()> {
     let pid = node.0.id();
     let ws_addr = ready["ws"].as_str().context("ws")?.to_owned();
     let quic_addr: std::net::SocketAddr = ready["quic"].as_str().context("quic")?.parse()?;
+    if args.friends > 0 {
+        let admin = ready["admin"].as_str().context("admin")?.to_owned();
+        let half = args.friends / 2;
+        let n = args.sessions;
+        let pairs: Vec<[String; 2]> = (0..n)
+            .flat_map(|i| (1..=half).map(move |k| [format!("u{i}"), format!("u{}", (i + k) % n)]))
+            .collect();
+        for chunk in pairs.chunks(50_000) {
+            let body = serde_json::json!({ "add": chunk }).to_string();
+            let status = admin_post(&admin, "/v1/friendships", &body).await?;
+            if status != 200 {
+                bail!("loading friendships: HTTP {status}");
+            }
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid);
     let exp = presence_node::hub::now_ms() / 1000 + 3600;

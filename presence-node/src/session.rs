@@ -143,7 +143,7 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
     };
     let span = info_span!("session", user = %claims.sub, device = %device, transport);
     metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
-    let how = serve(&hub, &mut t, &handle, &welcome, &claims.sub, &device)
+    let how = serve(&hub, &mut t, &handle, welcome, &claims.sub, &device)
         .instrument(span)
         .await;
     hub.close_session(&handle, how);
@@ -177,18 +177,18 @@ async fn serve<T: Transport>(
     hub: &Hub,
     t: &mut T,
     handle: &SessionHandle,
-    welcome: &presence_core::Welcome,
+    welcome: presence_core::Welcome,
     user: &str,
     device: &str,
 ) -> Disconnect {
     let sid = handle.sid;
-    if write(t, welcome_frame(hub, welcome, user, device))
-        .await
-        .is_err()
-    {
+    let frame = welcome_frame(hub, &welcome, user, device);
+    debug!(friends = welcome.friends.len(), "welcome");
+    // The snapshot is not kept for the life of the session (150 friends ≈ 6 KB).
+    drop(welcome);
+    if write(t, frame).await.is_err() {
         return Disconnect::Dropped;
     }
-    debug!(friends = welcome.friends.len(), "welcome sent");
     let mut bucket = Bucket::new(Instant::now());
     let mut strikes = 0u32;
     loop {

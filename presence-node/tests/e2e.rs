@@ -516,3 +516,29 @@ async fn a_client_that_never_reads_does_not_grow_memory() {
     assert!(merges > 0.0, "the slow client's presence was merged");
     assert!(grown < 30 * 1024, "RSS grew by {grown} KiB");
 }
+
+#[tokio::test]
+async fn a_large_welcome_arrives_whole_over_both_transports() {
+    common::init();
+    let node = Node::start(FAST);
+    // Long ids with multi-byte characters, so 1 KiB WebSocket fragments split UTF-8 sequences.
+    let friends: Vec<String> = (0..400)
+        .map(|i| format!("ami-é-{i:04}-{}", "ü".repeat(20)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = friends.iter().map(|f| ("big", f.as_str())).collect();
+    node.befriend(&pairs).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for via in [Via::Ws, Via::Quic] {
+        let (_c, w) = Client::hello(&node, via, "big", "d").await;
+        let got: Vec<&str> = w["friends"]
+            .as_array()
+            .expect("friends")
+            .iter()
+            .filter_map(|f| f["user"].as_str())
+            .collect();
+        assert_eq!(got.len(), 400, "{via:?}");
+        for f in &friends {
+            assert!(got.contains(&f.as_str()), "{via:?} lost {f}");
+        }
+    }
+}
