@@ -1,1 +1,17 @@
 //! The simulator: synthetic friend graphs and activity, replayed against `presence-core`.
+//!
+//! - [`graphgen`]: friend graphs with a realistic shape (heavy-tailed degrees, communities
+//!   by country, clustering), written as presence-core snapshots.
+//! - [`activity`]: the activity model (logins on a daily curve, devices, bursts, idle
+//!   stretches, mobile drops, heartbeats) as a time-ordered stream of events, independent of
+//!   where the events go.
+//! - [`replay`]: drives a `presence_core::Engine` with that stream at accelerated virtual
+//!   time, measures it, verifies watchers' views and compares fan-out policies.
+//! - [`report`]: the table, JSON and self-contained HTML (inline SVG) reports.
+
+pub mod activity;
+pub mod graphgen;
+pub mod replay;
+pub mod report;
+pub mod rng;
+pub mod util;

@@ -1,0 +1,845 @@
+//! In-process replay: the activity model drives a `presence_core::Engine` at accelerated
+//! virtual time, tick by tick, while the replay measures throughput, tick times and memory,
+//! optionally verifies sampled watchers' views against the truth, and counts what two other
+//! fan-out policies would have sent for the same activity.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use presence_core::snapshot;
+use presence_core::{
+    Batch, Change, Config, Disconnect, Engine, Presence, SessionId, State, UserId,
+};
+
+use crate::activity::{
+    ActivityModel, ActivityParams, DEVICE_NAMES, Ending, Event, EventKind, EventSink,
+};
+use crate::report::{
+    FootprintOut, LoadOut, MemoryOut, PolicyOut, RateSet, ReplayConfigOut, ReplayReport, Sample,
+    TickTimeOut, Totals, VerifyOut,
+};
+use crate::rng::Rng;
+use crate::util;
+
+/// Engine time (ms since the epoch) of virtual midnight: 2026-01-01T00:00:00Z.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+/// Rates "after warm-up" leave out this much virtual time from the start.
+pub const WARMUP_MS: u64 = 120_000;
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayParams {
+    pub graph: PathBuf,
+    pub duration_ms: u64,
+    pub tick_ms: u64,
+    pub peak_online: f64,
+    pub seed: u64,
+    pub verify: bool,
+    pub sample_watchers: usize,
+    pub policies: bool,
+    /// Hour of the day at the start; by default the run is centred on the peak.
+    pub start_hour: Option<f64>,
+    pub peak_hour: f64,
+    pub threads: usize,
+    pub shards: usize,
+    pub max_friends: u32,
+    pub max_snapshot_bytes: u64,
+    pub progress: bool,
+    /// Log every event of this user (debugging).
+    pub trace_user: Option<u32>,
+}
+
+impl ReplayParams {
+    pub fn new(graph: PathBuf) -> Self {
+        Self {
+            graph,
+            duration_ms: 3_600_000,
+            tick_ms: 200,
+            peak_online: 0.3,
+            seed: 1,
+            verify: false,
+            sample_watchers: 100,
+            policies: false,
+            start_hour: None,
+            peak_hour: 20.0,
+            threads: 2,
+            shards: 16,
+            max_friends: 5000,
+            max_snapshot_bytes: 64 << 30,
+            progress: false,
+            trace_user: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.duration_ms == 0 {
+            bail!("--duration must be positive");
+        }
+        if self.tick_ms == 0 {
+            bail!("--tick must be positive");
+        }
+        if self.tick_ms > self.duration_ms {
+            bail!(
+                "--tick ({}) is longer than --duration ({})",
+                util::fmt_ms(self.tick_ms),
+                util::fmt_ms(self.duration_ms)
+            );
+        }
+        if self.duration_ms / self.tick_ms > 50_000_000 {
+            bail!("--duration / --tick is over 50 million ticks: use a longer tick");
+        }
+        if !(self.peak_online > 0.0 && self.peak_online <= 1.0) {
+            bail!(
+                "--peak-online must be in (0, 1] (a share of users), got {}",
+                self.peak_online
+            );
+        }
+        if let Some(h) = self.start_hour
+            && !(0.0..24.0).contains(&h)
+        {
+            bail!("--start-hour must be in [0, 24), got {h}");
+        }
+        if !(0.0..24.0).contains(&self.peak_hour) {
+            bail!("--peak-hour must be in [0, 24)");
+        }
+        if self.threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn start_hour(&self) -> f64 {
+        self.start_hour.unwrap_or_else(|| {
+            (self.peak_hour - self.duration_ms as f64 / 7_200_000.0).rem_euclid(24.0)
+        })
+    }
+}
+
+/// A sampled watcher's view, built only from its welcome and later batches.
+#[derive(Debug, Clone)]
+struct View {
+    tick: u64,
+    friends: Vec<(UserId, Presence)>,
+}
+
+#[derive(Debug, Default)]
+struct Verifier {
+    watchers: Vec<u32>,
+    views: Vec<Option<View>>,
+    checks: u64,
+    mismatches: u64,
+    welcome_checks: u64,
+    welcome_mismatches: u64,
+    views_started: u64,
+    ghost_checks: u64,
+    ghosts: u64,
+    examples: Vec<String>,
+}
+
+impl Verifier {
+    fn slot(&self, user: u32) -> Option<usize> {
+        self.watchers.binary_search(&user).ok()
+    }
+
+    fn note(&mut self, msg: String) {
+        if self.examples.len() < 10 {
+            tracing::warn!("{msg}");
+            self.examples.push(msg);
+        }
+    }
+}
+
+fn apply_diff(view: &mut View, batch: &Batch, watcher: UserId) {
+    for &item in batch.diff_of(watcher) {
+        let (f, change) = batch.entry(item);
+        let pos = view.friends.binary_search_by_key(f, |(id, _)| *id);
+        match (change, pos) {
+            (Change::Presence(p), Ok(i)) => view.friends[i].1 = p.clone(),
+            (Change::Presence(p), Err(i)) => view.friends.insert(i, (*f, p.clone())),
+            (Change::Removed, Ok(i)) => {
+                view.friends.remove(i);
+            }
+            (Change::Removed, Err(_)) => {}
+        }
+    }
+    view.tick = batch.tick;
+}
+
+/// Counts of engine calls refused (none are expected).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct EngineErrors {
+    pub connect: u64,
+    pub disconnect: u64,
+    pub activity: u64,
+    pub heartbeat: u64,
+    pub status: u64,
+    /// Events for a device the replay had no session for.
+    pub no_session: u64,
+}
+
+impl EngineErrors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.disconnect + self.activity + self.heartbeat + self.status
+    }
+}
+
+/// The sink that applies model events to the engine.
+struct Driver<'e> {
+    engine: &'e Engine,
+    base: u64,
+    sessions: Vec<[Option<SessionId>; 3]>,
+    errors: EngineErrors,
+    error_examples: Vec<String>,
+    events: u64,
+    /// Online friends of each user (published state not offline), for the policy counts.
+    onf: Option<Vec<u32>>,
+    /// Policy (a): one entry per online friend per activity event.
+    a_activity: u64,
+    verify: Option<Verifier>,
+    /// Users whose last session vanished: (time by which they must look offline, user,
+    /// the user's connect count then).
+    ghosts_due: std::collections::VecDeque<(u64, u32, u32)>,
+    /// Connects per user (a ghost check is skipped if the user came back since).
+    connects: Vec<u32>,
+    /// Log every event of this user.
+    trace_user: Option<u32>,
+}
+
+impl Driver<'_> {
+    fn error(&mut self, what: &str, ev: &Event, e: &dyn std::fmt::Display) {
+        if self.error_examples.len() < 10 {
+            let msg = format!("{what} at {} ms for user {}: {e}", ev.at, ev.user);
+            tracing::warn!("{msg}");
+            self.error_examples.push(msg);
+        }
+    }
+
+    fn connected(&self, user: u32) -> bool {
+        self.sessions[user as usize].iter().any(Option::is_some)
+    }
+}
+
+impl EventSink for Driver<'_> {
+    fn event(&mut self, ev: &Event) {
+        self.events += 1;
+        let now = self.base + ev.at;
+        let u = ev.user;
+        if self.trace_user == Some(u) {
+            tracing::info!(at_ms = ev.at, kind = ?ev.kind, "trace");
+        }
+        match ev.kind {
+            EventKind::Connect { device } => {
+                self.connects[u as usize] = self.connects[u as usize].wrapping_add(1);
+                let was_connected = self.connected(u);
+                match self
+                    .engine
+                    .connect(UserId(u), DEVICE_NAMES[device as usize], now)
+                {
+                    Ok(welcome) => {
+                        self.sessions[u as usize][device as usize] = Some(welcome.session);
+                        if let Some(v) = self.verify.as_mut()
+                            && let Some(i) = v.slot(u)
+                        {
+                            match (&v.views[i], was_connected) {
+                                (Some(view), true) if view.tick == welcome.tick => {
+                                    v.welcome_checks += 1;
+                                    if view.friends != welcome.friends {
+                                        v.welcome_mismatches += 1;
+                                        let msg = format!(
+                                            "welcome of a second device of user {u} at tick {} differs from the view kept from diffs",
+                                            welcome.tick
+                                        );
+                                        v.note(msg);
+                                    }
+                                }
+                                _ => {
+                                    v.views_started += 1;
+                                    v.views[i] = Some(View {
+                                        tick: welcome.tick,
+                                        friends: welcome.friends,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        self.errors.connect += 1;
+                        self.error("connect", ev, &e);
+                    }
+                }
+            }
+            EventKind::Disconnect { device, how } => {
+                let Some(sid) = self.sessions[u as usize][device as usize].take() else {
+                    self.errors.no_session += 1;
+                    return;
+                };
+                let res = match how {
+                    Ending::Dropped => self.engine.disconnect(sid, Disconnect::Dropped, now),
+                    Ending::LoggedOut => self.engine.disconnect(sid, Disconnect::LoggedOut, now),
+                    Ending::Vanished => Ok(()),
+                };
+                if let Err(e) = res {
+                    self.errors.disconnect += 1;
+                    self.error("disconnect", ev, &e);
+                }
+                if !self.connected(u) {
+                    if let Some(v) = self.verify.as_mut()
+                        && let Some(i) = v.slot(u)
+                    {
+                        v.views[i] = None;
+                    }
+                    if how == Ending::Vanished {
+                        // No ghost: offline once the heartbeat timeout has passed.
+                        let due = ev.at + self.engine.config().heartbeat_timeout_ms;
+                        self.ghosts_due
+                            .push_back((due, u, self.connects[u as usize]));
+                    }
+                }
+            }
+            EventKind::Activity { device } => {
+                let Some(sid) = self.sessions[u as usize][device as usize] else {
+                    self.errors.no_session += 1;
+                    return;
+                };
+                if let Err(e) = self.engine.activity(sid, now) {
+                    self.errors.activity += 1;
+                    self.error("activity", ev, &e);
+                }
+                if let Some(onf) = &self.onf {
+                    self.a_activity += u64::from(onf[u as usize]);
+                }
+            }
+            EventKind::Heartbeat { device } => {
+                let Some(sid) = self.sessions[u as usize][device as usize] else {
+                    self.errors.no_session += 1;
+                    return;
+                };
+                if let Err(e) = self.engine.heartbeat(sid, now) {
+                    self.errors.heartbeat += 1;
+                    self.error("heartbeat", ev, &e);
+                }
+            }
+            EventKind::Status(s) => {
+                if let Err(e) = self.engine.set_status(UserId(u), s, None, now) {
+                    self.errors.status += 1;
+                    self.error("status", ev, &e);
+                }
+            }
+        }
+    }
+}
+
+/// Per-window accumulators for the time series.
+#[derive(Debug, Default, Clone)]
+struct Window {
+    ticks: u64,
+    transitions: u64,
+    entries: u64,
+    frames: u64,
+    a: u64,
+    b: u64,
+    events: u64,
+    tick_ns_sum: u64,
+    tick_ns_max: u64,
+}
+
+/// Totals over a span of the run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Span {
+    ms: u64,
+    transitions: u64,
+    entries: u64,
+    frames: u64,
+    a_entries: u64,
+    b_entries: u64,
+    events: u64,
+}
+
+impl Span {
+    fn rates(&self) -> RateSet {
+        let s = (self.ms as f64 / 1000.0).max(1e-9);
+        RateSet {
+            virtual_seconds: self.ms as f64 / 1000.0,
+            transitions_per_s: self.transitions as f64 / s,
+            entries_per_s: self.entries as f64 / s,
+            frames_per_s: self.frames as f64 / s,
+            entries_per_transition: if self.transitions > 0 {
+                self.entries as f64 / self.transitions as f64
+            } else {
+                0.0
+            },
+            events_per_s: self.events as f64 / s,
+        }
+    }
+}
+
+fn footprint_out(engine: &Engine) -> FootprintOut {
+    let f = engine.footprint();
+    FootprintOut {
+        users: f.users as u64,
+        sessions: f.sessions as u64,
+        edges: f.edges,
+        wheel_entries: f.wheel_entries as u64,
+        state_bytes: f.state_bytes as u64,
+        graph_bytes: f.graph_bytes as u64,
+        interner_bytes: f.interner_bytes as u64,
+        roaring_sets: f.roaring_sets as u64,
+    }
+}
+
+fn tick_time_out(h: &Histogram<u64>) -> TickTimeOut {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let mut buckets = Vec::new();
+    if !h.is_empty() {
+        let mut lo = 1_000u64; // 1 µs
+        while lo <= h.max() {
+            let hi = lo * 2;
+            let c = h.count_between(lo, hi.saturating_sub(1));
+            buckets.push((us(lo), us(hi), c));
+            lo = hi;
+        }
+        let below = h.count_between(0, 999);
+        if below > 0 {
+            buckets.insert(0, (0.0, 1.0, below));
+        }
+    }
+    TickTimeOut {
+        count: h.len(),
+        mean_us: us(h.mean() as u64),
+        p50_us: us(h.value_at_quantile(0.5)),
+        p90_us: us(h.value_at_quantile(0.9)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+        buckets,
+    }
+}
+
+/// Runs the replay.
+pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
+    params.validate()?;
+    let wall = Instant::now();
+    let mem_before = util::mem();
+    let cfg = Config {
+        threads: params.threads,
+        shards: params.shards,
+        max_friends: params.max_friends,
+        ..Config::default()
+    };
+    cfg.validate().context("engine configuration")?;
+    let start_hour = params.start_hour();
+    let base = EPOCH_MS + (start_hour * 3_600_000.0) as u64;
+
+    let sp = if params.progress {
+        util::spinner(&format!("loading {}", params.graph.display()))
+    } else {
+        ProgressBar::hidden()
+    };
+    let t_load = Instant::now();
+    let engine =
+        snapshot::load_file(cfg.clone(), base, &params.graph, params.max_snapshot_bytes)
+            .with_context(|| format!("cannot load graph snapshot {}", params.graph.display()))?;
+    let load_seconds = t_load.elapsed().as_secs_f64();
+    sp.finish_and_clear();
+    let users = engine.user_count();
+    if users == 0 {
+        bail!("the graph {} has no users", params.graph.display());
+    }
+    let users_u32 = u32::try_from(users).context("too many users")?;
+    let fp_load = footprint_out(&engine);
+    let mem_loaded = util::mem();
+    tracing::info!(
+        users,
+        edges = fp_load.edges,
+        secs = load_seconds,
+        rss_mib = util::mib(mem_loaded.rss),
+        "graph loaded"
+    );
+
+    let mut ap = ActivityParams::new(users_u32, params.peak_online);
+    ap.start_hour = start_hour;
+    ap.peak_hour = params.peak_hour;
+    let mut model = ActivityModel::new(ap.clone(), params.seed)?;
+
+    let verifier = if params.verify {
+        let n = params.sample_watchers.min(users);
+        let mut rng = Rng::derive(params.seed, 0x7E21, 0);
+        let mut picked: Vec<u32> = if n == users {
+            (0..users_u32).collect()
+        } else {
+            let mut set = std::collections::BTreeSet::new();
+            while set.len() < n {
+                set.insert(rng.below(users as u64) as u32);
+            }
+            set.into_iter().collect()
+        };
+        picked.sort_unstable();
+        Some(Verifier {
+            views: vec![None; picked.len()],
+            watchers: picked,
+            ..Verifier::default()
+        })
+    } else {
+        None
+    };
+    let mut driver = Driver {
+        engine: &engine,
+        base,
+        sessions: vec![[None; 3]; users],
+        errors: EngineErrors::default(),
+        error_examples: Vec::new(),
+        events: 0,
+        onf: params.policies.then(|| vec![0u32; users]),
+        a_activity: 0,
+        verify: verifier,
+        ghosts_due: std::collections::VecDeque::new(),
+        connects: vec![0; users],
+        trace_user: params.trace_user,
+    };
+
+    let levels = cfg.idle_thresholds_ms.len();
+    let mut pub_state = vec![0u8; users];
+    let mut pops = vec![0u64; 2 + levels];
+    pops[0] = users as u64;
+    let mut a_state = 0u64;
+    let mut b_entries = 0u64;
+
+    let ticks = params.duration_ms / params.tick_ms;
+    let window_ms = {
+        let w = (params.duration_ms / 600).max(params.tick_ms).max(1000);
+        w.div_ceil(params.tick_ms) * params.tick_ms
+    };
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram")?;
+    let mut apply_hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram")?;
+    let mut win = Window::default();
+    let mut series: Vec<Sample> = Vec::new();
+    let mut whole = Span::default();
+    let mut steady = Span::default();
+    let mut expired_expected = 0u64;
+    let mut expired_unexpected = 0u64;
+    let mut peak_fp = fp_load;
+    let mut online_share_sum = 0.0;
+    let mut online_share_n = 0u64;
+    let mut last_fp_at = 0u64;
+
+    let pb = if params.progress {
+        util::bar(ticks, "replaying ticks")
+    } else {
+        ProgressBar::hidden()
+    };
+    for k in 1..=ticks {
+        let t = k * params.tick_ms;
+        let events_before = driver.events;
+        let a_before = driver.a_activity;
+        let t0 = Instant::now();
+        model.run_until(t, &mut driver);
+        apply_hist
+            .record(t0.elapsed().as_nanos().max(1) as u64)
+            .ok();
+        let t1 = Instant::now();
+        let batch = engine.tick(base + t);
+        let tick_ns = (t1.elapsed().as_nanos() as u64).max(1);
+        hist.record(tick_ns).ok();
+
+        // Sessions the heartbeat timeout expired.
+        for sid in &batch.expired {
+            let slots = &mut driver.sessions[sid.user as usize];
+            if let Some(s) = slots.iter_mut().find(|s| **s == Some(*sid)) {
+                *s = None;
+                expired_unexpected += 1;
+            } else {
+                expired_expected += 1;
+            }
+        }
+
+        // Published states: populations, and the policy counts.
+        let transitions = batch.stats.transitions;
+        let mut b_tick = 0u64;
+        let mut a_tick = 0u64;
+        for (uid, change) in &batch.entries[..transitions] {
+            let Change::Presence(p) = change else {
+                continue;
+            };
+            let u = uid.index();
+            let new = match p.state {
+                State::Offline => 0u8,
+                State::Online => 1,
+                State::Idle(l) => 2 + l,
+            };
+            let old = pub_state[u];
+            pub_state[u] = new;
+            if let Some(c) = pops.get_mut(old as usize) {
+                *c -= 1;
+            }
+            if let Some(c) = pops.get_mut(new as usize) {
+                *c += 1;
+            }
+            if let Some(onf) = driver.onf.as_mut() {
+                let online_friends = u64::from(onf[u]);
+                b_tick += online_friends;
+                if (old == 0) != (new == 0) {
+                    a_tick += online_friends;
+                    for f in engine.friends(*uid) {
+                        let c = &mut onf[f.index()];
+                        if new == 0 {
+                            *c = c.saturating_sub(1);
+                        } else {
+                            *c += 1;
+                        }
+                    }
+                }
+            }
+        }
+        a_state += a_tick;
+        b_entries += b_tick;
+
+        // Verification of sampled watchers.
+        if let Some(v) = driver.verify.as_mut() {
+            for i in 0..v.watchers.len() {
+                let w = UserId(v.watchers[i]);
+                let Some(view) = v.views[i].as_mut() else {
+                    continue;
+                };
+                if batch.tick > view.tick {
+                    apply_diff(view, &batch, w);
+                }
+                let truth = engine.friends_presence(w);
+                v.checks += 1;
+                if truth != view.friends {
+                    v.mismatches += 1;
+                    let wrong = truth
+                        .iter()
+                        .zip(view.friends.iter())
+                        .find(|(a, b)| a != b)
+                        .map(|(a, b)| format!("truth {a:?} vs view {b:?}"))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "{} friends in truth, {} in view",
+                                truth.len(),
+                                view.friends.len()
+                            )
+                        });
+                    // Resynchronise so one miss is counted once, not at every later tick.
+                    view.friends = truth;
+                    let msg = format!("tick {}: watcher {} view differs: {wrong}", batch.tick, w.0);
+                    v.note(msg);
+                }
+            }
+            while let Some(&(due, u, connects)) = driver.ghosts_due.front() {
+                if due + params.tick_ms > t {
+                    break;
+                }
+                driver.ghosts_due.pop_front();
+                if driver.connects[u as usize] != connects {
+                    continue; // the user came back since: nothing to check
+                }
+                v.ghost_checks += 1;
+                let p = engine.presence(UserId(u));
+                if p.state != State::Offline || engine.is_live(UserId(u)) {
+                    v.ghosts += 1;
+                    let msg = format!(
+                        "user {u} still looks {:?} (live: {}) at {} ms, its client vanished at {} ms",
+                        p.state,
+                        engine.is_live(UserId(u)),
+                        t,
+                        due - engine.config().heartbeat_timeout_ms
+                    );
+                    v.note(msg);
+                }
+            }
+        } else {
+            driver.ghosts_due.clear();
+        }
+
+        // Accounting.
+        let entries = batch.entry_count() as u64;
+        let frames = batch.watchers.len() as u64;
+        let events = driver.events - events_before;
+        let a_tick_all = a_tick + (driver.a_activity - a_before);
+        for span in [&mut whole]
+            .into_iter()
+            .chain((t > WARMUP_MS).then_some(&mut steady))
+        {
+            span.ms += params.tick_ms;
+            span.transitions += transitions as u64;
+            span.entries += entries;
+            span.frames += frames;
+            span.a_entries += a_tick_all;
+            span.b_entries += b_tick;
+            span.events += events;
+        }
+        if t > WARMUP_MS {
+            online_share_sum += (users as u64 - pops[0]) as f64 / users as f64;
+            online_share_n += 1;
+        }
+        win.ticks += 1;
+        win.transitions += transitions as u64;
+        win.entries += entries;
+        win.frames += frames;
+        win.a += a_tick_all;
+        win.b += b_tick;
+        win.events += events;
+        win.tick_ns_sum += tick_ns;
+        win.tick_ns_max = win.tick_ns_max.max(tick_ns);
+        if t.is_multiple_of(window_ms) || k == ticks {
+            let secs = (win.ticks * params.tick_ms) as f64 / 1000.0;
+            series.push(Sample {
+                t_s: t as f64 / 1000.0,
+                transitions_per_s: win.transitions as f64 / secs,
+                entries_per_s: win.entries as f64 / secs,
+                frames_per_s: win.frames as f64 / secs,
+                policy_a_entries_per_s: win.a as f64 / secs,
+                policy_b_entries_per_s: win.b as f64 / secs,
+                events_per_s: win.events as f64 / secs,
+                tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
+                tick_max_us: win.tick_ns_max as f64 / 1000.0,
+                online: pops[1],
+                idle: pops[2..].to_vec(),
+                present: users as u64 - pops[0],
+                live_watchers: batch.stats.live_watchers,
+                sessions: model.connected_sessions(),
+                model_online: model.online_users(),
+                rss: util::mem().rss,
+            });
+            win = Window::default();
+        }
+        if t - last_fp_at >= 60_000 || k == ticks {
+            last_fp_at = t;
+            let fp = footprint_out(&engine);
+            if fp.sessions >= peak_fp.sessions {
+                peak_fp = fp;
+            }
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let wall_seconds = wall.elapsed().as_secs_f64();
+    let mem_end = util::mem();
+
+    let verify = driver.verify.take().map(|v| VerifyOut {
+        watchers: v.watchers.len(),
+        views_started: v.views_started,
+        checks: v.checks,
+        mismatches: v.mismatches,
+        welcome_checks: v.welcome_checks,
+        welcome_mismatches: v.welcome_mismatches,
+        ghost_checks: v.ghost_checks,
+        ghosts: v.ghosts,
+        examples: v.examples,
+    });
+    let policies = params.policies.then(|| {
+        let s = (whole.ms as f64 / 1000.0).max(1e-9);
+        let st = (steady.ms as f64 / 1000.0).max(1e-9);
+        let a_total = driver.a_activity + a_state;
+        vec![
+            PolicyOut {
+                name: "(a) online/offline + last-active pushed on every activity".into(),
+                entries: a_total,
+                frames: a_total,
+                entries_per_s: a_total as f64 / s,
+                frames_per_s: a_total as f64 / s,
+                steady_entries_per_s: steady.a_entries as f64 / st,
+                steady_frames_per_s: steady.a_entries as f64 / st,
+            },
+            PolicyOut {
+                name: "(b) idle levels, every change pushed at once (no batching)".into(),
+                entries: b_entries,
+                frames: b_entries,
+                entries_per_s: b_entries as f64 / s,
+                frames_per_s: b_entries as f64 / s,
+                steady_entries_per_s: steady.b_entries as f64 / st,
+                steady_frames_per_s: steady.b_entries as f64 / st,
+            },
+            PolicyOut {
+                name: "(c) idle levels, batched and coalesced per tick (the engine)".into(),
+                entries: whole.entries,
+                frames: whole.frames,
+                entries_per_s: whole.entries as f64 / s,
+                frames_per_s: whole.frames as f64 / s,
+                steady_entries_per_s: steady.entries as f64 / st,
+                steady_frames_per_s: steady.frames as f64 / st,
+            },
+        ]
+    });
+    let engine_bytes = peak_fp.state_bytes + peak_fp.graph_bytes + peak_fp.interner_bytes;
+    let report = ReplayReport {
+        config: ReplayConfigOut {
+            graph: params.graph.display().to_string(),
+            users: users as u64,
+            edges: fp_load.edges,
+            duration_ms: params.duration_ms,
+            tick_ms: params.tick_ms,
+            peak_online: params.peak_online,
+            seed: params.seed,
+            start_hour,
+            peak_hour: params.peak_hour,
+            threads: params.threads,
+            shards: params.shards,
+            heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
+            grace_ms: cfg.grace_ms,
+            idle_thresholds_ms: cfg.idle_thresholds_ms.clone(),
+            verify: params.verify,
+            sample_watchers: params.sample_watchers,
+            policies: params.policies,
+            activity: ap,
+        },
+        load: LoadOut {
+            seconds: load_seconds,
+            footprint: fp_load,
+            rss_before: mem_before.rss,
+            rss_after: mem_loaded.rss,
+        },
+        totals: Totals {
+            ticks,
+            events: driver.events,
+            model: model.counts(),
+            transitions: whole.transitions,
+            entries: whole.entries,
+            frames: whole.frames,
+            expired_vanished: expired_expected,
+            expired_unexpected,
+            engine_errors: driver.errors,
+            engine_error_examples: driver.error_examples.clone(),
+            wall_seconds,
+            speedup: params.duration_ms as f64 / 1000.0 / wall_seconds.max(1e-9),
+            mean_present_share_after_warmup: if online_share_n > 0 {
+                online_share_sum / online_share_n as f64
+            } else {
+                0.0
+            },
+        },
+        whole: whole.rates(),
+        steady: steady.rates(),
+        tick_time: tick_time_out(&hist),
+        apply_time: tick_time_out(&apply_hist),
+        memory: MemoryOut {
+            peak_rss: mem_end.hwm,
+            rss_end: mem_end.rss,
+            peak_rss_per_user: mem_end.hwm as f64 / users as f64,
+            engine_at_peak: peak_fp,
+            engine_bytes_per_user: engine_bytes as f64 / users as f64,
+            engine_state_bytes_per_session: if peak_fp.sessions > 0 {
+                peak_fp.state_bytes as f64 / peak_fp.sessions as f64
+            } else {
+                0.0
+            },
+            graph_bytes_per_edge: peak_fp.graph_bytes as f64 / peak_fp.edges.max(1) as f64,
+        },
+        policies,
+        verify,
+        idle_levels: cfg
+            .idle_thresholds_ms
+            .iter()
+            .map(|&ms| format!("idle {}", util::fmt_ms(ms)))
+            .collect(),
+        series,
+    };
+    drop(driver);
+    drop(engine);
+    Ok(report)
+}
