@@ -19,6 +19,9 @@ pub struct Config {
     pub shards: usize,
     /// Threads the tick may use for its parallel phases.
     pub threads: usize,
+    /// Work (friend-list entries, users) below which a tick phase stays on one thread:
+    /// spawning threads costs tens of microseconds that small ticks do not repay.
+    pub parallel_threshold: u64,
     /// Most friends one user may have.
     pub max_friends: u32,
     /// Most concurrent sessions (devices) one user may have.
@@ -48,6 +51,7 @@ impl Default for Config {
             heartbeat_timeout_ms: 45_000,
             shards: 16,
             threads: 2,
+            parallel_threshold: 256 * 1024,
             max_friends: 5_000,
             max_sessions_per_user: 16,
             max_status_text: 140,

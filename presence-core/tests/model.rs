@@ -54,6 +54,8 @@ fn config(fanout: FanoutPolicy, shards: usize, threads: usize) -> Config {
         threads,
         max_sessions_per_user: MAX_SESSIONS,
         fanout,
+        // Small graphs: force the parallel paths so the model checks them too.
+        parallel_threshold: 0,
         ..Config::default()
     }
 }

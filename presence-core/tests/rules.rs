@@ -447,6 +447,7 @@ fn push_and_pull_fan_out_agree() {
             200,
             Config {
                 fanout: policy,
+                parallel_threshold: 0,
                 ..cfg()
             },
         );

@@ -52,10 +52,9 @@ pub const COMMUNITY_MEDIAN: f64 = 180.0;
 pub const COMMUNITY_SIGMA: f64 = 0.6;
 pub const COMMUNITY_MIN: u32 = 20;
 pub const COMMUNITY_MAX: u32 = 3000;
-/// Largest archive presence-core's snapshot format can hold: it is an rkyv archive with
-/// rkyv's default 32-bit relative pointers, so no field may sit 2 GiB or more away from the
-/// pointer to it (and `to_bytes` panics instead of returning an error past that).
-pub const SNAPSHOT_LIMIT_BYTES: u64 = (i32::MAX as u64) - (1 << 20);
+/// Largest snapshot the generator will write. presence-core's snapshots use 64-bit relative
+/// pointers, so this is only a guard against absurd sizes (1 TiB), checked before serialising.
+pub const SNAPSHOT_LIMIT_BYTES: u64 = 1 << 40;
 /// One country per this many users (at least one, at most 200).
 pub const USERS_PER_COUNTRY: u32 = 50_000;
 

@@ -192,9 +192,8 @@ fn graph(a: GraphArgs, progress: bool) -> Result<ExitCode> {
     if estimate > graphgen::SNAPSHOT_LIMIT_BYTES {
         drop(g);
         let msg = format!(
-            "cannot write {}: this graph needs a {:.2} GiB snapshot, and presence-core's snapshot format \
-             (rkyv with 32-bit relative pointers) holds at most 2 GiB; use fewer users or a lower mean \
-             (about {} users at this mean fit)",
+            "cannot write {}: this graph needs a {:.2} GiB snapshot, over the generator's guard of \
+             1 TiB; use fewer users or a lower mean (about {} users at this mean fit)",
             a.out.display(),
             util::gib(estimate),
             util::thousands(

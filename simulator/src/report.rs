@@ -471,7 +471,7 @@ pub fn graph_table(r: &GraphReport) -> String {
     if r.snapshot_error.is_some() {
         let _ = writeln!(
             o,
-            "on disk: NOT WRITTEN (would be {:.1} MiB = {:.2} B/edge, over the 2 GiB snapshot limit)",
+            "on disk: NOT WRITTEN (would be {:.1} MiB = {:.2} B/edge, over the snapshot size guard)",
             mib(r.snapshot_estimate_bytes),
             r.snapshot_estimate_bytes as f64 / s.edges.max(1) as f64
         );
