@@ -71,9 +71,29 @@ struct Ticker {
     tick: u64,
     /// Dense `user -> index in this tick's entries` map for pull fan-out (`u32::MAX` = none).
     index: Vec<u32>,
-    /// Dense bitset of this tick's live watchers for push fan-out: one load per friend instead
-    /// of a roaring lookup.
+    /// Users with a connected session as of the last tick, kept up to date from the shards'
+    /// flips (so a tick costs what changed, not what is live), as a roaring set for iteration
+    /// and a dense bitset for the push fan-out's one-load membership test.
+    live: RoaringBitmap,
     live_bits: Vec<u64>,
+}
+
+impl Ticker {
+    fn apply_live(&mut self, changes: &[(u32, bool)]) {
+        for &(id, live) in changes {
+            let word = (id >> 6) as usize;
+            if word >= self.live_bits.len() {
+                self.live_bits.resize(word + 1, 0);
+            }
+            if live {
+                self.live.insert(id);
+                self.live_bits[word] |= 1 << (id & 63);
+            } else {
+                self.live.remove(id);
+                self.live_bits[word] &= !(1 << (id & 63));
+            }
+        }
+    }
 }
 
 /// The presence engine. All methods take `&self` and may be called from many threads.
@@ -447,10 +467,9 @@ impl Engine {
             now,
             ..Batch::default()
         };
-        let mut live = RoaringBitmap::new();
         let mut changed: Vec<(u32, Presence)> = Vec::new();
         for c in collected {
-            live |= c.live;
+            ticker.apply_live(&c.live_changes);
             changed.extend(c.changes);
             batch.expired.extend(c.expired);
         }
@@ -463,6 +482,8 @@ impl Engine {
 
         let push_cost: u64 = changed_ids.iter().map(|&u| graph.degree(u)).sum();
         let users = graph.sets.len().max(1) as u64;
+        let ticker = &mut *ticker;
+        let live = &ticker.live;
         let pull_cost = live.len() * (2 * graph.edges()).div_ceil(users);
         let strategy = if changed_ids.is_empty() || live.is_empty() {
             Strategy::Idle
@@ -478,22 +499,14 @@ impl Engine {
         match strategy {
             Strategy::Idle => batch.offsets.push(0),
             Strategy::Push => {
-                let bits = &mut ticker.live_bits;
-                bits.clear();
-                bits.resize(graph.sets.len().div_ceil(64), 0);
-                for w in live.iter() {
-                    if let Some(word) = bits.get_mut((w >> 6) as usize) {
-                        *word |= 1 << (w & 63);
-                    }
-                }
-                self.fan_out_push(graph, &changed_ids, bits, &mut batch);
+                self.fan_out_push(graph, &changed_ids, &ticker.live_bits, &mut batch);
             }
             Strategy::Pull => {
-                self.fan_out_pull(graph, &changed_ids, &live, &mut ticker.index, &mut batch)
+                self.fan_out_pull(graph, &changed_ids, live, &mut ticker.index, &mut batch)
             }
         }
 
-        let edge_changes = self.announce_edges(&edge_events, &changed_ids, &live, &mut batch);
+        let edge_changes = self.announce_edges(&edge_events, &changed_ids, live, &mut batch);
         drop(g);
 
         batch.stats = TickStats {

@@ -97,8 +97,8 @@ struct Ext {
 pub(crate) struct Collected {
     /// Global ids whose visible state changed, ascending, with their new presence.
     pub changes: Vec<(u32, Presence)>,
-    /// Global ids with at least one connected session.
-    pub live: RoaringBitmap,
+    /// Changes of "has a connected session" since the last tick, in order: (global id, live).
+    pub live_changes: Vec<(u32, bool)>,
     /// Sessions expired by the heartbeat timeout since the last tick.
     pub expired: Vec<SessionId>,
 }
@@ -113,6 +113,8 @@ pub(crate) struct Shard {
     wheel: Wheel,
     dirty: Vec<u32>,
     live: RoaringBitmap,
+    /// Flips of `live` since the last tick, handed to the tick (which keeps the global set).
+    live_changes: Vec<(u32, bool)>,
     ext: HashMap<u32, Ext>,
     /// Highest `now` seen: time never goes backwards inside a shard.
     clock: u64,
@@ -131,6 +133,7 @@ impl Shard {
             wheel: Wheel::new(start),
             dirty: Vec::new(),
             live: RoaringBitmap::new(),
+            live_changes: Vec::new(),
             ext: HashMap::new(),
             clock: start,
             fired: Vec::new(),
@@ -163,6 +166,17 @@ impl Shard {
     /// instead of letting the table grow by doubling.
     pub fn reserve_users(&mut self, n: usize) {
         self.users.reserve_exact(n.saturating_sub(self.users.len()));
+    }
+
+    fn set_live(&mut self, global: u32, live: bool) {
+        let flipped = if live {
+            self.live.insert(global)
+        } else {
+            self.live.remove(global)
+        };
+        if flipped {
+            self.live_changes.push((global, live));
+        }
     }
 
     fn mark_dirty(&mut self, local: usize) {
@@ -251,7 +265,7 @@ impl Shard {
         }
         if removed {
             if !self.has_connected(local) {
-                self.live.remove(self.global(local));
+                self.set_live(self.global(local), false);
             }
             self.mark_dirty(local);
         }
@@ -430,7 +444,7 @@ impl Shard {
             tag: 0,
         });
         self.users[local].first = slot;
-        self.live.insert(global);
+        self.set_live(global, true);
         self.mark_dirty(local);
         self.arm(local, now, cfg);
         Ok(SessionId {
@@ -469,7 +483,7 @@ impl Shard {
             }
         }
         if !self.has_connected(local) {
-            self.live.remove(id.user);
+            self.set_live(id.user, false);
         }
         self.expire_sessions(local, now, cfg);
         self.mark_dirty(local);
@@ -593,7 +607,7 @@ impl Shard {
         self.dirty = dirty;
         Collected {
             changes,
-            live: self.live.clone(),
+            live_changes: std::mem::take(&mut self.live_changes),
             expired: std::mem::take(&mut self.expired),
         }
     }
@@ -610,6 +624,7 @@ impl Shard {
             + self.dirty.capacity() * 4
             + self.wheel.heap_bytes()
             + self.live.serialized_size()
+            + self.live_changes.capacity() * 8
             + self.ext.capacity() * (std::mem::size_of::<(u32, Ext)>() + 1)
     }
 
