@@ -499,7 +499,8 @@ impl Engine {
         match strategy {
             Strategy::Idle => batch.offsets.push(0),
             Strategy::Push => {
-                self.fan_out_push(graph, &changed_ids, &ticker.live_bits, &mut batch);
+                let threads = self.threads_for(push_cost);
+                self.fan_out_push(graph, &changed_ids, &ticker.live_bits, threads, &mut batch);
             }
             Strategy::Pull => {
                 self.fan_out_pull(graph, &changed_ids, live, &mut ticker.index, &mut batch)
@@ -530,9 +531,14 @@ impl Engine {
         }
     }
 
-    fn fan_out_push(&self, graph: &Graph, changed: &[u32], live: &[u64], batch: &mut Batch) {
-        let work: u64 = changed.iter().map(|&u| graph.degree(u)).sum();
-        let threads = self.threads_for(work);
+    fn fan_out_push(
+        &self,
+        graph: &Graph,
+        changed: &[u32],
+        live: &[u64],
+        threads: usize,
+        batch: &mut Batch,
+    ) {
         // Each thread walks a slice of the changed users and drops (watcher, item) keys into
         // buckets by watcher range; then each bucket is sorted on its own thread, and the
         // buckets in order are the CSR.

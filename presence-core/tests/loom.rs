@@ -64,6 +64,21 @@ impl View {
     }
 }
 
+/// Explores `f` with at most `preemptions` preemptions per execution.
+fn explore(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.check(f);
+}
+
+/// A fresh engine with users "a" and "b".
+fn engine_ab() -> (Arc<Engine>, UserId, UserId) {
+    let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
+    let a = e.intern("a").expect("id");
+    let b = e.intern("b").expect("id");
+    (e, a, b)
+}
+
 fn truth(e: &Engine, watcher: UserId) -> BTreeMap<UserId, Presence> {
     e.friends_presence(watcher).into_iter().collect()
 }
@@ -72,14 +87,10 @@ fn truth(e: &Engine, watcher: UserId) -> BTreeMap<UserId, Presence> {
 /// whichever tick comes after it, exactly once.
 #[test]
 fn activity_races_tick() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    builder.check(|| {
+    explore(3, || {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
-        let a = e.intern("a").expect("id");
-        let b = e.intern("b").expect("id");
+        let (e, a, b) = engine_ab();
         e.add_friendship(a, b).expect("edge");
         e.tick(T0);
         let wa = e.connect(a, "w", T0).expect("connect");
@@ -111,12 +122,8 @@ fn activity_races_tick() {
 /// a later diff.
 #[test]
 fn connect_and_change_race_tick() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
-        let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
-        let a = e.intern("a").expect("id");
-        let b = e.intern("b").expect("id");
+    explore(2, || {
+        let (e, a, b) = engine_ab();
         e.add_friendship(a, b).expect("edge");
         e.connect(b, "w", T0).expect("connect");
         e.tick(T0);
@@ -145,12 +152,8 @@ fn connect_and_change_race_tick() {
 /// device ends up knowing the new friend exactly once.
 #[test]
 fn edge_change_races_tick_and_connect() {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
-    builder.check(|| {
-        let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
-        let a = e.intern("a").expect("id");
-        let b = e.intern("b").expect("id");
+    explore(2, || {
+        let (e, a, b) = engine_ab();
         let first = e.connect(a, "web", T0).expect("connect");
         e.connect(b, "w", T0).expect("connect");
         e.tick(T0);

@@ -12,7 +12,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use presence_core::{ApplyError, MAX_USER_ID_LEN, UserId};
+use presence_core::{ApplyError, Interner, UserId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -113,13 +113,9 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The core's id rule (1 to 128 bytes), for user and group ids alike.
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_USER_ID_LEN {
-        return Err(bad(format!(
-            "{what} {id:?} must be 1 to {MAX_USER_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
+    Interner::check(id).map_err(|e| bad(format!("{what} {id:?}: {e}")))
 }
 
 /// Interns names, remembering each id's name for the durable write.

@@ -91,9 +91,7 @@ fn mint(
     data_dir: &std::path::Path,
     secret: Option<&str>,
 ) -> anyhow::Result<()> {
-    if user.is_empty() || user.len() > presence_core::MAX_USER_ID_LEN {
-        anyhow::bail!("--user must be 1 to 128 bytes");
-    }
+    presence_core::Interner::check(user).map_err(|e| anyhow::anyhow!("--user: {e}"))?;
     let ttl = parse_duration("ttl", ttl)?;
     let secret = match secret {
         Some(s) => s.to_owned(),

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 
-use presence_core::MAX_USER_ID_LEN;
+use presence_core::Interner;
 
 /// Claims the node reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,11 +79,7 @@ pub fn verify(secret: &[u8], token: &str, now_s: u64) -> Result<Claims, TokenErr
     let payload = B64.decode(p).map_err(|_| TokenError::Malformed)?;
     let claims: Claims =
         serde_json::from_slice(&payload).map_err(|e| TokenError::Claims(e.to_string()))?;
-    if claims.sub.is_empty() || claims.sub.len() > MAX_USER_ID_LEN {
-        return Err(TokenError::Claims(format!(
-            "sub must be 1 to {MAX_USER_ID_LEN} bytes"
-        )));
-    }
+    Interner::check(&claims.sub).map_err(|e| TokenError::Claims(format!("sub: {e}")))?;
     if claims.exp <= now_s {
         return Err(TokenError::Expired);
     }

@@ -245,16 +245,7 @@ fn graph(a: GraphArgs, progress: bool) -> Result<ExitCode> {
             );
         }
         rss_delta = Some(after.rss.saturating_sub(before.rss));
-        memory = Some(report::FootprintOut {
-            users: fp.users as u64,
-            sessions: fp.sessions as u64,
-            edges: fp.edges,
-            wheel_entries: fp.wheel_entries as u64,
-            state_bytes: fp.state_bytes as u64,
-            graph_bytes: fp.graph_bytes as u64,
-            interner_bytes: fp.interner_bytes as u64,
-            roaring_sets: fp.roaring_sets as u64,
-        });
+        memory = Some(report::FootprintOut::from(fp));
         drop(engine);
     }
     let edges = stats.edges.max(1) as f64;

@@ -377,17 +377,7 @@ impl Span {
 }
 
 fn footprint_out(engine: &Engine) -> FootprintOut {
-    let f = engine.footprint();
-    FootprintOut {
-        users: f.users as u64,
-        sessions: f.sessions as u64,
-        edges: f.edges,
-        wheel_entries: f.wheel_entries as u64,
-        state_bytes: f.state_bytes as u64,
-        graph_bytes: f.graph_bytes as u64,
-        interner_bytes: f.interner_bytes as u64,
-        roaring_sets: f.roaring_sets as u64,
-    }
+    engine.footprint().into()
 }
 
 fn tick_time_out(h: &Histogram<u64>) -> TickTimeOut {
@@ -737,33 +727,27 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         let st = (steady.ms as f64 / 1000.0).max(1e-9);
         let a_total = driver.a_activity + a_state;
         vec![
-            PolicyOut {
-                name: "(a) online/offline + last-active pushed on every activity".into(),
-                entries: a_total,
-                frames: a_total,
-                entries_per_s: a_total as f64 / s,
-                frames_per_s: a_total as f64 / s,
-                steady_entries_per_s: steady.a_entries as f64 / st,
-                steady_frames_per_s: steady.a_entries as f64 / st,
-            },
-            PolicyOut {
-                name: "(b) idle levels, every change pushed at once (no batching)".into(),
-                entries: b_entries,
-                frames: b_entries,
-                entries_per_s: b_entries as f64 / s,
-                frames_per_s: b_entries as f64 / s,
-                steady_entries_per_s: steady.b_entries as f64 / st,
-                steady_frames_per_s: steady.b_entries as f64 / st,
-            },
-            PolicyOut {
-                name: "(c) idle levels, batched and coalesced per tick (the engine)".into(),
-                entries: whole.entries,
-                frames: whole.frames,
-                entries_per_s: whole.entries as f64 / s,
-                frames_per_s: whole.frames as f64 / s,
-                steady_entries_per_s: steady.entries as f64 / st,
-                steady_frames_per_s: steady.frames as f64 / st,
-            },
+            PolicyOut::new(
+                "(a) online/offline + last-active pushed on every activity",
+                (a_total, a_total),
+                s,
+                (steady.a_entries, steady.a_entries),
+                st,
+            ),
+            PolicyOut::new(
+                "(b) idle levels, every change pushed at once (no batching)",
+                (b_entries, b_entries),
+                s,
+                (steady.b_entries, steady.b_entries),
+                st,
+            ),
+            PolicyOut::new(
+                "(c) idle levels, batched and coalesced per tick (the engine)",
+                (whole.entries, whole.frames),
+                s,
+                (steady.entries, steady.frames),
+                st,
+            ),
         ]
     });
     let engine_bytes = peak_fp.state_bytes + peak_fp.graph_bytes + peak_fp.interner_bytes;

@@ -46,6 +46,21 @@ pub struct FootprintOut {
     pub roaring_sets: u64,
 }
 
+impl From<presence_core::Footprint> for FootprintOut {
+    fn from(f: presence_core::Footprint) -> Self {
+        Self {
+            users: f.users as u64,
+            sessions: f.sessions as u64,
+            edges: f.edges,
+            wheel_entries: f.wheel_entries as u64,
+            state_bytes: f.state_bytes as u64,
+            graph_bytes: f.graph_bytes as u64,
+            interner_bytes: f.interner_bytes as u64,
+            roaring_sets: f.roaring_sets as u64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadOut {
     pub seconds: f64,
@@ -121,6 +136,28 @@ pub struct PolicyOut {
     pub frames_per_s: f64,
     pub steady_entries_per_s: f64,
     pub steady_frames_per_s: f64,
+}
+
+impl PolicyOut {
+    /// A policy's totals over `secs` of virtual time and its steady-state counts over
+    /// `steady_secs`.
+    pub fn new(
+        name: &str,
+        (entries, frames): (u64, u64),
+        secs: f64,
+        (steady_entries, steady_frames): (u64, u64),
+        steady_secs: f64,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            entries,
+            frames,
+            entries_per_s: entries as f64 / secs,
+            frames_per_s: frames as f64 / secs,
+            steady_entries_per_s: steady_entries as f64 / steady_secs,
+            steady_frames_per_s: steady_frames as f64 / steady_secs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -553,6 +590,21 @@ fn nice_num(x: f64) -> String {
 }
 
 /// A line chart. `log_y` plots log10 (values ≤ 0 are clipped to the smallest positive).
+/// Horizontal grid lines with their labels, one per tick value.
+fn y_grid(svg: &mut String, yticks: &[f64], sy: &dyn Fn(f64) -> f64, l: f64, pw: f64) {
+    for &v in yticks {
+        let y = sy(v);
+        let _ = write!(
+            svg,
+            r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            l + pw,
+            l - 4.0,
+            y + 4.0,
+            nice_num(v)
+        );
+    }
+}
+
 pub fn line_chart(
     title: &str,
     x_label: &str,
@@ -625,17 +677,7 @@ pub fn line_chart(
             .map(|i| ymin + (ymax - ymin) * f64::from(i) / 5.0)
             .collect()
     };
-    for v in yticks {
-        let y = sy(v);
-        let _ = write!(
-            svg,
-            r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            l + pw,
-            l - 4.0,
-            y + 4.0,
-            nice_num(v)
-        );
-    }
+    y_grid(&mut svg, &yticks, &sy, l, pw);
     for i in 0..=5 {
         let x = xmin + xspan * f64::from(i) / 5.0;
         let _ = write!(
@@ -731,17 +773,7 @@ pub fn bar_chart(
     } else {
         (0..=5).map(|i| ymax * f64::from(i) / 5.0).collect()
     };
-    for v in yticks {
-        let y = sy(v);
-        let _ = write!(
-            svg,
-            r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            l + pw,
-            l - 4.0,
-            y + 4.0,
-            nice_num(v)
-        );
-    }
+    y_grid(&mut svg, &yticks, &sy, l, pw);
     let gw = pw / groups.len() as f64;
     let bw = gw * 0.8 / series.len().max(1) as f64;
     for (gi, g) in groups.iter().enumerate() {
