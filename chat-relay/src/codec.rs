@@ -1,0 +1,316 @@
+//! The byte layout shared by the stores: keys that sort the way they are scanned, and compact
+//! values. Every decoder checks lengths and returns [`Corrupt`] instead of panicking.
+//!
+//! Keys (`lp(s)` is a 2-byte big-endian length then the bytes, so one id is never a prefix of
+//! another's key range):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | messages | msg_id (8 BE) | [`encode_message`] |
+//! | inbox | lp(user) ‖ seq (8 BE) | [`encode_entry`] (without the seq) |
+//! | history | conversation ‖ msg_id (8 BE) | empty |
+//! | dedupe | lp(sender) ‖ client id | msg_id (8 BE) ‖ ts (8 BE) |
+//! | acks | lp(user) ‖ device | seq (8 BE) |
+//!
+//! A conversation is `d ‖ lp(a) ‖ lp(b)` (1:1, `a < b`) or `g ‖ lp(gid)`.
+
+use crate::ids::MsgId;
+use crate::types::{Conversation, EntryKind, InboxEntry, StoredMessage, Target};
+
+/// Stored bytes that do not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt {0} record")]
+pub struct Corrupt(pub &'static str);
+
+fn lp(out: &mut Vec<u8>, s: &[u8]) {
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&s[..usize::from(len)]);
+}
+
+/// `lp(user)`: the prefix of one user's inbox (or acks).
+pub fn user_prefix(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + user.len() + 8);
+    lp(&mut k, user.as_bytes());
+    k
+}
+
+pub fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits an inbox key into (user prefix length, seq).
+pub fn split_inbox_key(key: &[u8]) -> Result<(usize, u64), Corrupt> {
+    let plen = key.len().checked_sub(8).ok_or(Corrupt("inbox key"))?;
+    let seq = read_u64(&key[plen..]).ok_or(Corrupt("inbox key"))?;
+    Ok((plen, seq))
+}
+
+pub fn conversation_key(c: &Conversation) -> Vec<u8> {
+    let mut k = Vec::with_capacity(64);
+    match c {
+        Conversation::Direct(a, b) => {
+            k.push(b'd');
+            lp(&mut k, a.as_bytes());
+            lp(&mut k, b.as_bytes());
+        }
+        Conversation::Group(g) => {
+            k.push(b'g');
+            lp(&mut k, g.as_bytes());
+        }
+    }
+    k
+}
+
+pub fn history_key(c: &Conversation, id: MsgId) -> Vec<u8> {
+    let mut k = conversation_key(c);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+pub fn dedupe_key(sender: &str, client_id: &str) -> Vec<u8> {
+    let mut k = user_prefix(sender);
+    k.extend_from_slice(client_id.as_bytes());
+    k
+}
+
+pub fn ack_key(user: &str, device: &str) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(device.as_bytes());
+    k
+}
+
+pub fn read_u64(b: &[u8]) -> Option<u64> {
+    let a: [u8; 8] = b.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(a))
+}
+
+pub fn encode_dedupe(id: MsgId, ts: u64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&id.to_be_bytes());
+    v[8..].copy_from_slice(&ts.to_be_bytes());
+    v
+}
+
+pub fn decode_dedupe(v: &[u8]) -> Result<(MsgId, u64), Corrupt> {
+    let id = read_u64(v).ok_or(Corrupt("dedupe"))?;
+    let ts = v.get(8..).and_then(read_u64).ok_or(Corrupt("dedupe"))?;
+    Ok((MsgId(id), ts))
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..len as usize]);
+}
+
+fn put_target(out: &mut Vec<u8>, t: &Target) {
+    match t {
+        Target::User(u) => {
+            out.push(b'u');
+            put_str(out, u);
+        }
+        Target::Group(g) => {
+            out.push(b'g');
+            put_str(out, g);
+        }
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Corrupt> {
+        if self.b.len() < n {
+            return Err(Corrupt(self.what));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, Corrupt> {
+        read_u64(self.take(8)?).ok_or(Corrupt(self.what))
+    }
+    fn str(&mut self) -> Result<String, Corrupt> {
+        let len = self.take(4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let s = self.take(len)?;
+        String::from_utf8(s.to_vec()).map_err(|_| Corrupt(self.what))
+    }
+    fn target(&mut self) -> Result<Target, Corrupt> {
+        match self.u8()? {
+            b'u' => Ok(Target::User(self.str()?)),
+            b'g' => Ok(Target::Group(self.str()?)),
+            _ => Err(Corrupt(self.what)),
+        }
+    }
+    fn done(&self) -> Result<(), Corrupt> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(Corrupt(self.what))
+        }
+    }
+}
+
+/// Inbox value: kind ‖ msg_id ‖ ts ‖ from ‖ target ‖ has_text ‖ text.
+pub fn encode_entry(e: &InboxEntry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(
+        40 + e.from.len() + e.target.id().len() + e.text.as_ref().map_or(0, String::len),
+    );
+    v.push(e.kind.code());
+    v.extend_from_slice(&e.msg_id.to_be_bytes());
+    v.extend_from_slice(&e.ts.to_be_bytes());
+    put_str(&mut v, &e.from);
+    put_target(&mut v, &e.target);
+    match &e.text {
+        Some(t) => {
+            v.push(1);
+            put_str(&mut v, t);
+        }
+        None => v.push(0),
+    }
+    v
+}
+
+pub fn decode_entry(seq: u64, v: &[u8]) -> Result<InboxEntry, Corrupt> {
+    let mut r = Reader {
+        b: v,
+        what: "inbox",
+    };
+    let kind = EntryKind::from_code(r.u8()?).ok_or(Corrupt("inbox"))?;
+    let msg_id = MsgId(r.u64()?);
+    let ts = r.u64()?;
+    let from = r.str()?;
+    let target = r.target()?;
+    let text = match r.u8()? {
+        0 => None,
+        1 => Some(r.str()?),
+        _ => return Err(Corrupt("inbox")),
+    };
+    r.done()?;
+    Ok(InboxEntry {
+        seq,
+        kind,
+        msg_id,
+        from,
+        target,
+        text,
+        ts,
+    })
+}
+
+/// The ts of an encoded inbox entry, without decoding the rest (for retention scans).
+pub fn entry_ts(v: &[u8]) -> Result<u64, Corrupt> {
+    v.get(9..).and_then(read_u64).ok_or(Corrupt("inbox"))
+}
+
+/// Message value: ts ‖ edited (0 | 1 ‖ ts) ‖ deleted ‖ from ‖ target ‖ text ‖ client id.
+pub fn encode_message(m: &StoredMessage) -> Vec<u8> {
+    let mut v = Vec::with_capacity(
+        48 + m.from.len() + m.target.id().len() + m.text.len() + m.client_id.len(),
+    );
+    v.extend_from_slice(&m.ts.to_be_bytes());
+    match m.edited_ts {
+        Some(t) => {
+            v.push(1);
+            v.extend_from_slice(&t.to_be_bytes());
+        }
+        None => v.push(0),
+    }
+    v.push(u8::from(m.deleted));
+    put_str(&mut v, &m.from);
+    put_target(&mut v, &m.target);
+    put_str(&mut v, &m.text);
+    put_str(&mut v, &m.client_id);
+    v
+}
+
+pub fn decode_message(id: MsgId, v: &[u8]) -> Result<StoredMessage, Corrupt> {
+    let mut r = Reader {
+        b: v,
+        what: "message",
+    };
+    let ts = r.u64()?;
+    let edited_ts = match r.u8()? {
+        0 => None,
+        1 => Some(r.u64()?),
+        _ => return Err(Corrupt("message")),
+    };
+    let deleted = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(Corrupt("message")),
+    };
+    let from = r.str()?;
+    let target = r.target()?;
+    let text = r.str()?;
+    let client_id = r.str()?;
+    r.done()?;
+    Ok(StoredMessage {
+        msg_id: id,
+        from,
+        target,
+        text,
+        ts,
+        edited_ts,
+        deleted,
+        client_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_truncation() {
+        let e = InboxEntry {
+            seq: 7,
+            kind: EntryKind::Edit,
+            msg_id: MsgId(99),
+            from: "alice".into(),
+            target: Target::Group("g1".into()),
+            text: Some("héllo".into()),
+            ts: 12345,
+        };
+        let v = encode_entry(&e);
+        assert_eq!(decode_entry(7, &v).unwrap(), e);
+        assert_eq!(entry_ts(&v).unwrap(), 12345);
+        for n in 0..v.len() {
+            assert!(decode_entry(7, &v[..n]).is_err());
+        }
+        let m = StoredMessage {
+            msg_id: MsgId(5),
+            from: "a".into(),
+            target: Target::User("b".into()),
+            text: "t".into(),
+            ts: 1,
+            edited_ts: Some(2),
+            deleted: false,
+            client_id: "c1".into(),
+        };
+        let v = encode_message(&m);
+        assert_eq!(decode_message(MsgId(5), &v).unwrap(), m);
+        for n in 0..v.len() {
+            assert!(decode_message(MsgId(5), &v[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn user_prefixes_do_not_nest() {
+        // "a" with a seq must not fall inside the range of "a\0..."
+        let a = inbox_key("a", u64::MAX);
+        let ab = inbox_key("ab", 0);
+        assert!(!ab.starts_with(&user_prefix("a")));
+        assert!(a < ab);
+    }
+}

@@ -1,0 +1,219 @@
+//! Message ids: 64-bit, unique across nodes, and sortable by time.
+//!
+//! Layout, most significant bit first: 42 bits of milliseconds since [`EPOCH_MS`]
+//! (2024-01-01T00:00:00Z; enough for 139 years), 10 bits of node id, 12 bits of a per-millisecond
+//! sequence. On the wire an id is 16 lowercase hex digits, fixed width, so comparing two id
+//! strings compares their times.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The custom epoch: 2024-01-01T00:00:00Z in milliseconds since the Unix epoch.
+pub const EPOCH_MS: u64 = 1_704_067_200_000;
+/// Bits of node id in a [`MsgId`].
+pub const NODE_BITS: u32 = 10;
+/// Bits of per-millisecond sequence in a [`MsgId`].
+pub const SEQ_BITS: u32 = 12;
+/// The largest node id (1023).
+pub const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
+const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
+const TIME_SHIFT: u32 = NODE_BITS + SEQ_BITS;
+const MAX_TIME: u64 = (1 << (64 - TIME_SHIFT)) - 1;
+
+/// A message id. `Ord` is time order (then node, then sequence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId(pub u64);
+
+impl MsgId {
+    /// The smallest id that can be minted at `unix_ms` (any node): every id minted earlier
+    /// is below it. Used to cut the message log by age.
+    pub fn first_at(unix_ms: u64) -> MsgId {
+        MsgId(unix_ms.saturating_sub(EPOCH_MS).min(MAX_TIME) << TIME_SHIFT)
+    }
+
+    /// Milliseconds since the Unix epoch encoded in the id (the minting time, or a few ms
+    /// later when the generator had to borrow from the next millisecond).
+    pub fn unix_ms(self) -> u64 {
+        (self.0 >> TIME_SHIFT) + EPOCH_MS
+    }
+
+    /// The node that minted the id.
+    pub fn node(self) -> u16 {
+        ((self.0 >> SEQ_BITS) & u64::from(MAX_NODE)) as u16
+    }
+
+    /// The per-millisecond sequence.
+    pub fn seq(self) -> u16 {
+        (self.0 & MAX_SEQ) as u16
+    }
+
+    /// Big-endian bytes: byte order = id order, for store keys.
+    pub fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Why a string is not a message id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a message id is exactly 16 lowercase hex digits, got {0:?}")]
+pub struct ParseMsgIdError(pub String);
+
+impl FromStr for MsgId {
+    type Err = ParseMsgIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !ok {
+            let shown: String = s.chars().take(40).collect();
+            return Err(ParseMsgIdError(shown));
+        }
+        u64::from_str_radix(s, 16)
+            .map(MsgId)
+            .map_err(|_| ParseMsgIdError(s.to_owned()))
+    }
+}
+
+/// Why an id generator could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id must be 0 to {max}, got {0}", max = MAX_NODE)]
+pub struct NodeIdError(pub u32);
+
+/// Mints [`MsgId`]s for one node. Strictly increasing whatever the clock does: a clock that
+/// steps backwards keeps the last millisecond used, and a millisecond whose 4,096 sequence
+/// numbers are spent borrows the next one.
+#[derive(Debug, Clone)]
+pub struct IdGen {
+    node: u16,
+    last_ms: u64,
+    seq: u64,
+    started: bool,
+}
+
+impl IdGen {
+    /// A generator for `node` (0 to [`MAX_NODE`]).
+    pub fn new(node: u32) -> Result<Self, NodeIdError> {
+        let node = u16::try_from(node)
+            .ok()
+            .filter(|n| *n <= MAX_NODE)
+            .ok_or(NodeIdError(node))?;
+        Ok(Self {
+            node,
+            last_ms: 0,
+            seq: 0,
+            started: false,
+        })
+    }
+
+    /// The node id.
+    pub fn node(&self) -> u16 {
+        self.node
+    }
+
+    /// Raises the floor so the next id is above `id` (used after a restart, with the newest
+    /// id in the store, in case the clock went back across the restart).
+    pub fn observe(&mut self, id: MsgId) {
+        let ms = id.0 >> TIME_SHIFT;
+        if !self.started
+            || ms > self.last_ms
+            || (ms == self.last_ms && u64::from(id.seq()) > self.seq)
+        {
+            self.last_ms = ms;
+            self.seq = u64::from(id.seq());
+            self.started = true;
+        }
+    }
+
+    /// The next id, for a clock reading of `now_ms` (ms since the Unix epoch).
+    pub fn next(&mut self, now_ms: u64) -> MsgId {
+        let ms = now_ms.saturating_sub(EPOCH_MS).min(MAX_TIME);
+        if !self.started || ms > self.last_ms {
+            self.last_ms = ms;
+            self.seq = 0;
+            self.started = true;
+        } else if self.seq < MAX_SEQ {
+            self.seq += 1;
+        } else {
+            self.last_ms = (self.last_ms + 1).min(MAX_TIME);
+            self.seq = 0;
+        }
+        MsgId((self.last_ms << TIME_SHIFT) | (u64::from(self.node) << SEQ_BITS) | self.seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trips() {
+        let mut g = IdGen::new(5).unwrap();
+        let id = g.next(EPOCH_MS + 1234);
+        assert_eq!(id.unix_ms(), EPOCH_MS + 1234);
+        assert_eq!(id.node(), 5);
+        assert_eq!(id.seq(), 0);
+        let s = id.to_string();
+        assert_eq!(s.len(), 16);
+        assert_eq!(s.parse::<MsgId>().unwrap(), id);
+    }
+
+    #[test]
+    fn rejects_bad_strings_and_nodes() {
+        for bad in [
+            "",
+            "123",
+            "000000000000000G",
+            "000000000000000A",
+            "00000000000000001",
+        ] {
+            assert!(bad.parse::<MsgId>().is_err(), "{bad}");
+        }
+        assert!(IdGen::new(1024).is_err());
+        assert!(IdGen::new(1023).is_ok());
+    }
+
+    #[test]
+    fn monotonic_under_backwards_clock_and_bursts() {
+        let mut g = IdGen::new(1).unwrap();
+        let t = EPOCH_MS + 1_000_000;
+        let mut last = g.next(t);
+        // 10,000 ids in one ms: borrows the next milliseconds
+        for _ in 0..10_000 {
+            let id = g.next(t);
+            assert!(id > last);
+            assert!(id.to_string() > last.to_string());
+            last = id;
+        }
+        assert!(last.unix_ms() >= t + 2);
+        // clock steps back one second
+        for i in 0..5_000 {
+            let id = g.next(t - 1000 + i / 10);
+            assert!(id > last);
+            last = id;
+        }
+    }
+
+    #[test]
+    fn first_at_bounds_ids() {
+        let mut g = IdGen::new(MAX_NODE.into()).unwrap();
+        let t = EPOCH_MS + 5_000;
+        let id = g.next(t - 1);
+        assert!(id < MsgId::first_at(t));
+        let id = g.next(t);
+        assert!(id >= MsgId::first_at(t));
+    }
+
+    #[test]
+    fn observe_raises_floor() {
+        let mut a = IdGen::new(1).unwrap();
+        let far = a.next(EPOCH_MS + 10_000);
+        let mut b = IdGen::new(1).unwrap();
+        b.observe(far);
+        assert!(b.next(EPOCH_MS + 5) > far);
+    }
+}

@@ -1,0 +1,257 @@
+//! [`ChatStore`] on fjall: an LSM tree per table (fjall keyspaces) sharing one journal, in
+//! the folder `dir/fjall`.
+//!
+//! fjall's default write only reaches the OS page cache. Every commit here is one atomic
+//! fjall batch written with `PersistMode::SyncAll`: the journal is fsync'd before `commit`
+//! returns, and the batch becomes visible to readers only after that.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{ChatStore, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
+use crate::codec::{self, Corrupt};
+use crate::ids::MsgId;
+use crate::types::{Conversation, InboxEntry, StoredMessage};
+
+/// The fjall chat store.
+pub struct FjallStore {
+    db: Database,
+    messages: Keyspace,
+    inbox: Keyspace,
+    history: Keyspace,
+    dedupe: Keyspace,
+    acks: Keyspace,
+    persist: PersistMode,
+}
+
+impl FjallStore {
+    /// Opens or creates the store in `dir/fjall` (creating `dir`), fsyncing every commit
+    /// with `PersistMode::SyncAll`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, PersistMode::SyncAll)
+    }
+
+    /// Opens with another persist mode per commit (`SyncData` is `fdatasync`; `Buffer` is
+    /// *not* durable and only for measurements).
+    pub fn open_with(dir: &Path, persist: PersistMode) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir.join("fjall"))
+            .open()
+            .map_err(backend)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(backend)
+        };
+        Ok(Self {
+            messages: ks("messages")?,
+            inbox: ks("inbox")?,
+            history: ks("history")?,
+            dedupe: ks("dedupe")?,
+            acks: ks("acks")?,
+            db,
+            persist,
+        })
+    }
+}
+
+fn seq_range(user: &str, after: u64) -> std::ops::RangeInclusive<Vec<u8>> {
+    codec::inbox_key(user, after.saturating_add(1))..=codec::inbox_key(user, u64::MAX)
+}
+
+impl ChatStore for FjallStore {
+    fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
+        match self.inbox.range(seq_range(user, 0)).next_back() {
+            None => Ok(0),
+            Some(g) => {
+                let k = g.key().map_err(backend)?;
+                Ok(codec::split_inbox_key(&k)?.1)
+            }
+        }
+    }
+
+    fn read_inbox(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<InboxEntry>, StoreError> {
+        if after == u64::MAX || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for g in self.inbox.range(seq_range(user, after)).take(limit) {
+            let (k, v) = g.into_inner().map_err(backend)?;
+            let (_, seq) = codec::split_inbox_key(&k)?;
+            out.push(codec::decode_entry(seq, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn message(&self, id: MsgId) -> Result<Option<StoredMessage>, StoreError> {
+        match self.messages.get(id.to_be_bytes()).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode_message(id, &v)?)),
+        }
+    }
+
+    fn dedupe(&self, sender: &str, client_id: &str) -> Result<Option<(MsgId, u64)>, StoreError> {
+        match self
+            .dedupe
+            .get(codec::dedupe_key(sender, client_id))
+            .map_err(backend)?
+        {
+            None => Ok(None),
+            Some(v) => Ok(Some(codec::decode_dedupe(&v)?)),
+        }
+    }
+
+    fn history(
+        &self,
+        conversation: &Conversation,
+        before: Option<MsgId>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let lo = codec::history_key(conversation, MsgId(0));
+        let hi = codec::history_key(conversation, before.unwrap_or(MsgId(u64::MAX)));
+        let iter = if before.is_some() {
+            self.history.range(lo..hi)
+        } else {
+            self.history.range(lo..=hi)
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for g in iter.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let key = g.key().map_err(backend)?;
+            let id = key
+                .len()
+                .checked_sub(8)
+                .and_then(|p| codec::read_u64(&key[p..]))
+                .ok_or(Corrupt("history key"))?;
+            if let Some(m) = self.message(MsgId(id))? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn device_ack(&self, user: &str, device: &str) -> Result<u64, StoreError> {
+        match self
+            .acks
+            .get(codec::ack_key(user, device))
+            .map_err(backend)?
+        {
+            None => Ok(0),
+            Some(v) => Ok(codec::read_u64(&v).ok_or(Corrupt("ack"))?),
+        }
+    }
+
+    fn last_msg_id(&self) -> Result<Option<MsgId>, StoreError> {
+        match self.messages.last_key_value() {
+            None => Ok(None),
+            Some(g) => {
+                let k = g.key().map_err(backend)?;
+                Ok(Some(MsgId(
+                    codec::read_u64(&k).ok_or(Corrupt("message key"))?,
+                )))
+            }
+        }
+    }
+
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = self.db.batch().durability(Some(self.persist));
+        for m in &batch.messages {
+            b.insert(
+                &self.messages,
+                m.msg_id.to_be_bytes(),
+                codec::encode_message(m),
+            );
+            let hk = codec::history_key(&m.conversation(), m.msg_id);
+            b.insert(&self.history, hk, [0u8; 0]);
+        }
+        for (user, e) in &batch.inbox {
+            b.insert(
+                &self.inbox,
+                codec::inbox_key(user, e.seq),
+                codec::encode_entry(e),
+            );
+        }
+        for d in &batch.dedupe {
+            b.insert(
+                &self.dedupe,
+                codec::dedupe_key(&d.sender, &d.client_id),
+                codec::encode_dedupe(d.msg_id, d.ts),
+            );
+        }
+        for a in &batch.acks {
+            b.insert(
+                &self.acks,
+                codec::ack_key(&a.user, &a.device),
+                a.seq.to_be_bytes(),
+            );
+        }
+        b.commit().map_err(backend)
+    }
+
+    fn trim(&self, older_than_ms: u64) -> Result<TrimCounts, StoreError> {
+        let mut counts = TrimCounts::default();
+        let cut = MsgId::first_at(older_than_ms);
+        let mut b = self.db.batch().durability(Some(self.persist));
+        for g in self.messages.range(..cut.to_be_bytes()) {
+            let (k, v) = g.into_inner().map_err(backend)?;
+            let id = MsgId(codec::read_u64(&k).ok_or(Corrupt("message key"))?);
+            let m = codec::decode_message(id, &v)?;
+            b.remove(&self.messages, k);
+            b.remove(&self.history, codec::history_key(&m.conversation(), id));
+            let dk = codec::dedupe_key(&m.from, &m.client_id);
+            if self.dedupe.contains_key(&dk).map_err(backend)? {
+                b.remove(&self.dedupe, dk);
+                counts.dedupe += 1;
+            }
+            counts.messages += 1;
+        }
+        // Skip-scan the inboxes: per user, drop old entries from the start, keep the last.
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(first) = self.inbox.range(from.as_slice()..).next() else {
+                break;
+            };
+            let k = first.key().map_err(backend)?;
+            let (plen, _) = codec::split_inbox_key(&k)?;
+            let prefix = k[..plen].to_vec();
+            let end = prefix_end(&prefix);
+            let range = match &end {
+                Some(e) => self.inbox.range(prefix.clone()..e.clone()),
+                None => self.inbox.range(prefix.clone()..),
+            };
+            let mut user_old = Vec::new();
+            let mut reached_new = false;
+            for g in range {
+                let (k, v) = g.into_inner().map_err(backend)?;
+                if codec::entry_ts(&v)? >= older_than_ms {
+                    reached_new = true;
+                    break;
+                }
+                user_old.push(k);
+            }
+            if !reached_new {
+                user_old.pop(); // the newest entry stays: it holds the head
+            }
+            for k in user_old {
+                b.remove(&self.inbox, k);
+                counts.inbox += 1;
+            }
+            match end {
+                Some(e) => from = e,
+                None => break,
+            }
+        }
+        b.commit().map_err(backend)?;
+        Ok(counts)
+    }
+}
