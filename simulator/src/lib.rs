@@ -7,9 +7,12 @@
 //!   where the events go.
 //! - [`replay`]: drives a `presence_core::Engine` with that stream at accelerated virtual
 //!   time, measures it, verifies watchers' views and compares fan-out policies.
+//! - [`darklaunch`]: drives a real running node with many WebSocket and QUIC clients moved
+//!   by the same activity model, verifies their views and measures end-to-end latency.
 //! - [`report`]: the table, JSON and self-contained HTML (inline SVG) reports.
 
 pub mod activity;
+pub mod darklaunch;
 pub mod graphgen;
 pub mod replay;
 pub mod report;

@@ -43,6 +43,11 @@ enum Cmd {
     Graph(GraphArgs),
     /// Replay activity against the engine at accelerated virtual time.
     Replay(ReplayArgs),
+    /// Drive a real running node with many WebSocket and QUIC clients, verify and measure.
+    DarkLaunch(Box<simulator::darklaunch::DarkLaunchArgs>),
+    /// Internal: a client host process of `dark-launch` (JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    DarkLaunchWorker,
 }
 
 fn default_threads() -> usize {
@@ -147,6 +152,10 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Graph(a) => graph(a, progress),
         Cmd::Replay(a) => replay_cmd(a, progress),
+        Cmd::DarkLaunch(a) => simulator::darklaunch::main(*a),
+        Cmd::DarkLaunchWorker => {
+            simulator::darklaunch::host::worker_main().map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,439 @@
+//! The dark-launch report: JSON types, the stdout table and the HTML page (charts from
+//! `report.rs`).
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::verify::VerifyCounts;
+use crate::report::{bar_chart, line_chart};
+use crate::util::{mib, thousands};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigOut {
+    pub graph: String,
+    pub graph_users: u64,
+    pub graph_edges: u64,
+    pub model_users: u64,
+    pub node: String,
+    pub duration_s: f64,
+    pub speed: f64,
+    pub peak_online: f64,
+    pub tick_ms: u64,
+    pub idle_thresholds_ms: Vec<u64>,
+    pub grace_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub client_heartbeat_ms: u64,
+    pub quic_share: f64,
+    pub workers: usize,
+    pub source_ips: Vec<String>,
+    pub quic_endpoints: usize,
+    pub max_sessions: u64,
+    pub probe_rate: f64,
+    pub chat_rate: f64,
+    pub seed: u64,
+    pub verify: bool,
+    pub margin_ms: u64,
+}
+
+/// Percentiles of a latency histogram, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// (upper bound ms, count) buckets for the chart.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Latency {
+    pub fn from_hist(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let q = |x: f64| h.value_at_quantile(x) as f64 / 1000.0;
+        let mut buckets = Vec::new();
+        let mut bound = 1u64; // µs
+        let mut prev = 0u64;
+        while bound <= h.max().saturating_mul(2).max(2) && buckets.len() < 40 {
+            let below = h.count_between(0, bound);
+            buckets.push((bound as f64 / 1000.0, below - prev));
+            prev = below;
+            bound *= 2;
+        }
+        Self {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+            buckets,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadOut {
+    pub skipped: bool,
+    pub edges: u64,
+    pub batches: u64,
+    pub seconds: f64,
+    pub edges_per_s: f64,
+    pub tokens: u64,
+    pub token_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionsOut {
+    pub connects_sent: u64,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub connect_failure_examples: Vec<String>,
+    pub closed_by_node: u64,
+    pub closed_by_node_examples: Vec<String>,
+    pub capped: u64,
+    pub peak_open: u64,
+    pub peak_ws: u64,
+    pub peak_quic: u64,
+    pub peak_connect_rate: f64,
+    pub connect_latency: Latency,
+    pub events_sent: u64,
+    pub events_without_session: u64,
+    pub truth_expired: u64,
+    pub errors_from_node: u64,
+    pub error_examples: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ThroughputOut {
+    pub frames: u64,
+    pub entries: u64,
+    pub welcome_entries: u64,
+    pub frames_per_s: f64,
+    pub entries_per_s: f64,
+    pub pongs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeOut {
+    pub sent: u64,
+    pub expected_receipts: u64,
+    pub receipts: u64,
+    /// Scheduled send → receipt at each online friend (schedule-based: a late driver counts).
+    pub latency: Latency,
+    pub target_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatOut {
+    pub enabled: bool,
+    pub sent: u64,
+    pub acked: u64,
+    pub inbox: u64,
+    pub errors: u64,
+    /// Set when the node answered `bad_request` "chat is not enabled".
+    pub disabled_message: Option<String>,
+    pub send_to_sent: Latency,
+    pub send_to_inbox: Latency,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerOut {
+    pub measured: bool,
+    pub rss_start: u64,
+    pub rss_peak: u64,
+    pub rss_end: u64,
+    pub rss_per_session_bytes: f64,
+    pub cpu_seconds: f64,
+    pub cpu_mean_percent: f64,
+    /// CPU time per session per second of wall time, in microseconds.
+    pub cpu_us_per_session_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleOut {
+    pub t_s: f64,
+    pub open: u64,
+    pub connects_per_s: f64,
+    pub frames_per_s: f64,
+    pub entries_per_s: f64,
+    pub rss: u64,
+    pub cpu_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DarkReport {
+    pub config: ConfigOut,
+    pub load: LoadOut,
+    pub sessions: SessionsOut,
+    pub throughput: ThroughputOut,
+    pub presence_latency: ProbeOut,
+    pub chat: ChatOut,
+    pub server: ServerOut,
+    pub verify: Option<VerifyCounts>,
+    pub verify_rule: String,
+    pub wall_seconds: f64,
+    pub series: Vec<SampleOut>,
+}
+
+fn lat_row(s: &mut String, name: &str, l: &Latency) {
+    let _ = writeln!(
+        s,
+        "  {name:<28} n={:<9} mean {:>8.1}  p50 {:>8.1}  p90 {:>8.1}  p99 {:>8.1}  p99.9 {:>8.1}  max {:>8.1} ms",
+        l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+}
+
+pub fn table(r: &DarkReport) -> String {
+    let mut s = String::new();
+    let c = &r.config;
+    let _ = writeln!(
+        s,
+        "dark launch: {} ({} users, {} edges; model over {} users), node {}",
+        c.graph,
+        thousands(c.graph_users),
+        thousands(c.graph_edges),
+        thousands(c.model_users),
+        c.node
+    );
+    let _ = writeln!(
+        s,
+        "  {:.0} s wall at {}x model speed, peak online {}, tick {} ms, idle {:?} ms, grace {} ms, heartbeat timeout {} ms",
+        c.duration_s,
+        c.speed,
+        c.peak_online,
+        c.tick_ms,
+        c.idle_thresholds_ms,
+        c.grace_ms,
+        c.heartbeat_timeout_ms
+    );
+    let _ = writeln!(
+        s,
+        "  QUIC share {}, {} worker process(es) for WebSocket, source addresses {:?}, {} QUIC endpoints",
+        c.quic_share, c.workers, c.source_ips, c.quic_endpoints
+    );
+    let l = &r.load;
+    if l.skipped {
+        let _ = writeln!(s, "graph load: skipped (--skip-load)");
+    } else {
+        let _ = writeln!(
+            s,
+            "graph load: {} edges in {} batches, {:.2} s ({:.0} edges/s)",
+            thousands(l.edges),
+            l.batches,
+            l.seconds,
+            l.edges_per_s
+        );
+    }
+    let _ = writeln!(
+        s,
+        "tokens: {} minted through POST /v1/tokens in {:.2} s",
+        thousands(l.tokens),
+        l.token_seconds
+    );
+    let ss = &r.sessions;
+    let _ = writeln!(
+        s,
+        "sessions: peak {} open ({} WebSocket, {} QUIC); {} connects, {} failed, {} closed by the node, {} refused by --max-sessions; peak connect rate {:.0}/s",
+        thousands(ss.peak_open),
+        thousands(ss.peak_ws),
+        thousands(ss.peak_quic),
+        thousands(ss.connects),
+        ss.connect_failures,
+        ss.closed_by_node,
+        ss.capped,
+        ss.peak_connect_rate
+    );
+    lat_row(&mut s, "connect → welcome", &ss.connect_latency);
+    let _ = writeln!(
+        s,
+        "  {} client messages sent; {} error frames from the node",
+        thousands(ss.events_sent),
+        ss.errors_from_node
+    );
+    for e in ss
+        .connect_failure_examples
+        .iter()
+        .chain(&ss.closed_by_node_examples)
+        .chain(&ss.error_examples)
+        .take(8)
+    {
+        let _ = writeln!(s, "    {e}");
+    }
+    let t = &r.throughput;
+    let _ = writeln!(
+        s,
+        "throughput: {} presence frames ({:.0}/s), {} entries ({:.0}/s), {} welcome entries",
+        thousands(t.frames),
+        t.frames_per_s,
+        thousands(t.entries),
+        t.entries_per_s,
+        thousands(t.welcome_entries)
+    );
+    let p = &r.presence_latency;
+    let _ = writeln!(
+        s,
+        "presence latency (status-text probes): {} probes, {} / {} receipts expected (target p99 ≤ {:.0} ms)",
+        thousands(p.sent),
+        thousands(p.receipts),
+        thousands(p.expected_receipts),
+        p.target_ms
+    );
+    lat_row(&mut s, "change → receipt", &p.latency);
+    let ch = &r.chat;
+    if ch.enabled {
+        if let Some(m) = &ch.disabled_message {
+            let _ = writeln!(
+                s,
+                "chat: NOT MEASURED: the node answered bad_request {m:?} ({} messages tried)",
+                ch.sent
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "chat: {} sent, {} acknowledged, {} inbox receipts, {} errors",
+                ch.sent, ch.acked, ch.inbox, ch.errors
+            );
+            lat_row(&mut s, "send → sent", &ch.send_to_sent);
+            lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
+        }
+    } else {
+        let _ = writeln!(s, "chat: off (--chat-rate 0)");
+    }
+    let sv = &r.server;
+    if sv.measured {
+        let _ = writeln!(
+            s,
+            "node process: RSS {:.1} MiB at start, {:.1} MiB peak, {:.1} MiB at end ({:.1} KiB per session at peak); CPU {:.1} s, mean {:.1}%, {:.1} µs per session-second",
+            mib(sv.rss_start),
+            mib(sv.rss_peak),
+            mib(sv.rss_end),
+            sv.rss_per_session_bytes / 1024.0,
+            sv.cpu_seconds,
+            sv.cpu_mean_percent,
+            sv.cpu_us_per_session_s
+        );
+    } else {
+        let _ = writeln!(s, "node process: not on this machine (no /proc figures)");
+    }
+    if let Some(v) = &r.verify {
+        let _ = writeln!(
+            s,
+            "verify: {} checks, {} views, {} entries compared: {} stale, {} missing, {} ghost, {} duplicated; skipped {} (session end near the check), {} idle levels (threshold near the check), {} (tainted)",
+            v.checks,
+            thousands(v.views_compared),
+            thousands(v.entries_compared),
+            v.stale,
+            v.missing,
+            v.ghost,
+            v.duplicate,
+            v.skipped_state,
+            v.skipped_idle_level,
+            v.skipped_tainted
+        );
+        if v.flush_behind > 0 {
+            let _ = writeln!(
+                s,
+                "  {} client(s) had not caught up when a check began",
+                v.flush_behind
+            );
+        }
+        for e in &v.examples {
+            let _ = writeln!(s, "    {e}");
+        }
+        let _ = writeln!(s, "  rule: {}", r.verify_rule);
+        let _ = writeln!(
+            s,
+            "  result: {}",
+            if v.failed() {
+                "MISMATCHES"
+            } else {
+                "every compared view equals the truth"
+            }
+        );
+    }
+    let _ = writeln!(s, "wall time {:.1} s", r.wall_seconds);
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+pub fn html(r: &DarkReport) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>presence dark launch</title><style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}pre{{background:#f4f4f4;padding:1em;overflow-x:auto;font-size:12px}}svg{{display:block;margin:1em 0}}</style></head><body><h1>Presence dark launch</h1>"#
+    );
+    let _ = write!(h, "<pre>{}</pre>", esc(&table(r)));
+    let pts = |f: &dyn Fn(&SampleOut) -> f64| -> Vec<(f64, f64)> {
+        r.series.iter().map(|s| (s.t_s, f(s))).collect()
+    };
+    h.push_str(&line_chart(
+        "Sessions and connects",
+        "seconds",
+        "count, per s",
+        &[
+            ("open sessions".into(), pts(&|s| s.open as f64)),
+            ("connects/s".into(), pts(&|s| s.connects_per_s)),
+        ],
+        false,
+    ));
+    h.push_str(&line_chart(
+        "Presence traffic received by the clients",
+        "seconds",
+        "per second",
+        &[
+            ("frames/s".into(), pts(&|s| s.frames_per_s)),
+            ("entries/s".into(), pts(&|s| s.entries_per_s)),
+        ],
+        false,
+    ));
+    if r.server.measured {
+        h.push_str(&line_chart(
+            "Node process",
+            "seconds",
+            "MiB, %",
+            &[
+                ("RSS MiB".into(), pts(&|s| mib(s.rss))),
+                ("CPU %".into(), pts(&|s| s.cpu_percent)),
+            ],
+            false,
+        ));
+    }
+    let mut lats: Vec<(&str, &Latency)> =
+        vec![("presence change → receipt", &r.presence_latency.latency)];
+    if r.chat.enabled && r.chat.disabled_message.is_none() {
+        lats.push(("chat send → sent", &r.chat.send_to_sent));
+        lats.push(("chat send → inbox", &r.chat.send_to_inbox));
+    }
+    lats.push(("connect → welcome", &r.sessions.connect_latency));
+    for (name, l) in lats {
+        if l.buckets.is_empty() {
+            continue;
+        }
+        let groups: Vec<String> = l.buckets.iter().map(|(b, _)| format!("≤{b:.3}")).collect();
+        h.push_str(&bar_chart(
+            &format!("{name} latency (ms buckets)"),
+            "count (log)",
+            &groups,
+            &[(
+                name.to_string(),
+                l.buckets.iter().map(|b| b.1 as f64).collect(),
+            )],
+            true,
+        ));
+    }
+    h.push_str("</body></html>\n");
+    h
+}

@@ -1,0 +1,145 @@
+//! The messages between the driver and a client host (in this process over channels, or a
+//! `dark-launch-worker` process as JSON lines over its stdin and stdout).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// What a host needs to open clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInit {
+    pub ws: SocketAddr,
+    pub quic: SocketAddr,
+    /// PEM of the node's certificate (QUIC clients verify the server against it).
+    pub cert_pem: String,
+    /// Source addresses WebSocket clients bind to, round robin (empty: the kernel picks).
+    pub source_ips: Vec<Ipv4Addr>,
+    /// quinn endpoints (UDP sockets) the host's QUIC clients share.
+    pub quic_endpoints: usize,
+    /// Handshakes in flight at once.
+    pub connect_parallel: usize,
+    /// Idle thresholds of the node, to turn `idle_ms` into a level.
+    pub idle_thresholds_ms: Vec<u64>,
+}
+
+/// Driver → host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "c")]
+pub enum Cmd {
+    Init(HostInit),
+    /// Open a client, say hello, then send `first` (a status) if any.
+    Connect {
+        cid: u64,
+        user: u32,
+        device: String,
+        quic: bool,
+        token: String,
+        first: Option<String>,
+    },
+    /// Send one JSON message on a client's connection.
+    Send {
+        cid: u64,
+        msg: String,
+    },
+    /// Close the connection (a logout or a dropped connection: the server sees a close).
+    Close {
+        cid: u64,
+    },
+    /// Go silent: keep the connection, send nothing more; the node expires it.
+    Vanish {
+        cid: u64,
+    },
+    /// Answer once every command sent before this one is on the wire.
+    Flush {
+        seq: u64,
+    },
+    /// The views of these clients.
+    Snapshot {
+        seq: u64,
+        cids: Vec<u64>,
+    },
+    /// Counters; with `full`, the latency histograms too.
+    Stats {
+        seq: u64,
+        full: bool,
+    },
+    Shutdown,
+}
+
+/// One client's view: (friend dense id, state code, status code, text). State code: 0
+/// offline, 1 online, 2 + level idle, 255 unknown. Status code: 0 absent, 1 available,
+/// 2 busy, 3 dnd, 4 invisible, 255 unknown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewOut {
+    pub cid: u64,
+    pub entries: Vec<(u32, u8, u8, Option<String>)>,
+}
+
+/// A histogram as (value, count) pairs (microseconds).
+pub type HistOut = Vec<(u64, u64)>;
+
+/// A host's counters (cumulative).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostStats {
+    pub open: u64,
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub frames: u64,
+    pub entries: u64,
+    pub welcome_entries: u64,
+    pub pongs: u64,
+    pub errors: u64,
+    /// Entries naming the same user twice in one frame.
+    pub duplicates: u64,
+    /// Entries about a user id the host could not parse.
+    pub unknown_users: u64,
+    pub probe_receipts: u64,
+    pub chat_sent: u64,
+    pub chat_inbox: u64,
+    pub chat_disabled: u64,
+    pub chat_errors: u64,
+    pub server_closes: u64,
+    pub error_examples: Vec<String>,
+    pub chat_disabled_message: Option<String>,
+    pub connect_us: HistOut,
+    pub probe_us: HistOut,
+    pub chat_sent_us: HistOut,
+    pub chat_inbox_us: HistOut,
+}
+
+/// Host → driver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "r")]
+pub enum Reply {
+    Ready {
+        fd_limit: u64,
+    },
+    Connected {
+        cid: u64,
+    },
+    ConnectFailed {
+        cid: u64,
+        reason: String,
+    },
+    /// The node closed a client that had not been told to close or vanish.
+    Closed {
+        cid: u64,
+        reason: String,
+    },
+    Flushed {
+        seq: u64,
+        /// Clients that had not caught up within the flush timeout.
+        behind: u64,
+    },
+    Views {
+        seq: u64,
+        views: Vec<ViewOut>,
+    },
+    Stats {
+        seq: u64,
+        stats: Box<HostStats>,
+    },
+    Fatal {
+        message: String,
+    },
+}
