@@ -166,9 +166,9 @@ fn read_run(kind: &str, rounds: usize) -> ReadResult {
     let mut relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
     let dir = BenchDir { members: vec![] };
     // 20 users × 2,000 messages each with one partner, plus noise from other users
-    let mut now = 1_750_000_000_000u64;
     let mut client = 0u64;
     for round in 0..2_000u64 {
+        let now = 1_750_000_000_000u64 + round;
         for u in 0..20u64 {
             client += 1;
             let (a, b) = if round % 2 == 0 {
@@ -192,7 +192,6 @@ fn read_run(kind: &str, rounds: usize) -> ReadResult {
             store.commit(&b).unwrap();
             relay.committed(b.id);
         }
-        now += 1;
     }
     let reader = relay.reader();
     let mut rng = Rng(7);
