@@ -20,7 +20,7 @@ use crate::graph::Graph;
 use crate::ids::{Interner, UserId};
 use crate::presence::{Change, Presence, Status};
 use crate::shard::{Disconnect, SessionId, Shard};
-use crate::sync::{Mutex, RwLock, downgrade, parallel_map};
+use crate::sync::{Mutex, RwLock, RwLockReadGuard, downgrade, parallel_map};
 
 /// The edges a request really changes (pairs with the smaller id first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,6 +194,36 @@ impl Engine {
 
     /// Starts a session of `user` on `device` and returns its snapshot of friends.
     pub fn connect(&self, user: UserId, device: &str, now: u64) -> Result<Welcome, Error> {
+        let (session, g) = self.open_session(user, device, now)?;
+        let friends = self.published_of(&g.graph.published_friends(user.0));
+        Ok(Welcome {
+            session,
+            tick: g.published_tick,
+            friends,
+        })
+    }
+
+    /// Starts a session like [`Engine::connect`] without building the welcome snapshot, for
+    /// load generators and drivers that never send one. Returns the session and the tick it
+    /// starts after (the same tick `connect` would report).
+    pub fn connect_bare(
+        &self,
+        user: UserId,
+        device: &str,
+        now: u64,
+    ) -> Result<(SessionId, u64), Error> {
+        let (session, g) = self.open_session(user, device, now)?;
+        Ok((session, g.published_tick))
+    }
+
+    /// The session is opened under the graph's read lock, which the caller keeps while it reads
+    /// the published state: no tick can publish in between.
+    fn open_session(
+        &self,
+        user: UserId,
+        device: &str,
+        now: u64,
+    ) -> Result<(SessionId, RwLockReadGuard<'_, GraphState>), Error> {
         self.check_user(user)?;
         let device = self.device_hasher.hash_one(device);
         let g = self.graph.read();
@@ -201,12 +231,7 @@ impl Engine {
             .shard(user.0)
             .lock()
             .connect(user.0, device, now, &self.cfg)?;
-        let friends = self.published_of(&g.graph.published_friends(user.0));
-        Ok(Welcome {
-            session,
-            tick: g.published_tick,
-            friends,
-        })
+        Ok((session, g))
     }
 
     /// Published presence of `ids` (ascending ids lock each shard once).

@@ -206,7 +206,21 @@ struct Driver<'e> {
     connects: Vec<u32>,
     /// Log every event of this user.
     trace_user: Option<u32>,
+    logins: u64,
+    /// Wall time of the sampled full `connect` calls (welcome snapshot included).
+    welcome_hist: Histogram<u64>,
 }
+
+/// One tick's worth of events from the activity model, with its counts at the tick's end.
+struct TickEvents {
+    events: Vec<Event>,
+    sessions: u64,
+    online: u64,
+}
+
+/// One login in this many builds and times the full welcome snapshot; the others start their
+/// session with `Engine::connect_bare` (no client is there to read a snapshot).
+pub const WELCOME_SAMPLE_EVERY: u64 = 64;
 
 impl Driver<'_> {
     fn error(&mut self, what: &str, ev: &Event, e: &dyn std::fmt::Display) {
@@ -234,10 +248,32 @@ impl EventSink for Driver<'_> {
             EventKind::Connect { device } => {
                 self.connects[u as usize] = self.connects[u as usize].wrapping_add(1);
                 let was_connected = self.connected(u);
-                match self
-                    .engine
-                    .connect(UserId(u), DEVICE_NAMES[device as usize], now)
-                {
+                let device_name = DEVICE_NAMES[device as usize];
+                let watched = self.verify.as_ref().is_some_and(|v| v.slot(u).is_some());
+                self.logins += 1;
+                let sampled = self.logins.is_multiple_of(WELCOME_SAMPLE_EVERY);
+                if !watched && !sampled {
+                    // The welcome snapshot is built only where it is looked at (verified
+                    // watchers) or timed (every WELCOME_SAMPLE_EVERY-th login).
+                    match self.engine.connect_bare(UserId(u), device_name, now) {
+                        Ok((session, _)) => {
+                            self.sessions[u as usize][device as usize] = Some(session);
+                        }
+                        Err(e) => {
+                            self.errors.connect += 1;
+                            self.error("connect", ev, &e);
+                        }
+                    }
+                    return;
+                }
+                let t0 = Instant::now();
+                let res = self.engine.connect(UserId(u), device_name, now);
+                if sampled {
+                    self.welcome_hist
+                        .record(t0.elapsed().as_nanos().max(1) as u64)
+                        .ok();
+                }
+                match res {
                     Ok(welcome) => {
                         self.sessions[u as usize][device as usize] = Some(welcome.session);
                         if let Some(v) = self.verify.as_mut()
@@ -488,6 +524,9 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         ghosts_due: std::collections::VecDeque::new(),
         connects: vec![0; users],
         trace_user: params.trace_user,
+        logins: 0,
+        welcome_hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+            .context("histogram")?,
     };
 
     let levels = cfg.idle_thresholds_ms.len();
@@ -522,191 +561,228 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     } else {
         ProgressBar::hidden()
     };
-    for k in 1..=ticks {
-        let t = k * params.tick_ms;
-        let events_before = driver.events;
-        let a_before = driver.a_activity;
-        let t0 = Instant::now();
-        model.run_until(t, &mut driver);
-        apply_hist
-            .record(t0.elapsed().as_nanos().max(1) as u64)
-            .ok();
-        let t1 = Instant::now();
-        let batch = engine.tick(base + t);
-        let tick_ns = (t1.elapsed().as_nanos() as u64).max(1);
-        hist.record(tick_ns).ok();
-
-        // Sessions the heartbeat timeout expired.
-        for sid in &batch.expired {
-            let slots = &mut driver.sessions[sid.user as usize];
-            if let Some(s) = slots.iter_mut().find(|s| **s == Some(*sid)) {
-                *s = None;
-                expired_unexpected += 1;
-            } else {
-                expired_expected += 1;
+    // The activity model generates each tick's events one tick ahead on a second thread;
+    // event vectors go back for reuse.
+    let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<TickEvents>(2);
+    let (buf_tx, buf_rx) = std::sync::mpsc::channel::<Vec<Event>>();
+    let tick_ms = params.tick_ms;
+    let model_counts = std::thread::scope(|scope| {
+        let generator = scope.spawn(move || {
+            for k in 1..=ticks {
+                let mut events = buf_rx.try_recv().unwrap_or_default();
+                model.run_until(k * tick_ms, &mut |ev: &Event| events.push(*ev));
+                let step = TickEvents {
+                    events,
+                    sessions: model.connected_sessions(),
+                    online: model.online_users(),
+                };
+                if ev_tx.send(step).is_err() {
+                    break;
+                }
             }
-        }
-
-        // Published states: populations, and the policy counts.
-        let transitions = batch.stats.transitions;
-        let mut b_tick = 0u64;
-        let mut a_tick = 0u64;
-        for (uid, change) in &batch.entries[..transitions] {
-            let Change::Presence(p) = change else {
-                continue;
+            model.counts()
+        });
+        for k in 1..=ticks {
+            let t = k * params.tick_ms;
+            let events_before = driver.events;
+            let a_before = driver.a_activity;
+            // The model runs ahead on its own thread (it never reads the engine): this thread
+            // only applies the tick's events and runs the tick.
+            let Ok(mut step) = ev_rx.recv() else {
+                break;
             };
-            let u = uid.index();
-            let new = match p.state {
-                State::Offline => 0u8,
-                State::Online => 1,
-                State::Idle(l) => 2 + l,
-            };
-            let old = pub_state[u];
-            pub_state[u] = new;
-            if let Some(c) = pops.get_mut(old as usize) {
-                *c -= 1;
+            let t0 = Instant::now();
+            for ev in &step.events {
+                driver.event(ev);
             }
-            if let Some(c) = pops.get_mut(new as usize) {
-                *c += 1;
+            step.events.clear();
+            buf_tx.send(std::mem::take(&mut step.events)).ok();
+            apply_hist
+                .record(t0.elapsed().as_nanos().max(1) as u64)
+                .ok();
+            let t1 = Instant::now();
+            let batch = engine.tick(base + t);
+            let tick_ns = (t1.elapsed().as_nanos() as u64).max(1);
+            hist.record(tick_ns).ok();
+
+            // Sessions the heartbeat timeout expired.
+            for sid in &batch.expired {
+                let slots = &mut driver.sessions[sid.user as usize];
+                if let Some(s) = slots.iter_mut().find(|s| **s == Some(*sid)) {
+                    *s = None;
+                    expired_unexpected += 1;
+                } else {
+                    expired_expected += 1;
+                }
             }
-            if let Some(onf) = driver.onf.as_mut() {
-                let online_friends = u64::from(onf[u]);
-                b_tick += online_friends;
-                if (old == 0) != (new == 0) {
-                    a_tick += online_friends;
-                    for f in engine.friends(*uid) {
-                        let c = &mut onf[f.index()];
-                        if new == 0 {
-                            *c = c.saturating_sub(1);
-                        } else {
-                            *c += 1;
+
+            // Published states: populations, and the policy counts.
+            let transitions = batch.stats.transitions;
+            let mut b_tick = 0u64;
+            let mut a_tick = 0u64;
+            for (uid, change) in &batch.entries[..transitions] {
+                let Change::Presence(p) = change else {
+                    continue;
+                };
+                let u = uid.index();
+                let new = match p.state {
+                    State::Offline => 0u8,
+                    State::Online => 1,
+                    State::Idle(l) => 2 + l,
+                };
+                let old = pub_state[u];
+                pub_state[u] = new;
+                if let Some(c) = pops.get_mut(old as usize) {
+                    *c -= 1;
+                }
+                if let Some(c) = pops.get_mut(new as usize) {
+                    *c += 1;
+                }
+                if let Some(onf) = driver.onf.as_mut() {
+                    let online_friends = u64::from(onf[u]);
+                    b_tick += online_friends;
+                    if (old == 0) != (new == 0) {
+                        a_tick += online_friends;
+                        for f in engine.friends(*uid) {
+                            let c = &mut onf[f.index()];
+                            if new == 0 {
+                                *c = c.saturating_sub(1);
+                            } else {
+                                *c += 1;
+                            }
                         }
                     }
                 }
             }
-        }
-        a_state += a_tick;
-        b_entries += b_tick;
+            a_state += a_tick;
+            b_entries += b_tick;
 
-        // Verification of sampled watchers.
-        if let Some(v) = driver.verify.as_mut() {
-            for i in 0..v.watchers.len() {
-                let w = UserId(v.watchers[i]);
-                let Some(view) = v.views[i].as_mut() else {
-                    continue;
-                };
-                if batch.tick > view.tick {
-                    apply_diff(view, &batch, w);
+            // Verification of sampled watchers.
+            if let Some(v) = driver.verify.as_mut() {
+                for i in 0..v.watchers.len() {
+                    let w = UserId(v.watchers[i]);
+                    let Some(view) = v.views[i].as_mut() else {
+                        continue;
+                    };
+                    if batch.tick > view.tick {
+                        apply_diff(view, &batch, w);
+                    }
+                    let truth = engine.friends_presence(w);
+                    v.checks += 1;
+                    if truth != view.friends {
+                        v.mismatches += 1;
+                        let wrong = truth
+                            .iter()
+                            .zip(view.friends.iter())
+                            .find(|(a, b)| a != b)
+                            .map(|(a, b)| format!("truth {a:?} vs view {b:?}"))
+                            .unwrap_or_else(|| {
+                                format!(
+                                    "{} friends in truth, {} in view",
+                                    truth.len(),
+                                    view.friends.len()
+                                )
+                            });
+                        // Resynchronise so one miss is counted once, not at every later tick.
+                        view.friends = truth;
+                        let msg =
+                            format!("tick {}: watcher {} view differs: {wrong}", batch.tick, w.0);
+                        v.note(msg);
+                    }
                 }
-                let truth = engine.friends_presence(w);
-                v.checks += 1;
-                if truth != view.friends {
-                    v.mismatches += 1;
-                    let wrong = truth
-                        .iter()
-                        .zip(view.friends.iter())
-                        .find(|(a, b)| a != b)
-                        .map(|(a, b)| format!("truth {a:?} vs view {b:?}"))
-                        .unwrap_or_else(|| {
-                            format!(
-                                "{} friends in truth, {} in view",
-                                truth.len(),
-                                view.friends.len()
-                            )
-                        });
-                    // Resynchronise so one miss is counted once, not at every later tick.
-                    view.friends = truth;
-                    let msg = format!("tick {}: watcher {} view differs: {wrong}", batch.tick, w.0);
-                    v.note(msg);
+                while let Some(&(due, u, connects)) = driver.ghosts_due.front() {
+                    if due + params.tick_ms > t {
+                        break;
+                    }
+                    driver.ghosts_due.pop_front();
+                    if driver.connects[u as usize] != connects {
+                        continue; // the user came back since: nothing to check
+                    }
+                    v.ghost_checks += 1;
+                    let p = engine.presence(UserId(u));
+                    if p.state != State::Offline || engine.is_live(UserId(u)) {
+                        v.ghosts += 1;
+                        let msg = format!(
+                            "user {u} still looks {:?} (live: {}) at {} ms, its client vanished at {} ms",
+                            p.state,
+                            engine.is_live(UserId(u)),
+                            t,
+                            due - engine.config().heartbeat_timeout_ms
+                        );
+                        v.note(msg);
+                    }
                 }
+            } else {
+                driver.ghosts_due.clear();
             }
-            while let Some(&(due, u, connects)) = driver.ghosts_due.front() {
-                if due + params.tick_ms > t {
-                    break;
-                }
-                driver.ghosts_due.pop_front();
-                if driver.connects[u as usize] != connects {
-                    continue; // the user came back since: nothing to check
-                }
-                v.ghost_checks += 1;
-                let p = engine.presence(UserId(u));
-                if p.state != State::Offline || engine.is_live(UserId(u)) {
-                    v.ghosts += 1;
-                    let msg = format!(
-                        "user {u} still looks {:?} (live: {}) at {} ms, its client vanished at {} ms",
-                        p.state,
-                        engine.is_live(UserId(u)),
-                        t,
-                        due - engine.config().heartbeat_timeout_ms
-                    );
-                    v.note(msg);
-                }
-            }
-        } else {
-            driver.ghosts_due.clear();
-        }
 
-        // Accounting.
-        let entries = batch.entry_count() as u64;
-        let frames = batch.watchers.len() as u64;
-        let events = driver.events - events_before;
-        let a_tick_all = a_tick + (driver.a_activity - a_before);
-        for span in [&mut whole]
-            .into_iter()
-            .chain((t > WARMUP_MS).then_some(&mut steady))
-        {
-            span.ms += params.tick_ms;
-            span.transitions += transitions as u64;
-            span.entries += entries;
-            span.frames += frames;
-            span.a_entries += a_tick_all;
-            span.b_entries += b_tick;
-            span.events += events;
-        }
-        if t > WARMUP_MS {
-            online_share_sum += (users as u64 - pops[0]) as f64 / users as f64;
-            online_share_n += 1;
-        }
-        win.ticks += 1;
-        win.transitions += transitions as u64;
-        win.entries += entries;
-        win.frames += frames;
-        win.a += a_tick_all;
-        win.b += b_tick;
-        win.events += events;
-        win.tick_ns_sum += tick_ns;
-        win.tick_ns_max = win.tick_ns_max.max(tick_ns);
-        if t.is_multiple_of(window_ms) || k == ticks {
-            let secs = (win.ticks * params.tick_ms) as f64 / 1000.0;
-            series.push(Sample {
-                t_s: t as f64 / 1000.0,
-                transitions_per_s: win.transitions as f64 / secs,
-                entries_per_s: win.entries as f64 / secs,
-                frames_per_s: win.frames as f64 / secs,
-                policy_a_entries_per_s: win.a as f64 / secs,
-                policy_b_entries_per_s: win.b as f64 / secs,
-                events_per_s: win.events as f64 / secs,
-                tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
-                tick_max_us: win.tick_ns_max as f64 / 1000.0,
-                online: pops[1],
-                idle: pops[2..].to_vec(),
-                present: users as u64 - pops[0],
-                live_watchers: batch.stats.live_watchers,
-                sessions: model.connected_sessions(),
-                model_online: model.online_users(),
-                rss: util::mem().rss,
-            });
-            win = Window::default();
-        }
-        if t - last_fp_at >= 60_000 || k == ticks {
-            last_fp_at = t;
-            let fp = footprint_out(&engine);
-            if fp.sessions >= peak_fp.sessions {
-                peak_fp = fp;
+            // Accounting.
+            let entries = batch.entry_count() as u64;
+            let frames = batch.watchers.len() as u64;
+            let events = driver.events - events_before;
+            let a_tick_all = a_tick + (driver.a_activity - a_before);
+            for span in [&mut whole]
+                .into_iter()
+                .chain((t > WARMUP_MS).then_some(&mut steady))
+            {
+                span.ms += params.tick_ms;
+                span.transitions += transitions as u64;
+                span.entries += entries;
+                span.frames += frames;
+                span.a_entries += a_tick_all;
+                span.b_entries += b_tick;
+                span.events += events;
             }
+            if t > WARMUP_MS {
+                online_share_sum += (users as u64 - pops[0]) as f64 / users as f64;
+                online_share_n += 1;
+            }
+            win.ticks += 1;
+            win.transitions += transitions as u64;
+            win.entries += entries;
+            win.frames += frames;
+            win.a += a_tick_all;
+            win.b += b_tick;
+            win.events += events;
+            win.tick_ns_sum += tick_ns;
+            win.tick_ns_max = win.tick_ns_max.max(tick_ns);
+            if t.is_multiple_of(window_ms) || k == ticks {
+                let secs = (win.ticks * params.tick_ms) as f64 / 1000.0;
+                series.push(Sample {
+                    t_s: t as f64 / 1000.0,
+                    transitions_per_s: win.transitions as f64 / secs,
+                    entries_per_s: win.entries as f64 / secs,
+                    frames_per_s: win.frames as f64 / secs,
+                    policy_a_entries_per_s: win.a as f64 / secs,
+                    policy_b_entries_per_s: win.b as f64 / secs,
+                    events_per_s: win.events as f64 / secs,
+                    tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
+                    tick_max_us: win.tick_ns_max as f64 / 1000.0,
+                    online: pops[1],
+                    idle: pops[2..].to_vec(),
+                    present: users as u64 - pops[0],
+                    live_watchers: batch.stats.live_watchers,
+                    sessions: step.sessions,
+                    model_online: step.online,
+                    rss: util::mem().rss,
+                });
+                win = Window::default();
+            }
+            if t - last_fp_at >= 60_000 || k == ticks {
+                last_fp_at = t;
+                let fp = footprint_out(&engine);
+                if fp.sessions >= peak_fp.sessions {
+                    peak_fp = fp;
+                }
+            }
+            pb.inc(1);
         }
-        pb.inc(1);
-    }
+        drop(ev_rx);
+        match generator.join() {
+            Ok(counts) => counts,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
     pb.finish_and_clear();
     let wall_seconds = wall.elapsed().as_secs_f64();
     let mem_end = util::mem();
@@ -781,7 +857,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         totals: Totals {
             ticks,
             events: driver.events,
-            model: model.counts(),
+            model: model_counts,
             transitions: whole.transitions,
             entries: whole.entries,
             frames: whole.frames,
@@ -801,6 +877,8 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         steady: steady.rates(),
         tick_time: tick_time_out(&hist),
         apply_time: tick_time_out(&apply_hist),
+        welcome_time: tick_time_out(&driver.welcome_hist),
+        welcome_sample_every: WELCOME_SAMPLE_EVERY,
         memory: MemoryOut {
             peak_rss: mem_end.hwm,
             rss_end: mem_end.rss,

@@ -213,6 +213,10 @@ pub struct ReplayReport {
     pub tick_time: TickTimeOut,
     /// Wall time spent applying one tick's worth of events to the engine.
     pub apply_time: TickTimeOut,
+    /// Wall time of one full `connect` (session + welcome snapshot), timed on one login in
+    /// `welcome_sample_every`; the other logins skip the snapshot.
+    pub welcome_time: TickTimeOut,
+    pub welcome_sample_every: u64,
     pub memory: MemoryOut,
     pub policies: Option<Vec<PolicyOut>>,
     pub verify: Option<VerifyOut>,
@@ -313,6 +317,17 @@ pub fn replay_table(r: &ReplayReport) -> String {
             h.mean_us, h.p50_us, h.p90_us, h.p99_us, h.p999_us, h.max_us
         );
     }
+    let w = &r.welcome_time;
+    let _ = writeln!(
+        s,
+        "{:<24} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        "connect + welcome", w.mean_us, w.p50_us, w.p90_us, w.p99_us, w.p999_us, w.max_us
+    );
+    let _ = writeln!(
+        s,
+        "(connect + welcome timed on 1 login in {}: {} timed; the others start bare, no snapshot)",
+        r.welcome_sample_every, w.count
+    );
     let _ = writeln!(s);
     let m = &r.memory;
     let e = &m.engine_at_peak;
