@@ -61,6 +61,18 @@ pub struct ServeArgs {
     /// Characters per chat message [default: 4000].
     #[arg(long, env = "PRESENCE_MAX_TEXT")]
     pub max_text: Option<usize>,
+    /// Members of a group a message can be sent to [default: 1000].
+    #[arg(long, env = "PRESENCE_MAX_GROUP")]
+    pub max_group: Option<usize>,
+    /// Embedded chat store in the data dir: fjall or redb [default: fjall].
+    #[arg(long, env = "PRESENCE_CHAT_STORE")]
+    pub chat_store: Option<String>,
+    /// Chat entries older than this are trimmed, like 30d [default: kept forever].
+    #[arg(long, env = "PRESENCE_CHAT_RETENTION")]
+    pub chat_retention: Option<String>,
+    /// This node's number (0-1023) in message ids [default: 0].
+    #[arg(long, env = "PRESENCE_NODE_ID")]
+    pub node_id: Option<u16>,
     /// TLS certificate chain (PEM) for QUIC [default: a dev certificate in the data dir].
     #[arg(long, env = "PRESENCE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -103,6 +115,14 @@ struct FileConfig {
     webhook_url: Option<String>,
     #[serde(alias = "max-text")]
     max_text: Option<usize>,
+    #[serde(alias = "max-group")]
+    max_group: Option<usize>,
+    #[serde(alias = "chat-store")]
+    chat_store: Option<String>,
+    #[serde(alias = "chat-retention")]
+    chat_retention: Option<String>,
+    #[serde(alias = "node-id")]
+    node_id: Option<u16>,
     #[serde(alias = "tls-cert")]
     tls_cert: Option<PathBuf>,
     #[serde(alias = "tls-key")]
@@ -130,6 +150,10 @@ pub struct NodeConfig {
     pub heartbeat_timeout: Duration,
     pub webhook_url: Option<String>,
     pub max_text: usize,
+    pub max_group: usize,
+    pub chat_store: chat_relay::StoreKind,
+    pub chat_retention: Option<Duration>,
+    pub node_id: u16,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_friends: u32,
@@ -216,6 +240,16 @@ impl NodeConfig {
             heartbeat_timeout: parse_duration("heartbeat-timeout", &hb)?,
             webhook_url: args.webhook_url.clone().or(file.webhook_url),
             max_text: args.max_text.or(file.max_text).unwrap_or(4000),
+            max_group: args.max_group.or(file.max_group).unwrap_or(1000),
+            chat_store: match args.chat_store.clone().or(file.chat_store) {
+                Some(s) => s.parse().map_err(|e| anyhow::anyhow!("chat-store: {e}"))?,
+                None => chat_relay::StoreKind::default(),
+            },
+            chat_retention: match args.chat_retention.clone().or(file.chat_retention) {
+                Some(s) => Some(parse_duration("chat-retention", &s)?),
+                None => None,
+            },
+            node_id: args.node_id.or(file.node_id).unwrap_or(0),
             tls_cert: args.tls_cert.clone().or(file.tls_cert),
             tls_key: args.tls_key.clone().or(file.tls_key),
             max_friends: args.max_friends.or(file.max_friends).unwrap_or(5000),
@@ -230,6 +264,12 @@ impl NodeConfig {
         }
         if cfg.max_text == 0 {
             bail!("max-text must be at least 1");
+        }
+        if cfg.max_group < 2 {
+            bail!("max-group must be at least 2");
+        }
+        if cfg.node_id > 1023 {
+            bail!("node-id must be 0 to 1023, got {}", cfg.node_id);
         }
         Ok(cfg)
     }

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use presence_core::{Engine, Error as CoreError, SessionId, UserId, Welcome};
 use tokio_util::sync::CancellationToken;
 
+use crate::chat::Chat;
 use crate::config::NodeConfig;
 use crate::metrics as m;
 use crate::outbox::{CloseReason, Outbox};
@@ -46,6 +47,7 @@ pub struct Hub {
     pub secret: Vec<u8>,
     pub admin_key: String,
     pub store: Store,
+    pub chat: Chat,
     pub groups: RwLock<Groups>,
     /// Serialises admin writes so validation, the durable write and the apply see one graph.
     pub admin_writes: tokio::sync::Mutex<()>,
@@ -61,6 +63,7 @@ impl Hub {
         secret: Vec<u8>,
         admin_key: String,
         store: Store,
+        chat: Chat,
         groups: Groups,
     ) -> Self {
         Self {
@@ -69,6 +72,7 @@ impl Hub {
             secret,
             admin_key,
             store,
+            chat,
             groups: RwLock::new(groups),
             admin_writes: tokio::sync::Mutex::new(()),
             registry: (0..REGISTRY_SHARDS)
@@ -125,6 +129,15 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// The live sessions of a user (for chat delivery).
+    pub fn sessions_of(&self, user: u32) -> Vec<Arc<SessionHandle>> {
+        self.shard(user)
+            .lock()
+            .get(&user)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn session_count(&self) -> usize {

@@ -3,6 +3,7 @@
 //! runs `presence-core` and hands each session its diff.
 
 pub mod admin;
+pub mod chat;
 pub mod config;
 pub mod datadir;
 pub mod hub;
@@ -14,4 +15,5 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod token;
+pub mod webhook;
 pub mod ws;

@@ -16,6 +16,16 @@ pub const EXPIRED: &str = "presence_sessions_expired_total";
 pub const USERS: &str = "presence_users";
 pub const EDGES: &str = "presence_friend_edges";
 pub const LIVE: &str = "presence_live_watchers";
+pub const CHAT_SENDS: &str = "chat_sends_total";
+pub const CHAT_DUPLICATES: &str = "chat_send_retries_total";
+pub const CHAT_COMMITS: &str = "chat_commits_total";
+pub const CHAT_COMMIT_SECONDS: &str = "chat_commit_seconds";
+pub const CHAT_COMMITTED_ROWS: &str = "chat_committed_rows_total";
+pub const CHAT_COMMIT_FAILURES: &str = "chat_commit_failures_total";
+pub const CHAT_ENTRIES_PUSHED: &str = "chat_entries_pushed_total";
+pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
+pub const CHAT_ENTRIES_READ: &str = "chat_entries_read_back_total";
+pub const WEBHOOKS: &str = "chat_webhooks_total";
 
 /// Installs the global recorder; returns the handle `/metrics` renders. Histograms get real
 /// buckets so they aggregate across nodes.
@@ -23,6 +33,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(TICK_SECONDS.to_owned()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(CHAT_COMMIT_SECONDS.to_owned()),
             &[
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
             ],
@@ -44,5 +60,27 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(USERS, "Users known to the node");
     describe_gauge!(EDGES, "Friendships (undirected)");
     describe_gauge!(LIVE, "Users with a connected session");
+    describe_counter!(CHAT_SENDS, "Chat messages accepted (new, not retries)");
+    describe_counter!(
+        CHAT_DUPLICATES,
+        "Chat sends that were retries of a known id"
+    );
+    describe_counter!(CHAT_COMMITS, "Group commits of the chat store");
+    describe_histogram!(
+        CHAT_COMMIT_SECONDS,
+        "Time of one chat group commit (fsync included)"
+    );
+    describe_counter!(CHAT_COMMITTED_ROWS, "Rows written by chat commits");
+    describe_counter!(CHAT_COMMIT_FAILURES, "Chat commits that failed");
+    describe_counter!(CHAT_ENTRIES_PUSHED, "Inbox entries queued to live sessions");
+    describe_counter!(
+        CHAT_ENTRIES_LAGGING,
+        "Inbox entries not queued to a slow session (it reads them back from the store)"
+    );
+    describe_counter!(
+        CHAT_ENTRIES_READ,
+        "Inbox entries read back from the store for sessions"
+    );
+    describe_counter!(WEBHOOKS, "message.undelivered webhook attempts, by result");
     Ok(handle)
 }

@@ -1,13 +1,32 @@
-//! A session's outbox for presence: bounded by merging, never by dropping.
+//! A session's outbox: presence bounded by merging, chat bounded by the durable inbox.
 //!
 //! The tick driver pushes each tick's entries for the session's user; the session task takes
 //! them when it can write. If the previous frame has not been taken yet (the client reads
 //! slowly), the new entries are merged into it, latest state per friend winning, so a slow
 //! client costs at most one pending entry per friend however long it lags.
+//!
+//! Chat frames queue in order. Inbox entries are never merged, but they are already durable:
+//! past [`CHAT_QUEUE_MAX`] queued entries the outbox stops holding them and marks the session
+//! lagging, and the session reads what it missed back from the store, in order, when it
+//! catches up. A slow device costs a bounded queue, never a lost entry.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+/// Inbox entries held for a session before it is marked lagging.
+pub const CHAT_QUEUE_MAX: usize = 1024;
+
+/// A chat frame for one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatItem {
+    /// An entry of the user's inbox (durable), rendered.
+    Inbox { seq: u64, frame: Bytes },
+    /// Any other frame (`sent`, `typing`, an `error` for a failed send).
+    Frame(Bytes),
+}
 
 /// Why the node closes a session on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +41,17 @@ struct Inner {
     /// (friend dense id, rendered entry), ascending by friend.
     pending: Vec<(u32, Bytes)>,
     close: Option<CloseReason>,
+    chat: VecDeque<ChatItem>,
+    inbox_queued: usize,
+    lagging: bool,
 }
 
 /// What the session task takes from its outbox.
 pub struct Taken {
     pub presence: Option<(u64, Vec<(u32, Bytes)>)>,
+    pub chat: VecDeque<ChatItem>,
+    /// Inbox entries were left out: read the inbox back from the store.
+    pub lagging: bool,
     pub close: Option<CloseReason>,
 }
 
@@ -62,12 +87,40 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Queues a chat frame. Returns false if an inbox entry was left out (the session is
+    /// lagging and will read it from the store).
+    pub fn push_chat(&self, item: ChatItem) -> bool {
+        let kept = {
+            let mut inner = self.inner.lock();
+            match item {
+                ChatItem::Inbox { .. } if inner.inbox_queued >= CHAT_QUEUE_MAX => {
+                    inner.lagging = true;
+                    false
+                }
+                ChatItem::Inbox { .. } => {
+                    inner.inbox_queued += 1;
+                    inner.chat.push_back(item);
+                    true
+                }
+                ChatItem::Frame(_) => {
+                    inner.chat.push_back(item);
+                    true
+                }
+            }
+        };
+        self.notify.notify_one();
+        kept
+    }
+
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
         let presence =
             (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
+        inner.inbox_queued = 0;
         Taken {
             presence,
+            chat: std::mem::take(&mut inner.chat),
+            lagging: std::mem::take(&mut inner.lagging),
             close: inner.close.clone(),
         }
     }
@@ -121,5 +174,30 @@ mod tests {
         assert_eq!(tick, 999);
         assert_eq!(items, vec![e(1, "b1"), e(2, "c2"), e(3, "c3")]);
         assert!(o.take().presence.is_none());
+    }
+
+    #[test]
+    fn chat_keeps_order_and_marks_lagging_past_the_cap() {
+        let o = Outbox::default();
+        let inbox = |seq: u64| ChatItem::Inbox {
+            seq,
+            frame: Bytes::from(seq.to_string()),
+        };
+        for seq in 1..=CHAT_QUEUE_MAX as u64 {
+            assert!(o.push_chat(inbox(seq)));
+        }
+        assert!(!o.push_chat(inbox(CHAT_QUEUE_MAX as u64 + 1)));
+        assert!(o.push_chat(ChatItem::Frame(Bytes::from_static(b"sent"))));
+        let taken = o.take();
+        assert!(taken.lagging);
+        assert_eq!(taken.chat.len(), CHAT_QUEUE_MAX + 1);
+        assert_eq!(taken.chat.front(), Some(&inbox(1)));
+        assert_eq!(
+            taken.chat.back(),
+            Some(&ChatItem::Frame(Bytes::from_static(b"sent")))
+        );
+        let again = o.take();
+        assert!(!again.lagging && again.chat.is_empty());
+        assert!(o.push_chat(inbox(9)), "room again once taken");
     }
 }

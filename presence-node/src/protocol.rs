@@ -1,6 +1,7 @@
 //! Protocol v1 as the node speaks it: client messages, server messages, presence entries and
 //! error codes. `docs/protocol.md` is checked against this file by `tests/docs.rs`.
 
+use chat_relay::{InboxEntry, MsgId, StoredMessage, Target};
 use presence_core::{Change, Config, Presence, State};
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +21,12 @@ pub const CLIENT_TYPES: &[&str] = &[
     "read",
     "edit",
     "delete",
+    "history",
 ];
 
 /// Every server message type.
 pub const SERVER_TYPES: &[&str] = &[
-    "welcome", "presence", "pong", "sent", "inbox", "typing", "error",
+    "welcome", "presence", "pong", "sent", "inbox", "typing", "error", "synced", "history",
 ];
 
 /// Every error code.
@@ -36,6 +38,7 @@ pub const ERROR_CODES: &[&str] = &[
     "forbidden",
     "not_found",
     "rate_limited",
+    "internal",
 ];
 
 /// A message from a client.
@@ -88,6 +91,17 @@ pub enum ClientMessage {
     Delete {
         msg_id: String,
     },
+    /// Extension: a page of one conversation's messages, newest first.
+    History {
+        #[serde(default)]
+        with: Option<String>,
+        #[serde(default)]
+        group: Option<String>,
+        #[serde(default)]
+        before: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 /// Error codes of protocol v1.
@@ -101,6 +115,8 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     RateLimited,
+    /// Extension: the node could not store the operation; retrying with the same `id` is safe.
+    Internal,
 }
 
 impl ErrorCode {
@@ -113,12 +129,26 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
         }
     }
 
     /// Whether the node closes the connection after sending this error.
     pub fn closes(self) -> bool {
         matches!(self, ErrorCode::Protocol | ErrorCode::Unauthorized)
+    }
+}
+
+/// The error code of a chat refusal.
+pub fn chat_error_code(e: &chat_relay::ChatError) -> ErrorCode {
+    use chat_relay::ChatError as E;
+    match e {
+        E::BadRequest(_) => ErrorCode::BadRequest,
+        E::TooLarge { .. } | E::GroupTooLarge { .. } => ErrorCode::TooLarge,
+        E::Forbidden(_) => ErrorCode::Forbidden,
+        E::NotFound(_) => ErrorCode::NotFound,
+        E::RateLimited => ErrorCode::RateLimited,
+        E::Store(_) => ErrorCode::Internal,
     }
 }
 
@@ -255,6 +285,96 @@ pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) ->
     }
     out.extend_from_slice(b"]}");
     out
+}
+
+// ---- chat frames ---------------------------------------------------------------------------
+
+/// `to` or `group` of a chat target, as the wire names them.
+fn target_fields(map: &mut serde_json::Map<String, serde_json::Value>, target: &Target) {
+    match target {
+        Target::User(u) => map.insert("to".into(), u.clone().into()),
+        Target::Group(g) => map.insert("group".into(), g.clone().into()),
+    };
+}
+
+fn to_frame(map: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
+}
+
+/// An `inbox` frame.
+pub fn inbox_frame(e: &InboxEntry) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("type".into(), "inbox".into());
+    m.insert("seq".into(), e.seq.into());
+    m.insert("kind".into(), e.kind.as_str().into());
+    m.insert("msg_id".into(), e.msg_id.to_string().into());
+    m.insert("from".into(), e.from.clone().into());
+    target_fields(&mut m, &e.target);
+    if let Some(t) = &e.text {
+        m.insert("text".into(), t.clone().into());
+    }
+    m.insert("ts".into(), e.ts.into());
+    to_frame(m)
+}
+
+/// A `sent` frame.
+pub fn sent_frame(id: &str, msg_id: MsgId, ts: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "sent", "id": id, "msg_id": msg_id.to_string(), "ts": ts,
+    }))
+    .unwrap_or_default()
+}
+
+/// A `typing` frame.
+pub fn typing_frame(from: &str, group: Option<&str>) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("type".into(), "typing".into());
+    m.insert("from".into(), from.into());
+    if let Some(g) = group {
+        m.insert("group".into(), g.into());
+    }
+    to_frame(m)
+}
+
+/// The `synced` frame closing a `sync` answer (extension).
+pub fn synced_frame(after: u64, last: u64, more: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "synced", "after": after, "last": last, "more": more,
+    }))
+    .unwrap_or_default()
+}
+
+/// A `history` frame (extension): messages newest first.
+pub fn history_frame(target: &Target, messages: &[StoredMessage], more: bool) -> Vec<u8> {
+    let list: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|msg| {
+            let mut m = serde_json::Map::new();
+            m.insert("msg_id".into(), msg.msg_id.to_string().into());
+            m.insert("from".into(), msg.from.clone().into());
+            target_fields(&mut m, &msg.target);
+            if !msg.deleted {
+                m.insert("text".into(), msg.text.clone().into());
+            }
+            m.insert("ts".into(), msg.ts.into());
+            if let Some(e) = msg.edited_ts {
+                m.insert("edited_ts".into(), e.into());
+            }
+            if msg.deleted {
+                m.insert("deleted".into(), true.into());
+            }
+            serde_json::Value::Object(m)
+        })
+        .collect();
+    let mut m = serde_json::Map::new();
+    m.insert("type".into(), "history".into());
+    match target {
+        Target::User(u) => m.insert("with".into(), u.clone().into()),
+        Target::Group(g) => m.insert("group".into(), g.clone().into()),
+    };
+    m.insert("messages".into(), list.into());
+    m.insert("more".into(), more.into());
+    to_frame(m)
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::chat::Chat;
 use crate::config::NodeConfig;
 use crate::datadir::{self, Ready};
 use crate::hub::{Groups, Hub, now_ms};
 use crate::outbox::CloseReason;
 use crate::store::Store;
-use crate::{admin, quic, ws};
+use crate::{admin, quic, webhook, ws};
 
 /// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
 fn raise_nofile() {
@@ -54,14 +55,54 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         "graph loaded"
     );
     let metrics = crate::metrics::install()?;
+    let secret = secret.into_bytes();
+    let webhook_uri = cfg
+        .webhook_url
+        .as_deref()
+        .map(webhook::parse_url)
+        .transpose()?;
+    let (webhook_tx, webhook_rx) = match webhook_uri {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(webhook::QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let limits = chat_relay::Limits {
+        max_text: cfg.max_text,
+        max_group: cfg.max_group,
+        ..chat_relay::Limits::default()
+    };
+    let chat = Chat::open(
+        &cfg.data_dir.join("chat"),
+        cfg.chat_store,
+        cfg.node_id,
+        limits,
+        webhook_tx,
+    )?;
+    info!(store = cfg.chat_store.as_str(), "chat store open");
     let hub = Arc::new(Hub::new(
         engine,
         cfg.clone(),
-        secret.into_bytes(),
+        secret.clone(),
         admin_key,
         store,
+        chat,
         groups,
     ));
+    let committer = Chat::spawn_committer(&hub).context("starting the chat commit thread")?;
+    if let Some(max_age) = cfg.chat_retention {
+        Chat::spawn_retention(&hub, max_age);
+    }
+    let webhook_task = match (webhook_uri, webhook_rx) {
+        (Some(uri), Some(rx)) => Some(tokio::spawn(webhook::run(
+            uri,
+            secret.into(),
+            rx,
+            hub.shutdown.clone(),
+        ))),
+        _ => None,
+    };
 
     let ws_listener = TcpListener::bind(cfg.ws_listen)
         .await
@@ -126,6 +167,11 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     hub.stop_ticker();
     let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
+    hub.chat.stop();
+    let _ = tokio::task::spawn_blocking(move || committer.join()).await;
+    if let Some(task) = webhook_task {
+        task.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     for task in [ws_task, admin_task] {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

@@ -12,9 +12,12 @@ use bytes::Bytes;
 use presence_core::{Disconnect, Error as CoreError, Status};
 use tracing::{Instrument, debug, info_span, warn};
 
+use chat_relay::{MsgId, Target};
+
+use crate::chat::{Answer, Dir};
 use crate::hub::{Hub, SessionHandle, now_ms};
 use crate::metrics as m;
-use crate::outbox::CloseReason;
+use crate::outbox::{ChatItem, CloseReason};
 use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError};
 use crate::token;
 
@@ -104,8 +107,12 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
         }
         Ok(Err(RecvError::Framing(m))) => return fail(&mut t, ErrorCode::Protocol, m).await,
     };
-    let (token, device) = match protocol::parse_client(&frame) {
-        Ok(ClientMessage::Hello { token, device, .. }) => (token, device),
+    let (token, device, after) = match protocol::parse_client(&frame) {
+        Ok(ClientMessage::Hello {
+            token,
+            device,
+            after,
+        }) => (token, device, after),
         Ok(_) => {
             return fail(
                 &mut t,
@@ -143,14 +150,31 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
     };
     let span = info_span!("session", user = %claims.sub, device = %device, transport);
     metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
-    let how = serve(&hub, &mut t, &handle, welcome, &claims.sub, &device)
+    let who = Who {
+        user: &claims.sub,
+        device: &device,
+    };
+    let how = serve(&hub, &mut t, &handle, welcome, who, after)
         .instrument(span)
         .await;
     hub.close_session(&handle, how);
     metrics::gauge!(m::SESSIONS, "transport" => transport).decrement(1.0);
 }
 
-fn welcome_frame(hub: &Hub, welcome: &presence_core::Welcome, user: &str, device: &str) -> Vec<u8> {
+/// Whose session this is, by the app's ids.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    user: &'a str,
+    device: &'a str,
+}
+
+fn welcome_frame(
+    hub: &Hub,
+    welcome: &presence_core::Welcome,
+    who: Who<'_>,
+    inbox_seq: u64,
+    acked_seq: u64,
+) -> Vec<u8> {
     let ecfg = hub.engine.config();
     let friends: Vec<serde_json::Value> = hub.engine.with_names(|name| {
         welcome
@@ -161,32 +185,133 @@ fn welcome_frame(hub: &Hub, welcome: &presence_core::Welcome, user: &str, device
     });
     let v = serde_json::json!({
         "type": "welcome",
-        "user": user,
-        "device": device,
+        "user": who.user,
+        "device": who.device,
         "heartbeat_ms": ecfg.heartbeat_timeout_ms,
         "idle_thresholds_ms": ecfg.idle_thresholds_ms,
-        "inbox_seq": 0,
+        "inbox_seq": inbox_seq,
+        "acked_seq": acked_seq,
         "tick": welcome.tick,
         "friends": friends,
     });
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
+/// Runs a blocking store read off the async workers.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// Where this device stands in its user's inbox: the next seq it must get. Entries arrive live
+/// from the committer; anything before them that this connection has not had (a resume after
+/// `hello.after`, entries a lagging outbox left out) is read back from the store, so every seq
+/// reaches the device once, in order.
+struct Cursor {
+    next_seq: u64,
+}
+
+impl Cursor {
+    /// Writes the durable entries from `next_seq` on, up to `until` (inclusive) or to the end.
+    async fn fill<T: Transport>(
+        &mut self,
+        hub: &Hub,
+        t: &mut T,
+        user: &str,
+        until: Option<u64>,
+    ) -> Result<(), ()> {
+        loop {
+            let reader = hub.chat.reader().clone();
+            let owner = user.to_owned();
+            let after = self.next_seq.saturating_sub(1);
+            let page = match blocking(move || reader.sync(&owner, after, 0)).await {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    warn!("reading the inbox back failed: {e}");
+                    return Err(());
+                }
+                None => return Err(()),
+            };
+            metrics::counter!(m::CHAT_ENTRIES_READ).increment(page.entries.len() as u64);
+            for e in &page.entries {
+                if until.is_some_and(|u| e.seq > u) {
+                    return Ok(());
+                }
+                if e.seq < self.next_seq {
+                    continue;
+                }
+                write(t, protocol::inbox_frame(e)).await?;
+                self.next_seq = e.seq + 1;
+            }
+            if !page.more || page.entries.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes one live entry, first filling any gap before it; skips what the device has.
+    async fn live<T: Transport>(
+        &mut self,
+        hub: &Hub,
+        t: &mut T,
+        user: &str,
+        seq: u64,
+        frame: Bytes,
+    ) -> Result<(), ()> {
+        if seq > self.next_seq {
+            self.fill(hub, t, user, Some(seq - 1)).await?;
+        }
+        if seq == self.next_seq {
+            write(t, frame.to_vec()).await?;
+            self.next_seq = seq + 1;
+        }
+        Ok(())
+    }
+}
+
 /// The session loop; returns how the session ended for the engine.
 async fn serve<T: Transport>(
-    hub: &Hub,
+    hub: &Arc<Hub>,
     t: &mut T,
-    handle: &SessionHandle,
+    handle: &Arc<SessionHandle>,
     welcome: presence_core::Welcome,
-    user: &str,
-    device: &str,
+    who: Who<'_>,
+    after: Option<u64>,
 ) -> Disconnect {
-    let sid = handle.sid;
-    let frame = welcome_frame(hub, &welcome, user, device);
-    debug!(friends = welcome.friends.len(), "welcome");
+    // Read after the session is registered: everything committed later is pushed to it.
+    let reader = hub.chat.reader().clone();
+    let (user, device) = (who.user.to_owned(), who.device.to_owned());
+    let heads = blocking(move || {
+        Ok::<_, chat_relay::ChatError>((
+            reader.durable_head(&user)?,
+            reader.device_ack(&user, &device)?,
+        ))
+    })
+    .await;
+    let (inbox_seq, acked_seq) = match heads {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            warn!("reading the inbox head failed: {e}");
+            fail(
+                t,
+                ErrorCode::Internal,
+                "the inbox cannot be read; try again",
+            )
+            .await;
+            return Disconnect::Dropped;
+        }
+        None => return Disconnect::Dropped,
+    };
+    let frame = welcome_frame(hub, &welcome, who, inbox_seq, acked_seq);
+    debug!(friends = welcome.friends.len(), inbox_seq, "welcome");
     // The snapshot is not kept for the life of the session (150 friends ≈ 6 KB).
     drop(welcome);
     if write(t, frame).await.is_err() {
+        return Disconnect::Dropped;
+    }
+    let mut cursor = Cursor {
+        next_seq: after.map_or(inbox_seq, |a| a.min(inbox_seq)) + 1,
+    };
+    if after.is_some() && cursor.fill(hub, t, who.user, None).await.is_err() {
         return Disconnect::Dropped;
     }
     let mut bucket = Bucket::new(Instant::now());
@@ -202,6 +327,20 @@ async fn serve<T: Transport>(
                         return Disconnect::Dropped;
                     }
                     metrics::counter!(m::FRAMES_SENT).increment(1);
+                }
+                for item in taken.chat {
+                    let res = match item {
+                        ChatItem::Frame(f) => write(t, f.to_vec()).await,
+                        ChatItem::Inbox { seq, frame } => {
+                            cursor.live(hub, t, who.user, seq, frame).await
+                        }
+                    };
+                    if res.is_err() {
+                        return Disconnect::Dropped;
+                    }
+                }
+                if taken.lagging && cursor.fill(hub, t, who.user, None).await.is_err() {
+                    return Disconnect::Dropped;
                 }
                 match taken.close {
                     Some(CloseReason::HeartbeatTimeout) => {
@@ -241,8 +380,23 @@ async fn serve<T: Transport>(
                     continue;
                 }
                 strikes = 0;
-                match handle_message(hub, sid, &frame) {
+                match handle_message(hub, handle, who, &frame) {
                     Reply::None => {}
+                    Reply::Sync { after, limit } => {
+                        if sync(hub, t, who.user, after, limit).await.is_err() {
+                            return Disconnect::Dropped;
+                        }
+                    }
+                    Reply::History { target, before, limit } => {
+                        match history(hub, who.user, target, before, limit).await {
+                            Ok(f) => {
+                                if write(t, f).await.is_err() {
+                                    return Disconnect::Dropped;
+                                }
+                            }
+                            Err(e) => send_error(t, &e).await,
+                        }
+                    }
                     Reply::Frame(f) => {
                         if write(t, f).await.is_err() {
                             return Disconnect::Dropped;
@@ -283,9 +437,46 @@ enum Reply {
     Error(ProtocolError),
     /// The engine no longer knows the session (expired).
     Gone,
+    /// Read from the store, off the async workers.
+    Sync {
+        after: u64,
+        limit: usize,
+    },
+    History {
+        target: Target,
+        before: Option<MsgId>,
+        limit: usize,
+    },
 }
 
-fn handle_message(hub: &Hub, sid: presence_core::SessionId, frame: &[u8]) -> Reply {
+fn bad(message: &str) -> Reply {
+    Reply::Error(ProtocolError::new(ErrorCode::BadRequest, message))
+}
+
+/// `to` xor `group`.
+fn target_of(to: Option<String>, group: Option<String>) -> Result<Target, &'static str> {
+    match (to, group) {
+        (Some(u), None) => Ok(Target::User(u)),
+        (None, Some(g)) => Ok(Target::Group(g)),
+        _ => Err("give exactly one of to (or with) and group"),
+    }
+}
+
+fn parse_msg_id(s: &str) -> Result<MsgId, Reply> {
+    s.parse()
+        .map_err(|_| bad("msg_id is not a message id (16 hex digits)"))
+}
+
+fn chat_answer(a: Answer) -> Reply {
+    match a {
+        Answer::Later => Reply::None,
+        Answer::Frame(f) => Reply::Frame(f),
+        Answer::Error(e) => Reply::Error(e),
+    }
+}
+
+fn handle_message(hub: &Hub, handle: &Arc<SessionHandle>, who: Who<'_>, frame: &[u8]) -> Reply {
+    let sid = handle.sid;
     let msg = match protocol::parse_client(frame) {
         Ok(m) => m,
         Err(e) => return Reply::Error(e),
@@ -296,11 +487,9 @@ fn handle_message(hub: &Hub, sid: presence_core::SessionId, frame: &[u8]) -> Rep
         Err(CoreError::UnknownSession) => Reply::Gone,
         Err(e) => Reply::Error(ProtocolError::new(ErrorCode::BadRequest, e.to_string())),
     };
+    let user = who.user;
     match msg {
-        ClientMessage::Hello { .. } => Reply::Error(ProtocolError::new(
-            ErrorCode::BadRequest,
-            "this session already said hello",
-        )),
+        ClientMessage::Hello { .. } => bad("this session already said hello"),
         ClientMessage::Activity {} => engine_result(hub.engine.activity(sid, now)),
         ClientMessage::Heartbeat {} => match hub.engine.heartbeat(sid, now) {
             Ok(()) => Reply::Frame(protocol::PONG.to_vec()),
@@ -308,32 +497,154 @@ fn handle_message(hub: &Hub, sid: presence_core::SessionId, frame: &[u8]) -> Rep
         },
         ClientMessage::Status { status, text } => {
             let Some(status) = Status::parse(&status) else {
-                return Reply::Error(ProtocolError::new(
-                    ErrorCode::BadRequest,
-                    "status must be available, busy, dnd or invisible",
-                ));
+                return bad("status must be available, busy, dnd or invisible");
             };
             // A status change is also activity: the person is there.
-            let user = presence_core::UserId(sid.user);
-            match hub.engine.set_status(user, status, text.as_deref(), now) {
+            let uid = presence_core::UserId(sid.user);
+            match hub.engine.set_status(uid, status, text.as_deref(), now) {
                 Ok(()) => engine_result(hub.engine.activity(sid, now)),
                 Err(e) => engine_result(Err(e)),
             }
         }
-        ClientMessage::Send { id, .. } => Reply::Error(ProtocolError {
-            code: ErrorCode::BadRequest,
-            message: "chat is not enabled on this node yet".into(),
-            id: Some(id),
-        }),
-        ClientMessage::Ack { .. }
-        | ClientMessage::Sync { .. }
-        | ClientMessage::Typing { .. }
-        | ClientMessage::Read { .. }
-        | ClientMessage::Edit { .. }
-        | ClientMessage::Delete { .. } => Reply::Error(ProtocolError::new(
-            ErrorCode::BadRequest,
-            "chat is not enabled on this node yet",
+        ClientMessage::Send {
+            id,
+            to,
+            group,
+            text,
+        } => match target_of(to, group) {
+            Ok(target) => chat_answer(hub.chat.send(hub, handle, user, &id, &target, &text)),
+            Err(m) => Reply::Error(ProtocolError {
+                code: ErrorCode::BadRequest,
+                message: m.into(),
+                id: Some(id),
+            }),
+        },
+        ClientMessage::Ack { seq } => chat_answer(hub.chat.write(|r| r.ack(user, who.device, seq))),
+        ClientMessage::Sync { after, limit } => Reply::Sync {
+            after,
+            limit: limit.map_or(0, |l| l as usize),
+        },
+        ClientMessage::Typing { to, group } => {
+            let target = match target_of(to, group) {
+                Ok(t) => t,
+                Err(m) => return bad(m),
+            };
+            match hub.chat.typing(hub, user, &target) {
+                Ok(users) => {
+                    let g = match &target {
+                        Target::Group(g) => Some(g.as_str()),
+                        Target::User(_) => None,
+                    };
+                    let frame = Bytes::from(protocol::typing_frame(user, g));
+                    for u in users {
+                        let Some(uid) = hub.engine.lookup(&u) else {
+                            continue;
+                        };
+                        for s in hub.sessions_of(uid.0) {
+                            s.outbox.push_chat(ChatItem::Frame(frame.clone()));
+                        }
+                    }
+                    Reply::None
+                }
+                Err(e) => Reply::Error(e),
+            }
+        }
+        ClientMessage::Read { msg_id } => match parse_msg_id(&msg_id) {
+            Ok(id) => chat_answer(hub.chat.write(|r| r.read(now, user, id, &Dir(hub)))),
+            Err(r) => r,
+        },
+        ClientMessage::Edit { msg_id, text } => match parse_msg_id(&msg_id) {
+            Ok(id) => chat_answer(hub.chat.write(|r| r.edit(now, user, id, &text, &Dir(hub)))),
+            Err(r) => r,
+        },
+        ClientMessage::Delete { msg_id } => match parse_msg_id(&msg_id) {
+            Ok(id) => chat_answer(hub.chat.write(|r| r.delete(now, user, id, &Dir(hub)))),
+            Err(r) => r,
+        },
+        ClientMessage::History {
+            with,
+            group,
+            before,
+            limit,
+        } => {
+            let target = match target_of(with, group) {
+                Ok(t) => t,
+                Err(m) => return bad(m),
+            };
+            let before = match before.as_deref().map(parse_msg_id).transpose() {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            Reply::History {
+                target,
+                before,
+                limit: limit.map_or(0, |l| l as usize),
+            }
+        }
+    }
+}
+
+/// `sync`: the page as `inbox` frames, then `synced`.
+async fn sync<T: Transport>(
+    hub: &Hub,
+    t: &mut T,
+    user: &str,
+    after: u64,
+    limit: usize,
+) -> Result<(), ()> {
+    let reader = hub.chat.reader().clone();
+    let owner = user.to_owned();
+    let page = match blocking(move || reader.sync(&owner, after, limit)).await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            let e = ProtocolError::new(protocol::chat_error_code(&e), e.to_string());
+            send_error(t, &e).await;
+            return Ok(());
+        }
+        None => return Err(()),
+    };
+    metrics::counter!(m::CHAT_ENTRIES_READ).increment(page.entries.len() as u64);
+    let mut last = after;
+    for e in &page.entries {
+        write(t, protocol::inbox_frame(e)).await?;
+        last = e.seq;
+    }
+    write(t, protocol::synced_frame(after, last, page.more)).await
+}
+
+/// `history`: one page, newest first.
+async fn history(
+    hub: &Arc<Hub>,
+    user: &str,
+    target: Target,
+    before: Option<MsgId>,
+    limit: usize,
+) -> Result<Vec<u8>, ProtocolError> {
+    let hub2 = hub.clone();
+    let owner = user.to_owned();
+    let limits = hub.chat.limits();
+    let want = match limit {
+        0 => limits.history_default,
+        n => n.min(limits.history_max),
+    };
+    let res = blocking(move || {
+        let page = hub2
+            .chat
+            .reader()
+            .history(&owner, &target, before, want, &Dir(&hub2));
+        (target, page)
+    })
+    .await;
+    match res {
+        Some((target, Ok(messages))) => {
+            let more = messages.len() >= want;
+            Ok(protocol::history_frame(&target, &messages, more))
+        }
+        Some((_, Err(e))) => Err(ProtocolError::new(
+            protocol::chat_error_code(&e),
+            e.to_string(),
         )),
+        None => Err(ProtocolError::new(ErrorCode::Internal, "history failed")),
     }
 }
 

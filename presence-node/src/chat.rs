@@ -1,0 +1,357 @@
+//! Chat on the presence sessions: drives the sans-IO `chat-relay` (validation, sequencing,
+//! dedupe) with one group-commit thread, hands durable inbox entries to every live device of
+//! their owner, and queues `message.undelivered` webhooks for recipients with no live session.
+//!
+//! Flow: a session's `send` runs `Relay::send` under the chat lock (cheap: no I/O but cache
+//! misses to the store), which puts its writes into the pending batch and registers the
+//! session as a waiter of that batch. The committer thread takes the whole pending batch
+//! whenever it is free, commits it with one fsync outside the lock (so batches grow by
+//! themselves under load: group commit), then answers the waiters with `sent` and pushes the
+//! batch's inbox entries, in seq order, to the owners' live sessions. Nothing is answered or
+//! delivered before it is durable.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use chat_relay::webhook::Undelivered;
+use chat_relay::{
+    BatchId, ChatError, ChatStore, Directory, EntryKind, IdGen, Limits, Reader, Relay, SendOutcome,
+    Target, WriteBatch,
+};
+use parking_lot::{Condvar, Mutex};
+use tracing::{error, info, warn};
+
+use crate::hub::{Hub, SessionHandle, now_ms};
+use crate::metrics as m;
+use crate::outbox::ChatItem;
+use crate::protocol::{self, ErrorCode, ProtocolError};
+
+/// Somebody waiting for a batch to be durable: the session and the frame it gets then.
+struct Waiter {
+    session: Arc<SessionHandle>,
+    client_id: String,
+    frame: Bytes,
+}
+
+struct State {
+    relay: Relay,
+    waiters: HashMap<BatchId, Vec<Waiter>>,
+}
+
+/// The node's chat service.
+pub struct Chat {
+    state: Mutex<State>,
+    wake: Condvar,
+    reader: Reader,
+    store: Arc<dyn ChatStore>,
+    stopped: AtomicBool,
+    webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
+}
+
+/// The friend graph and the groups, as the relay asks about them.
+pub struct Dir<'a>(pub &'a Hub);
+
+impl Directory for Dir<'_> {
+    fn are_friends(&self, a: &str, b: &str) -> bool {
+        let e = &self.0.engine;
+        match (e.lookup(a), e.lookup(b)) {
+            (Some(a), Some(b)) => e.are_friends(a, b),
+            _ => false,
+        }
+    }
+
+    fn group_members(&self, gid: &str) -> Option<Vec<String>> {
+        self.0.groups.read().get(gid).map(|m| m.to_vec())
+    }
+}
+
+/// What a chat operation answers right away.
+pub enum Answer {
+    /// Nothing now (a `sent` or the entries come once durable).
+    Later,
+    Frame(Vec<u8>),
+    Error(ProtocolError),
+}
+
+fn refusal(e: &ChatError, id: Option<&str>) -> ProtocolError {
+    ProtocolError {
+        code: protocol::chat_error_code(e),
+        message: e.to_string(),
+        id: id.map(str::to_owned),
+    }
+}
+
+impl Chat {
+    /// Opens the chat store in `dir` (created if missing).
+    pub fn open(
+        dir: &Path,
+        kind: chat_relay::StoreKind,
+        node_id: u16,
+        limits: Limits,
+        webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
+    ) -> anyhow::Result<Self> {
+        let store = kind.open(dir).with_context(|| {
+            format!(
+                "opening the {} chat store in {}",
+                kind.as_str(),
+                dir.display()
+            )
+        })?;
+        let ids = IdGen::new(u32::from(node_id)).context("node id")?;
+        let relay = Relay::new(store.clone(), ids, limits).context("reading the chat store")?;
+        Ok(Self {
+            reader: relay.reader(),
+            state: Mutex::new(State {
+                relay,
+                waiters: HashMap::new(),
+            }),
+            wake: Condvar::new(),
+            store,
+            stopped: AtomicBool::new(false),
+            webhooks,
+        })
+    }
+
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.state.lock().relay.limits().clone()
+    }
+
+    /// `send`: answered `sent` once durable (or at once for a retry of a durable send).
+    pub fn send(
+        &self,
+        hub: &Hub,
+        session: &Arc<SessionHandle>,
+        user: &str,
+        client_id: &str,
+        target: &Target,
+        text: &str,
+    ) -> Answer {
+        let mut st = self.state.lock();
+        let outcome = st
+            .relay
+            .send(now_ms(), user, client_id, target, text, &Dir(hub));
+        let (msg_id, ts, wait_for) = match outcome {
+            Ok(SendOutcome::New { msg_id, ts, batch }) => {
+                metrics::counter!(m::CHAT_SENDS).increment(1);
+                (msg_id, ts, Some(batch))
+            }
+            Ok(SendOutcome::Duplicate {
+                msg_id,
+                ts,
+                pending,
+            }) => {
+                metrics::counter!(m::CHAT_DUPLICATES).increment(1);
+                (msg_id, ts, pending)
+            }
+            Err(e) => return Answer::Error(refusal(&e, Some(client_id))),
+        };
+        let frame = protocol::sent_frame(client_id, msg_id, ts);
+        match wait_for {
+            None => Answer::Frame(frame),
+            Some(batch) => {
+                st.waiters.entry(batch).or_default().push(Waiter {
+                    session: session.clone(),
+                    client_id: client_id.to_owned(),
+                    frame: Bytes::from(frame),
+                });
+                drop(st);
+                self.wake.notify_one();
+                Answer::Later
+            }
+        }
+    }
+
+    /// `edit`, `delete`, `read` and `ack`: the entries they make arrive as `inbox` frames.
+    pub fn write(&self, op: impl FnOnce(&mut Relay) -> Result<BatchId, ChatError>) -> Answer {
+        let res = op(&mut self.state.lock().relay);
+        match res {
+            Ok(_) => {
+                self.wake.notify_one();
+                Answer::Later
+            }
+            Err(e) => Answer::Error(refusal(&e, None)),
+        }
+    }
+
+    /// `typing`: the users to tell (rate-limited by the relay; never stored).
+    pub fn typing(
+        &self,
+        hub: &Hub,
+        user: &str,
+        target: &Target,
+    ) -> Result<Vec<String>, ProtocolError> {
+        self.state
+            .lock()
+            .relay
+            .typing(now_ms(), user, target, &Dir(hub))
+            .map_err(|e| refusal(&e, None))
+    }
+
+    /// The committer: one batch at a time, in order, until stopped and drained.
+    pub fn spawn_committer(hub: &Arc<Hub>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let hub = hub.clone();
+        std::thread::Builder::new()
+            .name("chat-commit".into())
+            .spawn(move || hub.chat.commit_loop(&hub))
+    }
+
+    /// Asks the committer to finish what is pending and stop.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.wake.notify_all();
+    }
+
+    fn commit_loop(&self, hub: &Hub) {
+        loop {
+            let batch = {
+                let mut st = self.state.lock();
+                loop {
+                    if let Some(b) = st.relay.take_batch() {
+                        break Some(b);
+                    }
+                    if self.stopped.load(Ordering::Acquire) {
+                        break None;
+                    }
+                    self.wake.wait_for(&mut st, Duration::from_millis(100));
+                }
+            };
+            let Some(batch) = batch else {
+                info!("chat committer stopped");
+                return;
+            };
+            let started = Instant::now();
+            let res = self.store.commit(&batch);
+            metrics::histogram!(m::CHAT_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            match res {
+                Ok(()) => {
+                    let waiters = {
+                        let mut st = self.state.lock();
+                        st.relay.committed(batch.id);
+                        st.waiters.remove(&batch.id).unwrap_or_default()
+                    };
+                    metrics::counter!(m::CHAT_COMMITS).increment(1);
+                    metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
+                    self.deliver(hub, &batch, waiters);
+                }
+                Err(e) => {
+                    error!("chat commit failed: {e}");
+                    metrics::counter!(m::CHAT_COMMIT_FAILURES).increment(1);
+                    let mut failed = Vec::new();
+                    {
+                        let mut st = self.state.lock();
+                        let dropped = st.relay.reset();
+                        failed.extend(st.waiters.remove(&batch.id).unwrap_or_default());
+                        if let Some(d) = dropped {
+                            failed.extend(st.waiters.remove(&d).unwrap_or_default());
+                        }
+                    }
+                    for w in failed {
+                        let e = ProtocolError {
+                            code: ErrorCode::Internal,
+                            message: "the node could not store this; retry with the same id".into(),
+                            id: Some(w.client_id),
+                        };
+                        w.session
+                            .outbox
+                            .push_chat(ChatItem::Frame(Bytes::from(protocol::error_frame(&e))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
+    /// for recipients with none.
+    fn deliver(&self, hub: &Hub, batch: &WriteBatch, waiters: Vec<Waiter>) {
+        for w in waiters {
+            w.session.outbox.push_chat(ChatItem::Frame(w.frame));
+        }
+        let mut delivered = 0u64;
+        let mut lagging = 0u64;
+        let mut i = 0;
+        while i < batch.inbox.len() {
+            // Consecutive entries of one owner share one lookup; each owner's entries are in
+            // seq order within the batch.
+            let owner = &batch.inbox[i].0;
+            let mut j = i;
+            while j < batch.inbox.len() && batch.inbox[j].0 == *owner {
+                j += 1;
+            }
+            let sessions = hub
+                .engine
+                .lookup(owner)
+                .map(|u| hub.sessions_of(u.0))
+                .unwrap_or_default();
+            for (_, entry) in &batch.inbox[i..j] {
+                if sessions.is_empty() {
+                    if entry.kind == EntryKind::Message && entry.from != *owner {
+                        self.webhook(Undelivered {
+                            user: owner.clone(),
+                            msg_id: entry.msg_id,
+                            from: entry.from.clone(),
+                        });
+                    }
+                    continue;
+                }
+                let frame = Bytes::from(protocol::inbox_frame(entry));
+                for s in &sessions {
+                    if s.outbox.push_chat(ChatItem::Inbox {
+                        seq: entry.seq,
+                        frame: frame.clone(),
+                    }) {
+                        delivered += 1;
+                    } else {
+                        lagging += 1;
+                    }
+                }
+            }
+            i = j;
+        }
+        metrics::counter!(m::CHAT_ENTRIES_PUSHED).increment(delivered);
+        metrics::counter!(m::CHAT_ENTRIES_LAGGING).increment(lagging);
+    }
+
+    fn webhook(&self, event: Undelivered) {
+        let Some(tx) = &self.webhooks else {
+            return;
+        };
+        if tx.try_send(event).is_err() {
+            metrics::counter!(m::WEBHOOKS, "result" => "dropped").increment(1);
+            warn!("webhook queue full: dropping a message.undelivered event");
+        }
+    }
+
+    /// Retention: trims entries older than `max_age` every so often, on a blocking thread.
+    pub fn spawn_retention(hub: &Arc<Hub>, max_age: Duration) {
+        let hub = hub.clone();
+        let every = (max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = hub.shutdown.cancelled() => return,
+                }
+                let store = hub.chat.store.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    Relay::trim(store.as_ref(), now_ms(), max_age_ms)
+                })
+                .await;
+                match res {
+                    Ok(Ok(counts)) => info!(?counts, "chat retention trimmed"),
+                    Ok(Err(e)) => warn!("chat retention failed: {e}"),
+                    Err(e) => warn!("chat retention task failed: {e}"),
+                }
+            }
+        });
+    }
+}
