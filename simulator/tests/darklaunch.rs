@@ -100,7 +100,7 @@ const FAST: &[&str] = &[
     "--grace",
     "250ms",
     "--heartbeat-timeout",
-    "3s",
+    "6s",
     "--client-heartbeat",
     "1s",
 ];
@@ -133,7 +133,7 @@ fn small_dark_launch_verifies_every_view_over_both_transports() {
                 "--check-every",
                 "2s",
                 "--margin",
-                "150ms",
+                "250ms",
                 "--probe-rate",
                 "20",
                 "--chat-rate",

@@ -24,7 +24,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A write that does not complete within this counts as a dead connection.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a flush waits for clients to catch up.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(25);
 /// Frames larger than this from the node are refused (a welcome of 5,000 friends fits).
 const MAX_FRAME: usize = 4 << 20;
 
@@ -160,6 +160,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct View {
     friends: Vec<(u32, Entry)>,
+    /// When the welcome arrived: only probes scheduled after it are receipts (an old probe
+    /// text shown again when its owner comes back online is not).
+    since_us: u64,
 }
 
 struct ClientState {
@@ -257,6 +260,9 @@ pub fn parse_chat(text: &str) -> Option<(u64, u64)> {
 }
 
 fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: bool, now: u64) {
+    if welcome {
+        view.since_us = now;
+    }
     let mut seen: Vec<u32> = Vec::with_capacity(entries.len());
     for e in entries {
         let Some(id) = user_id(&e.user) else {
@@ -283,7 +289,7 @@ fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: boo
             && seq > prev_seen
         {
             entry.probe_seen = seq;
-            if !welcome {
+            if !welcome && at >= view.since_us {
                 sh.probe_receipts.fetch_add(1, Relaxed);
                 record(&mut sh.hists.lock().probe, now.saturating_sub(at));
             }
@@ -658,7 +664,7 @@ async fn run_conn(
                     Some(ClientCmd::Vanish) => { vanished = true; st.live.store(false, Relaxed); }
                     Some(ClientCmd::Close) | None => {
                         st.live.store(false, Relaxed);
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
                         return None;
                     }
                 },

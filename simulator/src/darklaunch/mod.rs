@@ -370,6 +370,8 @@ struct Driver<'a> {
     tokens: Vec<String>,
     live: Vec<[Option<Live>; 3]>,
     cids: HashMap<u64, CidInfo>,
+    /// Connects not yet answered: user, device, dispatch time (ms).
+    connecting: HashMap<u64, (u32, u8, u64)>,
     status: Vec<Status>,
     pending_status: Vec<Option<Status>>,
     probe_busy: Vec<u64>,
@@ -461,6 +463,7 @@ impl Driver<'_> {
                     first,
                 })?;
                 self.sess.connects_sent += 1;
+                self.connecting.insert(cid, (u, d, verify::now_ms()));
                 self.live[ui][d as usize] = Some(Live { cid, host, quic });
                 self.cids.insert(
                     cid,
@@ -504,7 +507,10 @@ impl Driver<'_> {
                     (self.oracle.heartbeat(u, d), r#"{"type":"heartbeat"}"#)
                 };
                 if !ok {
+                    // The truth expired this session (a late heartbeat): it can no longer
+                    // say what the node shows for this user.
                     self.sess.truth_expired += 1;
+                    self.oracle.taint(u);
                 }
                 self.send_msg(l, msg.to_string())?;
             }
@@ -601,11 +607,20 @@ impl Driver<'_> {
     fn on_reply(&mut self, host: usize, r: Reply) -> Result<()> {
         match r {
             Reply::Connected { cid } => {
-                if let Some(c) = self.cids.get_mut(&cid) {
+                let current = if let Some(c) = self.cids.get_mut(&cid) {
                     c.welcomed = true;
+                    true
+                } else {
+                    false
+                };
+                if let Some((u, dev, at)) = self.connecting.remove(&cid) {
+                    self.oracle.connected(u, at, current.then_some(dev));
                 }
             }
             Reply::ConnectFailed { cid, reason } | Reply::Closed { cid, reason } => {
+                if let Some((u, _, at)) = self.connecting.remove(&cid) {
+                    self.oracle.connected(u, at, None);
+                }
                 let failed_connect = !self.cids.get(&cid).is_some_and(|c| c.welcomed);
                 if failed_connect {
                     self.sess.connect_failures += 1;
@@ -782,7 +797,11 @@ impl Driver<'_> {
                 }
             }
         }
-        let bad = self.oracle.check(&views, self.a.margin, &mut self.verify);
+        let connecting: std::collections::HashSet<u32> =
+            self.connecting.values().map(|&(u, _, _)| u).collect();
+        let bad = self
+            .oracle
+            .check(&views, &connecting, self.a.margin, &mut self.verify);
         tracing::info!(
             views = views.len(),
             bad,
@@ -1018,6 +1037,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         tokens,
         live: vec![[None; 3]; users as usize],
         cids: HashMap::new(),
+        connecting: HashMap::new(),
         status: vec![Status::Available; users as usize],
         pending_status: vec![None; users as usize],
         probe_busy: vec![0; users as usize],
@@ -1178,7 +1198,6 @@ async fn drive(
     let start = Instant::now();
     let end = start + Duration::from_millis(a.duration);
     let check_every = Duration::from_millis(a.check_every);
-    let mut paused = Duration::ZERO;
     let mut next_check = start + check_every;
     let mut next_sample = start + Duration::from_secs(1);
     let probe_iv = (probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / probe_rate));
@@ -1207,9 +1226,7 @@ async fn drive(
             );
         }
         if a.verify && now >= next_check {
-            let t0 = Instant::now();
             d.check().await?;
-            paused += t0.elapsed();
             let after = Instant::now();
             next_check = after + check_every;
             // A deliberate pause is no lag: probes and chat resume from now.
@@ -1217,7 +1234,9 @@ async fn drive(
             next_chat = next_chat.max(after);
             continue;
         }
-        let v = ((now - start).saturating_sub(paused).as_secs_f64() * a.speed * 1000.0) as u64;
+        // The model follows the wall clock through pauses too (it catches up after a check):
+        // heartbeats must stay on their real schedule or the node rightly expires sessions.
+        let v = ((now - start).as_secs_f64() * a.speed * 1000.0) as u64;
         evs.clear();
         model.run_until(v, &mut |e: &Event| evs.push(*e));
         for e in &evs {

@@ -19,7 +19,7 @@ status and text are compared exactly, except for a friend one of whose sessions 
 of its grace period or its heartbeat expiry within [t - tick - margin, t + margin] (skipped: \
 undecidable over a real clock). The idle level (online, idle 1..n) is compared exactly except \
 when the friend crosses an idle threshold within that same window (only the level is skipped). \
-last_active is not compared (node and driver clocks read it at different instants). Friends \
+A client's session starts at the node somewhere between the driver's connect and the welcome's arrival: its boundaries are intervals that long, and meeting the window counts. last_active is not compared (node and driver clocks read it at different instants). Friends \
 whose own client failed to connect or was closed by the node are left out (counted).";
 
 pub fn now_ms() -> u64 {
@@ -66,8 +66,12 @@ pub struct Oracle {
     timing: NodeTiming,
     sessions: Vec<[Option<SessionId>; 3]>,
     last_msg: Vec<[u64; 3]>,
-    /// Latest end of a grace period or heartbeat expiry of a session that ended.
-    end_bound: Vec<u64>,
+    /// Latest end of a grace period or heartbeat expiry of a session that ended, as an
+    /// interval: the node saw the session start up to its connect slack later than the truth.
+    end_bound: Vec<(u64, u64)>,
+    /// Per session: how much later than its dispatch the client's welcome arrived (the node
+    /// started the session somewhere in between); u64::MAX while unknown.
+    slack: Vec<[u64; 3]>,
     pub tainted: Vec<bool>,
     last_now: u64,
     pub refused: u64,
@@ -112,7 +116,8 @@ impl Oracle {
             timing: timing.clone(),
             sessions: vec![[None; 3]; n],
             last_msg: vec![[0; 3]; n],
-            end_bound: vec![0; n],
+            end_bound: vec![(0, 0); n],
+            slack: vec![[0; 3]; n],
             tainted: vec![false; n],
             last_now: 0,
             refused: 0,
@@ -143,6 +148,7 @@ impl Oracle {
             Ok(w) => {
                 self.sessions[user as usize][dev as usize] = Some(w.session);
                 self.last_msg[user as usize][dev as usize] = now;
+                self.slack[user as usize][dev as usize] = u64::MAX;
                 true
             }
             Err(_) => {
@@ -157,8 +163,8 @@ impl Oracle {
         let now = self.now();
         if let Some(s) = self.sessions[user as usize][dev as usize].take() {
             let _ = self.engine.disconnect(s, Disconnect::Dropped, now);
-            let b = &mut self.end_bound[user as usize];
-            *b = (*b).max(now + self.timing.grace_ms);
+            let slack = self.slack[user as usize][dev as usize];
+            self.push_end(user, now + self.timing.grace_ms, slack);
         }
     }
 
@@ -166,9 +172,37 @@ impl Oracle {
     pub fn vanish(&mut self, user: u32, dev: u8) {
         if self.sessions[user as usize][dev as usize].take().is_some() {
             let exp = self.last_msg[user as usize][dev as usize] + self.timing.heartbeat_timeout_ms;
-            let b = &mut self.end_bound[user as usize];
-            *b = (*b).max(exp);
+            let slack = self.slack[user as usize][dev as usize];
+            self.push_end(user, exp, slack);
         }
+    }
+
+    fn push_end(&mut self, user: u32, at: u64, slack: u64) {
+        let b = &mut self.end_bound[user as usize];
+        b.0 = b.0.max(at);
+        b.1 = b.1.max(at.saturating_add(slack));
+    }
+
+    /// The welcome of a session dispatched at `at_ms` arrived now: the node started it
+    /// somewhere in between, so its time-driven boundaries are uncertain by that much.
+    pub fn connected(&mut self, user: u32, at_ms: u64, dev: Option<u8>) {
+        let slack = now_ms().saturating_sub(at_ms);
+        if let Some(d) = dev {
+            self.slack[user as usize][d as usize] = slack;
+        }
+        let b = &mut self.end_bound[user as usize];
+        if b.1 == u64::MAX {
+            b.1 = b.0.saturating_add(slack);
+        }
+    }
+
+    /// The largest slack among the user's live sessions.
+    fn user_slack(&self, user: u32) -> u64 {
+        (0..3)
+            .filter(|&d| self.sessions[user as usize][d].is_some())
+            .map(|d| self.slack[user as usize][d])
+            .max()
+            .unwrap_or(0)
     }
 
     /// Returns false when the truth no longer knows the session (it expired).
@@ -212,6 +246,7 @@ impl Oracle {
     pub fn check(
         &mut self,
         views: &[(u32, ViewOut)],
+        connecting: &std::collections::HashSet<u32>,
         margin_ms: u64,
         counts: &mut VerifyCounts,
     ) -> u64 {
@@ -220,7 +255,8 @@ impl Oracle {
         counts.checks += 1;
         let lo = t.saturating_sub(self.timing.tick_ms + margin_ms);
         let hi = t + margin_ms;
-        let within = |b: u64| b >= lo && b <= hi;
+        // An interval of possible boundary times meets the window.
+        let meets = |b0: u64, b1: u64| b0 <= hi && b1 >= lo;
         let thresholds = self.timing.idle_thresholds_ms.clone();
         let mut bad_before = counts.stale + counts.missing + counts.ghost;
         for (watcher, view) in views {
@@ -256,15 +292,18 @@ impl Oracle {
                     continue;
                 };
                 // Sessions of f that may end inside the window.
-                let mut end_ambiguous = within(self.end_bound[f as usize]);
+                let (e0, e1) = self.end_bound[f as usize];
+                let mut end_ambiguous = meets(e0, e1);
                 for d in 0..3 {
+                    let exp = self.last_msg[f as usize][d] + self.timing.heartbeat_timeout_ms;
                     if self.sessions[f as usize][d].is_some()
-                        && within(self.last_msg[f as usize][d] + self.timing.heartbeat_timeout_ms)
+                        && meets(exp, exp.saturating_add(self.slack[f as usize][d]))
                     {
                         end_ambiguous = true;
                     }
                 }
-                if end_ambiguous {
+                // A session the node may not have started yet: undecidable.
+                if end_ambiguous || connecting.contains(&f) {
                     counts.skipped_state += 1;
                     continue;
                 }
@@ -298,7 +337,11 @@ impl Oracle {
                 }
                 if t_present && ts != vs {
                     let la = p.last_active.unwrap_or(0);
-                    if thresholds.iter().any(|&th| within(la + th)) {
+                    let slack = self.user_slack(f);
+                    if thresholds
+                        .iter()
+                        .any(|&th| meets(la + th, (la + th).saturating_add(slack)))
+                    {
                         counts.skipped_idle_level += 1;
                         continue;
                     }
