@@ -567,8 +567,14 @@ impl Engine {
         // Each thread walks a slice of the changed users and drops (watcher, item) keys into
         // buckets by watcher range; then each bucket is sorted on its own thread, and the
         // buckets in order are the CSR.
-        let buckets = threads * 4;
-        let span = (graph.sets.len() as u64).div_ceil(buckets as u64).max(1);
+        // Bucket spans are a power of two: a shift per entry, not a division.
+        let users = graph.sets.len() as u64;
+        let shift = users
+            .div_ceil((threads * 4) as u64)
+            .max(1)
+            .next_power_of_two()
+            .trailing_zeros();
+        let buckets = (users >> shift) as usize + 1;
         let chunk = changed.len().div_ceil(threads).max(1);
         let parts = parallel_map(changed.len().div_ceil(chunk), threads, |t| {
             let lo = t * chunk;
@@ -582,7 +588,7 @@ impl Engine {
                             .get((w >> 6) as usize)
                             .map_or(0, |word| word >> (w & 63));
                         if bit & 1 == 1 {
-                            let b = ((u64::from(w) / span) as usize).min(buckets - 1);
+                            let b = ((w >> shift) as usize).min(buckets - 1);
                             out[b].push((u64::from(w) << 32) | item);
                         }
                     });
