@@ -310,7 +310,7 @@ impl Calendar {
                 }
             }
             self.current
-                .sort_unstable_by(|a, b| (b.at, b.seq).cmp(&(a.at, a.seq)));
+                .sort_unstable_by_key(|p| Reverse((p.at, p.seq)));
         }
     }
 }
