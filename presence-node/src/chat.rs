@@ -41,6 +41,9 @@ struct Waiter {
 struct State {
     relay: Relay,
     waiters: HashMap<BatchId, Vec<Waiter>>,
+    /// Acks not yet durable: (user, device) -> (seq, batch), so a welcome right after an ack
+    /// already shows it.
+    acks: HashMap<(String, String), (u64, BatchId)>,
 }
 
 /// The node's chat service.
@@ -109,6 +112,7 @@ impl Chat {
             state: Mutex::new(State {
                 relay,
                 waiters: HashMap::new(),
+                acks: HashMap::new(),
             }),
             wake: Condvar::new(),
             store,
@@ -182,6 +186,34 @@ impl Chat {
         }
     }
 
+    /// `ack`: the device's position, durable with the next batch.
+    pub fn ack(&self, user: &str, device: &str, seq: u64) -> Answer {
+        let mut st = self.state.lock();
+        match st.relay.ack(user, device, seq) {
+            Ok(batch) => {
+                let key = (user.to_owned(), device.to_owned());
+                let e = st.acks.entry(key).or_insert((seq, batch));
+                *e = (e.0.max(seq), batch);
+                drop(st);
+                self.wake.notify_one();
+                Answer::Later
+            }
+            Err(e) => Answer::Error(refusal(&e, None)),
+        }
+    }
+
+    /// The device's last ack, pending ones included.
+    pub fn device_ack(&self, user: &str, device: &str) -> Result<u64, ChatError> {
+        let durable = self.reader.device_ack(user, device)?;
+        let pending = self
+            .state
+            .lock()
+            .acks
+            .get(&(user.to_owned(), device.to_owned()))
+            .map_or(0, |&(seq, _)| seq);
+        Ok(durable.max(pending))
+    }
+
     /// `typing`: the users to tell (rate-limited by the relay; never stored).
     pub fn typing(
         &self,
@@ -236,6 +268,7 @@ impl Chat {
                     let waiters = {
                         let mut st = self.state.lock();
                         st.relay.committed(batch.id);
+                        st.acks.retain(|_, &mut (_, b)| b > batch.id);
                         st.waiters.remove(&batch.id).unwrap_or_default()
                     };
                     metrics::counter!(m::CHAT_COMMITS).increment(1);
@@ -249,6 +282,7 @@ impl Chat {
                     {
                         let mut st = self.state.lock();
                         let dropped = st.relay.reset();
+                        st.acks.clear();
                         failed.extend(st.waiters.remove(&batch.id).unwrap_or_default());
                         if let Some(d) = dropped {
                             failed.extend(st.waiters.remove(&d).unwrap_or_default());

@@ -278,12 +278,12 @@ async fn serve<T: Transport>(
     after: Option<u64>,
 ) -> Disconnect {
     // Read after the session is registered: everything committed later is pushed to it.
-    let reader = hub.chat.reader().clone();
+    let hub2 = hub.clone();
     let (user, device) = (who.user.to_owned(), who.device.to_owned());
     let heads = blocking(move || {
         Ok::<_, chat_relay::ChatError>((
-            reader.durable_head(&user)?,
-            reader.device_ack(&user, &device)?,
+            hub2.chat.reader().durable_head(&user)?,
+            hub2.chat.device_ack(&user, &device)?,
         ))
     })
     .await;
@@ -374,8 +374,16 @@ async fn serve<T: Transport>(
                         fail(t, ErrorCode::RateLimited, "too many messages; closing").await;
                         return Disconnect::Dropped;
                     }
-                    if strikes == 1 {
-                        send_error(t, &ProtocolError::new(ErrorCode::RateLimited, "slow down")).await;
+                    // A refused send is answered with its id, so the client knows what to
+                    // retry; other refused messages get one "slow down" per burst.
+                    let id = refused_send_id(&frame);
+                    if strikes == 1 || id.is_some() {
+                        let e = ProtocolError {
+                            code: ErrorCode::RateLimited,
+                            message: "slow down".into(),
+                            id,
+                        };
+                        send_error(t, &e).await;
                     }
                     continue;
                 }
@@ -422,6 +430,18 @@ async fn serve<T: Transport>(
             }
         }
     }
+}
+
+/// The client id of a `send` frame, if it is one (for a refusal that must name it).
+fn refused_send_id(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+        id: Option<String>,
+    }
+    let p: Probe = serde_json::from_slice(frame).ok()?;
+    (p.kind == "send").then_some(p.id).flatten()
 }
 
 async fn write<T: Transport>(t: &mut T, frame: Vec<u8>) -> Result<(), ()> {
@@ -519,7 +539,7 @@ fn handle_message(hub: &Hub, handle: &Arc<SessionHandle>, who: Who<'_>, frame: &
                 id: Some(id),
             }),
         },
-        ClientMessage::Ack { seq } => chat_answer(hub.chat.write(|r| r.ack(user, who.device, seq))),
+        ClientMessage::Ack { seq } => chat_answer(hub.chat.ack(user, who.device, seq)),
         ClientMessage::Sync { after, limit } => Reply::Sync {
             after,
             limit: limit.map_or(0, |l| l as usize),

@@ -1326,13 +1326,12 @@ async fn history_pages_backwards() {
     b.alive().await;
 }
 
-// ---- node issues found by these tests: each reproduces one; un-ignore once it is fixed ----
+// ---- regressions for node issues these tests found (both fixed) ----
 
-/// An `ack` the node has processed (a `pong` sent after it came back) is missing from the
-/// device's next `welcome` while the committer is busy: the welcome reads `acked_seq` from
-/// the store only, and the ack still waits in the pending batch.
+/// An `ack` the node has processed (a `pong` sent after it came back) is in the device's next
+/// `welcome` even while the committer is busy (the welcome used to read the store only, and
+/// the ack still waited in the pending batch).
 #[tokio::test]
-#[ignore = "node bug: acked_seq in the next welcome can be stale while commits are busy"]
 async fn ack_is_in_the_next_welcome_under_load() {
     common::init();
     let node = Node::start(ARGS);
@@ -1384,11 +1383,9 @@ async fn ack_is_in_the_next_welcome_under_load() {
     );
 }
 
-/// `send`s refused for rate get no answer naming them: the node answers the first refused
-/// frame with a `rate_limited` error without `id` and drops the others silently, so a client
-/// cannot tell which sends to retry (it waits for a `sent` that never comes).
+/// Every `send` refused for rate is answered `rate_limited` with its `id`, so a client knows
+/// which sends to retry (the node used to answer only the first refused frame, without `id`).
 #[tokio::test]
-#[ignore = "node bug: rate-limited sends are dropped without an answer carrying their id"]
 async fn every_send_is_answered_even_when_rate_limited() {
     common::init();
     let node = Node::start(ARGS);
