@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -118,6 +119,13 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         pid: std::process::id(),
     };
 
+    // TCP_NODELAY: two small frames in a row to an idle client (an inbox entry after a
+    // `sent`, two presence frames) would otherwise wait out the client's 40 ms delayed ACK.
+    let ws_listener = ws_listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("could not set TCP_NODELAY on a WebSocket connection: {e}");
+        }
+    });
     let ws_task = tokio::spawn(
         axum::serve(ws_listener, ws::router(hub.clone()))
             .with_graceful_shutdown(hub.shutdown.clone().cancelled_owned())

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -870,24 +870,12 @@ pub fn worker_main() -> Result<()> {
             bail!("the first command must be Init");
         };
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (rep_tx, mut rep_rx) = mpsc::unbounded_channel::<Reply>();
+        let (rep_tx, rep_rx) = mpsc::unbounded_channel::<Reply>();
         let host = tokio::spawn(run_host(init, cmd_rx, rep_tx));
-        let writer = tokio::spawn(async move {
-            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
-            while let Some(r) = rep_rx.recv().await {
-                let Ok(mut line) = serde_json::to_vec(&r) else {
-                    continue;
-                };
-                line.push(b'\n');
-                if out.write_all(&line).await.is_err() {
-                    break;
-                }
-                if rep_rx.is_empty() && out.flush().await.is_err() {
-                    break;
-                }
-            }
-            let _ = out.flush().await;
-        });
+        let writer = tokio::spawn(super::proto::pump_json_lines(
+            rep_rx,
+            tokio::io::BufWriter::new(tokio::io::stdout()),
+        ));
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<Cmd>(&line) {
                 Ok(Cmd::Shutdown) => {

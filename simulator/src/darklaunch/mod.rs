@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use presence_core::Status;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::activity::{ActivityModel, ActivityParams, DEVICE_NAMES, Ending, Event, EventKind};
@@ -282,7 +282,7 @@ fn spawn_worker(
         .kill_on_drop(true)
         .spawn()
         .context("starting a dark-launch worker")?;
-    let mut stdin = child
+    let stdin = child
         .stdin
         .take()
         .ok_or_else(|| anyhow!("worker has no stdin"))?;
@@ -290,23 +290,10 @@ fn spawn_worker(
         .stdout
         .take()
         .ok_or_else(|| anyhow!("worker has no stdout"))?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+    let (tx, rx) = mpsc::unbounded_channel::<Cmd>();
     tx.send(Cmd::Init(init))
         .map_err(|_| anyhow!("worker channel closed"))?;
-    tokio::spawn(async move {
-        while let Some(c) = rx.recv().await {
-            let Ok(mut line) = serde_json::to_vec(&c) else {
-                continue;
-            };
-            line.push(b'\n');
-            if stdin.write_all(&line).await.is_err() {
-                break;
-            }
-            if rx.is_empty() && stdin.flush().await.is_err() {
-                break;
-            }
-        }
-    });
+    tokio::spawn(proto::pump_json_lines(rx, stdin));
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
         loop {

@@ -4,6 +4,29 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Writes every message from `rx` to `out` as one JSON line, flushing whenever the queue is
+/// drained, until the queue closes or the write fails (the pipe between driver and worker).
+pub async fn pump_json_lines<T: Serialize, W: AsyncWrite + Unpin>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+    mut out: W,
+) {
+    while let Some(m) = rx.recv().await {
+        let Ok(mut line) = serde_json::to_vec(&m) else {
+            continue;
+        };
+        line.push(b'\n');
+        if out.write_all(&line).await.is_err() {
+            break;
+        }
+        if rx.is_empty() && out.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = out.flush().await;
+}
 
 /// What a host needs to open clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
