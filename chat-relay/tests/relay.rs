@@ -728,6 +728,9 @@ impl ChatStore for Flaky {
     fn trim(&self, t: u64) -> Result<TrimCounts, StoreError> {
         self.inner.trim(t)
     }
+    fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
+        self.inner.dedupe_keys(f)
+    }
 }
 
 fn failed_commit_resets(open: Opener) {

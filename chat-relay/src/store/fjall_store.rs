@@ -95,6 +95,14 @@ impl ChatStore for FjallStore {
         }
     }
 
+    fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
+        for g in self.dedupe.iter() {
+            let (k, _) = g.into_inner().map_err(backend)?;
+            f(&k);
+        }
+        Ok(())
+    }
+
     fn dedupe(&self, sender: &str, client_id: &str) -> Result<Option<(MsgId, u64)>, StoreError> {
         match self
             .dedupe

@@ -128,6 +128,10 @@ pub trait ChatStore: Send + Sync {
     /// each inbox's newest entry, which is kept so an inbox head never goes back. Each inbox
     /// is cut from its start up to its first entry new enough. Durable when it returns.
     fn trim(&self, older_than_ms: u64) -> Result<TrimCounts, StoreError>;
+
+    /// Calls `f` with the key of every dedupe row (`codec::dedupe_key` bytes), so a relay can
+    /// build its filter of client ids already used at start.
+    fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError>;
 }
 
 /// The store implementations, for a node flag.

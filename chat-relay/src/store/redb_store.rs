@@ -100,6 +100,16 @@ impl ChatStore for RedbStore {
         }
     }
 
+    fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(DEDUPE).map_err(backend)?;
+        for item in t.iter().map_err(backend)? {
+            let (k, _) = item.map_err(backend)?;
+            f(k.value());
+        }
+        Ok(())
+    }
+
     fn dedupe(&self, sender: &str, client_id: &str) -> Result<Option<(MsgId, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let t = txn.open_table(DEDUPE).map_err(backend)?;
