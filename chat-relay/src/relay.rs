@@ -221,13 +221,20 @@ impl Reader {
                 }
             }
         }
-        let limit = match limit {
+        Ok(self.store.history(
+            &Conversation::of(user, target),
+            before,
+            self.history_page(limit),
+        )?)
+    }
+
+    /// The page size a `history` call with `limit` gets: 0 means the default, more than the
+    /// maximum is clamped to it. A page this long may have more behind it.
+    pub fn history_page(&self, limit: usize) -> usize {
+        match limit {
             0 => self.limits.history_default,
             n => n.min(self.limits.history_max),
-        };
-        Ok(self
-            .store
-            .history(&Conversation::of(user, target), before, limit)?)
+        }
     }
 
     /// The durable head of `user`'s inbox (for `welcome`'s `inbox_seq`).
@@ -294,12 +301,10 @@ impl Relay {
         if let Some(last) = store.last_msg_id()? {
             ids.observe(last);
         }
-        let mut rows = 0usize;
-        store.dedupe_keys(&mut |_| rows += 1)?;
         // Sized for four times what is stored (at least 4 M ids, ~5 MB): past that the false
         // positive rate grows and more sends read the store, which stays correct.
-        let mut used_ids =
-            BloomFilter::with_false_pos(0.01).expected_items(rows.saturating_mul(4).max(1 << 22));
+        let expected = store.dedupe_len_hint()?.saturating_mul(4).max(1 << 22);
+        let mut used_ids = BloomFilter::with_false_pos(0.01).expected_items(expected);
         store.dedupe_keys(&mut |k| {
             used_ids.insert(k);
         })?;

@@ -728,6 +728,9 @@ impl ChatStore for Flaky {
     fn trim(&self, t: u64) -> Result<TrimCounts, StoreError> {
         self.inner.trim(t)
     }
+    fn dedupe_len_hint(&self) -> Result<usize, StoreError> {
+        self.inner.dedupe_len_hint()
+    }
     fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
         self.inner.dedupe_keys(f)
     }

@@ -81,7 +81,8 @@ pub enum Answer {
     Error(ProtocolError),
 }
 
-fn refusal(e: &ChatError, id: Option<&str>) -> ProtocolError {
+/// The error frame for a refused chat operation (`id`: the client id it answers).
+pub fn refusal(e: &ChatError, id: Option<&str>) -> ProtocolError {
     ProtocolError {
         code: protocol::chat_error_code(e),
         message: e.to_string(),
@@ -123,10 +124,6 @@ impl Chat {
 
     pub fn reader(&self) -> &Reader {
         &self.reader
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.state.lock().relay.limits().clone()
     }
 
     /// `send`: answered `sent` once durable (or at once for a retry of a durable send).
@@ -311,44 +308,35 @@ impl Chat {
         }
         let mut delivered = 0u64;
         let mut lagging = 0u64;
-        let mut i = 0;
-        while i < batch.inbox.len() {
-            // Consecutive entries of one owner share one lookup; each owner's entries are in
-            // seq order within the batch.
-            let owner = &batch.inbox[i].0;
-            let mut j = i;
-            while j < batch.inbox.len() && batch.inbox[j].0 == *owner {
-                j += 1;
-            }
-            let sessions = hub
-                .engine
-                .lookup(owner)
-                .map(|u| hub.sessions_of(u.0))
-                .unwrap_or_default();
-            for (_, entry) in &batch.inbox[i..j] {
-                if sessions.is_empty() {
-                    if entry.kind == EntryKind::Message && entry.from != *owner {
-                        self.webhook(Undelivered {
-                            user: owner.clone(),
-                            msg_id: entry.msg_id,
-                            from: entry.from.clone(),
-                        });
-                    }
-                    continue;
+        // Each owner's live sessions are looked up once per batch (a busy sender, or a group's
+        // members, own many of its entries); entries stay in batch order, which is seq order
+        // for each owner.
+        let mut live: HashMap<&str, Vec<Arc<SessionHandle>>> = HashMap::new();
+        for (owner, entry) in &batch.inbox {
+            let sessions = live
+                .entry(owner.as_str())
+                .or_insert_with(|| hub.sessions_of_name(owner));
+            if sessions.is_empty() {
+                if entry.kind == EntryKind::Message && entry.from != *owner {
+                    self.webhook(Undelivered {
+                        user: owner.clone(),
+                        msg_id: entry.msg_id,
+                        from: entry.from.clone(),
+                    });
                 }
-                let frame = Bytes::from(protocol::inbox_frame(entry));
-                for s in &sessions {
-                    if s.outbox.push_chat(ChatItem::Inbox {
-                        seq: entry.seq,
-                        frame: frame.clone(),
-                    }) {
-                        delivered += 1;
-                    } else {
-                        lagging += 1;
-                    }
+                continue;
+            }
+            let frame = Bytes::from(protocol::inbox_frame(entry));
+            for s in sessions.iter() {
+                if s.outbox.push_chat(ChatItem::Inbox {
+                    seq: entry.seq,
+                    frame: frame.clone(),
+                }) {
+                    delivered += 1;
+                } else {
+                    lagging += 1;
                 }
             }
-            i = j;
         }
         metrics::counter!(m::CHAT_ENTRIES_PUSHED).increment(delivered);
         metrics::counter!(m::CHAT_ENTRIES_LAGGING).increment(lagging);

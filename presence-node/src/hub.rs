@@ -140,6 +140,14 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// The live sessions of a user by app id (none if the node never saw it).
+    pub fn sessions_of_name(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        self.engine
+            .lookup(user)
+            .map(|u| self.sessions_of(u.0))
+            .unwrap_or_default()
+    }
+
     pub fn session_count(&self) -> usize {
         self.registry
             .iter()

@@ -57,15 +57,13 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     );
     let metrics = crate::metrics::install()?;
     let secret = secret.into_bytes();
-    let webhook_uri = cfg
-        .webhook_url
-        .as_deref()
-        .map(webhook::parse_url)
-        .transpose()?;
-    let (webhook_tx, webhook_rx) = match webhook_uri {
-        Some(_) => {
+    // With a webhook URL: the queue's sender goes to the chat service, its receiver and the
+    // URL to the sender task started below.
+    let (webhook_tx, webhook_job) = match cfg.webhook_url.as_deref() {
+        Some(url) => {
+            let uri = webhook::parse_url(url)?;
             let (tx, rx) = tokio::sync::mpsc::channel(webhook::QUEUE);
-            (Some(tx), Some(rx))
+            (Some(tx), Some((uri, rx)))
         }
         None => (None, None),
     };
@@ -95,15 +93,8 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(max_age) = cfg.chat_retention {
         Chat::spawn_retention(&hub, max_age);
     }
-    let webhook_task = match (webhook_uri, webhook_rx) {
-        (Some(uri), Some(rx)) => Some(tokio::spawn(webhook::run(
-            uri,
-            secret.into(),
-            rx,
-            hub.shutdown.clone(),
-        ))),
-        _ => None,
-    };
+    let webhook_task = webhook_job
+        .map(|(uri, rx)| tokio::spawn(webhook::run(uri, secret.into(), rx, hub.shutdown.clone())));
 
     let ws_listener = TcpListener::bind(cfg.ws_listen)
         .await

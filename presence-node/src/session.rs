@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use chat_relay::{MsgId, Target};
 
-use crate::chat::{Answer, Dir};
+use crate::chat::{Answer, Dir, refusal};
 use crate::hub::{Hub, SessionHandle, now_ms};
 use crate::metrics as m;
 use crate::outbox::{ChatItem, CloseReason};
@@ -557,10 +557,7 @@ fn handle_message(hub: &Hub, handle: &Arc<SessionHandle>, who: Who<'_>, frame: &
                     };
                     let frame = Bytes::from(protocol::typing_frame(user, g));
                     for u in users {
-                        let Some(uid) = hub.engine.lookup(&u) else {
-                            continue;
-                        };
-                        for s in hub.sessions_of(uid.0) {
+                        for s in hub.sessions_of_name(&u) {
                             s.outbox.push_chat(ChatItem::Frame(frame.clone()));
                         }
                     }
@@ -617,8 +614,7 @@ async fn sync<T: Transport>(
     let page = match blocking(move || reader.sync(&owner, after, limit)).await {
         Some(Ok(p)) => p,
         Some(Err(e)) => {
-            let e = ProtocolError::new(protocol::chat_error_code(&e), e.to_string());
-            send_error(t, &e).await;
+            send_error(t, &refusal(&e, None)).await;
             return Ok(());
         }
         None => return Err(()),
@@ -642,28 +638,17 @@ async fn history(
 ) -> Result<Vec<u8>, ProtocolError> {
     let hub2 = hub.clone();
     let owner = user.to_owned();
-    let limits = hub.chat.limits();
-    let want = match limit {
-        0 => limits.history_default,
-        n => n.min(limits.history_max),
-    };
     let res = blocking(move || {
-        let page = hub2
-            .chat
-            .reader()
-            .history(&owner, &target, before, want, &Dir(&hub2));
-        (target, page)
+        let reader = hub2.chat.reader();
+        let page = reader.history_page(limit);
+        reader
+            .history(&owner, &target, before, page, &Dir(&hub2))
+            .map(|messages| protocol::history_frame(&target, &messages, messages.len() >= page))
     })
     .await;
     match res {
-        Some((target, Ok(messages))) => {
-            let more = messages.len() >= want;
-            Ok(protocol::history_frame(&target, &messages, more))
-        }
-        Some((_, Err(e))) => Err(ProtocolError::new(
-            protocol::chat_error_code(&e),
-            e.to_string(),
-        )),
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(refusal(&e, None)),
         None => Err(ProtocolError::new(ErrorCode::Internal, "history failed")),
     }
 }

@@ -95,6 +95,10 @@ impl ChatStore for FjallStore {
         }
     }
 
+    fn dedupe_len_hint(&self) -> Result<usize, StoreError> {
+        Ok(self.dedupe.approximate_len())
+    }
+
     fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
         for g in self.dedupe.iter() {
             let (k, _) = g.into_inner().map_err(backend)?;

@@ -129,6 +129,9 @@ pub trait ChatStore: Send + Sync {
     /// is cut from its start up to its first entry new enough. Durable when it returns.
     fn trim(&self, older_than_ms: u64) -> Result<TrimCounts, StoreError>;
 
+    /// About how many dedupe rows there are (sizes the relay's filter of used ids).
+    fn dedupe_len_hint(&self) -> Result<usize, StoreError>;
+
     /// Calls `f` with the key of every dedupe row (`codec::dedupe_key` bytes), so a relay can
     /// build its filter of client ids already used at start.
     fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError>;

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{ChatStore, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
 use crate::codec::{self, Corrupt};
@@ -98,6 +98,13 @@ impl ChatStore for RedbStore {
             None => Ok(None),
             Some(v) => Ok(Some(codec::decode_message(id, v.value())?)),
         }
+    }
+
+    fn dedupe_len_hint(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let t = txn.open_table(DEDUPE).map_err(backend)?;
+        let n = t.len().map_err(backend)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {

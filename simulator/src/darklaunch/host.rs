@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::proto::{Cmd, HistOut, HostInit, HostStats, Reply, ViewOut};
+use super::proto::{Cmd, ConnectSpec, HistOut, HostInit, HostStats, Reply, ViewOut};
 
 /// Connect, handshake, hello and welcome must all happen within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -536,16 +536,7 @@ impl Conn {
     }
 }
 
-struct Spec {
-    cid: u64,
-    user: u32,
-    device: String,
-    quic: bool,
-    token: String,
-    first: Option<String>,
-}
-
-async fn open(dialer: &Dialer, sp: &Spec, st: &ClientState, sh: &Shared) -> Result<Conn> {
+async fn open(dialer: &Dialer, sp: &ConnectSpec, st: &ClientState, sh: &Shared) -> Result<Conn> {
     let mut c = if sp.quic {
         dialer.quic(sp.cid).await?
     } else {
@@ -568,14 +559,13 @@ async fn open(dialer: &Dialer, sp: &Spec, st: &ClientState, sh: &Shared) -> Resu
     sh.welcome_entries
         .fetch_add(msg.friends.len() as u64, Relaxed);
     apply_entries(&mut st.view.lock(), &msg.friends, sh, true, now_us());
-    let _ = sp.user;
     Ok(c)
 }
 
 async fn client(
     dialer: Arc<Dialer>,
     sem: Arc<Semaphore>,
-    sp: Spec,
+    sp: ConnectSpec,
     mut rx: mpsc::UnboundedReceiver<ClientCmd>,
     st: Arc<ClientState>,
     sh: Arc<Shared>,
@@ -628,7 +618,7 @@ async fn client(
 /// Serves a connection; returns Some(reason) when it ended without being told to.
 async fn run_conn(
     mut conn: Conn,
-    sp: &Spec,
+    sp: &ConnectSpec,
     rx: &mut mpsc::UnboundedReceiver<ClientCmd>,
     st: &Arc<ClientState>,
     sh: &Arc<Shared>,
@@ -742,27 +732,13 @@ pub async fn run_host(
     while let Some(cmd) = cmds.recv().await {
         match cmd {
             Cmd::Init(_) => {}
-            Cmd::Connect {
-                cid,
-                user,
-                device,
-                quic,
-                token,
-                first,
-            } => {
+            Cmd::Connect(spec) => {
+                let cid = spec.cid;
                 let (tx, rx) = mpsc::unbounded_channel();
                 let state = Arc::new(ClientState {
                     view: parking_mutex::Mutex::default(),
                     live: AtomicBool::new(false),
                 });
-                let spec = Spec {
-                    cid,
-                    user,
-                    device,
-                    quic,
-                    token,
-                    first,
-                };
                 tokio::spawn(client(
                     dialer.clone(),
                     sem.clone(),
@@ -847,18 +823,22 @@ pub async fn run_host(
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// `simulator dark-launch-worker`: a host driven over stdin/stdout (JSON lines). Exits when
-/// stdin closes, so a dying driver never leaves workers behind.
-pub fn worker_main() -> Result<()> {
+/// What a process holding many clients needs: the ring TLS provider, the open-files limit at
+/// its hard maximum, and a two-thread runtime.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the worker's runtime")?;
+        .context("starting the runtime")
+}
+
+/// `simulator dark-launch-worker`: a host driven over stdin/stdout (JSON lines). Exits when
+/// stdin closes, so a dying driver never leaves workers behind.
+pub fn worker_main() -> Result<()> {
+    let rt = runtime()?;
     rt.block_on(async {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())

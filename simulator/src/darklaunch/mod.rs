@@ -36,7 +36,7 @@ use out::{
     ChatOut, ConfigOut, DarkReport, Latency, LoadOut, ProbeOut, SampleOut, ServerOut, SessionsOut,
     ThroughputOut,
 };
-use proto::{Cmd, HostInit, HostStats, Reply, ViewOut};
+use proto::{Cmd, ConnectSpec, HostInit, HostStats, Reply, ViewOut};
 use verify::{Oracle, VerifyCounts};
 
 /// Idle thresholds in milliseconds, increasing.
@@ -227,15 +227,7 @@ pub fn main(a: DarkLaunchArgs) -> Result<ExitCode> {
             a.graph.display()
         );
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let rt = host::runtime()?;
     let rep = rt.block_on(run(&a))?;
     print!("{}", out::table(&rep));
     if let Some(p) = &a.json {
@@ -441,14 +433,13 @@ impl Driver<'_> {
                     self.oracle.status(u, d, s, None);
                     status_msg(s, None)
                 });
-                self.hosts[host].send(Cmd::Connect {
+                self.hosts[host].send(Cmd::Connect(ConnectSpec {
                     cid,
-                    user: u,
                     device: DEVICE_NAMES[d as usize].to_string(),
                     quic,
                     token: self.tokens[ui].clone(),
                     first,
-                })?;
+                }))?;
                 self.sess.connects_sent += 1;
                 self.connecting.insert(cid, (u, d, verify::now_ms()));
                 self.live[ui][d as usize] = Some(Live { cid, host, quic });

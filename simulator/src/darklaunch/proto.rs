@@ -45,20 +45,24 @@ pub struct HostInit {
     pub idle_thresholds_ms: Vec<u64>,
 }
 
+/// One client to open (the fields of `Cmd::Connect`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSpec {
+    pub cid: u64,
+    pub device: String,
+    pub quic: bool,
+    pub token: String,
+    /// A message to send right after the welcome (a login's status).
+    pub first: Option<String>,
+}
+
 /// Driver → host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "c")]
 pub enum Cmd {
     Init(HostInit),
     /// Open a client, say hello, then send `first` (a status) if any.
-    Connect {
-        cid: u64,
-        user: u32,
-        device: String,
-        quic: bool,
-        token: String,
-        first: Option<String>,
-    },
+    Connect(ConnectSpec),
     /// Send one JSON message on a client's connection.
     Send {
         cid: u64,
