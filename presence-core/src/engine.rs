@@ -259,6 +259,18 @@ impl Engine {
             .disconnect(session, how, now, &self.cfg)
     }
 
+    /// A hint, changing nothing: starts loading the memory an event on `session` will touch.
+    /// A caller that knows its next events (a batch, a sorted queue) calls this a few events
+    /// ahead so their cache misses overlap instead of being paid one after another.
+    pub fn prefetch_session(&self, session: SessionId) {
+        self.shard(session.user).lock().prefetch_session(session);
+    }
+
+    /// Like [`Engine::prefetch_session`], for an event on `user` (a connect, a status).
+    pub fn prefetch_user(&self, user: UserId) {
+        self.shard(user.0).lock().prefetch_user(user.0);
+    }
+
     /// The person did something: resets idleness. The hot path.
     pub fn activity(&self, session: SessionId, now: u64) -> Result<(), Error> {
         self.shard(session.user)

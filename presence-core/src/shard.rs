@@ -187,6 +187,21 @@ impl Shard {
         }
     }
 
+    /// Starts loading the session's and its user's lines (see [`crate::prefetch`]).
+    pub fn prefetch_session(&self, id: SessionId) {
+        if let Some(s) = self.sessions.get(id.slot as usize) {
+            crate::prefetch(s);
+        }
+        self.prefetch_user(id.user);
+    }
+
+    /// Starts loading the user's line.
+    pub fn prefetch_user(&self, global: u32) {
+        if let Some(u) = self.users.get(self.local(global)) {
+            crate::prefetch(u);
+        }
+    }
+
     fn session_ok(&self, id: SessionId) -> Option<usize> {
         let s = self.sessions.get(id.slot as usize)?;
         let local = self.local(id.user);

@@ -231,6 +231,44 @@ impl Driver<'_> {
         }
     }
 
+    /// Applies a tick's events in order. At ten million users each event's lines (this
+    /// driver's session table, the engine's session and user) are cold: they are prefetched a
+    /// few events ahead so the misses overlap (about halves the time per event at 10 M users).
+    fn apply(&mut self, events: &[Event]) {
+        const AHEAD_TABLE: usize = 16;
+        const AHEAD_ENGINE: usize = 8;
+        for (i, ev) in events.iter().enumerate() {
+            if let Some(next) = events.get(i + AHEAD_TABLE)
+                && let Some(slots) = self.sessions.get(next.user as usize)
+            {
+                presence_core::prefetch(slots);
+            }
+            if let Some(next) = events.get(i + AHEAD_ENGINE) {
+                self.prefetch_engine(next);
+            }
+            self.event(ev);
+        }
+    }
+
+    fn prefetch_engine(&self, ev: &Event) {
+        let device = match ev.kind {
+            EventKind::Activity { device }
+            | EventKind::Heartbeat { device }
+            | EventKind::Disconnect { device, .. } => device,
+            EventKind::Connect { .. } | EventKind::Status(_) => {
+                self.engine.prefetch_user(UserId(ev.user));
+                return;
+            }
+        };
+        if let Some(Some(sid)) = self
+            .sessions
+            .get(ev.user as usize)
+            .and_then(|slots| slots.get(device as usize))
+        {
+            self.engine.prefetch_session(*sid);
+        }
+    }
+
     fn connected(&self, user: u32) -> bool {
         self.sessions[user as usize].iter().any(Option::is_some)
     }
@@ -592,9 +630,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                 break;
             };
             let t0 = Instant::now();
-            for ev in &step.events {
-                driver.event(ev);
-            }
+            driver.apply(&step.events);
             step.events.clear();
             buf_tx.send(std::mem::take(&mut step.events)).ok();
             apply_hist
