@@ -59,6 +59,8 @@ struct Hists {
     probe: Option<Histogram<u64>>,
     chat_sent: Option<Histogram<u64>>,
     chat_inbox: Option<Histogram<u64>>,
+    /// send → `sent` since the last stats request (the report's per-second series).
+    chat_sent_interval: Option<Histogram<u64>>,
 }
 
 fn record(h: &mut Option<Histogram<u64>>, us: u64) {
@@ -133,6 +135,13 @@ impl Shared {
             chat_disabled_message: self.chat_disabled_message.lock().clone(),
             ..HostStats::default()
         };
+        {
+            let mut h = self.hists.lock();
+            if let Some(iv) = h.chat_sent_interval.as_mut() {
+                s.chat_sent_interval_us = hist_out(iv);
+                iv.reset();
+            }
+        }
         if full {
             s.error_examples = self.examples.lock().clone();
             let h = self.hists.lock();
@@ -330,7 +339,10 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) {
         "sent" => {
             if let Some((_, at)) = msg.id.as_deref().and_then(parse_chat) {
                 sh.chat_sent.fetch_add(1, Relaxed);
-                record(&mut sh.hists.lock().chat_sent, now.saturating_sub(at));
+                let us = now.saturating_sub(at);
+                let mut h = sh.hists.lock();
+                record(&mut h.chat_sent, us);
+                record(&mut h.chat_sent_interval, us);
             }
         }
         "inbox" => {

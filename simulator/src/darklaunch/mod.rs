@@ -682,7 +682,7 @@ impl Driver<'_> {
             .request(|_, seq| Cmd::Stats { seq, full }, Duration::from_secs(30))
             .await?;
         let mut t = HostStats::default();
-        let mut hists = [new_hist(), new_hist(), new_hist(), new_hist()];
+        let mut hists = [new_hist(), new_hist(), new_hist(), new_hist(), new_hist()];
         for r in rs {
             if let Reply::Stats { stats: s, .. } = r {
                 t.open += s.open;
@@ -709,10 +709,12 @@ impl Driver<'_> {
                 hist_merge(&mut hists[1], &s.probe_us);
                 hist_merge(&mut hists[2], &s.chat_sent_us);
                 hist_merge(&mut hists[3], &s.chat_inbox_us);
+                hist_merge(&mut hists[4], &s.chat_sent_interval_us);
             }
         }
+        let [a, b, c, d, e] = hists;
+        t.chat_sent_interval_us = host::hist_out(&e);
         if full {
-            let [a, b, c, d] = hists;
             t.connect_us = host::hist_out(&a);
             t.probe_us = host::hist_out(&b);
             t.chat_sent_us = host::hist_out(&c);
@@ -1186,6 +1188,7 @@ async fn drive(
     let mut prev_proc = first;
     let mut prev_t = start;
     let mut prev = HostStats::default();
+    let mut prev_chat_sent = d.chat.sent;
     let mut series = Vec::new();
     let mut rss_peak = first.map_or(0, |p| p.rss);
     let mut session_seconds = 0.0;
@@ -1253,6 +1256,7 @@ async fn drive(
             let connects_per_s = (s.connects - prev.connects) as f64 / dt;
             peak_connect_rate = peak_connect_rate.max(connects_per_s);
             session_seconds += s.open as f64 * dt;
+            let chat_lat = lat(&s.chat_sent_interval_us);
             series.push(SampleOut {
                 t_s: (t - start).as_secs_f64(),
                 open: s.open,
@@ -1261,7 +1265,13 @@ async fn drive(
                 entries_per_s: (s.entries - prev.entries) as f64 / dt,
                 rss: p.map_or(0, |p| p.rss),
                 cpu_percent: cpu,
+                chat_sends_per_s: (d.chat.sent - prev_chat_sent) as f64 / dt,
+                chat_acked_per_s: (s.chat_sent - prev.chat_sent) as f64 / dt,
+                chat_sent_p50_ms: chat_lat.p50_ms,
+                chat_sent_p99_ms: chat_lat.p99_ms,
+                chat_sent_max_ms: chat_lat.max_ms,
             });
+            prev_chat_sent = d.chat.sent;
             if a.chat_rate > 0.0 && !d.chat_stopped && s.chat_disabled > 0 && s.chat_sent == 0 {
                 d.chat_stopped = true;
                 tracing::warn!(

@@ -166,6 +166,14 @@ pub struct SampleOut {
     pub entries_per_s: f64,
     pub rss: u64,
     pub cpu_percent: f64,
+    /// Chat sends the driver issued in this interval, per second.
+    pub chat_sends_per_s: f64,
+    /// `sent` answers received in this interval, per second.
+    pub chat_acked_per_s: f64,
+    /// send → `sent` of the answers received in this interval (0 when none).
+    pub chat_sent_p50_ms: f64,
+    pub chat_sent_p99_ms: f64,
+    pub chat_sent_max_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +311,7 @@ pub fn table(r: &DarkReport) -> String {
             );
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
+            chat_seconds(&mut s, &r.series);
         }
     } else {
         let _ = writeln!(s, "chat: off (--chat-rate 0)");
@@ -363,6 +372,38 @@ pub fn table(r: &DarkReport) -> String {
     s
 }
 
+/// The per-second chat figures in brief: how many seconds had a send → `sent` p99 over
+/// 10 ms, and the five seconds with the largest maximum (the whole series is in the JSON).
+fn chat_seconds(s: &mut String, series: &[SampleOut]) {
+    let with: Vec<&SampleOut> = series.iter().filter(|x| x.chat_acked_per_s > 0.0).collect();
+    if with.is_empty() {
+        return;
+    }
+    let over = with.iter().filter(|x| x.chat_sent_p99_ms > 10.0).count();
+    let _ = writeln!(
+        s,
+        "  per second (answers received that second): {} seconds, p99 over 10 ms in {over}; largest maxima:",
+        with.len()
+    );
+    let mut worst = with.clone();
+    worst.sort_by(|a, b| b.chat_sent_max_ms.total_cmp(&a.chat_sent_max_ms));
+    for x in worst.iter().take(5) {
+        let _ = writeln!(
+            s,
+            "    t={:>6.1} s  sends {:>6.0}/s  sent {:>6.0}/s  p50 {:>6.1}  p99 {:>6.1}  max {:>7.1} ms  (open {}, connects {:.0}/s, node CPU {:.0}%)",
+            x.t_s,
+            x.chat_sends_per_s,
+            x.chat_acked_per_s,
+            x.chat_sent_p50_ms,
+            x.chat_sent_p99_ms,
+            x.chat_sent_max_ms,
+            x.open,
+            x.connects_per_s,
+            x.cpu_percent
+        );
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -407,6 +448,19 @@ pub fn html(r: &DarkReport) -> String {
             &[
                 ("RSS MiB".into(), pts(&|s| mib(s.rss))),
                 ("CPU %".into(), pts(&|s| s.cpu_percent)),
+            ],
+            false,
+        ));
+    }
+    if r.chat.enabled && r.chat.disabled_message.is_none() {
+        h.push_str(&line_chart(
+            "Chat send → sent, per second of receipt",
+            "seconds",
+            "ms",
+            &[
+                ("p50".into(), pts(&|s| s.chat_sent_p50_ms)),
+                ("p99".into(), pts(&|s| s.chat_sent_p99_ms)),
+                ("max".into(), pts(&|s| s.chat_sent_max_ms)),
             ],
             false,
         ));

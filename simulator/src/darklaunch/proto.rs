@@ -132,6 +132,10 @@ pub struct HostStats {
     pub probe_us: HistOut,
     pub chat_sent_us: HistOut,
     pub chat_inbox_us: HistOut,
+    /// send → `sent` of the answers received since the previous stats request (every
+    /// request takes it, `full` or not).
+    #[serde(default)]
+    pub chat_sent_interval_us: HistOut,
 }
 
 /// Host → driver.
