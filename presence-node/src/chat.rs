@@ -260,6 +260,7 @@ impl Chat {
             let started = Instant::now();
             let res = self.store.commit(&batch);
             metrics::histogram!(m::CHAT_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(m::CHAT_COMMIT_ROWS).record(batch.rows() as f64);
             match res {
                 Ok(()) => {
                     let waiters = {

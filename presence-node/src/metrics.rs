@@ -21,6 +21,7 @@ pub const CHAT_DUPLICATES: &str = "chat_send_retries_total";
 pub const CHAT_COMMITS: &str = "chat_commits_total";
 pub const CHAT_COMMIT_SECONDS: &str = "chat_commit_seconds";
 pub const CHAT_COMMITTED_ROWS: &str = "chat_committed_rows_total";
+pub const CHAT_COMMIT_ROWS: &str = "chat_commit_rows";
 pub const CHAT_COMMIT_FAILURES: &str = "chat_commit_failures_total";
 pub const CHAT_ENTRIES_PUSHED: &str = "chat_entries_pushed_total";
 pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
@@ -41,6 +42,13 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(CHAT_COMMIT_SECONDS.to_owned()),
             &[
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(CHAT_COMMIT_ROWS.to_owned()),
+            &[
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+                10000.0,
             ],
         )?
         .install_recorder()?;
@@ -71,6 +79,10 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Time of one chat group commit (fsync included)"
     );
     describe_counter!(CHAT_COMMITTED_ROWS, "Rows written by chat commits");
+    describe_histogram!(
+        CHAT_COMMIT_ROWS,
+        "Rows of one chat group commit (the batch size; a 1:1 send is 5 rows)"
+    );
     describe_counter!(CHAT_COMMIT_FAILURES, "Chat commits that failed");
     describe_counter!(CHAT_ENTRIES_PUSHED, "Inbox entries queued to live sessions");
     describe_counter!(
