@@ -172,7 +172,103 @@ impl ProtocolError {
 
 /// Parses one client frame: malformed JSON is a `protocol` error, an unknown type or a
 /// missing or invalid field a `bad_request`.
+///
+/// Fast path: one pass from the bytes into [`Flat`] (every field any message has, typed).
+/// Whenever that pass or the assembly of the message does not succeed, the frame goes through
+/// [`parse_client_value`], which decides and words every error; both paths accept the same
+/// frames as the same message (`tests::fast_path_agrees_with_the_value_path`).
 pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
+    // A struct also deserializes from a JSON array: only objects take the fast path.
+    let object = frame
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if object
+        && let Ok(flat) = serde_json::from_slice::<Flat<'_>>(frame)
+        && let Some(msg) = flat.into_message()
+    {
+        return Ok(msg);
+    }
+    parse_client_value(frame)
+}
+
+/// Every field of every client message, each with the one type it has wherever it appears
+/// (`after` and `limit` are numbers in every message that has them; the rest are strings).
+/// A field of the wrong type, a duplicate or a missing required one makes the fast path give
+/// way to [`parse_client_value`].
+#[derive(Deserialize)]
+struct Flat<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    token: Option<String>,
+    device: Option<String>,
+    after: Option<u64>,
+    status: Option<String>,
+    text: Option<String>,
+    id: Option<String>,
+    to: Option<String>,
+    group: Option<String>,
+    seq: Option<u64>,
+    limit: Option<u32>,
+    msg_id: Option<String>,
+    with: Option<String>,
+    before: Option<String>,
+}
+
+impl Flat<'_> {
+    /// The message, or `None` when a field it requires is absent or the type is unknown.
+    fn into_message(self) -> Option<ClientMessage> {
+        Some(match self.kind.as_deref()? {
+            "hello" => ClientMessage::Hello {
+                token: self.token?,
+                device: self.device,
+                after: self.after,
+            },
+            "activity" => ClientMessage::Activity {},
+            "heartbeat" => ClientMessage::Heartbeat {},
+            "status" => ClientMessage::Status {
+                status: self.status?,
+                text: self.text,
+            },
+            "send" => ClientMessage::Send {
+                id: self.id?,
+                to: self.to,
+                group: self.group,
+                text: self.text?,
+            },
+            "ack" => ClientMessage::Ack { seq: self.seq? },
+            "sync" => ClientMessage::Sync {
+                after: self.after?,
+                limit: self.limit,
+            },
+            "typing" => ClientMessage::Typing {
+                to: self.to,
+                group: self.group,
+            },
+            "read" => ClientMessage::Read {
+                msg_id: self.msg_id?,
+            },
+            "edit" => ClientMessage::Edit {
+                msg_id: self.msg_id?,
+                text: self.text?,
+            },
+            "delete" => ClientMessage::Delete {
+                msg_id: self.msg_id?,
+            },
+            "history" => ClientMessage::History {
+                with: self.with,
+                group: self.group,
+                before: self.before,
+                limit: self.limit,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The reference parser (and the error path of [`parse_client`]): JSON into a value, then
+/// the type check, then the typed message.
+pub fn parse_client_value(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
     let value: serde_json::Value = serde_json::from_slice(frame)
         .map_err(|e| ProtocolError::new(ErrorCode::Protocol, format!("malformed JSON: {e}")))?;
     let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
@@ -289,92 +385,179 @@ pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) ->
 
 // ---- chat frames ---------------------------------------------------------------------------
 
-/// `to` or `group` of a chat target, as the wire names them.
-fn target_fields(map: &mut serde_json::Map<String, serde_json::Value>, target: &Target) {
-    match target {
-        Target::User(u) => map.insert("to".into(), u.clone().into()),
-        Target::Group(g) => map.insert("group".into(), g.clone().into()),
-    };
+// serde_json here keeps object keys sorted (no `preserve_order`), so these structs list
+// their fields in alphabetical order: the frames are the same bytes the node always sent.
+
+/// A message id on the wire: 16 lowercase hex digits, written without an allocation.
+struct HexId(MsgId);
+
+impl Serialize for HexId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 16];
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((self.0.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        // Only ASCII hex digits were written.
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
+    }
 }
 
-fn to_frame(map: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
+/// `to` or `group` of a chat target, as the wire names them.
+fn target_fields(target: &Target) -> (Option<&str>, Option<&str>) {
+    match target {
+        Target::User(u) => (None, Some(u.as_str())),
+        Target::Group(g) => (Some(g.as_str()), None),
+    }
+}
+
+fn to_vec(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct InboxJson<'a> {
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    kind: &'static str,
+    msg_id: HexId,
+    seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    ts: u64,
+    #[serde(rename = "type")]
+    kind_: &'static str,
 }
 
 /// An `inbox` frame.
 pub fn inbox_frame(e: &InboxEntry) -> Vec<u8> {
-    let mut m = serde_json::Map::new();
-    m.insert("type".into(), "inbox".into());
-    m.insert("seq".into(), e.seq.into());
-    m.insert("kind".into(), e.kind.as_str().into());
-    m.insert("msg_id".into(), e.msg_id.to_string().into());
-    m.insert("from".into(), e.from.clone().into());
-    target_fields(&mut m, &e.target);
-    if let Some(t) = &e.text {
-        m.insert("text".into(), t.clone().into());
-    }
-    m.insert("ts".into(), e.ts.into());
-    to_frame(m)
+    let (group, to) = target_fields(&e.target);
+    to_vec(&InboxJson {
+        from: &e.from,
+        group,
+        kind: e.kind.as_str(),
+        msg_id: HexId(e.msg_id),
+        seq: e.seq,
+        text: e.text.as_deref(),
+        to,
+        ts: e.ts,
+        kind_: "inbox",
+    })
+}
+
+#[derive(Serialize)]
+struct SentJson<'a> {
+    id: &'a str,
+    msg_id: HexId,
+    ts: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 /// A `sent` frame.
 pub fn sent_frame(id: &str, msg_id: MsgId, ts: u64) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "type": "sent", "id": id, "msg_id": msg_id.to_string(), "ts": ts,
-    }))
-    .unwrap_or_default()
+    to_vec(&SentJson {
+        id,
+        msg_id: HexId(msg_id),
+        ts,
+        kind: "sent",
+    })
+}
+
+#[derive(Serialize)]
+struct TypingJson<'a> {
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 /// A `typing` frame.
 pub fn typing_frame(from: &str, group: Option<&str>) -> Vec<u8> {
-    let mut m = serde_json::Map::new();
-    m.insert("type".into(), "typing".into());
-    m.insert("from".into(), from.into());
-    if let Some(g) = group {
-        m.insert("group".into(), g.into());
-    }
-    to_frame(m)
+    to_vec(&TypingJson {
+        from,
+        group,
+        kind: "typing",
+    })
+}
+
+#[derive(Serialize)]
+struct SyncedJson {
+    after: u64,
+    last: u64,
+    more: bool,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 /// The `synced` frame closing a `sync` answer (extension).
 pub fn synced_frame(after: u64, last: u64, more: bool) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "type": "synced", "after": after, "last": last, "more": more,
-    }))
-    .unwrap_or_default()
+    to_vec(&SyncedJson {
+        after,
+        last,
+        more,
+        kind: "synced",
+    })
+}
+
+#[derive(Serialize)]
+struct HistoryMessageJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_ts: Option<u64>,
+    from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    msg_id: HexId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    ts: u64,
+}
+
+#[derive(Serialize)]
+struct HistoryJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    messages: Vec<HistoryMessageJson<'a>>,
+    more: bool,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    with: Option<&'a str>,
 }
 
 /// A `history` frame (extension): messages newest first.
 pub fn history_frame(target: &Target, messages: &[StoredMessage], more: bool) -> Vec<u8> {
-    let list: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|msg| {
-            let mut m = serde_json::Map::new();
-            m.insert("msg_id".into(), msg.msg_id.to_string().into());
-            m.insert("from".into(), msg.from.clone().into());
-            target_fields(&mut m, &msg.target);
-            if !msg.deleted {
-                m.insert("text".into(), msg.text.clone().into());
-            }
-            m.insert("ts".into(), msg.ts.into());
-            if let Some(e) = msg.edited_ts {
-                m.insert("edited_ts".into(), e.into());
-            }
-            if msg.deleted {
-                m.insert("deleted".into(), true.into());
-            }
-            serde_json::Value::Object(m)
-        })
-        .collect();
-    let mut m = serde_json::Map::new();
-    m.insert("type".into(), "history".into());
-    match target {
-        Target::User(u) => m.insert("with".into(), u.clone().into()),
-        Target::Group(g) => m.insert("group".into(), g.clone().into()),
-    };
-    m.insert("messages".into(), list.into());
-    m.insert("more".into(), more.into());
-    to_frame(m)
+    let (group, with) = target_fields(target);
+    to_vec(&HistoryJson {
+        group,
+        messages: messages
+            .iter()
+            .map(|m| {
+                let (group, to) = target_fields(&m.target);
+                HistoryMessageJson {
+                    deleted: m.deleted.then_some(true),
+                    edited_ts: m.edited_ts,
+                    from: &m.from,
+                    group,
+                    msg_id: HexId(m.msg_id),
+                    text: (!m.deleted).then_some(m.text.as_str()),
+                    to,
+                    ts: m.ts,
+                }
+            })
+            .collect(),
+        more,
+        kind: "history",
+        with,
+    })
 }
 
 #[cfg(test)]
@@ -441,5 +624,209 @@ mod tests {
         assert_eq!(never, serde_json::json!({"user":"8","state":"offline"}));
         let frame = presence_frame(9, [b"{}".as_slice(), b"{}".as_slice()].into_iter());
         assert_eq!(frame, br#"{"type":"presence","tick":9,"changes":[{},{}]}"#);
+    }
+
+    /// Frames every client message type can come as, right and wrong: the fast path must
+    /// answer each exactly as the value path does (same message, or same code and words).
+    #[test]
+    fn fast_path_agrees_with_the_value_path() {
+        let frames = [
+            r#"{"type":"hello","token":"t"}"#,
+            r#"{"type":"hello","token":"t","device":"d","after":5}"#,
+            r#"{"type":"hello","token":"t","device":null,"after":null}"#,
+            r#"{"type":"hello","token":5}"#,
+            r#"{"type":"hello","token":"t","token":"u"}"#,
+            r#"{"type":"hello","type":"hello","token":"t"}"#,
+            r#"{"token":"t","type":"hello"}"#,
+            r#"  {"type":"activity"}  "#,
+            r#"{"type":"activity","token":5,"after":"x"}"#,
+            r#"{"type":"heartbeat","extra":1}"#,
+            r#"{"type":"status","status":"busy","text":"x"}"#,
+            r#"{"type":"status","text":"x"}"#,
+            r#"{"type":"send","id":"c1","to":"7","text":"hi"}"#,
+            r#"{"type":"send","id":"c1","group":"g","text":"h\u00e9 \"q\""}"#,
+            r#"{"type":"send","id":"c1","to":"7"}"#,
+            r#"{"type":"send","id":"c1","to":"7","text":null}"#,
+            r#"{"type":"send","id":"c1","to":7,"text":"x"}"#,
+            r#"{"type":"send","id":"c1","to":"7","text":"x","after":"y"}"#,
+            r#"{"type":"send","id":"c1","to":"7","text":"x","limit":-1}"#,
+            r#"{"type":"ack","seq":3}"#,
+            r#"{"type":"ack","seq":"x"}"#,
+            r#"{"type":"ack","seq":1.5}"#,
+            r#"{"type":"ack","seq":-1}"#,
+            r#"{"type":"ack"}"#,
+            r#"{"type":"sync","after":0}"#,
+            r#"{"type":"sync","after":0,"limit":4294967296}"#,
+            r#"{"type":"sync","limit":3}"#,
+            r#"{"type":"typing","group":"g"}"#,
+            r#"{"type":"typing","to":"u","group":"g"}"#,
+            r#"{"type":"read","msg_id":"m"}"#,
+            r#"{"type":"edit","msg_id":"m","text":"t"}"#,
+            r#"{"type":"edit","msg_id":"m"}"#,
+            r#"{"type":"delete","msg_id":"m"}"#,
+            r#"{"type":"history","with":"b","before":"00a1b2c3d4e5f607","limit":20}"#,
+            r#"{"type":"history"}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":5}"#,
+            r#"{"type":null}"#,
+            r#"{}"#,
+            r#"[1,2]"#,
+            r#"["activity"]"#,
+            r#"["hello","t",null,null]"#,
+            r#""hello""#,
+            r#"null"#,
+            r#"{nope"#,
+            r#"{"type":"activity"} x"#,
+            r#"{"type":"activity""#,
+            "",
+        ];
+        for f in frames {
+            assert_eq!(
+                parse_client(f.as_bytes()),
+                parse_client_value(f.as_bytes()),
+                "{f}"
+            );
+        }
+    }
+
+    /// The frames the node sent before they were typed structs, built the old way.
+    mod reference {
+        use chat_relay::{InboxEntry, StoredMessage, Target};
+
+        fn target_fields(map: &mut serde_json::Map<String, serde_json::Value>, target: &Target) {
+            match target {
+                Target::User(u) => map.insert("to".into(), u.clone().into()),
+                Target::Group(g) => map.insert("group".into(), g.clone().into()),
+            };
+        }
+
+        fn to_frame(map: serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+            serde_json::to_vec(&serde_json::Value::Object(map)).expect("json")
+        }
+
+        pub fn inbox_frame(e: &InboxEntry) -> Vec<u8> {
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), "inbox".into());
+            m.insert("seq".into(), e.seq.into());
+            m.insert("kind".into(), e.kind.as_str().into());
+            m.insert("msg_id".into(), e.msg_id.to_string().into());
+            m.insert("from".into(), e.from.clone().into());
+            target_fields(&mut m, &e.target);
+            if let Some(t) = &e.text {
+                m.insert("text".into(), t.clone().into());
+            }
+            m.insert("ts".into(), e.ts.into());
+            to_frame(m)
+        }
+
+        pub fn typing_frame(from: &str, group: Option<&str>) -> Vec<u8> {
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), "typing".into());
+            m.insert("from".into(), from.into());
+            if let Some(g) = group {
+                m.insert("group".into(), g.into());
+            }
+            to_frame(m)
+        }
+
+        pub fn history_frame(target: &Target, messages: &[StoredMessage], more: bool) -> Vec<u8> {
+            let list: Vec<serde_json::Value> = messages
+                .iter()
+                .map(|msg| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("msg_id".into(), msg.msg_id.to_string().into());
+                    m.insert("from".into(), msg.from.clone().into());
+                    target_fields(&mut m, &msg.target);
+                    if !msg.deleted {
+                        m.insert("text".into(), msg.text.clone().into());
+                    }
+                    m.insert("ts".into(), msg.ts.into());
+                    if let Some(e) = msg.edited_ts {
+                        m.insert("edited_ts".into(), e.into());
+                    }
+                    if msg.deleted {
+                        m.insert("deleted".into(), true.into());
+                    }
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), "history".into());
+            match target {
+                Target::User(u) => m.insert("with".into(), u.clone().into()),
+                Target::Group(g) => m.insert("group".into(), g.clone().into()),
+            };
+            m.insert("messages".into(), list.into());
+            m.insert("more".into(), more.into());
+            to_frame(m)
+        }
+    }
+
+    #[test]
+    fn chat_frames_are_the_same_bytes_as_before() {
+        use chat_relay::EntryKind;
+        let targets = [
+            Target::User("bob".into()),
+            Target::Group("g\"1\u{e9}".into()),
+        ];
+        let ids = [MsgId(0), MsgId(0x00a1_b2c3_d4e5_f607), MsgId(u64::MAX)];
+        for target in &targets {
+            for &msg_id in &ids {
+                for (kind, text) in [
+                    (EntryKind::Message, Some("lunch? \n \u{1f600}")),
+                    (EntryKind::Edit, Some("")),
+                    (EntryKind::Delete, None),
+                    (EntryKind::Read, None),
+                ] {
+                    let e = InboxEntry {
+                        seq: 41,
+                        kind,
+                        msg_id,
+                        from: "al\\ice".into(),
+                        target: target.clone(),
+                        text: text.map(str::to_owned),
+                        ts: 1_732_460_000_000,
+                    };
+                    assert_eq!(inbox_frame(&e), reference::inbox_frame(&e));
+                }
+                let sent = serde_json::to_vec(&serde_json::json!({
+                    "type": "sent", "id": "c-\"17", "msg_id": msg_id.to_string(), "ts": 7,
+                }))
+                .expect("json");
+                assert_eq!(sent_frame("c-\"17", msg_id, 7), sent);
+                let messages: Vec<StoredMessage> =
+                    [(false, None), (false, Some(9)), (true, Some(9))]
+                        .into_iter()
+                        .map(|(deleted, edited_ts)| StoredMessage {
+                            msg_id,
+                            from: "alice".into(),
+                            target: target.clone(),
+                            text: if deleted { String::new() } else { "hi".into() },
+                            ts: 5,
+                            edited_ts,
+                            deleted,
+                            client_id: "c".into(),
+                        })
+                        .collect();
+                for more in [false, true] {
+                    assert_eq!(
+                        history_frame(target, &messages, more),
+                        reference::history_frame(target, &messages, more)
+                    );
+                    assert_eq!(
+                        history_frame(target, &[], more),
+                        reference::history_frame(target, &[], more)
+                    );
+                }
+            }
+        }
+        for g in [None, Some("g")] {
+            assert_eq!(typing_frame("a", g), reference::typing_frame("a", g));
+        }
+        let synced = serde_json::to_vec(&serde_json::json!({
+            "type": "synced", "after": 40, "last": 41, "more": false,
+        }))
+        .expect("json");
+        assert_eq!(synced_frame(40, 41, false), synced);
     }
 }
