@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use hashbrown::HashMap;
-use roaring::RoaringBitmap;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -19,6 +18,8 @@ const NO_DEADLINE: u64 = u64::MAX;
 
 const DIRTY: u8 = 1;
 const HAS_EXT: u8 = 2;
+/// The user has a connected (not lingering) session.
+const LIVE: u8 = 4;
 
 const IN_USE: u32 = 1 << 31;
 const LINGERING: u32 = 1 << 30;
@@ -112,8 +113,7 @@ pub(crate) struct Shard {
     free: Vec<u32>,
     wheel: Wheel,
     dirty: Vec<u32>,
-    live: RoaringBitmap,
-    /// Flips of `live` since the last tick, handed to the tick (which keeps the global set).
+    /// Flips of the users' `LIVE` flag since the last tick, handed to the tick (which keeps the global set).
     live_changes: Vec<(u32, bool)>,
     ext: HashMap<u32, Ext>,
     /// Highest `now` seen: time never goes backwards inside a shard.
@@ -132,7 +132,6 @@ impl Shard {
             free: Vec::new(),
             wheel: Wheel::new(start),
             dirty: Vec::new(),
-            live: RoaringBitmap::new(),
             live_changes: Vec::new(),
             ext: HashMap::new(),
             clock: start,
@@ -168,13 +167,15 @@ impl Shard {
         self.users.reserve_exact(n.saturating_sub(self.users.len()));
     }
 
+    /// Records whether the user has a connected session: a flag on the user's own record
+    /// (already in cache here), so a flip costs no set insert or remove.
     fn set_live(&mut self, global: u32, live: bool) {
-        let flipped = if live {
-            self.live.insert(global)
-        } else {
-            self.live.remove(global)
+        let local = self.local(global);
+        let Some(u) = self.users.get_mut(local) else {
+            return;
         };
-        if flipped {
+        if (u.flags & LIVE != 0) != live {
+            u.flags ^= LIVE;
             self.live_changes.push((global, live));
         }
     }
@@ -628,7 +629,9 @@ impl Shard {
     }
 
     pub fn is_live(&self, global: u32) -> bool {
-        self.live.contains(global)
+        self.users
+            .get(self.local(global))
+            .is_some_and(|u| u.flags & LIVE != 0)
     }
 
     /// Heap and inline bytes of this shard's per-user state.
@@ -638,7 +641,6 @@ impl Shard {
             + self.free.capacity() * 4
             + self.dirty.capacity() * 4
             + self.wheel.heap_bytes()
-            + self.live.serialized_size()
             + self.live_changes.capacity() * 8
             + self.ext.capacity() * (std::mem::size_of::<(u32, Ext)>() + 1)
     }
