@@ -14,6 +14,7 @@
 pub mod activity;
 pub mod darklaunch;
 pub mod graphgen;
+pub mod hugepages;
 pub mod replay;
 pub mod report;
 pub mod rng;

@@ -50,6 +50,9 @@ pub struct ReplayParams {
     pub progress: bool,
     /// Log every event of this user (debugging).
     pub trace_user: Option<u32>,
+    /// Back the big tables with transparent huge pages once they are built (see
+    /// [`crate::hugepages`]).
+    pub huge_pages: bool,
 }
 
 impl ReplayParams {
@@ -71,6 +74,7 @@ impl ReplayParams {
             max_snapshot_bytes: 64 << 30,
             progress: false,
             trace_user: None,
+            huge_pages: true,
         }
     }
 
@@ -594,6 +598,22 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     let mut online_share_n = 0u64;
     let mut last_fp_at = 0u64;
 
+    // Every big table exists now (graph, engine state, agents, the driver's session table):
+    // back them with huge pages before the ticks start.
+    let huge_pages = params.huge_pages.then(|| {
+        let h = crate::hugepages::advise_large_mappings(16 << 20);
+        tracing::info!(
+            mappings = h.mappings,
+            advised_mib = util::mib(h.advised_bytes),
+            huge_mib_before = util::mib(h.huge_before),
+            huge_mib_after = util::mib(h.huge_after),
+            secs = h.seconds,
+            refused = ?h.refused,
+            "huge pages"
+        );
+        h
+    });
+
     let pb = if params.progress {
         util::bar(ticks, "replaying ticks")
     } else {
@@ -928,6 +948,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             },
             graph_bytes_per_edge: peak_fp.graph_bytes as f64 / peak_fp.edges.max(1) as f64,
         },
+        huge_pages,
         policies,
         verify,
         idle_levels: cfg

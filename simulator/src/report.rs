@@ -218,6 +218,8 @@ pub struct ReplayReport {
     pub welcome_time: TickTimeOut,
     pub welcome_sample_every: u64,
     pub memory: MemoryOut,
+    /// Transparent huge pages advised once the tables were built (`None`: turned off).
+    pub huge_pages: Option<crate::hugepages::HugePages>,
     pub policies: Option<Vec<PolicyOut>>,
     pub verify: Option<VerifyOut>,
     pub idle_levels: Vec<String>,
@@ -329,6 +331,20 @@ pub fn replay_table(r: &ReplayReport) -> String {
         r.welcome_sample_every, w.count
     );
     let _ = writeln!(s);
+    if let Some(h) = &r.huge_pages {
+        let _ = writeln!(
+            s,
+            "huge pages: {:.0} MiB of tables advised, {:.0} MiB in 2 MiB pages ({:.1} s){}",
+            mib(h.advised_bytes),
+            mib(h.huge_after),
+            h.seconds,
+            if h.refused.is_empty() {
+                String::new()
+            } else {
+                format!("; refused: {}", h.refused.join("; "))
+            }
+        );
+    }
     let m = &r.memory;
     let e = &m.engine_at_peak;
     let _ = writeln!(
