@@ -114,15 +114,12 @@ impl Transport for QuicTransport {
         }
     }
 
-    async fn send(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
+    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
         let len = u32::try_from(frame.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large")
         })?;
         self.send
-            .write_all_chunks(&mut [
-                Bytes::copy_from_slice(&len.to_be_bytes()),
-                Bytes::from(frame),
-            ])
+            .write_all_chunks(&mut [Bytes::copy_from_slice(&len.to_be_bytes()), frame])
             .await
             .map_err(std::io::Error::other)
     }

@@ -46,7 +46,8 @@ pub enum RecvError {
 pub trait Transport: Send {
     /// The next frame; `Ok(None)` when the peer closed.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, RecvError>> + Send;
-    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes one frame (the bytes are shared: a frame for many sessions is not copied).
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Closes with a short reason.
     fn close(&mut self, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -81,7 +82,7 @@ impl Bucket {
 async fn send_error<T: Transport>(t: &mut T, e: &ProtocolError) {
     metrics::counter!(m::ERRORS, "code" => e.code.as_str()).increment(1);
     let frame = protocol::error_frame(e);
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, t.send(frame)).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, t.send(Bytes::from(frame))).await;
 }
 
 async fn fail<T: Transport>(t: &mut T, code: ErrorCode, message: impl Into<String>) {
@@ -261,7 +262,7 @@ impl Cursor {
             self.fill(hub, t, user, Some(seq - 1)).await?;
         }
         if seq == self.next_seq {
-            write(t, frame.to_vec()).await?;
+            write(t, frame).await?;
             self.next_seq = seq + 1;
         }
         Ok(())
@@ -330,7 +331,7 @@ async fn serve<T: Transport>(
                 }
                 for item in taken.chat {
                     let res = match item {
-                        ChatItem::Frame(f) => write(t, f.to_vec()).await,
+                        ChatItem::Frame(f) => write(t, f).await,
                         ChatItem::Inbox { seq, frame } => {
                             cursor.live(hub, t, who.user, seq, frame).await
                         }
@@ -444,8 +445,8 @@ fn refused_send_id(frame: &[u8]) -> Option<String> {
     (p.kind == "send").then_some(p.id).flatten()
 }
 
-async fn write<T: Transport>(t: &mut T, frame: Vec<u8>) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, t.send(frame)).await {
+async fn write<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, t.send(frame.into())).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }

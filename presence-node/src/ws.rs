@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, handshake::derive_accept_key};
+use tungstenite::{Message, Utf8Bytes, handshake::derive_accept_key};
 
 use crate::hub::Hub;
 use crate::protocol::MAX_FRAME;
@@ -115,15 +115,15 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn send(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
+    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
         let io = std::io::Error::other;
         if frame.len() <= FRAGMENT {
-            let text = String::from_utf8(frame)
+            let text = Utf8Bytes::try_from(frame)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            return self.0.send(Message::Text(text.into())).await.map_err(io);
+            return self.0.send(Message::Text(text)).await.map_err(io);
         }
         // Fragments may split a UTF-8 sequence: WebSocket validates the reassembled message.
-        let bytes = Bytes::from(frame);
+        let bytes = frame;
         let count = bytes.len().div_ceil(FRAGMENT);
         for i in 0..count {
             let piece = bytes.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(bytes.len()));
