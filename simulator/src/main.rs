@@ -145,6 +145,11 @@ struct ReplayArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Replay(a) = &cli.cmd
+        && !a.no_huge_pages
+    {
+        simulator::hugepages::reexec_with_malloc_huge_pages();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

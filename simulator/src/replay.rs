@@ -242,10 +242,13 @@ impl Driver<'_> {
         const AHEAD_TABLE: usize = 16;
         const AHEAD_ENGINE: usize = 8;
         for (i, ev) in events.iter().enumerate() {
-            if let Some(next) = events.get(i + AHEAD_TABLE)
-                && let Some(slots) = self.sessions.get(next.user as usize)
-            {
-                presence_core::prefetch(slots);
+            if let Some(next) = events.get(i + AHEAD_TABLE) {
+                if let Some(slots) = self.sessions.get(next.user as usize) {
+                    presence_core::prefetch(slots);
+                }
+                if let Some(c) = self.onf.as_ref().and_then(|o| o.get(next.user as usize)) {
+                    presence_core::prefetch(c);
+                }
             }
             if let Some(next) = events.get(i + AHEAD_ENGINE) {
                 self.prefetch_engine(next);
@@ -699,7 +702,12 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                     b_tick += online_friends;
                     if (old == 0) != (new == 0) {
                         a_tick += online_friends;
-                        for f in engine.friends(*uid) {
+                        let friends = engine.friends(*uid);
+                        for (i, f) in friends.iter().enumerate() {
+                            // Random counters: prefetch a few friends ahead.
+                            if let Some(c) = friends.get(i + 8).and_then(|n| onf.get(n.index())) {
+                                presence_core::prefetch(c);
+                            }
                             let c = &mut onf[f.index()];
                             if new == 0 {
                                 *c = c.saturating_sub(1);
