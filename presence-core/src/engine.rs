@@ -592,7 +592,16 @@ impl Engine {
             let lo = t * chunk;
             let hi = (lo + chunk).min(changed.len());
             let mut out: Vec<Vec<u64>> = vec![Vec::new(); buckets];
-            for (idx, &u) in changed[lo..hi].iter().enumerate() {
+            let mine = &changed[lo..hi];
+            for (idx, &u) in mine.iter().enumerate() {
+                // Each changed user's set is a cold line, then its items another: prefetched
+                // two steps apart, a few users ahead.
+                if let Some(set) = mine.get(idx + 8).and_then(|&n| graph.set(n)) {
+                    crate::prefetch(set);
+                }
+                if let Some(set) = mine.get(idx + 4).and_then(|&n| graph.set(n)) {
+                    set.prefetch_items();
+                }
                 let item = (lo + idx) as u64;
                 if let Some(set) = graph.set(u) {
                     set.for_each(|w| {

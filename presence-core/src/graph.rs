@@ -99,6 +99,18 @@ impl FriendSet {
         }
     }
 
+    /// Starts loading the set's first elements (see [`crate::prefetch`]).
+    pub(crate) fn prefetch_items(&self) {
+        match self {
+            FriendSet::Small(s) => {
+                if let Some(first) = s.first() {
+                    crate::prefetch(first);
+                }
+            }
+            FriendSet::Big(b) => crate::prefetch(&**b),
+        }
+    }
+
     pub fn to_vec(&self) -> Vec<u32> {
         let mut v = Vec::with_capacity(self.len() as usize);
         self.for_each(|x| v.push(x));

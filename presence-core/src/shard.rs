@@ -577,7 +577,11 @@ impl Shard {
         let now = self.tick_clock(now);
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel.advance(now, &mut fired);
-        for e in fired.drain(..) {
+        for i in 0..fired.len() {
+            let e = fired[i];
+            if let Some(u) = fired.get(i + 8).and_then(|n| self.users.get(n.id as usize)) {
+                crate::prefetch(u);
+            }
             let local = e.id as usize;
             let when = e.when;
             if self.users[local].armed != when {
@@ -588,12 +592,24 @@ impl Shard {
             self.mark_dirty(local);
             self.arm(local, now, cfg);
         }
+        fired.clear();
         self.fired = fired;
 
         let mut changes = Vec::new();
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
-        for &local in &dirty {
+        for (i, &local) in dirty.iter().enumerate() {
+            // A dirty user's record, then its first session, are cold: prefetched ahead.
+            if let Some(u) = dirty.get(i + 8).and_then(|&n| self.users.get(n as usize)) {
+                crate::prefetch(u);
+            }
+            if let Some(s) = dirty
+                .get(i + 4)
+                .and_then(|&n| self.users.get(n as usize))
+                .and_then(|u| self.sessions.get(u.first as usize))
+            {
+                crate::prefetch(s);
+            }
             let local = local as usize;
             self.users[local].flags &= !DIRTY;
             let cur = self.evaluate(local, now, cfg);
