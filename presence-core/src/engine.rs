@@ -347,6 +347,14 @@ impl Engine {
 
     // ---- friend graph ----------------------------------------------------------------------
 
+    /// A hint like [`Engine::prefetch_session`]: starts loading `user`'s friend set, for a
+    /// caller about to read it.
+    pub fn prefetch_friends(&self, user: UserId) {
+        if let Some(set) = self.graph.read().graph.set(user.0) {
+            set.prefetch_items();
+        }
+    }
+
     /// Current friends of `user`, ascending.
     pub fn friends(&self, user: UserId) -> Vec<UserId> {
         let g = self.graph.read();

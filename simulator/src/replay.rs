@@ -679,16 +679,35 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             let transitions = batch.stats.transitions;
             let mut b_tick = 0u64;
             let mut a_tick = 0u64;
-            for (uid, change) in &batch.entries[..transitions] {
+            let code = |p: &presence_core::Presence| match p.state {
+                State::Offline => 0u8,
+                State::Online => 1,
+                State::Idle(l) => 2 + l,
+            };
+            let published = &batch.entries[..transitions];
+            for (i, (uid, change)) in published.iter().enumerate() {
                 let Change::Presence(p) = change else {
                     continue;
                 };
+                // Sparse ids: the state bytes and counters a few entries ahead, and the friend
+                // set of an upcoming online/offline flip, are prefetched.
+                if let Some((n, _)) = published.get(i + 8) {
+                    if let Some(s) = pub_state.get(n.index()) {
+                        presence_core::prefetch(s);
+                    }
+                    if let Some(c) = driver.onf.as_ref().and_then(|o| o.get(n.index())) {
+                        presence_core::prefetch(c);
+                    }
+                }
+                if driver.onf.is_some()
+                    && let Some((n, Change::Presence(np))) = published.get(i + 4)
+                    && let Some(&was) = pub_state.get(n.index())
+                    && (was == 0) != (code(np) == 0)
+                {
+                    engine.prefetch_friends(*n);
+                }
                 let u = uid.index();
-                let new = match p.state {
-                    State::Offline => 0u8,
-                    State::Online => 1,
-                    State::Idle(l) => 2 + l,
-                };
+                let new = code(p);
                 let old = pub_state[u];
                 pub_state[u] = new;
                 if let Some(c) = pops.get_mut(old as usize) {
