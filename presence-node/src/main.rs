@@ -51,6 +51,11 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// `--features mimalloc`: see the feature's note in Cargo.toml.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
