@@ -611,16 +611,30 @@ impl Engine {
                     set.prefetch_items();
                 }
                 let item = (lo + idx) as u64;
-                if let Some(set) = graph.set(u) {
-                    set.for_each(|w| {
-                        let bit = live
-                            .get((w >> 6) as usize)
-                            .map_or(0, |word| word >> (w & 63));
-                        if bit & 1 == 1 {
-                            let b = ((w >> shift) as usize).min(buckets - 1);
-                            out[b].push((u64::from(w) << 32) | item);
+                let mut emit = |w: u32| {
+                    let bit = live
+                        .get((w >> 6) as usize)
+                        .map_or(0, |word| word >> (w & 63));
+                    if bit & 1 == 1 {
+                        let b = ((w >> shift) as usize).min(buckets - 1);
+                        out[b].push((u64::from(w) << 32) | item);
+                    }
+                };
+                let set = graph.set(u);
+                if let Some(friends) = set.and_then(|s| s.as_slice()) {
+                    // A sorted list hits a different word of the live bits per friend (a
+                    // megabyte at 10 M users): the word a few friends ahead is prefetched.
+                    for (j, &w) in friends.iter().enumerate() {
+                        if let Some(word) = friends
+                            .get(j + 8)
+                            .and_then(|&n| live.get((n >> 6) as usize))
+                        {
+                            crate::prefetch(word);
                         }
-                    });
+                        emit(w);
+                    }
+                } else if let Some(set) = set {
+                    set.for_each(emit);
                 }
             }
             out

@@ -99,6 +99,14 @@ impl FriendSet {
         }
     }
 
+    /// The members as a sorted slice, if the set is held as one.
+    pub(crate) fn as_slice(&self) -> Option<&[u32]> {
+        match self {
+            FriendSet::Small(s) => Some(s),
+            FriendSet::Big(_) => None,
+        }
+    }
+
     /// Starts loading the set's first elements (see [`crate::prefetch`]).
     pub(crate) fn prefetch_items(&self) {
         match self {
