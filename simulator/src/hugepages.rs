@@ -28,7 +28,10 @@ pub struct HugePages {
     pub huge_after: u64,
     /// Wall time of the advice (the collapse copies memory).
     pub seconds: f64,
-    /// Why some advice was refused (first few), e.g. an old kernel.
+    /// Bytes of the mappings whose advice the kernel refused (`MADV_COLLAPSE` refuses ranges
+    /// with nothing to collapse yet, such as zeroed tables not written so far: those still
+    /// fault in huge pages), and the first few reasons.
+    pub refused_bytes: u64,
     pub refused: Vec<String>,
 }
 
@@ -61,11 +64,12 @@ pub fn advise_large_mappings(min_bytes: u64) -> HugePages {
             (sys::HUGEPAGE, "MADV_HUGEPAGE"),
             (sys::COLLAPSE, "MADV_COLLAPSE"),
         ] {
-            if let Err(e) = sys::advise(lo, hi - lo, advice)
-                && out.refused.len() < 4
-            {
-                out.refused
-                    .push(format!("{name} on {} MiB: {e}", (hi - lo) >> 20));
+            if let Err(e) = sys::advise(lo, hi - lo, advice) {
+                out.refused_bytes += hi - lo;
+                if out.refused.len() < 4 {
+                    out.refused
+                        .push(format!("{name} on {} MiB: {e}", (hi - lo) >> 20));
+                }
             }
         }
     }

@@ -341,7 +341,11 @@ pub fn replay_table(r: &ReplayReport) -> String {
             if h.refused.is_empty() {
                 String::new()
             } else {
-                format!("; refused: {}", h.refused.join("; "))
+                format!(
+                    "; advice refused for {:.0} MiB (first: {})",
+                    mib(h.refused_bytes),
+                    h.refused.first().map_or("", String::as_str)
+                )
             }
         );
     }
