@@ -3,7 +3,7 @@
 //! At ten million users every event lands on a cold line of the user and session tables (and
 //! of the caller's own tables): one full memory latency per event, paid in series. Callers
 //! that know the next events (a tick's worth of them, a sorted calendar) prefetch a few events
-//! ahead so those misses overlap with useful work. This is the one `unsafe` in the workspace:
+//! ahead so those misses overlap with useful work. The `unsafe` here is documented and local:
 //! `PREFETCHT0` is a pure hint — it cannot fault, changes no memory and no program state, and
 //! the address comes from a live reference.
 
