@@ -28,21 +28,19 @@ pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
 pub const CHAT_ENTRIES_READ: &str = "chat_entries_read_back_total";
 pub const WEBHOOKS: &str = "chat_webhooks_total";
 
+/// Buckets (seconds) of the latency histograms: the tick and a chat group commit.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+
 /// Installs the global recorder; returns the handle `/metrics` renders. Histograms get real
 /// buckets so they aggregate across nodes.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(TICK_SECONDS.to_owned()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
-            ],
-        )?
+        .set_buckets_for_metric(Matcher::Full(TICK_SECONDS.to_owned()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(CHAT_COMMIT_SECONDS.to_owned()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
-            ],
+            LATENCY_BUCKETS,
         )?
         .set_buckets_for_metric(
             Matcher::Full(CHAT_COMMIT_ROWS.to_owned()),

@@ -173,97 +173,21 @@ impl ProtocolError {
 /// Parses one client frame: malformed JSON is a `protocol` error, an unknown type or a
 /// missing or invalid field a `bad_request`.
 ///
-/// Fast path: one pass from the bytes into [`Flat`] (every field any message has, typed).
-/// Whenever that pass or the assembly of the message does not succeed, the frame goes through
-/// [`parse_client_value`], which decides and words every error; both paths accept the same
-/// frames as the same message (`tests::fast_path_agrees_with_the_value_path`).
+/// Fast path: one pass from the bytes straight into [`ClientMessage`]. Whenever that does not
+/// succeed, the frame goes through [`parse_client_value`], which decides and words every
+/// error; both paths accept the same frames as the same message
+/// (`tests::fast_path_agrees_with_the_value_path`).
 pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ProtocolError> {
-    // A struct also deserializes from a JSON array: only objects take the fast path.
+    // An internally tagged enum also deserializes from a JSON array: only objects take the
+    // fast path.
     let object = frame
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|&b| b == b'{');
-    if object
-        && let Ok(flat) = serde_json::from_slice::<Flat<'_>>(frame)
-        && let Some(msg) = flat.into_message()
-    {
+    if object && let Ok(msg) = serde_json::from_slice::<ClientMessage>(frame) {
         return Ok(msg);
     }
     parse_client_value(frame)
-}
-
-/// Every field of every client message, each with the one type it has wherever it appears
-/// (`after` and `limit` are numbers in every message that has them; the rest are strings).
-/// A field of the wrong type, a duplicate or a missing required one makes the fast path give
-/// way to [`parse_client_value`].
-#[derive(Deserialize)]
-struct Flat<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    token: Option<String>,
-    device: Option<String>,
-    after: Option<u64>,
-    status: Option<String>,
-    text: Option<String>,
-    id: Option<String>,
-    to: Option<String>,
-    group: Option<String>,
-    seq: Option<u64>,
-    limit: Option<u32>,
-    msg_id: Option<String>,
-    with: Option<String>,
-    before: Option<String>,
-}
-
-impl Flat<'_> {
-    /// The message, or `None` when a field it requires is absent or the type is unknown.
-    fn into_message(self) -> Option<ClientMessage> {
-        Some(match self.kind.as_deref()? {
-            "hello" => ClientMessage::Hello {
-                token: self.token?,
-                device: self.device,
-                after: self.after,
-            },
-            "activity" => ClientMessage::Activity {},
-            "heartbeat" => ClientMessage::Heartbeat {},
-            "status" => ClientMessage::Status {
-                status: self.status?,
-                text: self.text,
-            },
-            "send" => ClientMessage::Send {
-                id: self.id?,
-                to: self.to,
-                group: self.group,
-                text: self.text?,
-            },
-            "ack" => ClientMessage::Ack { seq: self.seq? },
-            "sync" => ClientMessage::Sync {
-                after: self.after?,
-                limit: self.limit,
-            },
-            "typing" => ClientMessage::Typing {
-                to: self.to,
-                group: self.group,
-            },
-            "read" => ClientMessage::Read {
-                msg_id: self.msg_id?,
-            },
-            "edit" => ClientMessage::Edit {
-                msg_id: self.msg_id?,
-                text: self.text?,
-            },
-            "delete" => ClientMessage::Delete {
-                msg_id: self.msg_id?,
-            },
-            "history" => ClientMessage::History {
-                with: self.with,
-                group: self.group,
-                before: self.before,
-                limit: self.limit,
-            },
-            _ => return None,
-        })
-    }
 }
 
 /// The reference parser (and the error path of [`parse_client`]): JSON into a value, then
@@ -388,18 +312,12 @@ pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) ->
 // serde_json here keeps object keys sorted (no `preserve_order`), so these structs list
 // their fields in alphabetical order: the frames are the same bytes the node always sent.
 
-/// A message id on the wire: 16 lowercase hex digits, written without an allocation.
+/// A message id on the wire, as `MsgId` displays it, written without an intermediate string.
 struct HexId(MsgId);
 
 impl Serialize for HexId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut buf = [0u8; 16];
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = HEX[((self.0.0 >> (60 - 4 * i)) & 0xf) as usize];
-        }
-        // Only ASCII hex digits were written.
-        s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
+        s.collect_str(&self.0)
     }
 }
 
