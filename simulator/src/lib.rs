@@ -7,6 +7,7 @@
 //!   where the events go.
 //! - [`replay`]: drives a `presence_core::Engine` with that stream at accelerated virtual
 //!   time, measures it, verifies watchers' views and compares fan-out policies.
+//! - [`policies`]: the counts of the other fan-out policies, on a thread of their own.
 //! - [`darklaunch`]: drives a real running node with many WebSocket and QUIC clients moved
 //!   by the same activity model, verifies their views and measures end-to-end latency.
 //! - [`report`]: the table, JSON and self-contained HTML (inline SVG) reports.
@@ -15,6 +16,7 @@ pub mod activity;
 pub mod darklaunch;
 pub mod graphgen;
 pub mod hugepages;
+pub mod policies;
 pub mod replay;
 pub mod report;
 pub mod rng;

@@ -198,10 +198,8 @@ struct Driver<'e> {
     errors: EngineErrors,
     error_examples: Vec<String>,
     events: u64,
-    /// Online friends of each user (published state not offline), for the policy counts.
-    onf: Option<Vec<u32>>,
-    /// Policy (a): one entry per online friend per activity event.
-    a_activity: u64,
+    /// The users of this tick's activity events, for the policy counts (`--policies`).
+    activity_users: Option<Vec<u32>>,
     verify: Option<Verifier>,
     /// Users whose last session vanished: (time by which they must look offline, user,
     /// the user's connect count then).
@@ -242,13 +240,10 @@ impl Driver<'_> {
         const AHEAD_TABLE: usize = 16;
         const AHEAD_ENGINE: usize = 8;
         for (i, ev) in events.iter().enumerate() {
-            if let Some(next) = events.get(i + AHEAD_TABLE) {
-                if let Some(slots) = self.sessions.get(next.user as usize) {
-                    presence_core::prefetch(slots);
-                }
-                if let Some(c) = self.onf.as_ref().and_then(|o| o.get(next.user as usize)) {
-                    presence_core::prefetch(c);
-                }
+            if let Some(next) = events.get(i + AHEAD_TABLE)
+                && let Some(slots) = self.sessions.get(next.user as usize)
+            {
+                presence_core::prefetch(slots);
             }
             if let Some(next) = events.get(i + AHEAD_ENGINE) {
                 self.prefetch_engine(next);
@@ -389,8 +384,8 @@ impl EventSink for Driver<'_> {
                     self.errors.activity += 1;
                     self.error("activity", ev, &e);
                 }
-                if let Some(onf) = &self.onf {
-                    self.a_activity += u64::from(onf[u as usize]);
+                if let Some(users) = self.activity_users.as_mut() {
+                    users.push(u);
                 }
             }
             EventKind::Heartbeat { device } => {
@@ -420,8 +415,6 @@ struct Window {
     transitions: u64,
     entries: u64,
     frames: u64,
-    a: u64,
-    b: u64,
     events: u64,
     tick_ns_sum: u64,
     tick_ns_max: u64,
@@ -563,8 +556,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         errors: EngineErrors::default(),
         error_examples: Vec::new(),
         events: 0,
-        onf: params.policies.then(|| vec![0u32; users]),
-        a_activity: 0,
+        activity_users: None,
         verify: verifier,
         ghosts_due: std::collections::VecDeque::new(),
         connects: vec![0; users],
@@ -578,8 +570,9 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     let mut pub_state = vec![0u8; users];
     let mut pops = vec![0u64; 2 + levels];
     pops[0] = users as u64;
-    let mut a_state = 0u64;
-    let mut b_entries = 0u64;
+    // The series' windows as tick ranges, for the policy counts filled in at the end.
+    let mut series_ticks: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
+    let mut window_first = 1u64;
 
     let ticks = params.duration_ms / params.tick_ms;
     let window_ms = {
@@ -627,7 +620,15 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<TickEvents>(2);
     let (buf_tx, buf_rx) = std::sync::mpsc::channel::<Vec<Event>>();
     let tick_ms = params.tick_ms;
-    let model_counts = std::thread::scope(|scope| {
+    let (model_counts, policy_ticks) = std::thread::scope(|scope| -> Result<_> {
+        let policies = if params.policies {
+            Some(
+                crate::policies::Policies::spawn(scope, &engine, users)
+                    .context("starting the policy accounting thread")?,
+            )
+        } else {
+            None
+        };
         let generator = scope.spawn(move || {
             for k in 1..=ticks {
                 let mut events = buf_rx.try_recv().unwrap_or_default();
@@ -646,7 +647,10 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         for k in 1..=ticks {
             let t = k * params.tick_ms;
             let events_before = driver.events;
-            let a_before = driver.a_activity;
+            let mut policy_tick = policies.as_ref().map(|p| p.buffer());
+            driver.activity_users = policy_tick
+                .as_mut()
+                .map(|p| std::mem::take(&mut p.activity));
             // The model runs ahead on its own thread (it never reads the engine): this thread
             // only applies the tick's events and runs the tick.
             let Ok(mut step) = ev_rx.recv() else {
@@ -675,10 +679,8 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                 }
             }
 
-            // Published states: populations, and the policy counts.
+            // Published states: populations, and the policy thread's input.
             let transitions = batch.stats.transitions;
-            let mut b_tick = 0u64;
-            let mut a_tick = 0u64;
             let code = |p: &presence_core::Presence| match p.state {
                 State::Offline => 0u8,
                 State::Online => 1,
@@ -689,22 +691,11 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                 let Change::Presence(p) = change else {
                     continue;
                 };
-                // Sparse ids: the state bytes and counters a few entries ahead, and the friend
-                // set of an upcoming online/offline flip, are prefetched.
-                if let Some((n, _)) = published.get(i + 8) {
-                    if let Some(s) = pub_state.get(n.index()) {
-                        presence_core::prefetch(s);
-                    }
-                    if let Some(c) = driver.onf.as_ref().and_then(|o| o.get(n.index())) {
-                        presence_core::prefetch(c);
-                    }
-                }
-                if driver.onf.is_some()
-                    && let Some((n, Change::Presence(np))) = published.get(i + 4)
-                    && let Some(&was) = pub_state.get(n.index())
-                    && (was == 0) != (code(np) == 0)
+                // Sparse ids: the state bytes a few entries ahead are prefetched.
+                if let Some((n, _)) = published.get(i + 8)
+                    && let Some(s) = pub_state.get(n.index())
                 {
-                    engine.prefetch_friends(*n);
+                    presence_core::prefetch(s);
                 }
                 let u = uid.index();
                 let new = code(p);
@@ -716,29 +707,18 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                 if let Some(c) = pops.get_mut(new as usize) {
                     *c += 1;
                 }
-                if let Some(onf) = driver.onf.as_mut() {
-                    let online_friends = u64::from(onf[u]);
-                    b_tick += online_friends;
-                    if (old == 0) != (new == 0) {
-                        a_tick += online_friends;
-                        let friends = engine.friends(*uid);
-                        for (i, f) in friends.iter().enumerate() {
-                            // Random counters: prefetch a few friends ahead.
-                            if let Some(c) = friends.get(i + 8).and_then(|n| onf.get(n.index())) {
-                                presence_core::prefetch(c);
-                            }
-                            let c = &mut onf[f.index()];
-                            if new == 0 {
-                                *c = c.saturating_sub(1);
-                            } else {
-                                *c += 1;
-                            }
-                        }
-                    }
+                if let Some(p) = policy_tick.as_mut() {
+                    p.published.push(crate::policies::Published {
+                        user: uid.0,
+                        flip: (old == 0) != (new == 0),
+                        offline: new == 0,
+                    });
                 }
             }
-            a_state += a_tick;
-            b_entries += b_tick;
+            if let (Some(policies), Some(mut p)) = (policies.as_ref(), policy_tick) {
+                p.activity = driver.activity_users.take().unwrap_or_default();
+                policies.send(p)?;
+            }
 
             // Verification of sampled watchers.
             if let Some(v) = driver.verify.as_mut() {
@@ -803,7 +783,6 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             let entries = batch.entry_count() as u64;
             let frames = batch.watchers.len() as u64;
             let events = driver.events - events_before;
-            let a_tick_all = a_tick + (driver.a_activity - a_before);
             for span in [&mut whole]
                 .into_iter()
                 .chain((t > WARMUP_MS).then_some(&mut steady))
@@ -812,8 +791,6 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                 span.transitions += transitions as u64;
                 span.entries += entries;
                 span.frames += frames;
-                span.a_entries += a_tick_all;
-                span.b_entries += b_tick;
                 span.events += events;
             }
             if t > WARMUP_MS {
@@ -824,8 +801,6 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             win.transitions += transitions as u64;
             win.entries += entries;
             win.frames += frames;
-            win.a += a_tick_all;
-            win.b += b_tick;
             win.events += events;
             win.tick_ns_sum += tick_ns;
             win.tick_ns_max = win.tick_ns_max.max(tick_ns);
@@ -836,8 +811,9 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                     transitions_per_s: win.transitions as f64 / secs,
                     entries_per_s: win.entries as f64 / secs,
                     frames_per_s: win.frames as f64 / secs,
-                    policy_a_entries_per_s: win.a as f64 / secs,
-                    policy_b_entries_per_s: win.b as f64 / secs,
+                    // Filled in from the policy thread's counts at the end.
+                    policy_a_entries_per_s: 0.0,
+                    policy_b_entries_per_s: 0.0,
                     events_per_s: win.events as f64 / secs,
                     tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
                     tick_max_us: win.tick_ns_max as f64 / 1000.0,
@@ -849,6 +825,8 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                     model_online: step.online,
                     rss: util::mem().rss,
                 });
+                series_ticks.push(window_first..=k);
+                window_first = k + 1;
                 win = Window::default();
             }
             if t - last_fp_at >= 60_000 || k == ticks {
@@ -861,11 +839,34 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             pb.inc(1);
         }
         drop(ev_rx);
+        let policy_ticks = policies.map(|p| p.finish()).transpose()?;
         match generator.join() {
-            Ok(counts) => counts,
+            Ok(counts) => Ok((counts, policy_ticks)),
             Err(panic) => std::panic::resume_unwind(panic),
         }
-    });
+    })?;
+    // The policy counts, tick by tick (index k - 1), into the spans and the series.
+    if let Some(per_tick) = &policy_ticks {
+        for (i, c) in per_tick.iter().enumerate() {
+            let t = (i as u64 + 1) * params.tick_ms;
+            for span in [&mut whole]
+                .into_iter()
+                .chain((t > WARMUP_MS).then_some(&mut steady))
+            {
+                span.a_entries += c.a;
+                span.b_entries += c.b;
+            }
+        }
+        for (sample, ks) in series.iter_mut().zip(&series_ticks) {
+            let counts = ks
+                .clone()
+                .filter_map(|k| per_tick.get(k as usize - 1))
+                .fold((0u64, 0u64), |acc, c| (acc.0 + c.a, acc.1 + c.b));
+            let secs = ((ks.end() + 1 - ks.start()) * params.tick_ms) as f64 / 1000.0;
+            sample.policy_a_entries_per_s = counts.0 as f64 / secs;
+            sample.policy_b_entries_per_s = counts.1 as f64 / secs;
+        }
+    }
     pb.finish_and_clear();
     let wall_seconds = wall.elapsed().as_secs_f64();
     let mem_end = util::mem();
@@ -884,7 +885,8 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     let policies = params.policies.then(|| {
         let s = (whole.ms as f64 / 1000.0).max(1e-9);
         let st = (steady.ms as f64 / 1000.0).max(1e-9);
-        let a_total = driver.a_activity + a_state;
+        let a_total = whole.a_entries;
+        let b_entries = whole.b_entries;
         vec![
             PolicyOut::new(
                 "(a) online/offline + last-active pushed on every activity",
