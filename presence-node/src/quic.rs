@@ -124,6 +124,15 @@ impl Transport for QuicTransport {
             .map_err(std::io::Error::other)
     }
 
+    /// quinn gathers stream data into packets itself: nothing to hold back here.
+    async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
+        self.send(frame).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     async fn close(&mut self, reason: &str) {
         let _ = self.send.finish();
         // Give the peer a moment to read what was sent (an error frame) before closing.

@@ -48,6 +48,11 @@ pub trait Transport: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, RecvError>> + Send;
     /// Writes one frame (the bytes are shared: a frame for many sessions is not copied).
     fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Queues one frame; it may stay buffered until [`Transport::flush`], so the frames of
+    /// one wakeup can leave together.
+    fn feed(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes out whatever [`Transport::feed`] buffered.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Closes with a short reason.
     fn close(&mut self, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -212,7 +217,8 @@ struct Cursor {
 }
 
 impl Cursor {
-    /// Writes the durable entries from `next_seq` on, up to `until` (inclusive) or to the end.
+    /// Queues the durable entries from `next_seq` on, up to `until` (inclusive) or to the end
+    /// (the caller flushes).
     async fn fill<T: Transport>(
         &mut self,
         hub: &Hub,
@@ -240,7 +246,7 @@ impl Cursor {
                 if e.seq < self.next_seq {
                     continue;
                 }
-                write(t, protocol::inbox_frame(e)).await?;
+                feed(t, protocol::inbox_frame(e)).await?;
                 self.next_seq = e.seq + 1;
             }
             if !page.more || page.entries.is_empty() {
@@ -249,7 +255,7 @@ impl Cursor {
         }
     }
 
-    /// Writes one live entry, first filling any gap before it; skips what the device has.
+    /// Queues one live entry, first filling any gap before it; skips what the device has.
     async fn live<T: Transport>(
         &mut self,
         hub: &Hub,
@@ -262,7 +268,7 @@ impl Cursor {
             self.fill(hub, t, user, Some(seq - 1)).await?;
         }
         if seq == self.next_seq {
-            write(t, frame).await?;
+            feed(t, frame).await?;
             self.next_seq = seq + 1;
         }
         Ok(())
@@ -312,7 +318,9 @@ async fn serve<T: Transport>(
     let mut cursor = Cursor {
         next_seq: after.map_or(inbox_seq, |a| a.min(inbox_seq)) + 1,
     };
-    if after.is_some() && cursor.fill(hub, t, who.user, None).await.is_err() {
+    if after.is_some()
+        && (cursor.fill(hub, t, who.user, None).await.is_err() || flush(t).await.is_err())
+    {
         return Disconnect::Dropped;
     }
     let mut bucket = Bucket::new(Instant::now());
@@ -321,17 +329,19 @@ async fn serve<T: Transport>(
         tokio::select! {
             biased;
             () = handle.outbox.notify.notified() => {
+                // Everything taken in one wakeup leaves in one write where the transport
+                // allows (one syscall instead of one a frame).
                 let taken = handle.outbox.take();
                 if let Some((tick, items)) = taken.presence {
                     let frame = protocol::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
-                    if write(t, frame).await.is_err() {
+                    if feed(t, frame).await.is_err() {
                         return Disconnect::Dropped;
                     }
                     metrics::counter!(m::FRAMES_SENT).increment(1);
                 }
                 for item in taken.chat {
                     let res = match item {
-                        ChatItem::Frame(f) => write(t, f).await,
+                        ChatItem::Frame(f) => feed(t, f).await,
                         ChatItem::Inbox { seq, frame } => {
                             cursor.live(hub, t, who.user, seq, frame).await
                         }
@@ -341,6 +351,9 @@ async fn serve<T: Transport>(
                     }
                 }
                 if taken.lagging && cursor.fill(hub, t, who.user, None).await.is_err() {
+                    return Disconnect::Dropped;
+                }
+                if flush(t).await.is_err() {
                     return Disconnect::Dropped;
                 }
                 match taken.close {
@@ -447,6 +460,21 @@ fn refused_send_id(frame: &[u8]) -> Option<String> {
 
 async fn write<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, t.send(frame.into())).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Queues a frame to be written with the next [`flush`].
+async fn feed<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, t.feed(frame.into())).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn flush<T: Transport>(t: &mut T) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, t.flush()).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -623,7 +651,7 @@ async fn sync<T: Transport>(
     metrics::counter!(m::CHAT_ENTRIES_READ).increment(page.entries.len() as u64);
     let mut last = after;
     for e in &page.entries {
-        write(t, protocol::inbox_frame(e)).await?;
+        feed(t, protocol::inbox_frame(e)).await?;
         last = e.seq;
     }
     write(t, protocol::synced_frame(after, last, page.more)).await

@@ -6,7 +6,9 @@
 //! the largest frame ever written, so without fragmenting, every session would hold on to its
 //! welcome's size for life (measured: 10.6 KiB per idle session with 100 friends).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::Router;
 use axum::body::Body;
@@ -17,6 +19,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{CloseFrame, Frame};
@@ -79,9 +82,12 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config()))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(
+            Corked::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(config()),
+        )
+        .await;
         session::run(hub, WsTransport(ws), "ws").await;
     });
     Response::builder()
@@ -93,7 +99,86 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-struct WsTransport(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>);
+struct WsTransport(WebSocketStream<Corked<TokioIo<hyper::upgrade::Upgraded>>>);
+
+/// Writes gather here until a flush, however tungstenite hands them over: with its write
+/// buffer at 0 (which keeps idle sessions small) it writes every frame to the socket at once,
+/// one `write` syscall a frame. Behind this, the frames one wakeup feeds leave in one write at
+/// the flush. The buffer is freed once written out, so an idle session holds none.
+struct Corked<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// How much of `buf` the socket has taken.
+    written: usize,
+}
+
+/// Past this much buffered, writes go out before more is taken.
+const CORK_MAX: usize = 64 * 1024;
+
+impl<S> Corked<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Corked<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.buf = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.buf.is_empty() && this.buf.len() + data.len() > CORK_MAX {
+            ready!(this.poll_drain(cx))?;
+        }
+        if this.buf.is_empty() && data.len() >= CORK_MAX {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
 
 impl Transport for WsTransport {
     async fn recv(&mut self) -> Result<Option<Bytes>, RecvError> {
@@ -116,11 +201,20 @@ impl Transport for WsTransport {
     }
 
     async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().await.map_err(std::io::Error::other)
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
         let io = std::io::Error::other;
         if frame.len() <= FRAGMENT {
             let text = Utf8Bytes::try_from(frame)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            return self.0.send(Message::Text(text)).await.map_err(io);
+            return self.0.feed(Message::Text(text)).await.map_err(io);
         }
         // Fragments may split a UTF-8 sequence: WebSocket validates the reassembled message.
         let bytes = frame;
@@ -141,7 +235,7 @@ impl Transport for WsTransport {
                 .await
                 .map_err(io)?;
         }
-        self.0.flush().await.map_err(io)
+        Ok(())
     }
 
     async fn close(&mut self, reason: &str) {
