@@ -6,9 +6,10 @@
 //! misses to the store), which puts its writes into the pending batch and registers the
 //! session as a waiter of that batch. The committer thread takes the whole pending batch
 //! whenever it is free, commits it with one fsync outside the lock (so batches grow by
-//! themselves under load: group commit), then answers the waiters with `sent` and pushes the
-//! batch's inbox entries, in seq order, to the owners' live sessions. Nothing is answered or
-//! delivered before it is durable.
+//! themselves under load: group commit), then hands the batch to the delivery thread, which
+//! answers the waiters with `sent` and pushes the batch's inbox entries, in seq order, to the
+//! owners' live sessions while the next commit runs. Nothing is answered or delivered before
+//! it is durable.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,6 +45,17 @@ struct State {
     /// Acks not yet durable: (user, device) -> (seq, batch), so a welcome right after an ack
     /// already shows it.
     acks: HashMap<(String, String), (u64, BatchId)>,
+}
+
+/// What the commit thread hands the delivery thread, in commit order.
+enum Delivery {
+    /// A durable batch: `sent` to its waiters, its entries to the owners' devices.
+    Durable {
+        batch: WriteBatch,
+        waiters: Vec<Waiter>,
+    },
+    /// The waiters of a batch that could not be stored.
+    Failed(Vec<Waiter>),
 }
 
 /// The node's chat service.
@@ -239,7 +251,74 @@ impl Chat {
         self.wake.notify_all();
     }
 
-    fn commit_loop(&self, hub: &Hub) {
+    /// Commits batches one at a time and hands each durable one to the delivery thread, so
+    /// the next fsync starts as soon as the previous one ends (delivery renders and queues
+    /// frames for every entry: a few µs each, milliseconds for a backlog). One delivery thread
+    /// taking the batches in commit order keeps every owner's entries in seq order, and
+    /// nothing reaches it before it is durable.
+    fn commit_loop(&self, hub: &Arc<Hub>) {
+        let (tx, rx) = std::sync::mpsc::channel::<Delivery>();
+        let hub2 = hub.clone();
+        let delivery = std::thread::Builder::new()
+            .name("chat-deliver".into())
+            .spawn(move || {
+                for d in rx {
+                    match d {
+                        Delivery::Durable { batch, waiters } => {
+                            hub2.chat.deliver(&hub2, &batch, waiters);
+                        }
+                        Delivery::Failed(failed) => Self::refuse(failed),
+                    }
+                }
+            });
+        let delivery = match delivery {
+            Ok(h) => Some((tx, h)),
+            Err(e) => {
+                warn!("no chat delivery thread ({e}): delivering on the commit thread");
+                None
+            }
+        };
+        let hand_over = |d: Delivery| match &delivery {
+            Some((tx, _)) => {
+                if let Err(std::sync::mpsc::SendError(d)) = tx.send(d) {
+                    self.hand_over_here(hub, d);
+                }
+            }
+            None => self.hand_over_here(hub, d),
+        };
+        self.commit_batches(hand_over);
+        if let Some((tx, h)) = delivery {
+            drop(tx);
+            if h.join().is_err() {
+                error!("the chat delivery thread panicked");
+            }
+        }
+        info!("chat committer stopped");
+    }
+
+    fn hand_over_here(&self, hub: &Hub, d: Delivery) {
+        match d {
+            Delivery::Durable { batch, waiters } => self.deliver(hub, &batch, waiters),
+            Delivery::Failed(failed) => Self::refuse(failed),
+        }
+    }
+
+    /// Tells the waiters of a failed commit to retry.
+    fn refuse(failed: Vec<Waiter>) {
+        for w in failed {
+            let e = ProtocolError {
+                code: ErrorCode::Internal,
+                message: "the node could not store this; retry with the same id".into(),
+                id: Some(w.client_id),
+            };
+            w.session
+                .outbox
+                .push_chat(ChatItem::Frame(Bytes::from(protocol::error_frame(&e))));
+        }
+    }
+
+    /// The commit loop proper, until stopped and drained.
+    fn commit_batches(&self, hand_over: impl Fn(Delivery)) {
         loop {
             let batch = {
                 let mut st = self.state.lock();
@@ -254,7 +333,6 @@ impl Chat {
                 }
             };
             let Some(batch) = batch else {
-                info!("chat committer stopped");
                 return;
             };
             let started = Instant::now();
@@ -271,7 +349,7 @@ impl Chat {
                     };
                     metrics::counter!(m::CHAT_COMMITS).increment(1);
                     metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
-                    self.deliver(hub, &batch, waiters);
+                    hand_over(Delivery::Durable { batch, waiters });
                 }
                 Err(e) => {
                     error!("chat commit failed: {e}");
@@ -286,16 +364,8 @@ impl Chat {
                             failed.extend(st.waiters.remove(&d).unwrap_or_default());
                         }
                     }
-                    for w in failed {
-                        let e = ProtocolError {
-                            code: ErrorCode::Internal,
-                            message: "the node could not store this; retry with the same id".into(),
-                            id: Some(w.client_id),
-                        };
-                        w.session
-                            .outbox
-                            .push_chat(ChatItem::Frame(Bytes::from(protocol::error_frame(&e))));
-                    }
+                    // Through the delivery thread too: after the frames of earlier batches.
+                    hand_over(Delivery::Failed(failed));
                 }
             }
         }
