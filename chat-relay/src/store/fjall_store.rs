@@ -7,7 +7,8 @@
 
 use std::path::Path;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::config::CompressionPolicy;
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{ChatStore, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
 use crate::codec::{self, Corrupt};
@@ -35,14 +36,35 @@ impl FjallStore {
     /// Opens with another persist mode per commit (`SyncData` is `fdatasync`; `Buffer` is
     /// *not* durable and only for measurements).
     pub fn open_with(dir: &Path, persist: PersistMode) -> Result<Self, StoreError> {
+        Self::open_tuned(dir, persist, false)
+    }
+
+    /// As [`FjallStore::open_with`]; `lz4_everywhere` compresses the data blocks of every
+    /// level, the tables a memtable flush writes (level 0) included; `false` is fjall's
+    /// default (levels 0 and 1 uncompressed). For measurements (`benches/flush_stalls.rs`):
+    /// a flush writes a whole memtable and fsyncs it, and on ext4 the group commit's journal
+    /// fsync waits behind that writeback; a smaller table shortened that stall in the store
+    /// bench (39–43 ms against 66–69 ms in two quiet pairs) but not measurably in the node
+    /// (85 ms against 83–106 ms), so the node keeps the default. Applies to keyspaces this
+    /// creates; existing ones keep their options.
+    pub fn open_tuned(
+        dir: &Path,
+        persist: PersistMode,
+        lz4_everywhere: bool,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = Database::builder(dir.join("fjall"))
             .open()
             .map_err(backend)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(backend)
+        let options = || {
+            let o = KeyspaceCreateOptions::default();
+            if lz4_everywhere {
+                o.data_block_compression_policy(CompressionPolicy::all(CompressionType::Lz4))
+            } else {
+                o
+            }
         };
+        let ks = |name: &str| db.keyspace(name, options).map_err(backend);
         Ok(Self {
             messages: ks("messages")?,
             inbox: ks("inbox")?,
