@@ -263,12 +263,7 @@ impl Chat {
             .name("chat-deliver".into())
             .spawn(move || {
                 for d in rx {
-                    match d {
-                        Delivery::Durable { batch, waiters } => {
-                            hub2.chat.deliver(&hub2, &batch, waiters);
-                        }
-                        Delivery::Failed(failed) => Self::refuse(failed),
-                    }
+                    hub2.chat.hand_over_here(&hub2, d);
                 }
             });
         let delivery = match delivery {
@@ -296,6 +291,7 @@ impl Chat {
         info!("chat committer stopped");
     }
 
+    /// Delivers a durable batch, or refuses a failed one's waiters, on the calling thread.
     fn hand_over_here(&self, hub: &Hub, d: Delivery) {
         match d {
             Delivery::Durable { batch, waiters } => self.deliver(hub, &batch, waiters),

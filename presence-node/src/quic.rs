@@ -114,7 +114,9 @@ impl Transport for QuicTransport {
         }
     }
 
-    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
+    /// quinn gathers stream data into packets itself: the frame is handed over at once and
+    /// there is nothing to flush.
+    async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
         let len = u32::try_from(frame.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large")
         })?;
@@ -122,11 +124,6 @@ impl Transport for QuicTransport {
             .write_all_chunks(&mut [Bytes::copy_from_slice(&len.to_be_bytes()), frame])
             .await
             .map_err(std::io::Error::other)
-    }
-
-    /// quinn gathers stream data into packets itself: nothing to hold back here.
-    async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
-        self.send(frame).await
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

@@ -46,13 +46,19 @@ pub enum RecvError {
 pub trait Transport: Send {
     /// The next frame; `Ok(None)` when the peer closed.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, RecvError>> + Send;
-    /// Writes one frame (the bytes are shared: a frame for many sessions is not copied).
-    fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
-    /// Queues one frame; it may stay buffered until [`Transport::flush`], so the frames of
-    /// one wakeup can leave together.
+    /// Queues one frame (the bytes are shared: a frame for many sessions is not copied); it
+    /// may stay buffered until [`Transport::flush`], so the frames of one wakeup can leave
+    /// together.
     fn feed(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Writes out whatever [`Transport::feed`] buffered.
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes one frame now.
+    fn send(&mut self, frame: Bytes) -> impl Future<Output = std::io::Result<()>> + Send {
+        async move {
+            self.feed(frame).await?;
+            self.flush().await
+        }
+    }
     /// Closes with a short reason.
     fn close(&mut self, reason: &str) -> impl Future<Output = ()> + Send;
 }
@@ -458,26 +464,26 @@ fn refused_send_id(frame: &[u8]) -> Option<String> {
     (p.kind == "send").then_some(p.id).flatten()
 }
 
-async fn write<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, t.send(frame.into())).await {
+/// A transport write that must end within [`WRITE_TIMEOUT`]; an error or a timeout ends
+/// the session (`Err`).
+async fn timed(op: impl Future<Output = std::io::Result<()>>) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, op).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
+}
+
+async fn write<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
+    timed(t.send(frame.into())).await
 }
 
 /// Queues a frame to be written with the next [`flush`].
 async fn feed<T: Transport>(t: &mut T, frame: impl Into<Bytes>) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, t.feed(frame.into())).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    timed(t.feed(frame.into())).await
 }
 
 async fn flush<T: Transport>(t: &mut T) -> Result<(), ()> {
-    match tokio::time::timeout(WRITE_TIMEOUT, t.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    timed(t.flush()).await
 }
 
 enum Reply {

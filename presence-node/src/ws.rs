@@ -200,11 +200,6 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn send(&mut self, frame: Bytes) -> std::io::Result<()> {
-        self.feed(frame).await?;
-        self.flush().await
-    }
-
     async fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush().await.map_err(std::io::Error::other)
     }

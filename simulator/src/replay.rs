@@ -681,11 +681,6 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
 
             // Published states: populations, and the policy thread's input.
             let transitions = batch.stats.transitions;
-            let code = |p: &presence_core::Presence| match p.state {
-                State::Offline => 0u8,
-                State::Online => 1,
-                State::Idle(l) => 2 + l,
-            };
             let published = &batch.entries[..transitions];
             for (i, (uid, change)) in published.iter().enumerate() {
                 let Change::Presence(p) = change else {
@@ -698,7 +693,11 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
                     presence_core::prefetch(s);
                 }
                 let u = uid.index();
-                let new = code(p);
+                let new = match p.state {
+                    State::Offline => 0u8,
+                    State::Online => 1,
+                    State::Idle(l) => 2 + l,
+                };
                 let old = pub_state[u];
                 pub_state[u] = new;
                 if let Some(c) = pops.get_mut(old as usize) {
