@@ -96,28 +96,79 @@ async fn send_error<T: Transport>(t: &mut T, e: &ProtocolError) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, t.send(Bytes::from(frame))).await;
 }
 
+/// Sends the error and closes. Boxed: it is awaited on many paths of [`run`] and [`serve`],
+/// and inline it would set the size of the state every session holds.
 async fn fail<T: Transport>(t: &mut T, code: ErrorCode, message: impl Into<String>) {
     let e = ProtocolError::new(code, message);
-    send_error(t, &e).await;
-    t.close(&e.message).await;
+    Box::pin(async move {
+        send_error(t, &e).await;
+        t.close(&e.message).await;
+    })
+    .await;
 }
 
 /// Serves one connection to the end.
 pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str) {
     metrics::counter!(m::CONNECTIONS, "transport" => transport).increment(1);
-    // 1. hello, within the timeout.
+    // Boxed, so that what only the hello needs is not part of the state the session keeps.
+    let Some(Opened {
+        sub,
+        device,
+        after,
+        handle,
+        welcome,
+    }) = Box::pin(hello(&hub, &mut t)).await
+    else {
+        return;
+    };
+    let span = info_span!("session", user = %sub, device = %device, transport);
+    metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
+    let who = Who {
+        user: &sub,
+        device: &device,
+    };
+    let how = serve(&hub, &mut t, &handle, welcome, who, after)
+        .instrument(span)
+        .await;
+    hub.close_session(&handle, how);
+    metrics::gauge!(m::SESSIONS, "transport" => transport).decrement(1.0);
+}
+
+/// A session the hello opened.
+struct Opened {
+    /// The user id (the token's `sub`).
+    sub: String,
+    device: String,
+    after: Option<u64>,
+    handle: Arc<SessionHandle>,
+    welcome: presence_core::Welcome,
+}
+
+/// Waits for the hello (within [`HELLO_TIMEOUT`]), checks it and opens the session; `None`
+/// when the connection ends instead (with an error frame where one is due).
+async fn hello<T: Transport>(hub: &Hub, t: &mut T) -> Option<Opened> {
     let first = tokio::select! {
         r = tokio::time::timeout(HELLO_TIMEOUT, t.recv()) => r,
-        () = hub.shutdown.cancelled() => return t.close("node shutting down").await,
+        () = hub.shutdown.cancelled() => {
+            t.close("node shutting down").await;
+            return None;
+        }
     };
     let frame = match first {
-        Err(_) => return fail(&mut t, ErrorCode::Protocol, "no hello within 10 s").await,
-        Ok(Ok(Some(f))) => f,
-        Ok(Ok(None)) | Ok(Err(RecvError::Io(_))) => return,
-        Ok(Err(RecvError::TooLarge)) => {
-            return fail(&mut t, ErrorCode::Protocol, "frame over 64 KiB").await;
+        Err(_) => {
+            fail(t, ErrorCode::Protocol, "no hello within 10 s").await;
+            return None;
         }
-        Ok(Err(RecvError::Framing(m))) => return fail(&mut t, ErrorCode::Protocol, m).await,
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) | Ok(Err(RecvError::Io(_))) => return None,
+        Ok(Err(RecvError::TooLarge)) => {
+            fail(t, ErrorCode::Protocol, "frame over 64 KiB").await;
+            return None;
+        }
+        Ok(Err(RecvError::Framing(m))) => {
+            fail(t, ErrorCode::Protocol, m).await;
+            return None;
+        }
     };
     let (token, device, after) = match protocol::parse_client(&frame) {
         Ok(ClientMessage::Hello {
@@ -126,51 +177,55 @@ pub async fn run<T: Transport>(hub: Arc<Hub>, mut t: T, transport: &'static str)
             after,
         }) => (token, device, after),
         Ok(_) => {
-            return fail(
-                &mut t,
-                ErrorCode::Protocol,
-                "the first message must be hello",
-            )
-            .await;
+            fail(t, ErrorCode::Protocol, "the first message must be hello").await;
+            return None;
         }
         Err(e) => {
-            return fail(&mut t, ErrorCode::Protocol, e.message).await;
+            fail(t, ErrorCode::Protocol, e.message).await;
+            return None;
         }
     };
     let claims = match token::verify(&hub.secret, &token, now_ms() / 1000) {
         Ok(c) => c,
-        Err(e) => return fail(&mut t, ErrorCode::Unauthorized, e.to_string()).await,
+        Err(e) => {
+            fail(t, ErrorCode::Unauthorized, e.to_string()).await;
+            return None;
+        }
     };
     let device = match device.or(claims.dev.clone()) {
         Some(d) if d.is_empty() || d.len() > 128 => {
-            return fail(&mut t, ErrorCode::Protocol, "device must be 1 to 128 bytes").await;
+            fail(t, ErrorCode::Protocol, "device must be 1 to 128 bytes").await;
+            return None;
         }
         Some(d) => d,
         None => crate::datadir::random_hex(8).unwrap_or_else(|_| "device".into()),
     };
     let user = match hub.engine.intern(&claims.sub) {
         Ok(u) => u,
-        Err(e) => return fail(&mut t, ErrorCode::Unauthorized, e.to_string()).await,
+        Err(e) => {
+            fail(t, ErrorCode::Unauthorized, e.to_string()).await;
+            return None;
+        }
     };
     let (handle, welcome) = match hub.open_session(user, &device) {
         Ok(x) => x,
         Err(CoreError::TooManySessions { cap, .. }) => {
             let msg = format!("too many sessions for this user (at most {cap})");
-            return fail(&mut t, ErrorCode::Forbidden, msg).await;
+            fail(t, ErrorCode::Forbidden, msg).await;
+            return None;
         }
-        Err(e) => return fail(&mut t, ErrorCode::BadRequest, e.to_string()).await,
+        Err(e) => {
+            fail(t, ErrorCode::BadRequest, e.to_string()).await;
+            return None;
+        }
     };
-    let span = info_span!("session", user = %claims.sub, device = %device, transport);
-    metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
-    let who = Who {
-        user: &claims.sub,
-        device: &device,
-    };
-    let how = serve(&hub, &mut t, &handle, welcome, who, after)
-        .instrument(span)
-        .await;
-    hub.close_session(&handle, how);
-    metrics::gauge!(m::SESSIONS, "transport" => transport).decrement(1.0);
+    Some(Opened {
+        sub: claims.sub,
+        device,
+        after,
+        handle,
+        welcome,
+    })
 }
 
 /// Whose session this is, by the app's ids.
@@ -282,6 +337,12 @@ impl Cursor {
 }
 
 /// The session loop; returns how the session ended for the engine.
+///
+/// Every idle session holds this future for its whole life, and an async fn's state is as
+/// large as its largest await point. So the loop itself awaits only the three small wakeup
+/// futures; the work of a wakeup (writes with their timeouts, store reads, refusals) runs in
+/// boxed futures that exist only while it runs. One allocation per wakeup buys about 2 KB
+/// less per idle session (README, Performance).
 async fn serve<T: Transport>(
     hub: &Arc<Hub>,
     t: &mut T,
@@ -290,6 +351,45 @@ async fn serve<T: Transport>(
     who: Who<'_>,
     after: Option<u64>,
 ) -> Disconnect {
+    let mut cursor = match Box::pin(start(hub, t, welcome, who, after)).await {
+        Ok(c) => c,
+        Err(d) => return d,
+    };
+    let mut limit = Limit {
+        bucket: Bucket::new(Instant::now()),
+        strikes: 0,
+    };
+    loop {
+        let flow = tokio::select! {
+            biased;
+            () = handle.outbox.notify.notified() => {
+                Box::pin(drain_outbox(hub, t, handle, who, &mut cursor)).await
+            }
+            frame = t.recv() => {
+                Box::pin(on_frame(hub, t, handle, who, &mut limit, frame)).await
+            }
+            () = hub.shutdown.cancelled() => {
+                t.close("node shutting down").await;
+                Err(Disconnect::Dropped)
+            }
+        };
+        if let Err(how) = flow {
+            return how;
+        }
+    }
+}
+
+/// `Err` ends the session, the way it says.
+type Flow = Result<(), Disconnect>;
+
+/// Until the session's first wakeup: the inbox head, the welcome, a resume from `after`.
+async fn start<T: Transport>(
+    hub: &Arc<Hub>,
+    t: &mut T,
+    welcome: presence_core::Welcome,
+    who: Who<'_>,
+    after: Option<u64>,
+) -> Result<Cursor, Disconnect> {
     // Read after the session is registered: everything committed later is pushed to it.
     let hub2 = hub.clone();
     let (user, device) = (who.user.to_owned(), who.device.to_owned());
@@ -310,16 +410,16 @@ async fn serve<T: Transport>(
                 "the inbox cannot be read; try again",
             )
             .await;
-            return Disconnect::Dropped;
+            return Err(Disconnect::Dropped);
         }
-        None => return Disconnect::Dropped,
+        None => return Err(Disconnect::Dropped),
     };
     let frame = welcome_frame(hub, &welcome, who, inbox_seq, acked_seq);
     debug!(friends = welcome.friends.len(), inbox_seq, "welcome");
     // The snapshot is not kept for the life of the session (150 friends ≈ 6 KB).
     drop(welcome);
     if write(t, frame).await.is_err() {
-        return Disconnect::Dropped;
+        return Err(Disconnect::Dropped);
     }
     let mut cursor = Cursor {
         next_seq: after.map_or(inbox_seq, |a| a.min(inbox_seq)) + 1,
@@ -327,127 +427,129 @@ async fn serve<T: Transport>(
     if after.is_some()
         && (cursor.fill(hub, t, who.user, None).await.is_err() || flush(t).await.is_err())
     {
-        return Disconnect::Dropped;
+        return Err(Disconnect::Dropped);
     }
-    let mut bucket = Bucket::new(Instant::now());
-    let mut strikes = 0u32;
-    loop {
-        tokio::select! {
-            biased;
-            () = handle.outbox.notify.notified() => {
-                // Everything taken in one wakeup leaves in one write where the transport
-                // allows (one syscall instead of one a frame).
-                let taken = handle.outbox.take();
-                if let Some((tick, items)) = taken.presence {
-                    let frame = protocol::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
-                    if feed(t, frame).await.is_err() {
-                        return Disconnect::Dropped;
-                    }
-                    metrics::counter!(m::FRAMES_SENT).increment(1);
-                }
-                for item in taken.chat {
-                    let res = match item {
-                        ChatItem::Frame(f) => feed(t, f).await,
-                        ChatItem::Inbox { seq, frame } => {
-                            cursor.live(hub, t, who.user, seq, frame).await
-                        }
-                    };
-                    if res.is_err() {
-                        return Disconnect::Dropped;
-                    }
-                }
-                if taken.lagging && cursor.fill(hub, t, who.user, None).await.is_err() {
-                    return Disconnect::Dropped;
-                }
-                if flush(t).await.is_err() {
-                    return Disconnect::Dropped;
-                }
-                match taken.close {
-                    Some(CloseReason::HeartbeatTimeout) => {
-                        fail(t, ErrorCode::Protocol, "heartbeat timeout").await;
-                        return Disconnect::Dropped;
-                    }
-                    Some(CloseReason::Shutdown) => {
-                        t.close("node shutting down").await;
-                        return Disconnect::Dropped;
-                    }
-                    None => {}
-                }
+    Ok(cursor)
+}
+
+/// Writes what the outbox holds. Everything taken in one wakeup leaves in one write where the
+/// transport allows (one syscall instead of one a frame).
+async fn drain_outbox<T: Transport>(
+    hub: &Hub,
+    t: &mut T,
+    handle: &SessionHandle,
+    who: Who<'_>,
+    cursor: &mut Cursor,
+) -> Flow {
+    let taken = handle.outbox.take();
+    if let Some((tick, items)) = taken.presence {
+        let frame = protocol::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
+        feed(t, frame).await.map_err(dropped)?;
+        metrics::counter!(m::FRAMES_SENT).increment(1);
+    }
+    for item in taken.chat {
+        match item {
+            ChatItem::Frame(f) => feed(t, f).await,
+            ChatItem::Inbox { seq, frame } => cursor.live(hub, t, who.user, seq, frame).await,
+        }
+        .map_err(dropped)?;
+    }
+    if taken.lagging {
+        cursor.fill(hub, t, who.user, None).await.map_err(dropped)?;
+    }
+    flush(t).await.map_err(dropped)?;
+    match taken.close {
+        Some(CloseReason::HeartbeatTimeout) => {
+            fail(t, ErrorCode::Protocol, "heartbeat timeout").await;
+            Err(Disconnect::Dropped)
+        }
+        Some(CloseReason::Shutdown) => {
+            t.close("node shutting down").await;
+            Err(Disconnect::Dropped)
+        }
+        None => Ok(()),
+    }
+}
+
+fn dropped(_: ()) -> Disconnect {
+    Disconnect::Dropped
+}
+
+/// The per-session rate limit and its count of refusals in a row.
+struct Limit {
+    bucket: Bucket,
+    strikes: u32,
+}
+
+/// Handles one received frame (or the end of the stream).
+async fn on_frame<T: Transport>(
+    hub: &Arc<Hub>,
+    t: &mut T,
+    handle: &Arc<SessionHandle>,
+    who: Who<'_>,
+    limit: &mut Limit,
+    frame: Result<Option<Bytes>, RecvError>,
+) -> Flow {
+    let frame = match frame {
+        Ok(Some(f)) => f,
+        Ok(None) | Err(RecvError::Io(_)) => return Err(Disconnect::Dropped),
+        Err(RecvError::TooLarge) => {
+            fail(t, ErrorCode::Protocol, "frame over 64 KiB").await;
+            return Err(Disconnect::Dropped);
+        }
+        Err(RecvError::Framing(m)) => {
+            fail(t, ErrorCode::Protocol, m).await;
+            return Err(Disconnect::Dropped);
+        }
+    };
+    if !limit.bucket.take(Instant::now()) {
+        limit.strikes += 1;
+        if limit.strikes >= RATE_STRIKES {
+            warn!("flood: closing");
+            fail(t, ErrorCode::RateLimited, "too many messages; closing").await;
+            return Err(Disconnect::Dropped);
+        }
+        // A refused send is answered with its id, so the client knows what to retry; other
+        // refused messages get one "slow down" per burst.
+        let id = refused_send_id(&frame);
+        if limit.strikes == 1 || id.is_some() {
+            let e = ProtocolError {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                id,
+            };
+            send_error(t, &e).await;
+        }
+        return Ok(());
+    }
+    limit.strikes = 0;
+    match handle_message(hub, handle, who, &frame) {
+        Reply::None => Ok(()),
+        Reply::Sync { after, limit } => sync(hub, t, who.user, after, limit).await.map_err(dropped),
+        Reply::History {
+            target,
+            before,
+            limit,
+        } => match history(hub, who.user, target, before, limit).await {
+            Ok(f) => write(t, f).await.map_err(dropped),
+            Err(e) => {
+                send_error(t, &e).await;
+                Ok(())
             }
-            frame = t.recv() => {
-                let frame = match frame {
-                    Ok(Some(f)) => f,
-                    Ok(None) | Err(RecvError::Io(_)) => return Disconnect::Dropped,
-                    Err(RecvError::TooLarge) => {
-                        fail(t, ErrorCode::Protocol, "frame over 64 KiB").await;
-                        return Disconnect::Dropped;
-                    }
-                    Err(RecvError::Framing(m)) => {
-                        fail(t, ErrorCode::Protocol, m).await;
-                        return Disconnect::Dropped;
-                    }
-                };
-                if !bucket.take(Instant::now()) {
-                    strikes += 1;
-                    if strikes >= RATE_STRIKES {
-                        warn!("flood: closing");
-                        fail(t, ErrorCode::RateLimited, "too many messages; closing").await;
-                        return Disconnect::Dropped;
-                    }
-                    // A refused send is answered with its id, so the client knows what to
-                    // retry; other refused messages get one "slow down" per burst.
-                    let id = refused_send_id(&frame);
-                    if strikes == 1 || id.is_some() {
-                        let e = ProtocolError {
-                            code: ErrorCode::RateLimited,
-                            message: "slow down".into(),
-                            id,
-                        };
-                        send_error(t, &e).await;
-                    }
-                    continue;
-                }
-                strikes = 0;
-                match handle_message(hub, handle, who, &frame) {
-                    Reply::None => {}
-                    Reply::Sync { after, limit } => {
-                        if sync(hub, t, who.user, after, limit).await.is_err() {
-                            return Disconnect::Dropped;
-                        }
-                    }
-                    Reply::History { target, before, limit } => {
-                        match history(hub, who.user, target, before, limit).await {
-                            Ok(f) => {
-                                if write(t, f).await.is_err() {
-                                    return Disconnect::Dropped;
-                                }
-                            }
-                            Err(e) => send_error(t, &e).await,
-                        }
-                    }
-                    Reply::Frame(f) => {
-                        if write(t, f).await.is_err() {
-                            return Disconnect::Dropped;
-                        }
-                    }
-                    Reply::Error(e) => {
-                        let closes = e.code.closes();
-                        send_error(t, &e).await;
-                        if closes {
-                            t.close(&e.message).await;
-                            return Disconnect::Dropped;
-                        }
-                    }
-                    Reply::Gone => {
-                        fail(t, ErrorCode::Protocol, "session expired").await;
-                        return Disconnect::Dropped;
-                    }
-                }
+        },
+        Reply::Frame(f) => write(t, f).await.map_err(dropped),
+        Reply::Error(e) => {
+            let closes = e.code.closes();
+            send_error(t, &e).await;
+            if closes {
+                t.close(&e.message).await;
+                return Err(Disconnect::Dropped);
             }
-            () = hub.shutdown.cancelled() => {
-                t.close("node shutting down").await;
-                return Disconnect::Dropped;
-            }
+            Ok(())
+        }
+        Reply::Gone => {
+            fail(t, ErrorCode::Protocol, "session expired").await;
+            Err(Disconnect::Dropped)
         }
     }
 }
