@@ -37,6 +37,8 @@ struct Waiter {
     session: Arc<SessionHandle>,
     client_id: String,
     frame: Bytes,
+    /// When the relay accepted the send (for [`m::CHAT_SEND_SECONDS`]).
+    accepted: Instant,
 }
 
 struct State {
@@ -175,6 +177,7 @@ impl Chat {
                     session: session.clone(),
                     client_id: client_id.to_owned(),
                     frame: Bytes::from(frame),
+                    accepted: Instant::now(),
                 });
                 drop(st);
                 self.wake.notify_one();
@@ -370,8 +373,10 @@ impl Chat {
     /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
     /// for recipients with none.
     fn deliver(&self, hub: &Hub, batch: &WriteBatch, waiters: Vec<Waiter>) {
+        let send_seconds = metrics::histogram!(m::CHAT_SEND_SECONDS);
         for w in waiters {
             w.session.outbox.push_chat(ChatItem::Frame(w.frame));
+            send_seconds.record(w.accepted.elapsed().as_secs_f64());
         }
         let mut delivered = 0u64;
         let mut lagging = 0u64;

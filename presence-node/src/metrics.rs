@@ -23,6 +23,7 @@ pub const CHAT_COMMIT_SECONDS: &str = "chat_commit_seconds";
 pub const CHAT_COMMITTED_ROWS: &str = "chat_committed_rows_total";
 pub const CHAT_COMMIT_ROWS: &str = "chat_commit_rows";
 pub const CHAT_COMMIT_FAILURES: &str = "chat_commit_failures_total";
+pub const CHAT_SEND_SECONDS: &str = "chat_send_seconds";
 pub const CHAT_ENTRIES_PUSHED: &str = "chat_entries_pushed_total";
 pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
 pub const CHAT_ENTRIES_READ: &str = "chat_entries_read_back_total";
@@ -31,6 +32,12 @@ pub const WEBHOOKS: &str = "chat_webhooks_total";
 /// Buckets (seconds) of the latency histograms: the tick and a chat group commit.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+];
+
+/// Buckets (seconds) of the node's part of a send's latency: fine where the target is.
+pub const SEND_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2,
+    0.5, 1.0, 2.0, 5.0,
 ];
 
 /// Installs the global recorder; returns the handle `/metrics` renders. Histograms get real
@@ -42,6 +49,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(CHAT_COMMIT_SECONDS.to_owned()),
             LATENCY_BUCKETS,
         )?
+        .set_buckets_for_metric(Matcher::Full(CHAT_SEND_SECONDS.to_owned()), SEND_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(CHAT_COMMIT_ROWS.to_owned()),
             &[
@@ -82,6 +90,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         "Rows of one chat group commit (the batch size; a 1:1 send is 5 rows)"
     );
     describe_counter!(CHAT_COMMIT_FAILURES, "Chat commits that failed");
+    describe_histogram!(
+        CHAT_SEND_SECONDS,
+        "The node's part of a send: accepted from the client's frame until its sent answer \
+         is queued to the session, durable (waiting for a batch, the commit, the hand-over)"
+    );
     describe_counter!(CHAT_ENTRIES_PUSHED, "Inbox entries queued to live sessions");
     describe_counter!(
         CHAT_ENTRIES_LAGGING,

@@ -1071,6 +1071,18 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node's own measure of its part, before it stops.
+    let node_send = if a.chat_rate > 0.0 {
+        match node::node_histogram(&mut admin, "chat_send_seconds").await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!("could not read the node's /metrics: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     node.stop();
     let dr = result?;
     let st = finals.ok_or_else(|| anyhow!("no final statistics"))??;
@@ -1093,6 +1105,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     }
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
+    chat.node_send_to_sent = node_send;
     let verify = a.verify.then(|| {
         let mut v = std::mem::take(&mut d.verify);
         v.duplicate = st.duplicates;

@@ -371,3 +371,90 @@ pub async fn health(admin: &mut Admin) -> Result<Health> {
     let text = admin.ok("GET", "/healthz", None).await?;
     serde_json::from_str(&text).context("/healthz is not the node's JSON")
 }
+
+/// Quantiles of one of the node's Prometheus histograms, as the bucket bounds they fall in
+/// (so "p99 ≤ 5 ms"): what the node itself measured, without the driver's share.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq)]
+pub struct NodeQuantiles {
+    pub count: u64,
+    /// Upper bounds in ms; `None` past the last finite bucket.
+    pub p50_le_ms: Option<f64>,
+    pub p90_le_ms: Option<f64>,
+    pub p99_le_ms: Option<f64>,
+    pub p999_le_ms: Option<f64>,
+}
+
+/// Reads the histogram `name` (in seconds) from the node's `/metrics`; `None` when the node
+/// does not export it or recorded nothing.
+pub async fn node_histogram(admin: &mut Admin, name: &str) -> Result<Option<NodeQuantiles>> {
+    let text = admin.ok("GET", "/metrics", None).await?;
+    Ok(histogram_quantiles(&text, name))
+}
+
+/// Parses `name_bucket{le="…"} n` lines of the Prometheus text format (cumulative counts).
+pub fn histogram_quantiles(text: &str, name: &str) -> Option<NodeQuantiles> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, n) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, n.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last()?.1;
+    if count == 0 {
+        return None;
+    }
+    let q = |q: f64| {
+        let want = (q * count as f64).ceil() as u64;
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= want)
+            .and_then(|(le, _)| le.is_finite().then_some(le * 1000.0))
+    };
+    Some(NodeQuantiles {
+        count,
+        p50_le_ms: q(0.5),
+        p90_le_ms: q(0.9),
+        p99_le_ms: q(0.99),
+        p999_le_ms: q(0.999),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_the_cumulative_buckets() {
+        let text = "# HELP chat_send_seconds x\n\
+            chat_send_seconds_bucket{le=\"0.001\"} 40\n\
+            chat_send_seconds_bucket{le=\"0.002\"} 90\n\
+            chat_send_seconds_bucket{le=\"0.005\"} 99\n\
+            chat_send_seconds_bucket{le=\"+Inf\"} 100\n\
+            chat_send_seconds_sum 0.2\n\
+            chat_send_seconds_count 100\n\
+            chat_commit_seconds_bucket{le=\"0.001\"} 7\n";
+        let q = histogram_quantiles(text, "chat_send_seconds").unwrap();
+        assert_eq!(q.count, 100);
+        assert_eq!(q.p50_le_ms, Some(2.0));
+        assert_eq!(q.p90_le_ms, Some(2.0));
+        assert_eq!(q.p99_le_ms, Some(5.0));
+        assert_eq!(q.p999_le_ms, None);
+        assert_eq!(
+            histogram_quantiles(text, "chat_commit_seconds")
+                .unwrap()
+                .count,
+            7
+        );
+        assert!(histogram_quantiles(text, "nothing").is_none());
+        assert!(histogram_quantiles("x_bucket{le=\"1\"} 0\n", "x").is_none());
+    }
+}

@@ -142,6 +142,8 @@ pub struct ChatOut {
     pub disabled_message: Option<String>,
     pub send_to_sent: Latency,
     pub send_to_inbox: Latency,
+    /// The node's own part of send → sent (its `chat_send_seconds`), when it exports it.
+    pub node_send_to_sent: Option<super::node::NodeQuantiles>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -311,6 +313,19 @@ pub fn table(r: &DarkReport) -> String {
             );
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
+            if let Some(q) = &ch.node_send_to_sent {
+                let le =
+                    |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
+                let _ = writeln!(
+                    s,
+                    "  node's part of send → sent (its chat_send_seconds: accepted → sent queued, durable): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
+                    q.count,
+                    le(q.p50_le_ms),
+                    le(q.p90_le_ms),
+                    le(q.p99_le_ms),
+                    le(q.p999_le_ms)
+                );
+            }
             chat_seconds(&mut s, &r.series);
         }
     } else {
