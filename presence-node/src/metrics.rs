@@ -29,6 +29,125 @@ pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
 pub const CHAT_ENTRIES_READ: &str = "chat_entries_read_back_total";
 pub const WEBHOOKS: &str = "chat_webhooks_total";
 
+/// What kind of metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the node exports, with its help text (`docs/protocol.md` lists them; a test
+/// keeps the two in step).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        CONNECTIONS,
+        Kind::Counter,
+        "Connections accepted, by transport",
+    ),
+    (SESSIONS, Kind::Gauge, "Sessions open, by transport"),
+    (
+        TICK_SECONDS,
+        Kind::Histogram,
+        "Time to compute and hand out one tick",
+    ),
+    (
+        TRANSITIONS,
+        Kind::Counter,
+        "Users whose visible presence changed",
+    ),
+    (
+        ENTRIES_SENT,
+        Kind::Counter,
+        "Presence entries handed to sessions",
+    ),
+    (
+        FRAMES_SENT,
+        Kind::Counter,
+        "Presence frames written to clients",
+    ),
+    (
+        MERGES,
+        Kind::Counter,
+        "Presence frames merged into a slow client's pending frame",
+    ),
+    (ERRORS, Kind::Counter, "Error frames sent, by code"),
+    (
+        ADMIN_REQUESTS,
+        Kind::Counter,
+        "Admin API requests, by route and status",
+    ),
+    (
+        EXPIRED,
+        Kind::Counter,
+        "Sessions expired by the heartbeat timeout",
+    ),
+    (USERS, Kind::Gauge, "Users known to the node"),
+    (EDGES, Kind::Gauge, "Friendships (undirected)"),
+    (LIVE, Kind::Gauge, "Users with a connected session"),
+    (
+        CHAT_SENDS,
+        Kind::Counter,
+        "Chat messages accepted (new, not retries)",
+    ),
+    (
+        CHAT_DUPLICATES,
+        Kind::Counter,
+        "Chat sends that were retries of a known id",
+    ),
+    (
+        CHAT_COMMITS,
+        Kind::Counter,
+        "Group commits of the chat store",
+    ),
+    (
+        CHAT_COMMIT_SECONDS,
+        Kind::Histogram,
+        "Time of one chat group commit (fsync included)",
+    ),
+    (
+        CHAT_COMMITTED_ROWS,
+        Kind::Counter,
+        "Rows written by chat commits",
+    ),
+    (
+        CHAT_COMMIT_ROWS,
+        Kind::Histogram,
+        "Rows of one chat group commit (the batch size; a 1:1 send is 5 rows)",
+    ),
+    (
+        CHAT_COMMIT_FAILURES,
+        Kind::Counter,
+        "Chat commits that failed",
+    ),
+    (
+        CHAT_SEND_SECONDS,
+        Kind::Histogram,
+        "The node's part of a send: accepted from the client's frame until its sent answer \
+         is queued to the session, durable (waiting for a batch, the commit, the hand-over)",
+    ),
+    (
+        CHAT_ENTRIES_PUSHED,
+        Kind::Counter,
+        "Inbox entries queued to live sessions",
+    ),
+    (
+        CHAT_ENTRIES_LAGGING,
+        Kind::Counter,
+        "Inbox entries not queued to a slow session (it reads them back from the store)",
+    ),
+    (
+        CHAT_ENTRIES_READ,
+        Kind::Counter,
+        "Inbox entries read back from the store for sessions",
+    ),
+    (
+        WEBHOOKS,
+        Kind::Counter,
+        "message.undelivered webhook attempts, by result",
+    ),
+];
+
 /// Buckets (seconds) of the latency histograms: the tick and a chat group commit.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
@@ -58,52 +177,12 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             ],
         )?
         .install_recorder()?;
-    describe_counter!(CONNECTIONS, "Connections accepted, by transport");
-    describe_gauge!(SESSIONS, "Sessions open, by transport");
-    describe_histogram!(TICK_SECONDS, "Time to compute and hand out one tick");
-    describe_counter!(TRANSITIONS, "Users whose visible presence changed");
-    describe_counter!(ENTRIES_SENT, "Presence entries handed to sessions");
-    describe_counter!(FRAMES_SENT, "Presence frames written to clients");
-    describe_counter!(
-        MERGES,
-        "Presence frames merged into a slow client's pending frame"
-    );
-    describe_counter!(ERRORS, "Error frames sent, by code");
-    describe_counter!(ADMIN_REQUESTS, "Admin API requests, by route and status");
-    describe_counter!(EXPIRED, "Sessions expired by the heartbeat timeout");
-    describe_gauge!(USERS, "Users known to the node");
-    describe_gauge!(EDGES, "Friendships (undirected)");
-    describe_gauge!(LIVE, "Users with a connected session");
-    describe_counter!(CHAT_SENDS, "Chat messages accepted (new, not retries)");
-    describe_counter!(
-        CHAT_DUPLICATES,
-        "Chat sends that were retries of a known id"
-    );
-    describe_counter!(CHAT_COMMITS, "Group commits of the chat store");
-    describe_histogram!(
-        CHAT_COMMIT_SECONDS,
-        "Time of one chat group commit (fsync included)"
-    );
-    describe_counter!(CHAT_COMMITTED_ROWS, "Rows written by chat commits");
-    describe_histogram!(
-        CHAT_COMMIT_ROWS,
-        "Rows of one chat group commit (the batch size; a 1:1 send is 5 rows)"
-    );
-    describe_counter!(CHAT_COMMIT_FAILURES, "Chat commits that failed");
-    describe_histogram!(
-        CHAT_SEND_SECONDS,
-        "The node's part of a send: accepted from the client's frame until its sent answer \
-         is queued to the session, durable (waiting for a batch, the commit, the hand-over)"
-    );
-    describe_counter!(CHAT_ENTRIES_PUSHED, "Inbox entries queued to live sessions");
-    describe_counter!(
-        CHAT_ENTRIES_LAGGING,
-        "Inbox entries not queued to a slow session (it reads them back from the store)"
-    );
-    describe_counter!(
-        CHAT_ENTRIES_READ,
-        "Inbox entries read back from the store for sessions"
-    );
-    describe_counter!(WEBHOOKS, "message.undelivered webhook attempts, by result");
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, help),
+        }
+    }
     Ok(handle)
 }

@@ -1,6 +1,7 @@
 //! Keeps `docs/protocol.md` from drifting from the code: message types, error codes, JSON
-//! examples and `serve` flags.
+//! examples, `serve` flags and metrics.
 
+use presence_node::metrics::{Kind, METRICS};
 use presence_node::protocol::{CLIENT_TYPES, ERROR_CODES, SERVER_TYPES, parse_client};
 
 fn doc() -> String {
@@ -17,6 +18,31 @@ fn every_type_and_code_is_documented() {
             "docs/protocol.md does not mention `{t}`"
         );
     }
+}
+
+#[test]
+fn every_metric_is_documented_with_its_kind() {
+    let doc = doc();
+    let section = doc.split("### Metrics").nth(1).expect("metrics section");
+    let section = section.split("\n#").next().unwrap_or(section);
+    let kind = |k| match k {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    for &(name, k, _) in METRICS {
+        let row = format!("| `{name}` | {} |", kind(k));
+        assert!(
+            section.contains(&row),
+            "docs/protocol.md lacks the row {row}"
+        );
+    }
+    let rows = section.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(
+        rows,
+        METRICS.len(),
+        "docs/protocol.md lists metrics the node lacks"
+    );
 }
 
 #[test]
