@@ -242,26 +242,21 @@ fn welcome_frame(
     inbox_seq: u64,
     acked_seq: u64,
 ) -> Vec<u8> {
-    let ecfg = hub.engine.config();
-    let friends: Vec<serde_json::Value> = hub.engine.with_names(|name| {
-        welcome
+    let head = protocol::WelcomeHead {
+        user: who.user,
+        device: who.device,
+        inbox_seq,
+        acked_seq,
+        tick: welcome.tick,
+    };
+    let cfg = hub.engine.config();
+    hub.engine.with_names(|name| {
+        let friends = welcome
             .friends
             .iter()
-            .map(|(id, p)| protocol::presence_value(name(*id).unwrap_or(""), p, ecfg))
-            .collect()
-    });
-    let v = serde_json::json!({
-        "type": "welcome",
-        "user": who.user,
-        "device": who.device,
-        "heartbeat_ms": ecfg.heartbeat_timeout_ms,
-        "idle_thresholds_ms": ecfg.idle_thresholds_ms,
-        "inbox_seq": inbox_seq,
-        "acked_seq": acked_seq,
-        "tick": welcome.tick,
-        "friends": friends,
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
+            .map(|(id, p)| (name(*id).unwrap_or(""), p));
+        protocol::welcome_frame(&head, friends, cfg)
+    })
 }
 
 /// Runs a blocking store read off the async workers.
