@@ -236,21 +236,23 @@ pub fn error_frame(e: &ProtocolError) -> Vec<u8> {
 /// The `pong` frame.
 pub const PONG: &[u8] = br#"{"type":"pong"}"#;
 
+/// One presence entry. Fields in alphabetical order, the order serde_json's value maps keep,
+/// so an entry is the same bytes in a `presence` frame, a `welcome` and the admin API.
 #[derive(Serialize)]
 struct EntryJson<'a> {
-    user: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     idle_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_active: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    removed: Option<bool>,
+    user: &'a str,
 }
 
 /// Renders one presence entry (`{"user": …, "state": …}`) or a removal.
@@ -309,24 +311,10 @@ pub fn welcome_frame<'a>(
     cfg: &Config,
 ) -> Vec<u8> {
     #[derive(Serialize)]
-    struct Friend<'a> {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        idle_ms: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        last_active: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        state: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        status: Option<&'static str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        text: Option<&'a str>,
-        user: &'a str,
-    }
-    #[derive(Serialize)]
     struct Welcome<'a> {
         acked_seq: u64,
         device: &'a str,
-        friends: Vec<Friend<'a>>,
+        friends: Vec<EntryJson<'a>>,
         heartbeat_ms: u64,
         idle_thresholds_ms: &'a [u64],
         inbox_seq: u64,
@@ -335,19 +323,7 @@ pub fn welcome_frame<'a>(
         kind: &'static str,
         user: &'a str,
     }
-    let friends = friends
-        .map(|(user, p)| {
-            let e = entry_json(user, p, cfg);
-            Friend {
-                idle_ms: e.idle_ms,
-                last_active: e.last_active,
-                state: e.state,
-                status: e.status,
-                text: e.text,
-                user,
-            }
-        })
-        .collect();
+    let friends = friends.map(|(user, p)| entry_json(user, p, cfg)).collect();
     serde_json::to_vec(&Welcome {
         acked_seq: head.acked_seq,
         device: head.device,
@@ -615,7 +591,7 @@ mod tests {
         assert_eq!(frame, br#"{"type":"presence","tick":9,"changes":[{},{}]}"#);
     }
 
-    /// The typed welcome is byte for byte what the JSON value tree rendered.
+    /// Typed entries and welcomes are byte for byte what the JSON value tree rendered.
     #[test]
     fn welcome_is_the_same_bytes_as_the_value_tree() {
         let cfg = Config::default();
@@ -656,6 +632,11 @@ mod tests {
             acked_seq: 9,
             tick: 77,
         };
+        for (u, p) in &friends {
+            let change = Change::Presence(p.clone());
+            let tree = serde_json::to_vec(&presence_value(u, p, &cfg)).unwrap();
+            assert_eq!(render_change(u, &change, &cfg), tree, "entry of {u}");
+        }
         let typed = welcome_frame(&head, friends.iter().map(|(u, p)| (*u, p)), &cfg);
         let values: Vec<serde_json::Value> = friends
             .iter()
