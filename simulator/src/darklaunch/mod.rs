@@ -1106,6 +1106,20 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
     chat.node_send_to_sent = node_send;
+    // The rate once the sessions have ramped up: a saturated run's capacity, which the
+    // whole-run mean understates (few sessions at the start, answers in flight at the end).
+    let second_half: Vec<f64> = dr
+        .series
+        .iter()
+        .filter(|p| p.t_s >= dr.active_s / 2.0)
+        .map(|p| p.chat_acked_per_s)
+        .collect();
+    chat.acked_per_s = st.chat_sent as f64 / dr.active_s.max(1e-9);
+    chat.acked_per_s_second_half = if second_half.is_empty() {
+        0.0
+    } else {
+        second_half.iter().sum::<f64>() / second_half.len() as f64
+    };
     let verify = a.verify.then(|| {
         let mut v = std::mem::take(&mut d.verify);
         v.duplicate = st.duplicates;

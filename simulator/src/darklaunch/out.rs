@@ -142,6 +142,9 @@ pub struct ChatOut {
     pub disabled_message: Option<String>,
     pub send_to_sent: Latency,
     pub send_to_inbox: Latency,
+    /// `sent` answers a second over the run, and over its second half (once ramped up).
+    pub acked_per_s: f64,
+    pub acked_per_s_second_half: f64,
     /// The node's own part of send → sent (its `chat_send_seconds`), when it exports it.
     pub node_send_to_sent: Option<super::node::NodeQuantiles>,
 }
@@ -308,8 +311,8 @@ pub fn table(r: &DarkReport) -> String {
         } else {
             let _ = writeln!(
                 s,
-                "chat: {} sent, {} acknowledged, {} inbox receipts, {} errors",
-                ch.sent, ch.acked, ch.inbox, ch.errors
+                "chat: {} sent, {} acknowledged ({:.0}/s; {:.0}/s over the second half), {} inbox receipts, {} errors",
+                ch.sent, ch.acked, ch.acked_per_s, ch.acked_per_s_second_half, ch.inbox, ch.errors
             );
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
