@@ -70,6 +70,8 @@ pub enum ChatError {
     NotFound(&'static str),
     #[error("rate limited")]
     RateLimited,
+    #[error("the node is busy: {unsettled} sends are waiting for the disk; retry with the same id")]
+    Busy { unsettled: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -83,7 +85,7 @@ impl ChatError {
             ChatError::TooLarge { .. } | ChatError::GroupTooLarge { .. } => "too_large",
             ChatError::Forbidden(_) => "forbidden",
             ChatError::NotFound(_) => "not_found",
-            ChatError::RateLimited => "rate_limited",
+            ChatError::RateLimited | ChatError::Busy { .. } => "rate_limited",
             ChatError::Store(_) => "internal",
         }
     }
@@ -106,6 +108,10 @@ pub struct Limits {
     pub typing_interval_ms: u64,
     /// Cached inbox heads kept once their writes are durable (evicted past this).
     pub max_cached_heads: usize,
+    /// New sends not yet durable, at most: past it a send is refused with
+    /// [`ChatError::Busy`] (retry later with the same id), so an overloaded node answers
+    /// at once instead of queueing without bound, in memory and in latency.
+    pub max_unsettled_sends: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +125,7 @@ impl Default for Limits {
             history_max: 200,
             typing_interval_ms: 1000,
             max_cached_heads: 1 << 20,
+            max_unsettled_sends: 20_000,
         }
     }
 }
@@ -475,6 +482,10 @@ impl Relay {
             });
         }
         self.check_text(text)?;
+        let unsettled = self.unsettled_dedupe.len();
+        if unsettled >= self.reader.limits.max_unsettled_sends {
+            return Err(ChatError::Busy { unsettled });
+        }
         let owners = match target {
             Target::User(to) => {
                 if to == from {

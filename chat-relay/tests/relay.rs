@@ -831,7 +831,51 @@ fn head_cache_eviction(open: Opener) {
     assert_gap_free(&all(&store, "u3"));
 }
 
+/// Past `max_unsettled_sends` sends waiting for the disk, a new send is refused as busy (a
+/// retry of one already accepted is still answered); once a batch is durable, sends pass
+/// again. Nothing of a refused send is stored.
+fn busy_past_the_unsettled_bound(open: Opener) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    let limits = Limits {
+        max_unsettled_sends: 3,
+        ..Limits::default()
+    };
+    let mut r = Relay::new(store.clone(), IdGen::new(1).unwrap(), limits).unwrap();
+    let d = dir();
+    let first = new_id(r.send(T0, "alice", "a1", &user("bob"), "1", &d).unwrap());
+    new_id(r.send(T0, "alice", "a2", &user("bob"), "2", &d).unwrap());
+    // one in a batch already taken (in flight), one pending: both count
+    let in_flight = r.take_batch().unwrap();
+    new_id(r.send(T0, "alice", "a3", &user("carol"), "3", &d).unwrap());
+    let refused = r
+        .send(T0, "alice", "a4", &user("bob"), "4", &d)
+        .unwrap_err();
+    assert!(
+        matches!(refused, ChatError::Busy { unsettled: 3 }),
+        "{refused}"
+    );
+    assert_eq!(refused.code(), "rate_limited");
+    // a retry of an accepted send still gets its id
+    assert!(matches!(
+        r.send(T0, "alice", "a1", &user("bob"), "1", &d).unwrap(),
+        SendOutcome::Duplicate { msg_id, .. } if msg_id == first
+    ));
+    store.commit(&in_flight).unwrap();
+    r.committed(in_flight.id);
+    // two are durable now: room again
+    new_id(r.send(T0, "alice", "a4", &user("bob"), "4", &d).unwrap());
+    commit(&mut r);
+    let texts: Vec<_> = all(&store, "bob")
+        .into_iter()
+        .filter_map(|e| e.text)
+        .collect();
+    assert_eq!(texts, ["1", "2", "4"]);
+    assert_gap_free(&all(&store, "alice"));
+}
+
 both_stores!(
+    busy_past_the_unsettled_bound,
     one_to_one_in_both_inboxes,
     group_fan_out,
     refusals,

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Members of a group a message can be sent to [default: 1000].
     #[arg(long, env = "PRESENCE_MAX_GROUP")]
     pub max_group: Option<usize>,
+    /// Chat sends accepted but not yet on disk, at most; more are refused as rate_limited
+    /// until the disk catches up [default: 20000].
+    #[arg(long, env = "PRESENCE_CHAT_MAX_IN_FLIGHT")]
+    pub chat_max_in_flight: Option<usize>,
     /// Embedded chat store in the data dir: fjall or redb [default: fjall].
     #[arg(long, env = "PRESENCE_CHAT_STORE")]
     pub chat_store: Option<String>,
@@ -117,6 +121,8 @@ struct FileConfig {
     max_text: Option<usize>,
     #[serde(alias = "max-group")]
     max_group: Option<usize>,
+    #[serde(alias = "chat-max-in-flight")]
+    chat_max_in_flight: Option<usize>,
     #[serde(alias = "chat-store")]
     chat_store: Option<String>,
     #[serde(alias = "chat-retention")]
@@ -151,6 +157,7 @@ pub struct NodeConfig {
     pub webhook_url: Option<String>,
     pub max_text: usize,
     pub max_group: usize,
+    pub chat_max_in_flight: usize,
     pub chat_store: chat_relay::StoreKind,
     pub chat_retention: Option<Duration>,
     pub node_id: u16,
@@ -241,6 +248,10 @@ impl NodeConfig {
             webhook_url: args.webhook_url.clone().or(file.webhook_url),
             max_text: args.max_text.or(file.max_text).unwrap_or(4000),
             max_group: args.max_group.or(file.max_group).unwrap_or(1000),
+            chat_max_in_flight: args
+                .chat_max_in_flight
+                .or(file.chat_max_in_flight)
+                .unwrap_or(20_000),
             chat_store: match args.chat_store.clone().or(file.chat_store) {
                 Some(s) => s.parse().map_err(|e| anyhow::anyhow!("chat-store: {e}"))?,
                 None => chat_relay::StoreKind::default(),
@@ -267,6 +278,9 @@ impl NodeConfig {
         }
         if cfg.max_group < 2 {
             bail!("max-group must be at least 2");
+        }
+        if cfg.chat_max_in_flight == 0 {
+            bail!("chat-max-in-flight must be at least 1");
         }
         if cfg.node_id > 1023 {
             bail!("node-id must be 0 to 1023, got {}", cfg.node_id);

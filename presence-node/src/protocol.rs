@@ -147,7 +147,7 @@ pub fn chat_error_code(e: &chat_relay::ChatError) -> ErrorCode {
         E::TooLarge { .. } | E::GroupTooLarge { .. } => ErrorCode::TooLarge,
         E::Forbidden(_) => ErrorCode::Forbidden,
         E::NotFound(_) => ErrorCode::NotFound,
-        E::RateLimited => ErrorCode::RateLimited,
+        E::RateLimited | E::Busy { .. } => ErrorCode::RateLimited,
         E::Store(_) => ErrorCode::Internal,
     }
 }

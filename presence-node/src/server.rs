@@ -70,6 +70,7 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let limits = chat_relay::Limits {
         max_text: cfg.max_text,
         max_group: cfg.max_group,
+        max_unsettled_sends: cfg.chat_max_in_flight,
         ..chat_relay::Limits::default()
     };
     let chat = Chat::open(
