@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chat_relay::{
-    ChatError, ChatStore, Conversation, EntryKind, IdGen, InboxEntry, Limits, MsgId, Relay,
-    SendOutcome, StoreError, StoredMessage, Target, TrimCounts, WriteBatch,
+    ChatError, ChatStore, Conversation, EntryKind, InboxEntry, Limits, MsgId, Relay, SendOutcome,
+    StoreError, StoredMessage, Target, TrimCounts, WriteBatch,
 };
-use common::{Dir, Opener, T0, commit, relay};
+use common::{Dir, Opener, T0, commit, relay, relay_with};
 
 fn user(u: &str) -> Target {
     Target::User(u.into())
@@ -124,7 +124,7 @@ fn refusals(open: Opener) {
         max_group: 4,
         ..Limits::default()
     };
-    let mut r = Relay::new(store.clone(), IdGen::new(1).unwrap(), limits).unwrap();
+    let mut r = relay_with(&store, limits);
     let d = dir();
     let code = |res: Result<SendOutcome, ChatError>| res.unwrap_err().code();
     assert_eq!(
@@ -810,7 +810,7 @@ fn head_cache_eviction(open: Opener) {
         max_cached_heads: 10,
         ..Limits::default()
     };
-    let mut r = Relay::new(store.clone(), IdGen::new(1).unwrap(), limits).unwrap();
+    let mut r = relay_with(&store, limits);
     let mut d = Dir::default();
     for i in 0..50 {
         d = Dir::new(&[("hub", &*format!("u{i}"))], &[]);
@@ -841,7 +841,7 @@ fn busy_past_the_unsettled_bound(open: Opener) {
         max_unsettled_sends: 3,
         ..Limits::default()
     };
-    let mut r = Relay::new(store.clone(), IdGen::new(1).unwrap(), limits).unwrap();
+    let mut r = relay_with(&store, limits);
     let d = dir();
     let first = new_id(r.send(T0, "alice", "a1", &user("bob"), "1", &d).unwrap());
     new_id(r.send(T0, "alice", "a2", &user("bob"), "2", &d).unwrap());

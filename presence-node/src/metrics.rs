@@ -154,7 +154,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Buckets (seconds) of the node's part of a send's latency: fine where the target is.
-pub const SEND_BUCKETS: &[f64] = &[
+const SEND_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2,
     0.5, 1.0, 2.0, 5.0,
 ];

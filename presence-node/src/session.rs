@@ -96,15 +96,12 @@ async fn send_error<T: Transport>(t: &mut T, e: &ProtocolError) {
     let _ = tokio::time::timeout(WRITE_TIMEOUT, t.send(Bytes::from(frame))).await;
 }
 
-/// Sends the error and closes. Boxed: it is awaited on many paths of [`run`] and [`serve`],
-/// and inline it would set the size of the state every session holds.
+/// Sends the error and closes. (Awaited only inside the boxed hello and wakeup futures, so
+/// it does not count towards what an idle session holds.)
 async fn fail<T: Transport>(t: &mut T, code: ErrorCode, message: impl Into<String>) {
     let e = ProtocolError::new(code, message);
-    Box::pin(async move {
-        send_error(t, &e).await;
-        t.close(&e.message).await;
-    })
-    .await;
+    send_error(t, &e).await;
+    t.close(&e.message).await;
 }
 
 /// Serves one connection to the end.

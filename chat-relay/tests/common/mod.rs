@@ -50,7 +50,11 @@ pub fn open_fjall(p: &Path) -> Arc<dyn ChatStore> {
 }
 
 pub fn relay(store: &Arc<dyn ChatStore>) -> Relay {
-    Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap()
+    relay_with(store, Limits::default())
+}
+
+pub fn relay_with(store: &Arc<dyn ChatStore>, limits: Limits) -> Relay {
+    Relay::new(store.clone(), IdGen::new(1).unwrap(), limits).unwrap()
 }
 
 /// What the node's committer does: take, commit durably, confirm.
