@@ -754,6 +754,18 @@ impl Relay {
         self.reader.history(user, target, before, limit, dir)
     }
 
+    /// Whether the pending batch holds device acks and nothing else. Such a batch need not
+    /// be committed at once: nobody waits for an ack to be durable, and an ack lost in a
+    /// crash only means the device is offered entries again that it drops by seq. A driver
+    /// may hold it back until other writes join it or a short delay has passed, which spares
+    /// an fsync per lone ack.
+    pub fn pending_acks_only(&self) -> bool {
+        !self.pending.acks.is_empty()
+            && self.pending.messages.is_empty()
+            && self.pending.inbox.is_empty()
+            && self.pending.dedupe.is_empty()
+    }
+
     /// Hands the pending batch to the driver for one group commit (`None` if it is empty).
     /// New operations go into the next batch.
     pub fn take_batch(&mut self) -> Option<WriteBatch> {

@@ -628,15 +628,26 @@ fn acks(open: Opener) {
     assert_eq!(r.ack("bob", "phone", 1).unwrap_err().code(), "bad_request");
     r.send(T0, "alice", "1", &user("bob"), "x", &d).unwrap();
     r.send(T0, "alice", "2", &user("bob"), "x", &d).unwrap();
+    assert!(!r.pending_acks_only(), "sends pending, no acks");
     r.ack("bob", "phone", 1).unwrap();
     r.ack("bob", "phone", 2).unwrap();
     r.ack("bob", "web", 1).unwrap();
+    assert!(!r.pending_acks_only(), "acks ride with the sends");
     assert_eq!(r.ack("bob", "", 1).unwrap_err().code(), "bad_request");
     let b = commit(&mut r).unwrap();
     assert_eq!(b.acks.len(), 2, "one row per device per batch");
     assert_eq!(r.reader().device_ack("bob", "phone").unwrap(), 2);
     assert_eq!(r.reader().device_ack("bob", "web").unwrap(), 1);
     assert_eq!(r.ack("bob", "phone", 3).unwrap_err().code(), "bad_request");
+    // An ack alone may wait for company; a send joining it ends that.
+    assert!(!r.pending_acks_only(), "nothing pending");
+    r.ack("bob", "web", 2).unwrap();
+    assert!(r.pending_acks_only());
+    r.send(T0, "alice", "3", &user("bob"), "x", &d).unwrap();
+    assert!(!r.pending_acks_only());
+    let b = commit(&mut r).unwrap();
+    assert_eq!((b.acks.len(), b.inbox.len()), (1, 2));
+    assert_eq!(r.reader().device_ack("bob", "web").unwrap(), 2);
 }
 
 fn typing_is_ephemeral_and_rate_limited(open: Opener) {

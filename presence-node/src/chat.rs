@@ -32,6 +32,11 @@ use crate::metrics as m;
 use crate::outbox::ChatItem;
 use crate::protocol::{self, ErrorCode, ProtocolError};
 
+/// How long device acks alone may wait for sends to share their commit. An ack needs no
+/// fsync of its own (see `Relay::pending_acks_only`); a crash within this window only
+/// means the device is offered again entries it already has.
+const ACK_DELAY: Duration = Duration::from_millis(250);
+
 /// Somebody waiting for a batch to be durable: the session and the frame it gets then.
 struct Waiter {
     session: Arc<SessionHandle>,
@@ -206,8 +211,8 @@ impl Chat {
                 let key = (user.to_owned(), device.to_owned());
                 let e = st.acks.entry(key).or_insert((seq, batch));
                 *e = (e.0.max(seq), batch);
-                drop(st);
-                self.wake.notify_one();
+                // No wakeup: the ack rides with the next batch of sends, or the committer
+                // writes it within ACK_DELAY (see `Relay::pending_acks_only`).
                 Answer::Later
             }
             Err(e) => Answer::Error(refusal(&e, None)),
@@ -321,11 +326,21 @@ impl Chat {
         loop {
             let batch = {
                 let mut st = self.state.lock();
+                let mut acks_since: Option<Instant> = None;
                 loop {
+                    let stopping = self.stopped.load(Ordering::Acquire);
+                    if st.relay.pending_acks_only() && !stopping {
+                        let left = ACK_DELAY
+                            .saturating_sub(acks_since.get_or_insert_with(Instant::now).elapsed());
+                        if !left.is_zero() {
+                            self.wake.wait_for(&mut st, left);
+                            continue;
+                        }
+                    }
                     if let Some(b) = st.relay.take_batch() {
                         break Some(b);
                     }
-                    if self.stopped.load(Ordering::Acquire) {
+                    if stopping {
                         break None;
                     }
                     self.wake.wait_for(&mut st, Duration::from_millis(100));

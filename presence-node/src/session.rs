@@ -350,6 +350,7 @@ async fn serve<T: Transport>(
     let mut limit = Limit {
         bucket: Bucket::new(Instant::now()),
         strikes: 0,
+        acked: 0,
     };
     loop {
         let flow = tokio::select! {
@@ -358,7 +359,8 @@ async fn serve<T: Transport>(
                 Box::pin(drain_outbox(hub, t, handle, who, &mut cursor)).await
             }
             frame = t.recv() => {
-                Box::pin(on_frame(hub, t, handle, who, &mut limit, frame)).await
+                let pushed = cursor.next_seq.saturating_sub(1);
+                Box::pin(on_frame(hub, t, handle, who, (&mut limit, pushed), frame)).await
             }
             () = hub.shutdown.cancelled() => {
                 t.close("node shutting down").await;
@@ -471,6 +473,11 @@ fn dropped(_: ()) -> Disconnect {
 struct Limit {
     bucket: Bucket,
     strikes: u32,
+    /// The highest seq this session has acked. An `ack` that moves it forward, up to what
+    /// the node has pushed to the session, is exempt from the bucket: the device owes it for
+    /// entries the node sent (a busy group can push more than the sustained rate), so their
+    /// number is bounded by the node's own output.
+    acked: u64,
 }
 
 /// Handles one received frame (or the end of the stream).
@@ -479,7 +486,7 @@ async fn on_frame<T: Transport>(
     t: &mut T,
     handle: &Arc<SessionHandle>,
     who: Who<'_>,
-    limit: &mut Limit,
+    (limit, pushed): (&mut Limit, u64),
     frame: Result<Option<Bytes>, RecvError>,
 ) -> Flow {
     let frame = match frame {
@@ -494,7 +501,12 @@ async fn on_frame<T: Transport>(
             return Err(Disconnect::Dropped);
         }
     };
-    if !limit.bucket.take(Instant::now()) {
+    let msg = protocol::parse_client(&frame);
+    let owed_ack = match msg {
+        Ok(ClientMessage::Ack { seq }) if seq > limit.acked && seq <= pushed => Some(seq),
+        _ => None,
+    };
+    if owed_ack.is_none() && !limit.bucket.take(Instant::now()) {
         limit.strikes += 1;
         if limit.strikes >= RATE_STRIKES {
             warn!("flood: closing");
@@ -503,7 +515,10 @@ async fn on_frame<T: Transport>(
         }
         // A refused send is answered with its id, so the client knows what to retry; other
         // refused messages get one "slow down" per burst.
-        let id = refused_send_id(&frame);
+        let id = match msg {
+            Ok(ClientMessage::Send { id, .. }) => Some(id),
+            _ => refused_send_id(&frame),
+        };
         if limit.strikes == 1 || id.is_some() {
             let e = ProtocolError {
                 code: ErrorCode::RateLimited,
@@ -515,7 +530,14 @@ async fn on_frame<T: Transport>(
         return Ok(());
     }
     limit.strikes = 0;
-    match handle_message(hub, handle, who, &frame) {
+    if let Some(seq) = owed_ack {
+        limit.acked = seq;
+    }
+    let reply = match msg {
+        Ok(m) => handle_message(hub, handle, who, m),
+        Err(e) => Reply::Error(e),
+    };
+    match reply {
         Reply::None => Ok(()),
         Reply::Sync { after, limit } => sync(hub, t, who.user, after, limit).await.map_err(dropped),
         Reply::History {
@@ -624,12 +646,13 @@ fn chat_answer(a: Answer) -> Reply {
     }
 }
 
-fn handle_message(hub: &Hub, handle: &Arc<SessionHandle>, who: Who<'_>, frame: &[u8]) -> Reply {
+fn handle_message(
+    hub: &Hub,
+    handle: &Arc<SessionHandle>,
+    who: Who<'_>,
+    msg: ClientMessage,
+) -> Reply {
     let sid = handle.sid;
-    let msg = match protocol::parse_client(frame) {
-        Ok(m) => m,
-        Err(e) => return Reply::Error(e),
-    };
     let now = now_ms();
     let engine_result = |r: Result<(), CoreError>| match r {
         Ok(()) => Reply::None,

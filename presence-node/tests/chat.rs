@@ -1415,3 +1415,85 @@ async fn every_send_is_answered_even_when_rate_limited() {
         unanswered.len()
     );
 }
+
+/// A device that acks every entry of a busy inbox, one frame each, is never refused for it:
+/// an `ack` that moves forward within what the node pushed to the session is exempt from the
+/// per-session limit (20 a second, bursts of 60). Such acks used to count, so the most
+/// diligent client of a busy group got `rate_limited`, lost those acks and, after 50 in a
+/// row, its connection. Acks that move nothing still count.
+#[tokio::test]
+async fn acks_of_a_busy_inbox_are_not_rate_limited() {
+    common::init();
+    const SENDERS: usize = 5;
+    const EACH: usize = 40;
+    const N: usize = SENDERS * EACH;
+    let node = Node::start(ARGS);
+    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
+    let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "b")).collect();
+    node.befriend(&pairs).await;
+    let mut b = Peer::connect(&node, Via::Ws, "b", "b1").await;
+    let mut senders = Vec::new();
+    for s in &names {
+        senders.push(Peer::connect(&node, Via::Ws, s, "d").await);
+    }
+    // Each sender stays within its own burst; b gets 200 entries within a second or so.
+    for p in &mut senders {
+        for i in 0..EACH {
+            p.send(json!({"type": "send", "id": format!("m{i}"), "to": "b", "text": "x"}))
+                .await;
+        }
+    }
+    let mut acked = 0;
+    while acked < N {
+        b.wait_inbox(acked + 1, SOON).await;
+        let seqs: Vec<u64> = b.inbox[acked..].iter().map(seq_of).collect();
+        for seq in seqs {
+            b.send(json!({"type": "ack", "seq": seq})).await;
+        }
+        acked = b.inbox.len();
+    }
+    b.alive().await;
+    b.assert_no("error");
+    assert_eq!(b.seqs(), (1..=N as u64).collect::<Vec<_>>());
+    let again = Peer::connect(&node, Via::Quic, "b", "b1").await;
+    assert_eq!(again.welcome["acked_seq"], N as u64, "{}", again.welcome);
+    // Acks that move nothing are ordinary messages: a flood of them is refused.
+    for _ in 0..100 {
+        b.send(json!({"type": "ack", "seq": N})).await;
+    }
+    let e = b.error("rate_limited").await;
+    assert_eq!(e["message"], "slow down", "{e}");
+}
+
+/// Device acks need no fsync of their own: alone (no sends to share a commit with) they are
+/// written within a short delay, and a graceful stop writes what is pending. Both survive.
+#[tokio::test]
+async fn lone_acks_are_written_soon_and_on_stop() {
+    common::init();
+    let mut node = Node::start(ARGS);
+    node.befriend(&[("a", "b")]).await;
+    let mut a = Peer::connect(&node, Via::Ws, "a", "a1").await;
+    for i in 0..3 {
+        a.send_to(&format!("w{i}"), "b", "x").await;
+    }
+    let mut b = Peer::connect_after(&node, Via::Ws, "b", "b1", Some(0)).await;
+    b.wait_inbox(3, SOON).await;
+    // No sends follow: the ack is written by the committer's delay (250 ms), well inside 2 s.
+    b.send(json!({"type": "ack", "seq": 2})).await;
+    b.alive().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.kill9();
+    drop((a, b));
+    let mut node = node.restart();
+    let mut b = Peer::connect(&node, Via::Ws, "b", "b1").await;
+    assert_eq!(b.welcome["acked_seq"], 2, "{}", b.welcome);
+    // An ack right before SIGTERM is written by the stop.
+    b.send(json!({"type": "ack", "seq": 3})).await;
+    b.alive().await;
+    let status = node.stop();
+    assert!(status.success(), "{status}");
+    drop(b);
+    let node = node.restart();
+    let b = Peer::connect(&node, Via::Ws, "b", "b1").await;
+    assert_eq!(b.welcome["acked_seq"], 3, "{}", b.welcome);
+}
