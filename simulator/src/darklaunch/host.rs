@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -83,6 +83,7 @@ struct Shared {
     probe_receipts: AtomicU64,
     chat_sent: AtomicU64,
     chat_inbox: AtomicU64,
+    chat_device_acks: AtomicU64,
     chat_disabled: AtomicU64,
     chat_errors: AtomicU64,
     server_closes: AtomicU64,
@@ -129,6 +130,7 @@ impl Shared {
             probe_receipts: g(&self.probe_receipts),
             chat_sent: g(&self.chat_sent),
             chat_inbox: g(&self.chat_inbox),
+            chat_device_acks: g(&self.chat_device_acks),
             chat_disabled: g(&self.chat_disabled),
             chat_errors: g(&self.chat_errors),
             server_closes: g(&self.server_closes),
@@ -225,6 +227,8 @@ struct In {
     kind: Option<String>,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 fn user_id(name: &str) -> Option<u32> {
@@ -316,15 +320,16 @@ fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: boo
     }
 }
 
-/// Handles one frame after the welcome.
-fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) {
+/// Handles one frame after the welcome; returns the `seq` of an `inbox` entry, which the
+/// device owes an `ack`.
+fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
     let now = now_us();
     let msg: In = match serde_json::from_slice(bytes) {
         Ok(m) => m,
         Err(e) => {
             sh.errors.fetch_add(1, Relaxed);
             sh.example(format!("unparsable frame from the node: {e}"));
-            return;
+            return None;
         }
     };
     match msg.ty.as_str() {
@@ -352,6 +357,7 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) {
                 sh.chat_inbox.fetch_add(1, Relaxed);
                 record(&mut sh.hists.lock().chat_inbox, now.saturating_sub(at));
             }
+            return msg.seq;
         }
         "typing" => {}
         "error" => {
@@ -382,6 +388,12 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) {
             sh.example(format!("unexpected frame type {other:?}"));
         }
     }
+    None
+}
+
+/// A device's cumulative `ack` of its inbox up to `seq`.
+fn ack_frame(seq: u64) -> String {
+    format!(r#"{{"type":"ack","seq":{seq}}}"#)
 }
 
 type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -644,17 +656,35 @@ async fn run_conn(
     match conn {
         Conn::Ws(mut ws) => loop {
             tokio::select! {
-                m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => on_frame(st, sh, t.as_bytes()),
-                    Some(Ok(Message::Close(f))) => {
-                        if vanished { return None; }
-                        return Some(format!("closed by the node: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()));
+                m = ws.next() => {
+                    // This frame and those already read behind it, then one cumulative `ack`
+                    // for the inbox entries among them, as a client acks what it has shown.
+                    let (mut m, mut owed) = (m, None);
+                    loop {
+                        match m {
+                            Some(Ok(Message::Text(t))) => owed = owed.max(on_frame(st, sh, t.as_bytes())),
+                            Some(Ok(Message::Close(f))) => {
+                                if vanished { return None; }
+                                return Some(format!("closed by the node: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()));
+                            }
+                            None | Some(Err(_)) => {
+                                return if vanished { None } else { Some("connection lost".into()) };
+                            }
+                            Some(Ok(_)) => {}
+                        }
+                        match ws.next().now_or_never() {
+                            Some(next) => m = next,
+                            None => break,
+                        }
                     }
-                    None | Some(Err(_)) => {
-                        return if vanished { None } else { Some("connection lost".into()) };
+                    if let Some(seq) = owed && !vanished {
+                        let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(ack_frame(seq)))).await;
+                        if !matches!(r, Ok(Ok(()))) {
+                            return Some("write failed".into());
+                        }
+                        sh.chat_device_acks.fetch_add(1, Relaxed);
                     }
-                    Some(Ok(_)) => {}
-                },
+                }
                 c = rx.recv(), if !vanished => match c {
                     Some(ClientCmd::Send(s)) => {
                         let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(s))).await;
@@ -679,11 +709,17 @@ async fn run_conn(
         } => {
             // Reads run on their own task: quinn's read_exact is not cancel-safe.
             let (done_tx, mut done_rx) = oneshot::channel::<String>();
+            // Inbox seqs the reader saw, for the writer to ack.
+            let (owed_tx, mut owed_rx) = mpsc::unbounded_channel::<u64>();
             let (st2, sh2) = (st.clone(), sh.clone());
             let reader = tokio::spawn(async move {
                 let reason = loop {
                     match quic_read(&mut recv).await {
-                        Ok(Some(f)) => on_frame(&st2, &sh2, &f),
+                        Ok(Some(f)) => {
+                            if let Some(seq) = on_frame(&st2, &sh2, &f) {
+                                let _ = owed_tx.send(seq);
+                            }
+                        }
                         Ok(None) => break "stream finished by the node".to_string(),
                         Err(e) => break format!("{e:#}"),
                     }
@@ -694,6 +730,18 @@ async fn run_conn(
                 tokio::select! {
                     r = &mut done_rx => {
                         break if vanished { None } else { Some(format!("closed by the node: {}", r.unwrap_or_default())) };
+                    }
+                    Some(mut seq) = owed_rx.recv() => {
+                        while let Ok(s) = owed_rx.try_recv() {
+                            seq = seq.max(s);
+                        }
+                        if !vanished {
+                            let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, ack_frame(seq).as_bytes())).await;
+                            if !matches!(r, Ok(Ok(()))) {
+                                break Some("write failed".into());
+                            }
+                            sh.chat_device_acks.fetch_add(1, Relaxed);
+                        }
                     }
                     c = rx.recv(), if !vanished => match c {
                         Some(ClientCmd::Send(s)) => {

@@ -698,6 +698,7 @@ impl Driver<'_> {
                 t.probe_receipts += s.probe_receipts;
                 t.chat_sent += s.chat_sent;
                 t.chat_inbox += s.chat_inbox;
+                t.chat_device_acks += s.chat_device_acks;
                 t.chat_disabled += s.chat_disabled;
                 t.chat_errors += s.chat_errors;
                 t.server_closes += s.server_closes;
@@ -1099,6 +1100,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     let mut chat = std::mem::take(&mut d.chat);
     chat.acked = st.chat_sent;
     chat.inbox = st.chat_inbox;
+    chat.device_acks = st.chat_device_acks;
     chat.errors = st.chat_errors;
     if st.chat_disabled > 0 && st.chat_sent == 0 {
         chat.disabled_message = st.chat_disabled_message.clone();

@@ -137,6 +137,8 @@ pub struct ChatOut {
     pub sent: u64,
     pub acked: u64,
     pub inbox: u64,
+    /// `ack` frames sent by the receiving devices (one per burst of inbox entries read).
+    pub device_acks: u64,
     pub errors: u64,
     /// Set when the node answered `bad_request` "chat is not enabled".
     pub disabled_message: Option<String>,
@@ -311,8 +313,14 @@ pub fn table(r: &DarkReport) -> String {
         } else {
             let _ = writeln!(
                 s,
-                "chat: {} sent, {} acknowledged ({:.0}/s; {:.0}/s over the second half), {} inbox receipts, {} errors",
-                ch.sent, ch.acked, ch.acked_per_s, ch.acked_per_s_second_half, ch.inbox, ch.errors
+                "chat: {} sent, {} acknowledged ({:.0}/s; {:.0}/s over the second half), {} inbox receipts ({} device acks), {} errors",
+                ch.sent,
+                ch.acked,
+                ch.acked_per_s,
+                ch.acked_per_s_second_half,
+                ch.inbox,
+                ch.device_acks,
+                ch.errors
             );
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);

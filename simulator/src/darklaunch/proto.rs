@@ -123,6 +123,8 @@ pub struct HostStats {
     pub probe_receipts: u64,
     pub chat_sent: u64,
     pub chat_inbox: u64,
+    /// `ack` frames the devices sent for the inbox entries they received.
+    pub chat_device_acks: u64,
     pub chat_disabled: u64,
     pub chat_errors: u64,
     pub server_closes: u64,
