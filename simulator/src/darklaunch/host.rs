@@ -91,6 +91,8 @@ struct Shared {
     examples: parking_mutex::Mutex<Vec<String>>,
     chat_disabled_message: parking_mutex::Mutex<Option<String>>,
     thresholds: Vec<u64>,
+    /// A device acks at most this often (zero: after every burst it reads).
+    ack_every: Duration,
 }
 
 /// std's mutex with poisoning ignored (a panicking client task must not stop the host).
@@ -396,6 +398,48 @@ fn ack_frame(seq: u64) -> String {
     format!(r#"{{"type":"ack","seq":{seq}}}"#)
 }
 
+/// When a device acks: the latest seq it has read, at most once per `every` (an `ack` is a
+/// cursor, so a later one covers what an earlier one would have said).
+struct AckPacer {
+    every: Duration,
+    owed: Option<u64>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl AckPacer {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            owed: None,
+            last: None,
+        }
+    }
+
+    fn owe(&mut self, seq: Option<u64>) {
+        self.owed = self.owed.max(seq);
+    }
+
+    /// When the owed ack may go (far away when nothing is owed).
+    fn due(&self) -> tokio::time::Instant {
+        match (self.owed, self.last) {
+            (Some(_), Some(last)) => last + self.every,
+            (Some(_), None) => tokio::time::Instant::now(),
+            (None, _) => tokio::time::Instant::now() + Duration::from_secs(3600),
+        }
+    }
+
+    /// The seq to ack now, if one is owed and due.
+    fn take(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        self.owed?;
+        if self.last.is_some_and(|last| now < last + self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        self.owed.take()
+    }
+}
+
 type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 enum Conn {
@@ -653,16 +697,17 @@ async fn run_conn(
         return Some(format!("write failed: {e:#}"));
     }
     let mut vanished = false;
+    let mut pacer = AckPacer::new(sh.ack_every);
     match conn {
         Conn::Ws(mut ws) => loop {
             tokio::select! {
                 m = ws.next() => {
                     // This frame and those already read behind it, then one cumulative `ack`
                     // for the inbox entries among them, as a client acks what it has shown.
-                    let (mut m, mut owed) = (m, None);
+                    let mut m = m;
                     loop {
                         match m {
-                            Some(Ok(Message::Text(t))) => owed = owed.max(on_frame(st, sh, t.as_bytes())),
+                            Some(Ok(Message::Text(t))) => pacer.owe(on_frame(st, sh, t.as_bytes())),
                             Some(Ok(Message::Close(f))) => {
                                 if vanished { return None; }
                                 return Some(format!("closed by the node: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()));
@@ -677,7 +722,16 @@ async fn run_conn(
                             None => break,
                         }
                     }
-                    if let Some(seq) = owed && !vanished {
+                    if !vanished && let Some(seq) = pacer.take() {
+                        let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(ack_frame(seq)))).await;
+                        if !matches!(r, Ok(Ok(()))) {
+                            return Some("write failed".into());
+                        }
+                        sh.chat_device_acks.fetch_add(1, Relaxed);
+                    }
+                }
+                () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
+                    if let Some(seq) = pacer.take() {
                         let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(ack_frame(seq)))).await;
                         if !matches!(r, Ok(Ok(()))) {
                             return Some("write failed".into());
@@ -731,11 +785,21 @@ async fn run_conn(
                     r = &mut done_rx => {
                         break if vanished { None } else { Some(format!("closed by the node: {}", r.unwrap_or_default())) };
                     }
-                    Some(mut seq) = owed_rx.recv() => {
+                    Some(seq) = owed_rx.recv() => {
+                        pacer.owe(Some(seq));
                         while let Ok(s) = owed_rx.try_recv() {
-                            seq = seq.max(s);
+                            pacer.owe(Some(s));
                         }
-                        if !vanished {
+                        if !vanished && let Some(seq) = pacer.take() {
+                            let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, ack_frame(seq).as_bytes())).await;
+                            if !matches!(r, Ok(Ok(()))) {
+                                break Some("write failed".into());
+                            }
+                            sh.chat_device_acks.fetch_add(1, Relaxed);
+                        }
+                    }
+                    () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
+                        if let Some(seq) = pacer.take() {
                             let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, ack_frame(seq).as_bytes())).await;
                             if !matches!(r, Ok(Ok(()))) {
                                 break Some("write failed".into());
@@ -774,6 +838,7 @@ pub async fn run_host(
 ) {
     let sh = Arc::new(Shared {
         thresholds: init.idle_thresholds_ms.clone(),
+        ack_every: Duration::from_millis(init.chat_ack_ms),
         ..Shared::default()
     });
     let sem = Arc::new(Semaphore::new(init.connect_parallel.max(1)));
@@ -935,4 +1000,32 @@ pub fn worker_main() -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_pacer_acks_the_latest_seq_at_most_once_per_interval() {
+        let mut every_burst = AckPacer::new(Duration::ZERO);
+        assert_eq!(every_burst.take(), None, "nothing owed");
+        every_burst.owe(Some(3));
+        every_burst.owe(None);
+        assert_eq!(every_burst.take(), Some(3));
+        assert_eq!(every_burst.take(), None, "acked already");
+        every_burst.owe(Some(5));
+        every_burst.owe(Some(4));
+        assert_eq!(every_burst.take(), Some(5), "the latest, once");
+
+        let mut paced = AckPacer::new(Duration::from_secs(3600));
+        paced.owe(Some(1));
+        assert!(paced.due() <= tokio::time::Instant::now());
+        assert_eq!(paced.take(), Some(1), "the first ack goes at once");
+        paced.owe(Some(2));
+        paced.owe(Some(7));
+        assert_eq!(paced.take(), None, "not due for an hour");
+        assert_eq!(paced.owed, Some(7));
+        assert!(paced.due() > tokio::time::Instant::now() + Duration::from_secs(3500));
+    }
 }

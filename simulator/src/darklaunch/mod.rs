@@ -130,6 +130,11 @@ pub struct DarkLaunchArgs {
     /// Chat messages per second between random friends (0: off).
     #[arg(long, default_value_t = 0.0)]
     pub chat_rate: f64,
+    /// How often a device acks its inbox at most, in ms: one cumulative `ack` of the latest
+    /// seq it has read (0: one after every burst of frames it reads, the heaviest a client
+    /// can reasonably be).
+    #[arg(long, default_value_t = 1000)]
+    pub chat_ack_ms: u64,
     /// Compare views with the truth at quiescent points; exit 3 on any mismatch.
     #[arg(long)]
     pub verify: bool,
@@ -975,6 +980,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         quic_endpoints: a.quic_endpoints,
         connect_parallel: a.connect_parallel,
         idle_thresholds_ms: timing.idle_thresholds_ms.clone(),
+        chat_ack_ms: a.chat_ack_ms,
     };
     let mut hosts = Vec::new();
     {
@@ -1150,6 +1156,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             max_sessions: a.max_sessions,
             probe_rate,
             chat_rate: a.chat_rate,
+            chat_ack_ms: a.chat_ack_ms,
             seed: a.seed,
             verify: a.verify,
             margin_ms: a.margin,

@@ -32,6 +32,8 @@ pub struct ConfigOut {
     pub max_sessions: u64,
     pub probe_rate: f64,
     pub chat_rate: f64,
+    /// A device acks at most this often (0: after every burst it reads).
+    pub chat_ack_ms: u64,
     pub seed: u64,
     pub verify: bool,
     pub margin_ms: u64,
@@ -313,13 +315,18 @@ pub fn table(r: &DarkReport) -> String {
         } else {
             let _ = writeln!(
                 s,
-                "chat: {} sent, {} acknowledged ({:.0}/s; {:.0}/s over the second half), {} inbox receipts ({} device acks), {} errors",
+                "chat: {} sent, {} acknowledged ({:.0}/s; {:.0}/s over the second half), {} inbox receipts ({} device acks, {}), {} errors",
                 ch.sent,
                 ch.acked,
                 ch.acked_per_s,
                 ch.acked_per_s_second_half,
                 ch.inbox,
                 ch.device_acks,
+                if c.chat_ack_ms == 0 {
+                    "one per burst read".to_owned()
+                } else {
+                    format!("at most one per {} ms a device", c.chat_ack_ms)
+                },
                 ch.errors
             );
             lat_row(&mut s, "send → sent", &ch.send_to_sent);

@@ -43,6 +43,9 @@ pub struct HostInit {
     pub connect_parallel: usize,
     /// Idle thresholds of the node, to turn `idle_ms` into a level.
     pub idle_thresholds_ms: Vec<u64>,
+    /// A device acks its inbox at most this often, in ms (0: after every burst it reads).
+    #[serde(default)]
+    pub chat_ack_ms: u64,
 }
 
 /// One client to open (the fields of `Cmd::Connect`).
