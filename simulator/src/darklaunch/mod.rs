@@ -1079,16 +1079,16 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The node's own measure of its part, before it stops.
-    let node_send = if a.chat_rate > 0.0 {
-        match node::node_histogram(&mut admin, "chat_send_seconds").await {
-            Ok(q) => q,
+    let node_chat = if a.chat_rate > 0.0 {
+        match node::node_chat_metrics(&mut admin).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!("could not read the node's /metrics: {e:#}");
-                None
+                node::NodeChat::default()
             }
         }
     } else {
-        None
+        node::NodeChat::default()
     };
     node.stop();
     let dr = result?;
@@ -1113,7 +1113,10 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     }
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
-    chat.node_send_to_sent = node_send;
+    chat.node_send_to_sent = node_chat.send;
+    chat.node_sends = node_chat.sends;
+    chat.node_commits = node_chat.commits;
+    chat.node_committed_rows = node_chat.rows;
     // The rate once the sessions have ramped up: a saturated run's capacity, which the
     // whole-run mean understates (few sessions at the start, answers in flight at the end).
     let second_half: Vec<f64> = dr

@@ -386,9 +386,34 @@ pub struct NodeQuantiles {
 
 /// Reads the histogram `name` (in seconds) from the node's `/metrics`; `None` when the node
 /// does not export it or recorded nothing.
-pub async fn node_histogram(admin: &mut Admin, name: &str) -> Result<Option<NodeQuantiles>> {
+/// The node's chat figures from its `/metrics`: its part of send → sent, and its group
+/// commits (how many fsyncs, how many rows they wrote).
+pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
     let text = admin.ok("GET", "/metrics", None).await?;
-    Ok(histogram_quantiles(&text, name))
+    let n = |name: &str| counter_value(&text, name).unwrap_or(0.0) as u64;
+    Ok(NodeChat {
+        send: histogram_quantiles(&text, "chat_send_seconds"),
+        sends: n("chat_sends_total"),
+        commits: n("chat_commits_total"),
+        rows: n("chat_committed_rows_total"),
+    })
+}
+
+/// What [`node_chat_metrics`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct NodeChat {
+    pub send: Option<NodeQuantiles>,
+    pub sends: u64,
+    pub commits: u64,
+    pub rows: u64,
+}
+
+/// The value of an unlabelled counter or gauge line `name value`.
+pub fn counter_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
 }
 
 /// Parses `name_bucket{le="…"} n` lines of the Prometheus text format (cumulative counts).
@@ -456,5 +481,16 @@ mod tests {
         );
         assert!(histogram_quantiles(text, "nothing").is_none());
         assert!(histogram_quantiles("x_bucket{le=\"1\"} 0\n", "x").is_none());
+    }
+
+    #[test]
+    fn counters_are_read_by_their_exact_name() {
+        let text = "# TYPE chat_commits_total counter\n\
+            chat_commits_total_other 5\n\
+            chat_commits_total 1234\n\
+            chat_committed_rows_total 98765\n";
+        assert_eq!(counter_value(text, "chat_commits_total"), Some(1234.0));
+        assert_eq!(counter_value(text, "chat_committed_rows_total"), Some(98765.0));
+        assert_eq!(counter_value(text, "chat_commits"), None);
     }
 }

@@ -151,6 +151,11 @@ pub struct ChatOut {
     pub acked_per_s_second_half: f64,
     /// The node's own part of send → sent (its `chat_send_seconds`), when it exports it.
     pub node_send_to_sent: Option<super::node::NodeQuantiles>,
+    /// The node's own counts (`chat_sends_total`, `chat_commits_total`,
+    /// `chat_committed_rows_total`): sends accepted, group commits (one fsync each), rows.
+    pub node_sends: u64,
+    pub node_commits: u64,
+    pub node_committed_rows: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -342,6 +347,17 @@ pub fn table(r: &DarkReport) -> String {
                     le(q.p90_le_ms),
                     le(q.p99_le_ms),
                     le(q.p999_le_ms)
+                );
+            }
+            if ch.node_commits > 0 {
+                let per = |n: u64| n as f64 / ch.node_commits as f64;
+                let _ = writeln!(
+                    s,
+                    "  node's group commits: {} (one fsync each) for {} sends: {:.1} sends and {:.1} rows a commit",
+                    ch.node_commits,
+                    ch.node_sends,
+                    per(ch.node_sends),
+                    per(ch.node_committed_rows)
                 );
             }
             chat_seconds(&mut s, &r.series);
