@@ -712,8 +712,9 @@ impl Relay {
         Ok(recipients)
     }
 
-    /// A device acknowledges its inbox up to `seq` (recorded in the pending batch).
-    pub fn ack(&mut self, user: &str, device: &str, seq: u64) -> Result<BatchId, ChatError> {
+    /// A device acknowledges its inbox up to `seq`: one row per device, the latest seq, in
+    /// the pending batch (or a later one, see [`Relay::take_batch_holding_acks`]).
+    pub fn ack(&mut self, user: &str, device: &str, seq: u64) -> Result<(), ChatError> {
         check_id(user, "user")?;
         check_id(device, "device")?;
         if seq > self.head(user)? {
@@ -726,13 +727,14 @@ impl Relay {
             seq,
         };
         match self.pending_acks.get(&key) {
-            Some(&i) => self.pending.acks[i] = row,
+            // A lower ack than one pending is stale (another session of the device).
+            Some(&i) => self.pending.acks[i].seq = self.pending.acks[i].seq.max(seq),
             None => {
                 self.pending_acks.insert(key, self.pending.acks.len());
                 self.pending.acks.push(row);
             }
         }
-        Ok(self.pending.id)
+        Ok(())
     }
 
     /// Durable inbox entries after `after` (see [`Reader::sync`]). Entries of batches not yet
@@ -754,16 +756,31 @@ impl Relay {
         self.reader.history(user, target, before, limit, dir)
     }
 
-    /// Whether the pending batch holds device acks and nothing else. Such a batch need not
-    /// be committed at once: nobody waits for an ack to be durable, and an ack lost in a
-    /// crash only means the device is offered entries again that it drops by seq. A driver
-    /// may hold it back until other writes join it or a short delay has passed, which spares
-    /// an fsync per lone ack.
-    pub fn pending_acks_only(&self) -> bool {
+    /// Whether device acks wait to be written.
+    pub fn has_pending_acks(&self) -> bool {
         !self.pending.acks.is_empty()
-            && self.pending.messages.is_empty()
+    }
+
+    /// As [`Relay::take_batch`], but the device acks stay pending for a later batch (`None`
+    /// if nothing else is pending). Nobody waits for an ack to be durable, and an ack lost
+    /// in a crash only means the device is offered entries again that it drops by seq; so a
+    /// driver may write acks at most every so often. Each device's acks then make one row
+    /// per interval instead of one per batch, and lone acks cost no fsync of their own.
+    pub fn take_batch_holding_acks(&mut self) -> Option<WriteBatch> {
+        if self.pending.messages.is_empty()
             && self.pending.inbox.is_empty()
             && self.pending.dedupe.is_empty()
+        {
+            return None;
+        }
+        // The acks move to the next batch at the same positions: `pending_acks` stays valid.
+        let next = WriteBatch {
+            id: self.pending.id + 1,
+            acks: std::mem::take(&mut self.pending.acks),
+            ..WriteBatch::default()
+        };
+        self.pending_msgs.clear();
+        Some(std::mem::replace(&mut self.pending, next))
     }
 
     /// Hands the pending batch to the driver for one group commit (`None` if it is empty).

@@ -32,9 +32,10 @@ use crate::metrics as m;
 use crate::outbox::ChatItem;
 use crate::protocol::{self, ErrorCode, ProtocolError};
 
-/// How long device acks alone may wait for sends to share their commit. An ack needs no
-/// fsync of its own (see `Relay::pending_acks_only`); a crash within this window only
-/// means the device is offered again entries it already has.
+/// Device acks are written at most this often: each device's latest ack makes one row per
+/// interval, in a commit of sends or alone. An ack needs no fsync of its own (see
+/// `Relay::take_batch_holding_acks`); a crash within the interval only means the device is
+/// offered again entries it already has.
 const ACK_DELAY: Duration = Duration::from_millis(250);
 
 /// Somebody waiting for a batch to be durable: the session and the frame it gets then.
@@ -49,9 +50,9 @@ struct Waiter {
 struct State {
     relay: Relay,
     waiters: HashMap<BatchId, Vec<Waiter>>,
-    /// Acks not yet durable: (user, device) -> (seq, batch), so a welcome right after an ack
-    /// already shows it.
-    acks: HashMap<(String, String), (u64, BatchId)>,
+    /// Acks not yet durable: (user, device) -> seq, so a welcome right after an ack already
+    /// shows it. An entry goes when a committed batch writes that seq or a later one.
+    acks: HashMap<(String, String), u64>,
 }
 
 /// What the commit thread hands the delivery thread, in commit order.
@@ -207,12 +208,13 @@ impl Chat {
     pub fn ack(&self, user: &str, device: &str, seq: u64) -> Answer {
         let mut st = self.state.lock();
         match st.relay.ack(user, device, seq) {
-            Ok(batch) => {
-                let key = (user.to_owned(), device.to_owned());
-                let e = st.acks.entry(key).or_insert((seq, batch));
-                *e = (e.0.max(seq), batch);
-                // No wakeup: the ack rides with the next batch of sends, or the committer
-                // writes it within ACK_DELAY (see `Relay::pending_acks_only`).
+            Ok(()) => {
+                let e = st
+                    .acks
+                    .entry((user.to_owned(), device.to_owned()))
+                    .or_insert(seq);
+                *e = (*e).max(seq);
+                // No wakeup: the committer writes acks every ACK_DELAY.
                 Answer::Later
             }
             Err(e) => Answer::Error(refusal(&e, None)),
@@ -227,7 +229,7 @@ impl Chat {
             .lock()
             .acks
             .get(&(user.to_owned(), device.to_owned()))
-            .map_or(0, |&(seq, _)| seq);
+            .map_or(0, |&seq| seq);
         Ok(durable.max(pending))
     }
 
@@ -323,27 +325,34 @@ impl Chat {
 
     /// The commit loop proper, until stopped and drained.
     fn commit_batches(&self, hand_over: impl Fn(Delivery)) {
+        let mut acks_written = Instant::now();
         loop {
             let batch = {
                 let mut st = self.state.lock();
-                let mut acks_since: Option<Instant> = None;
                 loop {
                     let stopping = self.stopped.load(Ordering::Acquire);
-                    if st.relay.pending_acks_only() && !stopping {
-                        let left = ACK_DELAY
-                            .saturating_sub(acks_since.get_or_insert_with(Instant::now).elapsed());
-                        if !left.is_zero() {
-                            self.wake.wait_for(&mut st, left);
-                            continue;
+                    let acks_due = acks_written.elapsed() >= ACK_DELAY;
+                    let b = if acks_due || stopping {
+                        st.relay.take_batch()
+                    } else {
+                        st.relay.take_batch_holding_acks()
+                    };
+                    if let Some(b) = b {
+                        if !b.acks.is_empty() {
+                            acks_written = Instant::now();
                         }
-                    }
-                    if let Some(b) = st.relay.take_batch() {
                         break Some(b);
                     }
                     if stopping {
                         break None;
                     }
-                    self.wake.wait_for(&mut st, Duration::from_millis(100));
+                    let wait = if st.relay.has_pending_acks() {
+                        ACK_DELAY.saturating_sub(acks_written.elapsed())
+                    } else {
+                        Duration::from_millis(100)
+                    };
+                    self.wake
+                        .wait_for(&mut st, wait.max(Duration::from_millis(1)));
                 }
             };
             let Some(batch) = batch else {
@@ -358,7 +367,12 @@ impl Chat {
                     let waiters = {
                         let mut st = self.state.lock();
                         st.relay.committed(batch.id);
-                        st.acks.retain(|_, &mut (_, b)| b > batch.id);
+                        for a in &batch.acks {
+                            let key = (a.user.clone(), a.device.clone());
+                            if st.acks.get(&key).is_some_and(|&seq| seq <= a.seq) {
+                                st.acks.remove(&key);
+                            }
+                        }
                         st.waiters.remove(&batch.id).unwrap_or_default()
                     };
                     metrics::counter!(m::CHAT_COMMITS).increment(1);
