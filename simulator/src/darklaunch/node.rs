@@ -490,7 +490,10 @@ mod tests {
             chat_commits_total 1234\n\
             chat_committed_rows_total 98765\n";
         assert_eq!(counter_value(text, "chat_commits_total"), Some(1234.0));
-        assert_eq!(counter_value(text, "chat_committed_rows_total"), Some(98765.0));
+        assert_eq!(
+            counter_value(text, "chat_committed_rows_total"),
+            Some(98765.0)
+        );
         assert_eq!(counter_value(text, "chat_commits"), None);
     }
 }
