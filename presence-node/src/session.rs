@@ -506,7 +506,9 @@ async fn on_frame<T: Transport>(
         Ok(ClientMessage::Ack { seq }) if seq > limit.acked && seq <= pushed => Some(seq),
         _ => None,
     };
-    if owed_ack.is_none() && !limit.bucket.take(Instant::now()) {
+    if let Some(seq) = owed_ack {
+        limit.acked = seq;
+    } else if !limit.bucket.take(Instant::now()) {
         limit.strikes += 1;
         if limit.strikes >= RATE_STRIKES {
             warn!("flood: closing");
@@ -517,7 +519,8 @@ async fn on_frame<T: Transport>(
         // refused messages get one "slow down" per burst.
         let id = match msg {
             Ok(ClientMessage::Send { id, .. }) => Some(id),
-            _ => refused_send_id(&frame),
+            Ok(_) => None,
+            Err(_) => refused_send_id(&frame),
         };
         if limit.strikes == 1 || id.is_some() {
             let e = ProtocolError {
@@ -528,10 +531,8 @@ async fn on_frame<T: Transport>(
             send_error(t, &e).await;
         }
         return Ok(());
-    }
-    limit.strikes = 0;
-    if let Some(seq) = owed_ack {
-        limit.acked = seq;
+    } else {
+        limit.strikes = 0;
     }
     let reply = match msg {
         Ok(m) => handle_message(hub, handle, who, m),
