@@ -398,6 +398,27 @@ fn ack_frame(seq: u64) -> String {
     format!(r#"{{"type":"ack","seq":{seq}}}"#)
 }
 
+/// Sends the owed ack if it is due, through `write`; false if the write failed or timed out.
+async fn ack<F, E>(pacer: &mut AckPacer, sh: &Shared, write: impl FnOnce(String) -> F) -> bool
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let Some(seq) = pacer.take() else {
+        return true;
+    };
+    let r = tokio::time::timeout(WRITE_TIMEOUT, write(ack_frame(seq))).await;
+    if matches!(r, Ok(Ok(()))) {
+        sh.chat_device_acks.fetch_add(1, Relaxed);
+        true
+    } else {
+        false
+    }
+}
+
+async fn quic_write_owned(send: &mut quinn::SendStream, msg: String) -> Result<()> {
+    quic_write(send, msg.as_bytes()).await
+}
+
 /// When a device acks: the latest seq it has read, at most once per `every` (an `ack` is a
 /// cursor, so a later one covers what an earlier one would have said).
 struct AckPacer {
@@ -722,21 +743,13 @@ async fn run_conn(
                             None => break,
                         }
                     }
-                    if !vanished && let Some(seq) = pacer.take() {
-                        let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(ack_frame(seq)))).await;
-                        if !matches!(r, Ok(Ok(()))) {
-                            return Some("write failed".into());
-                        }
-                        sh.chat_device_acks.fetch_add(1, Relaxed);
+                    if !vanished && !ack(&mut pacer, sh, |f| ws.send(Message::text(f))).await {
+                        return Some("write failed".into());
                     }
                 }
                 () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
-                    if let Some(seq) = pacer.take() {
-                        let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(ack_frame(seq)))).await;
-                        if !matches!(r, Ok(Ok(()))) {
-                            return Some("write failed".into());
-                        }
-                        sh.chat_device_acks.fetch_add(1, Relaxed);
+                    if !ack(&mut pacer, sh, |f| ws.send(Message::text(f))).await {
+                        return Some("write failed".into());
                     }
                 }
                 c = rx.recv(), if !vanished => match c {
@@ -790,21 +803,13 @@ async fn run_conn(
                         while let Ok(s) = owed_rx.try_recv() {
                             pacer.owe(Some(s));
                         }
-                        if !vanished && let Some(seq) = pacer.take() {
-                            let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, ack_frame(seq).as_bytes())).await;
-                            if !matches!(r, Ok(Ok(()))) {
-                                break Some("write failed".into());
-                            }
-                            sh.chat_device_acks.fetch_add(1, Relaxed);
+                        if !vanished && !ack(&mut pacer, sh, |f| quic_write_owned(&mut send, f)).await {
+                            break Some("write failed".into());
                         }
                     }
                     () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
-                        if let Some(seq) = pacer.take() {
-                            let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, ack_frame(seq).as_bytes())).await;
-                            if !matches!(r, Ok(Ok(()))) {
-                                break Some("write failed".into());
-                            }
-                            sh.chat_device_acks.fetch_add(1, Relaxed);
+                        if !ack(&mut pacer, sh, |f| quic_write_owned(&mut send, f)).await {
+                            break Some("write failed".into());
                         }
                     }
                     c = rx.recv(), if !vanished => match c {
