@@ -209,6 +209,7 @@ impl Chat {
         let mut st = self.state.lock();
         match st.relay.ack(user, device, seq) {
             Ok(()) => {
+                metrics::counter!(m::CHAT_ACKS).increment(1);
                 let e = st
                     .acks
                     .entry((user.to_owned(), device.to_owned()))
@@ -376,6 +377,7 @@ impl Chat {
                         st.waiters.remove(&batch.id).unwrap_or_default()
                     };
                     metrics::counter!(m::CHAT_COMMITS).increment(1);
+                    metrics::counter!(m::CHAT_ACK_ROWS).increment(batch.acks.len() as u64);
                     metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
                     hand_over(Delivery::Durable { batch, waiters });
                 }

@@ -18,6 +18,8 @@ pub const EDGES: &str = "presence_friend_edges";
 pub const LIVE: &str = "presence_live_watchers";
 pub const CHAT_SENDS: &str = "chat_sends_total";
 pub const CHAT_DUPLICATES: &str = "chat_send_retries_total";
+pub const CHAT_ACKS: &str = "chat_acks_total";
+pub const CHAT_ACK_ROWS: &str = "chat_ack_rows_total";
 pub const CHAT_COMMITS: &str = "chat_commits_total";
 pub const CHAT_COMMIT_SECONDS: &str = "chat_commit_seconds";
 pub const CHAT_COMMITTED_ROWS: &str = "chat_committed_rows_total";
@@ -94,6 +96,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         CHAT_DUPLICATES,
         Kind::Counter,
         "Chat sends that were retries of a known id",
+    ),
+    (
+        CHAT_ACKS,
+        Kind::Counter,
+        "Device acks accepted (written every 250 ms, the latest per device)",
+    ),
+    (
+        CHAT_ACK_ROWS,
+        Kind::Counter,
+        "Device ack rows committed (one per device per write)",
     ),
     (
         CHAT_COMMITS,

@@ -1479,9 +1479,26 @@ async fn lone_acks_are_written_soon_and_on_stop() {
     let mut b = Peer::connect_after(&node, Via::Ws, "b", "b1", Some(0)).await;
     b.wait_inbox(3, SOON).await;
     // No sends follow: the ack is written by the committer's delay (250 ms), well inside 2 s.
+    b.send(json!({"type": "ack", "seq": 1})).await;
     b.send(json!({"type": "ack", "seq": 2})).await;
     b.alive().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both acks counted; written as one row, or two if the committer's delay happened to
+    // end between them (coalescing itself is covered by the relay's `acks` test).
+    let (s, text) = common::http_text(node.ready.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    let counter = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(counter("chat_acks_total"), Some(2.0), "{text}");
+    let rows = counter("chat_ack_rows_total").expect("chat_ack_rows_total");
+    assert!((1.0..=2.0).contains(&rows), "{text}");
     node.kill9();
     drop((a, b));
     let mut node = node.restart();
