@@ -721,17 +721,16 @@ impl Relay {
             return Err(ChatError::BadRequest("ack beyond the inbox head"));
         }
         let key = (user.to_owned(), device.to_owned());
-        let row = AckRow {
-            user: key.0.clone(),
-            device: key.1.clone(),
-            seq,
-        };
         match self.pending_acks.get(&key) {
             // A lower ack than one pending is stale (another session of the device).
             Some(&i) => self.pending.acks[i].seq = self.pending.acks[i].seq.max(seq),
             None => {
-                self.pending_acks.insert(key, self.pending.acks.len());
-                self.pending.acks.push(row);
+                self.pending.acks.push(AckRow {
+                    user: key.0.clone(),
+                    device: key.1.clone(),
+                    seq,
+                });
+                self.pending_acks.insert(key, self.pending.acks.len() - 1);
             }
         }
         Ok(())
