@@ -47,6 +47,10 @@ use crate::types::{Conversation, EntryKind, InboxEntry, MAX_ID_LEN, StoredMessag
 /// The number of a group-commit batch: 1, 2, 3, … in commit order.
 pub type BatchId = u64;
 
+/// In `Relay::unsettled_acks`: no batch has taken the ack yet (greater than every batch id,
+/// so `committed` keeps it).
+const ACK_PENDING: BatchId = BatchId::MAX;
+
 /// What the relay asks the node about the social graph (the app owns it).
 pub trait Directory {
     /// Whether `a` and `b` are friends (symmetric).
@@ -265,8 +269,11 @@ pub struct Relay {
     pending: WriteBatch,
     /// Index in `pending.messages` of each message the pending batch writes.
     pending_msgs: HashMap<MsgId, usize>,
-    /// Index in `pending.acks` of each (user, device) the pending batch writes.
-    pending_acks: HashMap<(String, String), usize>,
+    /// Device acks not yet durable: (user, device) → (highest seq, the batch writing it, or
+    /// [`ACK_PENDING`] while no batch has taken it yet).
+    unsettled_acks: HashMap<(String, String), (u64, BatchId)>,
+    /// Entries of `unsettled_acks` that no batch has taken yet.
+    pending_acks: usize,
     /// Messages written by batches not yet committed, with the last such batch.
     unsettled_msgs: HashMap<MsgId, (StoredMessage, BatchId)>,
     /// Sends in batches not yet committed: (sender, client id) → (id, ts, batch).
@@ -324,7 +331,8 @@ impl Relay {
                 ..WriteBatch::default()
             },
             pending_msgs: HashMap::new(),
-            pending_acks: HashMap::new(),
+            unsettled_acks: HashMap::new(),
+            pending_acks: 0,
             unsettled_msgs: HashMap::new(),
             unsettled_dedupe: HashMap::new(),
             used_ids,
@@ -720,19 +728,15 @@ impl Relay {
         if seq > self.head(user)? {
             return Err(ChatError::BadRequest("ack beyond the inbox head"));
         }
-        let key = (user.to_owned(), device.to_owned());
-        match self.pending_acks.get(&key) {
-            // A lower ack than one pending is stale (another session of the device).
-            Some(&i) => self.pending.acks[i].seq = self.pending.acks[i].seq.max(seq),
-            None => {
-                self.pending.acks.push(AckRow {
-                    user: key.0.clone(),
-                    device: key.1.clone(),
-                    seq,
-                });
-                self.pending_acks.insert(key, self.pending.acks.len() - 1);
-            }
+        // A lower ack than one not yet durable is stale (another session of the device).
+        let e = self
+            .unsettled_acks
+            .entry((user.to_owned(), device.to_owned()))
+            .or_insert((seq, BatchId::MIN));
+        if e.1 != ACK_PENDING {
+            self.pending_acks += 1;
         }
+        *e = (e.0.max(seq), ACK_PENDING);
         Ok(())
     }
 
@@ -757,7 +761,15 @@ impl Relay {
 
     /// Whether device acks wait to be written.
     pub fn has_pending_acks(&self) -> bool {
-        !self.pending.acks.is_empty()
+        self.pending_acks > 0
+    }
+
+    /// The device's highest ack not yet durable (0 if none): with the store's, what the
+    /// device has acked.
+    pub fn unsettled_ack(&self, user: &str, device: &str) -> u64 {
+        self.unsettled_acks
+            .get(&(user.to_owned(), device.to_owned()))
+            .map_or(0, |&(seq, _)| seq)
     }
 
     /// As [`Relay::take_batch`], but the device acks stay pending for a later batch (`None`
@@ -772,10 +784,8 @@ impl Relay {
         {
             return None;
         }
-        // The acks move to the next batch at the same positions: `pending_acks` stays valid.
         let next = WriteBatch {
             id: self.pending.id + 1,
-            acks: std::mem::take(&mut self.pending.acks),
             ..WriteBatch::default()
         };
         self.pending_msgs.clear();
@@ -785,15 +795,26 @@ impl Relay {
     /// Hands the pending batch to the driver for one group commit (`None` if it is empty).
     /// New operations go into the next batch.
     pub fn take_batch(&mut self) -> Option<WriteBatch> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_acks == 0 {
             return None;
         }
+        let id = self.pending.id;
+        for ((user, device), (seq, batch)) in &mut self.unsettled_acks {
+            if *batch == ACK_PENDING {
+                *batch = id;
+                self.pending.acks.push(AckRow {
+                    user: user.clone(),
+                    device: device.clone(),
+                    seq: *seq,
+                });
+            }
+        }
+        self.pending_acks = 0;
         let next = WriteBatch {
-            id: self.pending.id + 1,
+            id: id + 1,
             ..WriteBatch::default()
         };
         self.pending_msgs.clear();
-        self.pending_acks.clear();
         Some(std::mem::replace(&mut self.pending, next))
     }
 
@@ -802,6 +823,7 @@ impl Relay {
     pub fn committed(&mut self, id: BatchId) {
         self.unsettled_msgs.retain(|_, (_, b)| *b > id);
         self.unsettled_dedupe.retain(|_, (_, _, b)| *b > id);
+        self.unsettled_acks.retain(|_, (_, b)| *b > id);
         if self.heads.len() > self.reader.limits.max_cached_heads {
             self.heads.retain(|_, h| h.batch > id);
         }
@@ -817,7 +839,8 @@ impl Relay {
             ..WriteBatch::default()
         };
         self.pending_msgs.clear();
-        self.pending_acks.clear();
+        self.unsettled_acks.clear();
+        self.pending_acks = 0;
         self.unsettled_msgs.clear();
         self.unsettled_dedupe.clear();
         self.heads.clear();

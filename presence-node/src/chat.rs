@@ -50,9 +50,6 @@ struct Waiter {
 struct State {
     relay: Relay,
     waiters: HashMap<BatchId, Vec<Waiter>>,
-    /// Acks not yet durable: (user, device) -> seq, so a welcome right after an ack already
-    /// shows it. An entry goes when a committed batch writes that seq or a later one.
-    acks: HashMap<(String, String), u64>,
 }
 
 /// What the commit thread hands the delivery thread, in commit order.
@@ -133,7 +130,6 @@ impl Chat {
             state: Mutex::new(State {
                 relay,
                 waiters: HashMap::new(),
-                acks: HashMap::new(),
             }),
             wake: Condvar::new(),
             store,
@@ -210,11 +206,6 @@ impl Chat {
         match st.relay.ack(user, device, seq) {
             Ok(()) => {
                 metrics::counter!(m::CHAT_ACKS).increment(1);
-                let e = st
-                    .acks
-                    .entry((user.to_owned(), device.to_owned()))
-                    .or_insert(seq);
-                *e = (*e).max(seq);
                 // No wakeup: the committer writes acks every ACK_DELAY.
                 Answer::Later
             }
@@ -225,12 +216,7 @@ impl Chat {
     /// The device's last ack, pending ones included.
     pub fn device_ack(&self, user: &str, device: &str) -> Result<u64, ChatError> {
         let durable = self.reader.device_ack(user, device)?;
-        let pending = self
-            .state
-            .lock()
-            .acks
-            .get(&(user.to_owned(), device.to_owned()))
-            .map_or(0, |&seq| seq);
+        let pending = self.state.lock().relay.unsettled_ack(user, device);
         Ok(durable.max(pending))
     }
 
@@ -368,12 +354,6 @@ impl Chat {
                     let waiters = {
                         let mut st = self.state.lock();
                         st.relay.committed(batch.id);
-                        for a in &batch.acks {
-                            let key = (a.user.clone(), a.device.clone());
-                            if st.acks.get(&key).is_some_and(|&seq| seq <= a.seq) {
-                                st.acks.remove(&key);
-                            }
-                        }
                         st.waiters.remove(&batch.id).unwrap_or_default()
                     };
                     metrics::counter!(m::CHAT_COMMITS).increment(1);
@@ -388,7 +368,6 @@ impl Chat {
                     {
                         let mut st = self.state.lock();
                         let dropped = st.relay.reset();
-                        st.acks.clear();
                         failed.extend(st.waiters.remove(&batch.id).unwrap_or_default());
                         if let Some(d) = dropped {
                             failed.extend(st.waiters.remove(&d).unwrap_or_default());

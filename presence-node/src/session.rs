@@ -360,7 +360,7 @@ async fn serve<T: Transport>(
             }
             frame = t.recv() => {
                 let pushed = cursor.next_seq.saturating_sub(1);
-                Box::pin(on_frame(hub, t, handle, who, (&mut limit, pushed), frame)).await
+                Box::pin(on_frame(hub, t, handle, who, &mut limit, pushed, frame)).await
             }
             () = hub.shutdown.cancelled() => {
                 t.close("node shutting down").await;
@@ -480,13 +480,15 @@ struct Limit {
     acked: u64,
 }
 
-/// Handles one received frame (or the end of the stream).
+/// Handles one received frame (or the end of the stream); `pushed` is the last inbox seq
+/// written to the session.
 async fn on_frame<T: Transport>(
     hub: &Arc<Hub>,
     t: &mut T,
     handle: &Arc<SessionHandle>,
     who: Who<'_>,
-    (limit, pushed): (&mut Limit, u64),
+    limit: &mut Limit,
+    pushed: u64,
     frame: Result<Option<Bytes>, RecvError>,
 ) -> Flow {
     let frame = match frame {

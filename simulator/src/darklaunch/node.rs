@@ -384,8 +384,6 @@ pub struct NodeQuantiles {
     pub p999_le_ms: Option<f64>,
 }
 
-/// Reads the histogram `name` (in seconds) from the node's `/metrics`; `None` when the node
-/// does not export it or recorded nothing.
 /// The node's chat figures from its `/metrics`: its part of send → sent, and its group
 /// commits (how many fsyncs, how many rows they wrote).
 pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
@@ -409,15 +407,16 @@ pub struct NodeChat {
 }
 
 /// The value of an unlabelled counter or gauge line `name value`.
-pub fn counter_value(text: &str, name: &str) -> Option<f64> {
+fn counter_value(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
         rest.trim().parse().ok()
     })
 }
 
-/// Parses `name_bucket{le="…"} n` lines of the Prometheus text format (cumulative counts).
-pub fn histogram_quantiles(text: &str, name: &str) -> Option<NodeQuantiles> {
+/// Quantiles of the histogram `name` (in seconds) from `name_bucket{le="…"} n` lines of the
+/// Prometheus text format (cumulative counts); `None` when absent or empty.
+fn histogram_quantiles(text: &str, name: &str) -> Option<NodeQuantiles> {
     let prefix = format!("{name}_bucket{{le=\"");
     let mut buckets: Vec<(f64, u64)> = text
         .lines()
