@@ -198,36 +198,22 @@ impl ChatStore for FjallStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let rows = batch.sorted_rows();
         let mut b = self.db.batch().durability(Some(self.persist));
-        for m in &batch.messages {
-            b.insert(
-                &self.messages,
-                m.msg_id.to_be_bytes(),
-                codec::encode_message(m),
-            );
-            let hk = codec::history_key(&m.conversation(), m.msg_id);
-            b.insert(&self.history, hk, [0u8; 0]);
+        for (id, v) in rows.messages {
+            b.insert(&self.messages, id.to_be_bytes(), v);
         }
-        for (user, e) in &batch.inbox {
-            b.insert(
-                &self.inbox,
-                codec::inbox_key(user, e.seq),
-                codec::encode_entry(e),
-            );
+        for k in rows.history {
+            b.insert(&self.history, k, [0u8; 0]);
         }
-        for d in &batch.dedupe {
-            b.insert(
-                &self.dedupe,
-                codec::dedupe_key(&d.sender, &d.client_id),
-                codec::encode_dedupe(d.msg_id, d.ts),
-            );
+        for (k, v) in rows.inbox {
+            b.insert(&self.inbox, k, v);
         }
-        for a in &batch.acks {
-            b.insert(
-                &self.acks,
-                codec::ack_key(&a.user, &a.device),
-                a.seq.to_be_bytes(),
-            );
+        for (k, v) in rows.dedupe {
+            b.insert(&self.dedupe, k, v);
+        }
+        for (k, seq) in rows.acks {
+            b.insert(&self.acks, k, seq.to_be_bytes());
         }
         b.commit().map_err(backend)
     }

@@ -182,32 +182,28 @@ impl ChatStore for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
+        let rows = batch.sorted_rows();
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
+            for (id, v) in &rows.messages {
+                messages.insert(id.0, v.as_slice()).map_err(backend)?;
+            }
             let mut history = txn.open_table(HISTORY).map_err(backend)?;
-            for m in &batch.messages {
-                let v = codec::encode_message(m);
-                messages.insert(m.msg_id.0, v.as_slice()).map_err(backend)?;
-                let hk = codec::history_key(&m.conversation(), m.msg_id);
-                history.insert(hk.as_slice(), ()).map_err(backend)?;
+            for k in &rows.history {
+                history.insert(k.as_slice(), ()).map_err(backend)?;
             }
             let mut inbox = txn.open_table(INBOX).map_err(backend)?;
-            for (user, e) in &batch.inbox {
-                let k = codec::inbox_key(user, e.seq);
-                let v = codec::encode_entry(e);
+            for (k, v) in &rows.inbox {
                 inbox.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
             }
             let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
-            for d in &batch.dedupe {
-                let k = codec::dedupe_key(&d.sender, &d.client_id);
-                let v = codec::encode_dedupe(d.msg_id, d.ts);
+            for (k, v) in &rows.dedupe {
                 dedupe.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
             }
             let mut acks = txn.open_table(ACKS).map_err(backend)?;
-            for a in &batch.acks {
-                let k = codec::ack_key(&a.user, &a.device);
-                acks.insert(k.as_slice(), a.seq).map_err(backend)?;
+            for (k, seq) in &rows.acks {
+                acks.insert(k.as_slice(), *seq).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)
