@@ -51,7 +51,7 @@ enum Cmd {
 }
 
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    simulator::util::cores()
 }
 
 #[derive(Args, Debug)]

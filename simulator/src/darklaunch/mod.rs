@@ -33,8 +33,8 @@ use crate::util::{fmt_ms, parse_duration_ms};
 use host::{hist_merge, new_hist, now_us};
 use node::{Admin, Node, NodeTiming, proc_sample};
 use out::{
-    ChatOut, ConfigOut, DarkReport, Latency, LoadOut, ProbeOut, SampleOut, ServerOut, SessionsOut,
-    ThroughputOut,
+    ChatOut, ConfigOut, DarkReport, DriverOut, Latency, LoadOut, ProbeOut, SampleOut, ServerOut,
+    SessionsOut, ThroughputOut,
 };
 use proto::{Cmd, ConnectSpec, HostInit, HostStats, Reply, ViewOut};
 use verify::{Oracle, VerifyCounts};
@@ -1192,6 +1192,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         presence_latency: probes,
         chat,
         server: dr.server,
+        driver: dr.driver,
         verify,
         verify_rule: verify::RULE.to_string(),
         wall_seconds: t_start.elapsed().as_secs_f64(),
@@ -1203,8 +1204,17 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
 struct DriveOut {
     series: Vec<SampleOut>,
     server: ServerOut,
+    driver: DriverOut,
     active_s: f64,
     peak_connect_rate: f64,
+}
+
+/// User and kernel CPU seconds of these processes together (`None` if one can't be read).
+fn driver_cpu(pids: &[u32]) -> Option<(f64, f64)> {
+    pids.iter().try_fold((0.0, 0.0), |(u, s), &p| {
+        let q = proc_sample(p)?;
+        Some((u + q.user_s, s + q.sys_s))
+    })
 }
 
 async fn drive(
@@ -1224,6 +1234,10 @@ async fn drive(
     let (mut next_probe, mut next_chat) = (start, start);
     let pid = node.pid();
     let first = pid.and_then(proc_sample);
+    let driver_pids: Vec<u32> = std::iter::once(std::process::id())
+        .chain(d.hosts.iter().filter_map(|h| h.child.as_ref()?.id()))
+        .collect();
+    let driver_first = driver_cpu(&driver_pids);
     let mut prev_proc = first;
     let mut prev_t = start;
     let mut prev = HostStats::default();
@@ -1326,6 +1340,15 @@ async fn drive(
     }
     let wall = start.elapsed().as_secs_f64();
     let last = pid.and_then(proc_sample);
+    let driver = match (driver_first, driver_cpu(&driver_pids)) {
+        (Some((u0, s0)), Some((u1, s1))) => DriverOut {
+            measured: true,
+            workers: driver_pids.len() - 1,
+            cpu_user_seconds: u1 - u0,
+            cpu_sys_seconds: s1 - s0,
+        },
+        _ => DriverOut::default(),
+    };
     let server = match (first, last) {
         (Some(f), Some(l)) => {
             let cpu = l.cpu_s - f.cpu_s;
@@ -1337,6 +1360,8 @@ async fn drive(
                 rss_per_session_bytes: rss_peak.saturating_sub(f.rss) as f64
                     / d.sess.peak_open.max(1) as f64,
                 cpu_seconds: cpu,
+                cpu_user_seconds: l.user_s - f.user_s,
+                cpu_sys_seconds: l.sys_s - f.sys_s,
                 cpu_mean_percent: cpu / wall.max(1e-9) * 100.0,
                 cpu_us_per_session_s: if session_seconds > 0.0 {
                     cpu * 1e6 / session_seconds
@@ -1350,6 +1375,7 @@ async fn drive(
     Ok(DriveOut {
         series,
         server,
+        driver,
         active_s: wall,
         peak_connect_rate,
     })

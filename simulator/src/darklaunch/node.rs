@@ -239,7 +239,10 @@ impl Drop for Node {
 /// CPU time (user + system, in seconds) and RSS (bytes) of a process from `/proc`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSample {
+    /// User and kernel CPU time so far, seconds.
     pub cpu_s: f64,
+    pub user_s: f64,
+    pub sys_s: f64,
     pub rss: u64,
 }
 
@@ -249,7 +252,8 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let user: u64 = f.get(11)?.parse().ok()?;
+    let sys: u64 = f.get(12)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()
@@ -259,7 +263,9 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
         .map_or(0, |kb| kb * 1024);
     // USER_HZ is 100 on every Linux configuration in use.
     Some(ProcSample {
-        cpu_s: ticks as f64 / 100.0,
+        cpu_s: (user + sys) as f64 / 100.0,
+        user_s: user as f64 / 100.0,
+        sys_s: sys as f64 / 100.0,
         rss,
     })
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::verify::VerifyCounts;
 use crate::report::{bar_chart, line_chart};
-use crate::util::{mib, thousands};
+use crate::util::{cores, mib, thousands};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigOut {
@@ -166,9 +166,23 @@ pub struct ServerOut {
     pub rss_end: u64,
     pub rss_per_session_bytes: f64,
     pub cpu_seconds: f64,
+    /// The part of `cpu_seconds` in user space and in the kernel.
+    pub cpu_user_seconds: f64,
+    pub cpu_sys_seconds: f64,
     pub cpu_mean_percent: f64,
     /// CPU time per session per second of wall time, in microseconds.
     pub cpu_us_per_session_s: f64,
+}
+
+/// CPU of the load generator over the run: this process and its worker processes. On a
+/// machine the driver shares with the node, it is what the node could not have.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DriverOut {
+    pub measured: bool,
+    /// Worker processes counted besides this one.
+    pub workers: usize,
+    pub cpu_user_seconds: f64,
+    pub cpu_sys_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +213,7 @@ pub struct DarkReport {
     pub presence_latency: ProbeOut,
     pub chat: ChatOut,
     pub server: ServerOut,
+    pub driver: DriverOut,
     pub verify: Option<VerifyCounts>,
     pub verify_rule: String,
     pub wall_seconds: f64,
@@ -349,6 +364,29 @@ pub fn table(r: &DarkReport) -> String {
                     le(q.p999_le_ms)
                 );
             }
+            if ch.node_sends > 0 && r.server.measured {
+                let per_send = |secs: f64| secs * 1e6 / ch.node_sends as f64;
+                let sv = &r.server;
+                let _ = write!(
+                    s,
+                    "  CPU per durable send: node {:.1} µs ({:.1} in the kernel)",
+                    per_send(sv.cpu_seconds),
+                    per_send(sv.cpu_sys_seconds)
+                );
+                let dv = &r.driver;
+                if dv.measured {
+                    let _ = write!(
+                        s,
+                        ", driver {:.1} µs ({:.1} in the kernel); both processes' kernel time alone caps this machine's {} cores at {:.1} k sends/s",
+                        per_send(dv.cpu_user_seconds + dv.cpu_sys_seconds),
+                        per_send(dv.cpu_sys_seconds),
+                        cores(),
+                        cores() as f64 * 1e3
+                            / per_send(sv.cpu_sys_seconds + dv.cpu_sys_seconds).max(1e-9)
+                    );
+                }
+                let _ = writeln!(s, " (presence traffic and connects included)");
+            }
             if ch.node_commits > 0 {
                 let per = |n: u64| n as f64 / ch.node_commits as f64;
                 let _ = writeln!(
@@ -369,17 +407,28 @@ pub fn table(r: &DarkReport) -> String {
     if sv.measured {
         let _ = writeln!(
             s,
-            "node process: RSS {:.1} MiB at start, {:.1} MiB peak, {:.1} MiB at end ({:.1} KiB per session at peak); CPU {:.1} s, mean {:.1}%, {:.1} µs per session-second",
+            "node process: RSS {:.1} MiB at start, {:.1} MiB peak, {:.1} MiB at end ({:.1} KiB per session at peak); CPU {:.1} s ({:.1} s in the kernel), mean {:.1}%, {:.1} µs per session-second",
             mib(sv.rss_start),
             mib(sv.rss_peak),
             mib(sv.rss_end),
             sv.rss_per_session_bytes / 1024.0,
             sv.cpu_seconds,
+            sv.cpu_sys_seconds,
             sv.cpu_mean_percent,
             sv.cpu_us_per_session_s
         );
     } else {
         let _ = writeln!(s, "node process: not on this machine (no /proc figures)");
+    }
+    let dv = &r.driver;
+    if dv.measured {
+        let _ = writeln!(
+            s,
+            "driver processes (this one and {} worker(s)): CPU {:.1} s ({:.1} s in the kernel)",
+            dv.workers,
+            dv.cpu_user_seconds + dv.cpu_sys_seconds,
+            dv.cpu_sys_seconds
+        );
     }
     if let Some(v) = &r.verify {
         let _ = writeln!(
