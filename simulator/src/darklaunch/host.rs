@@ -982,10 +982,7 @@ pub fn worker_main() -> Result<()> {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (rep_tx, rep_rx) = mpsc::unbounded_channel::<Reply>();
         let host = tokio::spawn(run_host(init, cmd_rx, rep_tx));
-        let writer = tokio::spawn(super::proto::pump_json_lines(
-            rep_rx,
-            tokio::io::BufWriter::new(tokio::io::stdout()),
-        ));
+        let writer = tokio::spawn(super::proto::pump_json_lines(rep_rx, tokio::io::stdout()));
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<Cmd>(&line) {
                 Ok(Cmd::Shutdown) => {
