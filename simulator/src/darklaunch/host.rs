@@ -572,7 +572,9 @@ impl Dialer {
             .with_context(|| format!("connecting to {}", self.init.ws))?;
         let cfg = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
-            .write_buffer_size(0)
+            // Frames wait for a flush (`run_conn` flushes after what is queued), so the
+            // frames of one wakeup leave in one write.
+            .write_buffer_size(64 * 1024)
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
         let url = format!("ws://{}/v1/ws", self.init.ws);
@@ -704,6 +706,14 @@ async fn client(
     }
 }
 
+/// Writes out the frames fed so far; false if that failed or timed out.
+async fn flush_ws(ws: &mut WsStream) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Serves a connection; returns Some(reason) when it ended without being told to.
 async fn run_conn(
     mut conn: Conn,
@@ -752,21 +762,48 @@ async fn run_conn(
                         return Some("write failed".into());
                     }
                 }
-                c = rx.recv(), if !vanished => match c {
-                    Some(ClientCmd::Send(s)) => {
-                        let r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(s))).await;
-                        if !matches!(r, Ok(Ok(()))) {
-                            return Some("write failed".into());
+                c = rx.recv(), if !vanished => {
+                    // Frames queued together leave in one write, as a client writes what it
+                    // has to say at once (a chat message's `activity` and `send`, say): a
+                    // write each doubled the syscalls of both sides.
+                    let mut c = c;
+                    let mut fed = false;
+                    loop {
+                        if fed && !matches!(c, Some(ClientCmd::Send(_))) {
+                            if !flush_ws(&mut ws).await {
+                                return Some("write failed".into());
+                            }
+                            fed = false;
+                        }
+                        match c {
+                            Some(ClientCmd::Send(s)) => {
+                                let r = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(s))).await;
+                                if !matches!(r, Ok(Ok(()))) {
+                                    return Some("write failed".into());
+                                }
+                                fed = true;
+                            }
+                            Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
+                            Some(ClientCmd::Vanish) => {
+                                vanished = true;
+                                st.live.store(false, Relaxed);
+                                break;
+                            }
+                            Some(ClientCmd::Close) | None => {
+                                st.live.store(false, Relaxed);
+                                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
+                                return None;
+                            }
+                        }
+                        match rx.try_recv() {
+                            Ok(next) => c = Some(next),
+                            Err(_) => break,
                         }
                     }
-                    Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
-                    Some(ClientCmd::Vanish) => { vanished = true; st.live.store(false, Relaxed); }
-                    Some(ClientCmd::Close) | None => {
-                        st.live.store(false, Relaxed);
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
-                        return None;
+                    if fed && !flush_ws(&mut ws).await {
+                        return Some("write failed".into());
                     }
-                },
+                }
             }
         },
         Conn::Quic {
