@@ -13,6 +13,8 @@
 //! largest send → durable wait.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: fail loudly
 
+mod common;
+
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,10 +52,7 @@ struct Shared {
 }
 
 fn run(kind: &str, rate: f64, secs: f64) {
-    let tmp = tempfile::tempdir_in(
-        std::env::var_os("CHAT_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
-    )
-    .unwrap();
+    let tmp = common::tempdir();
     let store = open(kind, tmp.path());
     let relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
     let shared = Arc::new((
@@ -162,14 +161,8 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let env = |k: &str, d: f64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
-    let secs = env("CHAT_STALL_SECS", 60.0);
-    let rate = env("CHAT_STALL_RATE", 5000.0);
+    let secs = common::env_or("CHAT_STALL_SECS", 60.0);
+    let rate = common::env_or("CHAT_STALL_RATE", 5000.0);
     for kind in ["fjall", "fjall-lz4"] {
         if args.is_empty() || args.iter().any(|a| a == kind) {
             run(kind, rate, secs);

@@ -18,6 +18,8 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: fail loudly
 
+mod common;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -30,13 +32,6 @@ use hdrhistogram::Histogram;
 
 const LOG_BYTES: u64 = 64 << 20;
 const APPEND: usize = 2_000;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Writes `mib` MiB to a fresh file and syncs it, again and again (half a second apart),
 /// syncing every `every` MiB along the way when `every > 0`.
@@ -61,10 +56,7 @@ fn flusher(dir: &Path, mib: u64, every: u64, stop: &AtomicBool) {
 }
 
 fn run(kind: &str, secs: u64, mib: u64, every: u64) {
-    let tmp = tempfile::tempdir_in(
-        std::env::var_os("CHAT_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
-    )
-    .unwrap();
+    let tmp = common::tempdir();
     let log = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -117,9 +109,9 @@ fn run(kind: &str, secs: u64, mib: u64, every: u64) {
 }
 
 fn main() {
-    let secs = env("SECS", 15);
-    let mib = env("FLUSH_MIB", 64);
-    let every = env("FLUSH_SYNC_EVERY_MIB", 0);
+    let secs = common::env_or("SECS", 15);
+    let mib = common::env_or("FLUSH_MIB", 64);
+    let every = common::env_or("FLUSH_SYNC_EVERY_MIB", 0);
     println!(
         "| log | flush MiB | flush synced every MiB | appends | p50 ms | p99 ms | p99.9 ms | max ms | over 10 ms |"
     );

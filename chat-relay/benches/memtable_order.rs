@@ -18,30 +18,13 @@
 //! is warm-up. Prints µs of insert time per send and the ratio.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: fail loudly
 
+mod common;
+
 use std::time::Instant;
 
 use fjall::{Database, KeyspaceCreateOptions};
 
 const USERS: u64 = 20_000;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64: a fixed stream, the same for every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// Table indices, in the order the baseline inserts tables.
 const MESSAGES: usize = 0;
@@ -50,13 +33,13 @@ const INBOX: usize = 2;
 const DEDUPE: usize = 3;
 
 fn run(sends: usize, per_batch: usize) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::tempdir();
     let db = Database::builder(dir.path()).open().unwrap();
     let ks: Vec<_> = ["messages", "history", "inbox", "dedupe"]
         .iter()
         .map(|n| db.keyspace(n, KeyspaceCreateOptions::default).unwrap())
         .collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = common::Rng(1);
     let mut seqs = vec![0u64; USERS as usize];
     let mut msg_id = 1u64 << 40;
     let value = vec![7u8; 90];
@@ -111,8 +94,8 @@ fn run(sends: usize, per_batch: usize) {
 }
 
 fn main() {
-    let sends: usize = env_or("MEMTABLE_BENCH_SENDS", 400_000);
-    let sizes: String = env_or("MEMTABLE_BENCH_BATCHES", "7,100,500".to_string());
+    let sends: usize = common::env_or("MEMTABLE_BENCH_SENDS", 400_000);
+    let sizes: String = common::env_or("MEMTABLE_BENCH_BATCHES", "7,100,500".to_string());
     println!("fjall memtable inserts, {sends} sends of five rows (see the file's doc)");
     for b in sizes
         .split(',')

@@ -14,6 +14,8 @@
 //! Read rows: `sync` of 500 entries and a history page of 50, from a warm store.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: fail loudly
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,17 +41,6 @@ impl Directory for BenchDir {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 fn open(kind: &str, dir: &Path) -> Arc<dyn ChatStore> {
     match kind {
         "redb" => Arc::new(RedbStore::open(dir).unwrap()),
@@ -71,16 +62,13 @@ struct WriteResult {
 }
 
 fn write_run(kind: &str, batch: usize, group: bool, budget: Duration) -> WriteResult {
-    let tmp = tempfile::tempdir_in(
-        std::env::var_os("CHAT_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
-    )
-    .unwrap();
+    let tmp = common::tempdir();
     let store = open(kind, tmp.path());
     let mut relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
     let dir = BenchDir {
         members: (0..GROUP).map(|i| format!("m{i}")).collect(),
     };
-    let mut rng = Rng(42);
+    let mut rng = common::Rng(42);
     // the node's shape: one committer thread commits batch after batch while the relay
     // (here: this thread) fills the next one; at most one batch waits for the committer
     let (to_committer, batches) = std::sync::mpsc::sync_channel::<chat_relay::WriteBatch>(1);
@@ -158,10 +146,7 @@ struct ReadResult {
 }
 
 fn read_run(kind: &str, rounds: usize) -> ReadResult {
-    let tmp = tempfile::tempdir_in(
-        std::env::var_os("CHAT_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
-    )
-    .unwrap();
+    let tmp = common::tempdir();
     let store = open(kind, tmp.path());
     let mut relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
     let dir = BenchDir { members: vec![] };
@@ -194,7 +179,7 @@ fn read_run(kind: &str, rounds: usize) -> ReadResult {
         }
     }
     let reader = relay.reader();
-    let mut rng = Rng(7);
+    let mut rng = common::Rng(7);
     let mut sync_ns = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
     let mut history_ns = Histogram::<u64>::new_with_bounds(100, 60_000_000_000, 3).unwrap();
     for _ in 0..rounds {
@@ -234,10 +219,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let secs: f64 = std::env::var("CHAT_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+    let secs: f64 = common::env_or("CHAT_BENCH_SECS", 3.0);
     let budget = Duration::from_secs_f64(secs);
     let kinds: Vec<&str> = ["redb", "fjall", "fjall-syncdata", "fjall-nosync"]
         .into_iter()

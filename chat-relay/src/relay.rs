@@ -778,18 +778,8 @@ impl Relay {
     /// driver may write acks at most every so often. Each device's acks then make one row
     /// per interval instead of one per batch, and lone acks cost no fsync of their own.
     pub fn take_batch_holding_acks(&mut self) -> Option<WriteBatch> {
-        if self.pending.messages.is_empty()
-            && self.pending.inbox.is_empty()
-            && self.pending.dedupe.is_empty()
-        {
-            return None;
-        }
-        let next = WriteBatch {
-            id: self.pending.id + 1,
-            ..WriteBatch::default()
-        };
-        self.pending_msgs.clear();
-        Some(std::mem::replace(&mut self.pending, next))
+        // Acks join a batch only in `take_batch`, so the pending batch holds none here.
+        (!self.pending.is_empty()).then(|| self.next_batch())
     }
 
     /// Hands the pending batch to the driver for one group commit (`None` if it is empty).
@@ -810,12 +800,17 @@ impl Relay {
             }
         }
         self.pending_acks = 0;
+        Some(self.next_batch())
+    }
+
+    /// Starts the next batch; returns the one that was pending.
+    fn next_batch(&mut self) -> WriteBatch {
         let next = WriteBatch {
-            id: id + 1,
+            id: self.pending.id + 1,
             ..WriteBatch::default()
         };
         self.pending_msgs.clear();
-        Some(std::mem::replace(&mut self.pending, next))
+        std::mem::replace(&mut self.pending, next)
     }
 
     /// The driver committed batch `id` (durably). Forgets what the store now answers for,
@@ -833,12 +828,8 @@ impl Relay {
     /// anything: fail its operations too), the cached heads and the not-yet-durable state.
     /// Everything reloads from the store. Batch ids keep increasing.
     pub fn reset(&mut self) -> Option<BatchId> {
-        let dropped = (!self.pending.is_empty()).then_some(self.pending.id);
-        self.pending = WriteBatch {
-            id: self.pending.id + 1,
-            ..WriteBatch::default()
-        };
-        self.pending_msgs.clear();
+        let old = self.next_batch();
+        let dropped = (!old.is_empty()).then_some(old.id);
         self.unsettled_acks.clear();
         self.pending_acks = 0;
         self.unsettled_msgs.clear();

@@ -448,9 +448,7 @@ async fn randomized_cut_and_resume() {
     const PER: usize = 200;
     const N: u64 = (SENDERS * PER) as u64;
     let node = Node::start(ARGS);
-    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i:02}")).collect();
-    let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "r")).collect();
-    node.befriend(&pairs).await;
+    let names = node.friends_of("r", SENDERS).await;
     let r_token = node.token("r").await;
     let mut senders = Vec::new();
     for (i, s) in names.iter().enumerate() {
@@ -602,9 +600,7 @@ async fn a_slow_reader_is_caught_up_from_the_store() {
     const PER: usize = 120;
     const N: usize = SENDERS * PER;
     let node = Node::start(ARGS);
-    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i:02}")).collect();
-    let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "r")).collect();
-    node.befriend(&pairs).await;
+    let names = node.friends_of("r", SENDERS).await;
     // 4 KiB socket receive buffer, and it does not read while the senders send: ~9.6 MB
     // for it, more than the node's socket send buffer (at most 4 MiB here) and its queue of
     // 1,024 entries hold, so the queue overflows.
@@ -1336,9 +1332,7 @@ async fn ack_is_in_the_next_welcome_under_load() {
     common::init();
     let node = Node::start(ARGS);
     node.befriend(&[("a", "b")]).await;
-    let names: Vec<String> = (0..10).map(|i| format!("s{i:02}")).collect();
-    let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "t")).collect();
-    node.befriend(&pairs).await;
+    let names = node.friends_of("t", 10).await;
     let mut senders = Vec::new();
     for s in &names {
         senders.push(Peer::connect(&node, Via::Ws, s, "d").await);
@@ -1428,9 +1422,7 @@ async fn acks_of_a_busy_inbox_are_not_rate_limited() {
     const EACH: usize = 40;
     const N: usize = SENDERS * EACH;
     let node = Node::start(ARGS);
-    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
-    let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), "b")).collect();
-    node.befriend(&pairs).await;
+    let names = node.friends_of("b", SENDERS).await;
     let mut b = Peer::connect(&node, Via::Ws, "b", "b1").await;
     let mut senders = Vec::new();
     for s in &names {

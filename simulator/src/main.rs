@@ -50,10 +50,6 @@ enum Cmd {
     DarkLaunchWorker,
 }
 
-fn default_threads() -> usize {
-    simulator::util::cores()
-}
-
 #[derive(Args, Debug)]
 struct GraphArgs {
     /// Number of users.
@@ -80,7 +76,7 @@ struct GraphArgs {
     #[arg(long, default_value_t = 300)]
     clustering_sample: usize,
     /// Worker threads (the output does not depend on it).
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = simulator::util::cores())]
     threads: usize,
 }
 

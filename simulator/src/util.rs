@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Parses `200ms`, `30s`, `10m`, `1h`, `1h30m`, `1.5h` or a bare number of seconds into
-/// milliseconds. Refuses zero, negative and malformed values with a message saying why.
 /// The CPUs this process may run on (2 if unknown).
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
+/// Parses `200ms`, `30s`, `10m`, `1h`, `1h30m`, `1.5h` or a bare number of seconds into
+/// milliseconds. Refuses zero, negative and malformed values with a message saying why.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let t = s.trim();
     if t.is_empty() {

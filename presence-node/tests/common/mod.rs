@@ -158,6 +158,14 @@ impl Node {
         assert_eq!(status, 200, "{v}");
     }
 
+    /// `n` users `s00`, `s01`, … each made a friend of `friend`; returns their names.
+    pub async fn friends_of(&self, friend: &str, n: usize) -> Vec<String> {
+        let names: Vec<String> = (0..n).map(|i| format!("s{i:02}")).collect();
+        let pairs: Vec<(&str, &str)> = names.iter().map(|s| (s.as_str(), friend)).collect();
+        self.befriend(&pairs).await;
+        names
+    }
+
     /// Resident set size of the node process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status =

@@ -1300,7 +1300,7 @@ async fn drive(
             let dt = (t - prev_t).as_secs_f64().max(1e-6);
             let p = pid.and_then(proc_sample);
             let cpu = match (p, prev_proc) {
-                (Some(p), Some(q)) => (p.cpu_s - q.cpu_s) / dt * 100.0,
+                (Some(p), Some(q)) => (p.cpu_s() - q.cpu_s()) / dt * 100.0,
                 _ => 0.0,
             };
             if let Some(p) = p {
@@ -1351,7 +1351,7 @@ async fn drive(
     };
     let server = match (first, last) {
         (Some(f), Some(l)) => {
-            let cpu = l.cpu_s - f.cpu_s;
+            let cpu = l.cpu_s() - f.cpu_s();
             ServerOut {
                 measured: true,
                 rss_start: f.rss,

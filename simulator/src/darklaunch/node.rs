@@ -239,11 +239,17 @@ impl Drop for Node {
 /// CPU time (user + system, in seconds) and RSS (bytes) of a process from `/proc`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcSample {
-    /// User and kernel CPU time so far, seconds.
-    pub cpu_s: f64,
+    /// CPU time so far in user space and in the kernel, seconds.
     pub user_s: f64,
     pub sys_s: f64,
     pub rss: u64,
+}
+
+impl ProcSample {
+    /// User + kernel CPU time so far, seconds.
+    pub fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
 }
 
 pub fn proc_sample(pid: u32) -> Option<ProcSample> {
@@ -263,7 +269,6 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
         .map_or(0, |kb| kb * 1024);
     // USER_HZ is 100 on every Linux configuration in use.
     Some(ProcSample {
-        cpu_s: (user + sys) as f64 / 100.0,
         user_s: user as f64 / 100.0,
         sys_s: sys as f64 / 100.0,
         rss,

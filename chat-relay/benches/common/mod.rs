@@ -1,0 +1,31 @@
+//! Helpers the chat-relay benches share (each bench is its own crate and takes what it uses).
+#![allow(dead_code)]
+
+/// The environment variable `name` parsed, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A scratch folder in `CHAT_BENCH_DIR` (the system's temp dir if unset), removed on drop.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(
+        std::env::var_os("CHAT_BENCH_DIR").unwrap_or_else(|| std::env::temp_dir().into()),
+    )
+    .expect("creating a bench folder")
+}
+
+/// splitmix64: a fixed stream per seed, the same for every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
