@@ -1,83 +1,10 @@
-//! Message ids: 64-bit, unique across nodes, and sortable by time.
-//!
-//! Layout, most significant bit first: 42 bits of milliseconds since [`EPOCH_MS`]
-//! (2024-01-01T00:00:00Z; enough for 139 years), 10 bits of node id, 12 bits of a per-millisecond
-//! sequence. On the wire an id is 16 lowercase hex digits, fixed width, so comparing two id
-//! strings compares their times.
+//! Minting message ids: [`IdGen`]. The id itself ([`MsgId`]) is part of the protocol and
+//! lives in `presence-wire`.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// The custom epoch: 2024-01-01T00:00:00Z in milliseconds since the Unix epoch.
-pub const EPOCH_MS: u64 = 1_704_067_200_000;
-/// Bits of node id in a [`MsgId`].
-pub const NODE_BITS: u32 = 10;
-/// Bits of per-millisecond sequence in a [`MsgId`].
-pub const SEQ_BITS: u32 = 12;
-/// The largest node id (1023).
-pub const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
-const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
-const TIME_SHIFT: u32 = NODE_BITS + SEQ_BITS;
-const MAX_TIME: u64 = (1 << (64 - TIME_SHIFT)) - 1;
-
-/// A message id. `Ord` is time order (then node, then sequence).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MsgId(pub u64);
-
-impl MsgId {
-    /// The smallest id that can be minted at `unix_ms` (any node): every id minted earlier
-    /// is below it. Used to cut the message log by age.
-    pub fn first_at(unix_ms: u64) -> MsgId {
-        MsgId(unix_ms.saturating_sub(EPOCH_MS).min(MAX_TIME) << TIME_SHIFT)
-    }
-
-    /// Milliseconds since the Unix epoch encoded in the id (the minting time, or a few ms
-    /// later when the generator had to borrow from the next millisecond).
-    pub fn unix_ms(self) -> u64 {
-        (self.0 >> TIME_SHIFT) + EPOCH_MS
-    }
-
-    /// The node that minted the id.
-    pub fn node(self) -> u16 {
-        ((self.0 >> SEQ_BITS) & u64::from(MAX_NODE)) as u16
-    }
-
-    /// The per-millisecond sequence.
-    pub fn seq(self) -> u16 {
-        (self.0 & MAX_SEQ) as u16
-    }
-
-    /// Big-endian bytes: byte order = id order, for store keys.
-    pub fn to_be_bytes(self) -> [u8; 8] {
-        self.0.to_be_bytes()
-    }
-}
-
-impl fmt::Display for MsgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-/// Why a string is not a message id.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a message id is exactly 16 lowercase hex digits, got {0:?}")]
-pub struct ParseMsgIdError(pub String);
-
-impl FromStr for MsgId {
-    type Err = ParseMsgIdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !ok {
-            let shown: String = s.chars().take(40).collect();
-            return Err(ParseMsgIdError(shown));
-        }
-        u64::from_str_radix(s, 16)
-            .map(MsgId)
-            .map_err(|_| ParseMsgIdError(s.to_owned()))
-    }
-}
+pub use presence_wire::msg_id::{
+    EPOCH_MS, MAX_NODE, MAX_SEQ, MAX_TIME, NODE_BITS, SEQ_BITS, TIME_SHIFT,
+};
+pub use presence_wire::{MsgId, ParseMsgIdError};
 
 /// Why an id generator could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,9 +16,9 @@ use presence_core::{ApplyError, Interner, UserId};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::frames;
 use crate::hub::{Hub, now_ms};
 use crate::metrics as m;
-use crate::protocol;
 use crate::token;
 
 /// Members a group may have.
@@ -357,10 +357,10 @@ async fn get_presence(
         .collect();
     let presence = engine.presence_of(&ids);
     let cfg = engine.config();
-    let entries: Vec<serde_json::Value> = names
+    let entries: Vec<presence_wire::PresenceEntry<'_>> = names
         .iter()
         .zip(&presence)
-        .map(|(n, p)| protocol::presence_value(n, p, cfg))
+        .map(|(n, p)| frames::entry(n, p, cfg))
         .collect();
     Ok(Json(json!({ "presence": entries })))
 }

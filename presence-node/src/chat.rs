@@ -27,10 +27,11 @@ use chat_relay::{
 use parking_lot::{Condvar, Mutex};
 use tracing::{error, info, warn};
 
+use crate::frames;
 use crate::hub::{Hub, SessionHandle, now_ms};
 use crate::metrics as m;
 use crate::outbox::ChatItem;
-use crate::protocol::{self, ErrorCode, ProtocolError};
+use presence_wire::{ErrorCode, ProtocolError};
 
 /// Device acks are written at most this often: each device's latest ack makes one row per
 /// interval, in a commit of sends or alone. An ack needs no fsync of its own (see
@@ -101,7 +102,7 @@ pub enum Answer {
 /// The error frame for a refused chat operation (`id`: the client id it answers).
 pub fn refusal(e: &ChatError, id: Option<&str>) -> ProtocolError {
     ProtocolError {
-        code: protocol::chat_error_code(e),
+        code: frames::chat_error_code(e),
         message: e.to_string(),
         id: id.map(str::to_owned),
     }
@@ -171,7 +172,7 @@ impl Chat {
             }
             Err(e) => return Answer::Error(refusal(&e, Some(client_id))),
         };
-        let frame = protocol::sent_frame(client_id, msg_id, ts);
+        let frame = frames::sent_frame(client_id, msg_id, ts);
         match wait_for {
             None => Answer::Frame(frame),
             Some(batch) => {
@@ -306,7 +307,7 @@ impl Chat {
             };
             w.session
                 .outbox
-                .push_chat(ChatItem::Frame(Bytes::from(protocol::error_frame(&e))));
+                .push_chat(ChatItem::Frame(Bytes::from(presence_wire::error_frame(&e))));
         }
     }
 
@@ -408,7 +409,7 @@ impl Chat {
                 }
                 continue;
             }
-            let frame = Bytes::from(protocol::inbox_frame(entry));
+            let frame = Bytes::from(frames::inbox_frame(entry));
             for s in sessions.iter() {
                 if s.outbox.push_chat(ChatItem::Inbox {
                     seq: entry.seq,

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::Chat;
 use crate::config::NodeConfig;
+use crate::frames;
 use crate::metrics as m;
 use crate::outbox::{CloseReason, Outbox};
-use crate::protocol;
 use crate::store::Store;
 
 const REGISTRY_SHARDS: usize = 64;
@@ -165,7 +165,7 @@ impl Hub {
             batch
                 .entries
                 .iter()
-                .map(|(u, c)| Bytes::from(protocol::render_change(name(*u).unwrap_or(""), c, ecfg)))
+                .map(|(u, c)| Bytes::from(frames::render_change(name(*u).unwrap_or(""), c, ecfg)))
                 .collect()
         });
         let mut handed = 0usize;

@@ -6,10 +6,11 @@ pub mod admin;
 pub mod chat;
 pub mod config;
 pub mod datadir;
+pub mod frames;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
-pub mod protocol;
+
 pub mod quic;
 pub mod server;
 pub mod session;

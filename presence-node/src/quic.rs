@@ -13,18 +13,10 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec, LengthDelimitedCodecEr
 use tracing::debug;
 
 use crate::hub::Hub;
-use crate::protocol::MAX_FRAME;
 use crate::session::{self, HELLO_TIMEOUT, RecvError, Transport};
 
-pub const ALPN: &[u8] = b"presence/1";
-
-fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(MAX_FRAME)
-        .new_codec()
-}
+pub use presence_wire::ALPN;
+use presence_wire::framing::quic_codec as codec;
 
 /// A server endpoint sized for chat clients: one stream each way, small windows, keep-alive
 /// well below the idle timeout.
@@ -117,11 +109,11 @@ impl Transport for QuicTransport {
     /// quinn gathers stream data into packets itself: the frame is handed over at once and
     /// there is nothing to flush.
     async fn feed(&mut self, frame: Bytes) -> std::io::Result<()> {
-        let len = u32::try_from(frame.len()).map_err(|_| {
+        let prefix = presence_wire::framing::quic_prefix(frame.len()).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large")
         })?;
         self.send
-            .write_all_chunks(&mut [Bytes::copy_from_slice(&len.to_be_bytes()), frame])
+            .write_all_chunks(&mut [Bytes::copy_from_slice(&prefix), frame])
             .await
             .map_err(std::io::Error::other)
     }

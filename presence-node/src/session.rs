@@ -15,11 +15,12 @@ use tracing::{Instrument, debug, info_span, warn};
 use chat_relay::{MsgId, Target};
 
 use crate::chat::{Answer, Dir, refusal};
+use crate::frames;
 use crate::hub::{Hub, SessionHandle, now_ms};
 use crate::metrics as m;
 use crate::outbox::{ChatItem, CloseReason};
-use crate::protocol::{self, ClientMessage, ErrorCode, ProtocolError};
 use crate::token;
+use presence_wire::{ClientMessage, ErrorCode, ProtocolError};
 
 /// How long a connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,7 +93,7 @@ impl Bucket {
 
 async fn send_error<T: Transport>(t: &mut T, e: &ProtocolError) {
     metrics::counter!(m::ERRORS, "code" => e.code.as_str()).increment(1);
-    let frame = protocol::error_frame(e);
+    let frame = presence_wire::error_frame(e);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, t.send(Bytes::from(frame))).await;
 }
 
@@ -167,7 +168,7 @@ async fn hello<T: Transport>(hub: &Hub, t: &mut T) -> Option<Opened> {
             return None;
         }
     };
-    let (token, device, after) = match protocol::parse_client(&frame) {
+    let (token, device, after) = match presence_wire::parse_client(&frame) {
         Ok(ClientMessage::Hello {
             token,
             device,
@@ -239,7 +240,7 @@ fn welcome_frame(
     inbox_seq: u64,
     acked_seq: u64,
 ) -> Vec<u8> {
-    let head = protocol::WelcomeHead {
+    let head = frames::WelcomeHead {
         user: who.user,
         device: who.device,
         inbox_seq,
@@ -252,7 +253,7 @@ fn welcome_frame(
             .friends
             .iter()
             .map(|(id, p)| (name(*id).unwrap_or(""), p));
-        protocol::welcome_frame(&head, friends, cfg)
+        frames::welcome_frame(&head, friends, cfg)
     })
 }
 
@@ -299,7 +300,7 @@ impl Cursor {
                 if e.seq < self.next_seq {
                     continue;
                 }
-                feed(t, protocol::inbox_frame(e)).await?;
+                feed(t, frames::inbox_frame(e)).await?;
                 self.next_seq = e.seq + 1;
             }
             if !page.more || page.entries.is_empty() {
@@ -437,7 +438,7 @@ async fn drain_outbox<T: Transport>(
 ) -> Flow {
     let taken = handle.outbox.take();
     if let Some((tick, items)) = taken.presence {
-        let frame = protocol::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
+        let frame = presence_wire::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
         feed(t, frame).await.map_err(dropped)?;
         metrics::counter!(m::FRAMES_SENT).increment(1);
     }
@@ -503,7 +504,7 @@ async fn on_frame<T: Transport>(
             return Err(Disconnect::Dropped);
         }
     };
-    let msg = protocol::parse_client(&frame);
+    let msg = presence_wire::parse_client(&frame);
     let owed_ack = match msg {
         Ok(ClientMessage::Ack { seq }) if seq > limit.acked && seq <= pushed => Some(seq),
         _ => None,
@@ -667,7 +668,7 @@ fn handle_message(
         ClientMessage::Hello { .. } => bad("this session already said hello"),
         ClientMessage::Activity {} => engine_result(hub.engine.activity(sid, now)),
         ClientMessage::Heartbeat {} => match hub.engine.heartbeat(sid, now) {
-            Ok(()) => Reply::Frame(protocol::PONG.to_vec()),
+            Ok(()) => Reply::Frame(presence_wire::PONG.to_vec()),
             Err(e) => engine_result(Err(e)),
         },
         ClientMessage::Status { status, text } => {
@@ -710,7 +711,7 @@ fn handle_message(
                         Target::Group(g) => Some(g.as_str()),
                         Target::User(_) => None,
                     };
-                    let frame = Bytes::from(protocol::typing_frame(user, g));
+                    let frame = Bytes::from(frames::typing_frame(user, g));
                     for u in users {
                         for s in hub.sessions_of_name(&u) {
                             s.outbox.push_chat(ChatItem::Frame(frame.clone()));
@@ -777,10 +778,10 @@ async fn sync<T: Transport>(
     metrics::counter!(m::CHAT_ENTRIES_READ).increment(page.entries.len() as u64);
     let mut last = after;
     for e in &page.entries {
-        feed(t, protocol::inbox_frame(e)).await?;
+        feed(t, frames::inbox_frame(e)).await?;
         last = e.seq;
     }
-    write(t, protocol::synced_frame(after, last, page.more)).await
+    write(t, frames::synced_frame(after, last, page.more)).await
 }
 
 /// `history`: one page, newest first.
@@ -798,7 +799,7 @@ async fn history(
         let page = reader.history_page(limit);
         reader
             .history(&owner, &target, before, page, &Dir(&hub2))
-            .map(|messages| protocol::history_frame(&target, &messages, messages.len() >= page))
+            .map(|messages| frames::history_frame(&target, &messages, messages.len() >= page))
     })
     .await;
     match res {

@@ -27,8 +27,8 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes, handshake::derive_accept_key};
 
 use crate::hub::Hub;
-use crate::protocol::MAX_FRAME;
 use crate::session::{self, RecvError, Transport};
+use presence_wire::MAX_FRAME;
 
 /// Per-connection read buffer, allocated eagerly by tungstenite. Its default (128 KiB) costs
 /// about 134 KB per idle connection; client messages are tiny (larger ones still work, they

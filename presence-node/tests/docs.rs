@@ -2,7 +2,7 @@
 //! examples, `serve` flags and metrics.
 
 use presence_node::metrics::{Kind, METRICS};
-use presence_node::protocol::{CLIENT_TYPES, ERROR_CODES, SERVER_TYPES, parse_client};
+use presence_wire::{CLIENT_TYPES, ERROR_CODES, SERVER_TYPES, parse_client};
 
 fn doc() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");

@@ -1,0 +1,397 @@
+//! Server → client messages: one struct each, rendered by the node straight from borrowed
+//! data and parsed by clients into owned values ([`ServerMessage::parse`]).
+//!
+//! Keys are written in the order the node has always written them (alphabetical, as
+//! serde_json's value maps kept them, except `error` and `presence`, which lead with their
+//! type): clients must not depend on it, but it keeps frames byte for byte what they were.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, MsgId};
+
+/// Every server message type.
+pub const SERVER_TYPES: &[&str] = &[
+    "welcome", "presence", "pong", "sent", "inbox", "typing", "error", "synced", "history",
+];
+
+/// Zero-sized `"type"` tags: each message struct serializes its own type name, and checks
+/// nothing when parsed (the enum has read it).
+pub mod tag {
+    macro_rules! tags {
+        ($($name:ident = $wire:literal),* $(,)?) => {$(
+            #[doc = concat!("The `\"type\":\"", $wire, "\"` of a frame.")]
+            #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+            pub struct $name;
+
+            impl serde::Serialize for $name {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_str($wire)
+                }
+            }
+        )*};
+    }
+    tags!(
+        Welcome = "welcome",
+        Presence = "presence",
+        Sent = "sent",
+        Inbox = "inbox",
+        Typing = "typing",
+        Error = "error",
+        Synced = "synced",
+        History = "history",
+    );
+}
+
+/// A user's visible state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Online,
+    Idle,
+    Offline,
+}
+
+/// A custom status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Available,
+    Busy,
+    Dnd,
+    Invisible,
+}
+
+impl Status {
+    /// The status of a wire name.
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "available" => Some(Status::Available),
+            "busy" => Some(Status::Busy),
+            "dnd" => Some(Status::Dnd),
+            "invisible" => Some(Status::Invisible),
+            _ => None,
+        }
+    }
+}
+
+/// One friend's presence (`state` absent and `removed` true for a friend removed from the
+/// list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry<'a> {
+    /// Only when idle: the largest idle threshold passed, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// ms since the epoch; for offline users the last seen; absent if never seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_active: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// Only when set and the user is not offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
+    pub user: Cow<'a, str>,
+}
+
+/// `welcome`: the session started; every friend's presence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome<'a> {
+    /// Extension: this device's last ack.
+    #[serde(default)]
+    pub acked_seq: u64,
+    pub device: Cow<'a, str>,
+    pub friends: Vec<PresenceEntry<'a>>,
+    pub heartbeat_ms: u64,
+    pub idle_thresholds_ms: Cow<'a, [u64]>,
+    pub inbox_seq: u64,
+    /// Extension: the tick this snapshot follows.
+    #[serde(default)]
+    pub tick: u64,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Welcome,
+    pub user: Cow<'a, str>,
+}
+
+/// `presence`: one tick's changes. The node assembles it from entries rendered once per tick
+/// ([`presence_frame`]); this struct is the same frame, typed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence<'a> {
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Presence,
+    pub tick: u64,
+    pub changes: Vec<PresenceEntry<'a>>,
+}
+
+/// `sent`: the message is durable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent<'a> {
+    pub id: Cow<'a, str>,
+    pub msg_id: MsgId,
+    pub ts: u64,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Sent,
+}
+
+/// What an inbox entry is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxKind {
+    #[default]
+    Message,
+    Edit,
+    Delete,
+    Read,
+}
+
+/// `inbox`: one entry of this user's inbox log, the same `seq` on every device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inbox<'a> {
+    pub from: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Cow<'a, str>>,
+    pub kind: InboxKind,
+    pub msg_id: MsgId,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Cow<'a, str>>,
+    pub ts: u64,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Inbox,
+}
+
+/// `typing`: someone is typing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing<'a> {
+    pub from: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Cow<'a, str>>,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Typing,
+}
+
+/// `error`: a refusal; `id` names the client id it answers. With code `moved` (v1.1), the
+/// owner's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error<'a> {
+    #[serde(rename = "type", skip_deserializing)]
+    pub kind: tag::Error,
+    pub code: ErrorCode,
+    pub message: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lp: Option<Cow<'a, str>>,
+}
+
+impl Default for Error<'_> {
+    fn default() -> Self {
+        Self {
+            kind: tag::Error,
+            code: ErrorCode::Internal,
+            message: Cow::Borrowed(""),
+            id: None,
+            ws: None,
+            quic: None,
+            lp: None,
+        }
+    }
+}
+
+/// `synced` (extension): closes a `sync` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    pub after: u64,
+    pub last: u64,
+    pub more: bool,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::Synced,
+}
+
+/// One message of a `history` page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMessage<'a> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<u64>,
+    pub from: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Cow<'a, str>>,
+    pub msg_id: MsgId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Cow<'a, str>>,
+    pub ts: u64,
+}
+
+/// `history` (extension): one page of a conversation, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History<'a> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Cow<'a, str>>,
+    pub messages: Vec<HistoryMessage<'a>>,
+    pub more: bool,
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::History,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<Cow<'a, str>>,
+}
+
+/// The `pong` frame.
+pub const PONG: &[u8] = br#"{"type":"pong"}"#;
+
+/// Any server message, as a client receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Welcome(Welcome<'static>),
+    Presence(Presence<'static>),
+    Pong,
+    Sent(Sent<'static>),
+    Inbox(Inbox<'static>),
+    Typing(Typing<'static>),
+    Error(Error<'static>),
+    Synced(Synced),
+    History(History<'static>),
+    /// A type this version does not know (a newer node): ignore it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ServerMessage {
+    /// Parses one frame.
+    pub fn parse(frame: &[u8]) -> Result<ServerMessage, serde_json::Error> {
+        serde_json::from_slice(frame)
+    }
+}
+
+pub(crate) fn to_vec(v: &impl Serialize) -> Vec<u8> {
+    // Serializing these structs into memory cannot fail (string keys, no maps).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+macro_rules! to_frame {
+    ($($t:ident),*) => {$(
+        impl $t<'_> {
+            /// This message as one frame.
+            pub fn to_frame(&self) -> Vec<u8> {
+                to_vec(self)
+            }
+        }
+    )*};
+}
+to_frame!(
+    Welcome,
+    Presence,
+    Sent,
+    Inbox,
+    Typing,
+    Error,
+    History,
+    PresenceEntry
+);
+
+impl Synced {
+    /// This message as one frame.
+    pub fn to_frame(&self) -> Vec<u8> {
+        to_vec(self)
+    }
+}
+
+/// Assembles a `presence` frame from entries rendered once per tick (shared by every watcher),
+/// the same bytes as [`Presence::to_frame`].
+pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(br#"{"type":"presence","tick":"#);
+    out.extend_from_slice(tick.to_string().as_bytes());
+    out.extend_from_slice(br#","changes":["#);
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str) -> PresenceEntry<'_> {
+        PresenceEntry {
+            user: user.into(),
+            state: Some(State::Idle),
+            idle_ms: Some(300_000),
+            last_active: Some(1_732_460_000_000),
+            status: Some(Status::Busy),
+            text: Some("in a \"meeting\"".into()),
+            removed: None,
+        }
+    }
+
+    #[test]
+    fn assembled_presence_is_the_typed_frame() {
+        let entries = [entry("a"), entry("b")];
+        let rendered: Vec<Vec<u8>> = entries.iter().map(PresenceEntry::to_frame).collect();
+        let assembled = presence_frame(9, rendered.iter().map(Vec::as_slice));
+        let typed = Presence {
+            tick: 9,
+            changes: entries.to_vec(),
+            ..Presence::default()
+        };
+        assert_eq!(assembled, typed.to_frame());
+        assert_eq!(
+            ServerMessage::parse(&assembled).expect("parse"),
+            ServerMessage::Presence(Presence {
+                tick: 9,
+                changes: entries
+                    .iter()
+                    .map(|e| PresenceEntry {
+                        user: e.user.to_string().into(),
+                        text: e.text.as_ref().map(|t| t.to_string().into()),
+                        ..e.clone()
+                    })
+                    .collect(),
+                ..Presence::default()
+            })
+        );
+    }
+
+    #[test]
+    fn every_server_type_parses_and_unknown_types_are_ignored() {
+        let frames = [
+            r#"{"acked_seq":0,"device":"d","friends":[{"state":"offline","user":"b"}],"heartbeat_ms":45000,"idle_thresholds_ms":[60000],"inbox_seq":0,"tick":3,"type":"welcome","user":"a"}"#,
+            r#"{"type":"presence","tick":4,"changes":[{"removed":true,"user":"b"}]}"#,
+            r#"{"type":"pong"}"#,
+            r#"{"id":"c1","msg_id":"0553540624800000","ts":1,"type":"sent"}"#,
+            r#"{"from":"a","kind":"message","msg_id":"0553540624800000","seq":1,"text":"hi","to":"b","ts":1,"type":"inbox"}"#,
+            r#"{"from":"a","group":"g","type":"typing"}"#,
+            r#"{"type":"error","code":"moved","message":"elsewhere","ws":"127.0.0.1:1"}"#,
+            r#"{"after":0,"last":3,"more":false,"type":"synced"}"#,
+            r#"{"messages":[{"from":"a","msg_id":"0553540624800000","text":"x","to":"b","ts":1}],"more":false,"type":"history","with":"b"}"#,
+        ];
+        for (f, t) in frames.iter().zip(SERVER_TYPES) {
+            let m = ServerMessage::parse(f.as_bytes()).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_ne!(m, ServerMessage::Unknown, "{t}");
+        }
+        assert_eq!(
+            ServerMessage::parse(br#"{"type":"group_counts","tick":1,"groups":[]}"#).ok(),
+            Some(ServerMessage::Unknown)
+        );
+        assert!(ServerMessage::parse(b"{nope").is_err());
+    }
+}
