@@ -1,4 +1,4 @@
-//! `presence-core`: the sans-IO heart of the presence engine.
+//! `presence-core`: the clock- and socket-free heart of the presence engine.
 //!
 //! Every user has an online / idle-N-minutes / offline state machine (multi-device, custom
 //! status, invisible, grace period on disconnect, heartbeat expiry); friends are kept in a
@@ -6,7 +6,10 @@
 //! last tick into one batch holding each live watcher's diff. Nothing here reads a clock,
 //! opens a socket or spawns a task: time comes in as `now` (milliseconds since the epoch),
 //! events as method calls, and output goes back as values, so the same code runs in the
-//! server, in the simulator at accelerated time, and under loom.
+//! server, in the simulator at accelerated time, and under loom. Two things do more than
+//! compute: a large tick fans its work out over scoped threads ([`Config::threads`], past
+//! [`Config::parallel_threshold`]) and joins them before it returns, and [`snapshot`] reads
+//! and writes files. Everything else is plain method calls.
 
 mod batch;
 mod config;
