@@ -1,5 +1,7 @@
-//! The relay: a sans-IO state machine that validates chat operations, sequences them into
-//! inboxes and gathers their writes into one pending batch for a group commit.
+//! The relay: a clock- and socket-free state machine that validates chat operations,
+//! sequences them into inboxes and gathers their writes into one pending batch for a group
+//! commit. It reads the store (files, for both stores here) for what it has not cached and
+//! writes nothing to it: the driver commits the batches and runs [`Relay::trim`].
 //!
 //! # Driver flow
 //!
