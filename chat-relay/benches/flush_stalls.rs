@@ -118,16 +118,18 @@ fn run(kind: &str, rate: f64, secs: f64) {
         let (m, cv) = &*shared;
         let mut g = m.lock().unwrap();
         let now_ms = 1_750_000_000_000 + at / 1000;
-        g.relay
-            .send(
-                now_ms,
-                &format!("u{a}"),
-                &seq.to_string(),
-                &Target::User(format!("u{b}")),
-                &text,
-                &Friends,
-            )
-            .unwrap();
+        common::assert_new(
+            g.relay
+                .send(
+                    now_ms,
+                    &format!("u{a}"),
+                    &seq.to_string(),
+                    &Target::User(format!("u{b}")),
+                    &text,
+                    &Friends,
+                )
+                .unwrap(),
+        );
         g.oldest.get_or_insert(at);
         drop(g);
         cv.notify_one();

@@ -98,22 +98,26 @@ fn write_run(kind: &str, batch: usize, group: bool, budget: Duration) -> WriteRe
             let cid = client.to_string();
             if group {
                 let from = format!("m{}", rng.next() % GROUP as u64);
-                relay
-                    .send(now, &from, &cid, &Target::Group("g".into()), TEXT, &dir)
-                    .unwrap();
+                common::assert_new(
+                    relay
+                        .send(now, &from, &cid, &Target::Group("g".into()), TEXT, &dir)
+                        .unwrap(),
+                );
             } else {
                 let a = rng.next() % USERS;
                 let b = (a + 1 + rng.next() % (USERS - 1)) % USERS;
-                relay
-                    .send(
-                        now,
-                        &format!("u{a}"),
-                        &cid,
-                        &Target::User(format!("u{b}")),
-                        TEXT,
-                        &dir,
-                    )
-                    .unwrap();
+                common::assert_new(
+                    relay
+                        .send(
+                            now,
+                            &format!("u{a}"),
+                            &cid,
+                            &Target::User(format!("u{b}")),
+                            TEXT,
+                            &dir,
+                        )
+                        .unwrap(),
+                );
             }
         }
         let b = relay.take_batch().unwrap();
@@ -161,16 +165,18 @@ fn read_run(kind: &str, rounds: usize) -> ReadResult {
             } else {
                 (u + 20, u)
             };
-            relay
-                .send(
-                    now,
-                    &format!("r{a}"),
-                    &client.to_string(),
-                    &Target::User(format!("r{b}")),
-                    TEXT,
-                    &dir,
-                )
-                .unwrap();
+            common::assert_new(
+                relay
+                    .send(
+                        now,
+                        &format!("r{a}"),
+                        &client.to_string(),
+                        &Target::User(format!("r{b}")),
+                        TEXT,
+                        &dir,
+                    )
+                    .unwrap(),
+            );
         }
         if round % 50 == 49 {
             let b = relay.take_batch().unwrap();

@@ -1,5 +1,7 @@
-//! The relay: a sans-IO state machine that validates chat operations, sequences them into
-//! inboxes and gathers their writes into one pending batch for a group commit.
+//! The relay: a clock- and socket-free state machine that validates chat operations,
+//! sequences them into inboxes and gathers their writes into one pending batch for a group
+//! commit. It reads the store (files, for both stores here) for what it has not cached and
+//! writes nothing to it: the driver commits the batches and runs [`Relay::trim`].
 //!
 //! # Driver flow
 //!
@@ -135,6 +137,7 @@ impl Default for Limits {
 }
 
 /// The result of a `send`.
+#[must_use = "answer the sender: at once for a durable duplicate, else once its batch commits"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     /// A new message, riding in `batch`: answer `sent` once that batch is committed.
@@ -576,6 +579,7 @@ impl Relay {
 
     /// The author changes a message's text: an `Edit` entry goes to every recipient's inbox,
     /// the author's included. A deleted message cannot be edited.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
     pub fn edit(
         &mut self,
         now_ms: u64,
@@ -605,6 +609,7 @@ impl Relay {
 
     /// The author deletes a message: its text is dropped from the store and a `Delete` entry
     /// goes to every recipient's inbox, the author's included.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
     pub fn delete(
         &mut self,
         now_ms: u64,
@@ -632,6 +637,7 @@ impl Relay {
 
     /// A read receipt: `reader` (a recipient: the 1:1 recipient, or a group member now)
     /// read the message; a `Read` entry goes to the author's inbox.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
     pub fn read(
         &mut self,
         now_ms: u64,
@@ -777,6 +783,8 @@ impl Relay {
     /// in a crash only means the device is offered entries again that it drops by seq; so a
     /// driver may write acks at most every so often. Each device's acks then make one row
     /// per interval instead of one per batch, and lone acks cost no fsync of their own.
+    #[must_use = "commit the batch, then report it with `committed` or `reset`: dropped, its \
+                  writes are lost and its operations never answered"]
     pub fn take_batch_holding_acks(&mut self) -> Option<WriteBatch> {
         // Acks join a batch only in `take_batch`, so the pending batch holds none here.
         (!self.pending.is_empty()).then(|| self.next_batch())
@@ -784,6 +792,8 @@ impl Relay {
 
     /// Hands the pending batch to the driver for one group commit (`None` if it is empty).
     /// New operations go into the next batch.
+    #[must_use = "commit the batch, then report it with `committed` or `reset`: dropped, its \
+                  writes are lost and its operations never answered"]
     pub fn take_batch(&mut self) -> Option<WriteBatch> {
         if self.pending.is_empty() && self.pending_acks == 0 {
             return None;
@@ -827,6 +837,7 @@ impl Relay {
     /// After a failed commit: drops the pending batch (returning its id if it held
     /// anything: fail its operations too), the cached heads and the not-yet-durable state.
     /// Everything reloads from the store. Batch ids keep increasing.
+    #[must_use = "the operations of the dropped batch are lost too: answer them an error"]
     pub fn reset(&mut self) -> Option<BatchId> {
         let old = self.next_batch();
         let dropped = (!old.is_empty()).then_some(old.id);

@@ -1,5 +1,6 @@
-//! `message.undelivered` webhooks, sans-IO: the event body, its signature, and a retry
-//! schedule with exponential backoff and full jitter.
+//! `message.undelivered` webhooks as plain values and calls, with no clock, socket, thread or
+//! file: the event body, its signature, and a retry schedule with exponential backoff and full
+//! jitter.
 //!
 //! The node POSTs [`Undelivered::body`] with the header
 //! `X-Presence-Signature: `[`sign`]`(secret, body)`. It keeps a [`Schedule`]: `push` an event,

@@ -86,8 +86,10 @@ fn one_to_one_in_both_inboxes(open: Opener) {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     // a second batch continues the seqs
-    r.send(T0 + 9, "alice", "c9", &user("carol"), "hey", &d)
-        .unwrap();
+    new_id(
+        r.send(T0 + 9, "alice", "c9", &user("carol"), "hey", &d)
+            .unwrap(),
+    );
     commit(&mut r);
     let inbox = all(&store, "alice");
     assert_eq!(inbox.len(), 5);
@@ -102,8 +104,10 @@ fn group_fan_out(open: Opener) {
     let mut r = relay(&store);
     let d = dir();
     let id = new_id(r.send(T0, "dave", "1", &group("g1"), "all", &d).unwrap());
-    r.send(T0, "alice", "1", &user("bob"), "direct", &d)
-        .unwrap();
+    new_id(
+        r.send(T0, "alice", "1", &user("bob"), "direct", &d)
+            .unwrap(),
+    );
     commit(&mut r);
     for u in ["alice", "bob", "carol", "dave", "erin"] {
         let inbox = all(&store, u);
@@ -361,22 +365,26 @@ fn sync_order_and_batching(open: Opener) {
     let mut r = relay(&store);
     let d = dir();
     for i in 0..1200u64 {
-        r.send(
-            T0 + i,
-            "alice",
-            &i.to_string(),
-            &user("bob"),
-            &format!("m{i}"),
-            &d,
-        )
-        .unwrap();
+        new_id(
+            r.send(
+                T0 + i,
+                "alice",
+                &i.to_string(),
+                &user("bob"),
+                &format!("m{i}"),
+                &d,
+            )
+            .unwrap(),
+        );
         if i % 100 == 99 {
             commit(&mut r);
         }
     }
     // one more, not committed: never returned by sync
-    r.send(T0 + 5000, "alice", "late", &user("bob"), "late", &d)
-        .unwrap();
+    new_id(
+        r.send(T0 + 5000, "alice", "late", &user("bob"), "late", &d)
+            .unwrap(),
+    );
     let reader = r.reader();
     let p = reader.sync("bob", 0, 0).unwrap();
     assert_eq!(p.entries.len(), 500);
@@ -438,18 +446,22 @@ fn history_pages_backwards(open: Opener) {
             .unwrap(),
         ));
         // another conversation interleaved
-        r.send(
-            T0 + i,
-            "alice",
-            &format!("c{i}"),
-            &user("carol"),
-            "other",
-            &d,
-        )
-        .unwrap();
+        new_id(
+            r.send(
+                T0 + i,
+                "alice",
+                &format!("c{i}"),
+                &user("carol"),
+                "other",
+                &d,
+            )
+            .unwrap(),
+        );
     }
-    r.send(T0, "erin", "g", &group("g1"), "in group", &d)
-        .unwrap();
+    new_id(
+        r.send(T0, "erin", "g", &group("g1"), "in group", &d)
+            .unwrap(),
+    );
     commit(&mut r);
     let mut pages = Vec::new();
     let mut before = None;
@@ -518,10 +530,14 @@ fn retention_trim(open: Opener) {
         })
         .collect();
     // carol's only entries are old: her newest stays
-    r.send(T0, "alice", "oc", &user("carol"), "old", &d)
-        .unwrap();
-    r.send(T0 + 1, "alice", "oc2", &user("carol"), "old", &d)
-        .unwrap();
+    new_id(
+        r.send(T0, "alice", "oc", &user("carol"), "old", &d)
+            .unwrap(),
+    );
+    new_id(
+        r.send(T0 + 1, "alice", "oc2", &user("carol"), "old", &d)
+            .unwrap(),
+    );
     commit(&mut r);
     let new = new_id(
         r.send(T0 + 10 * day, "bob", "n", &user("alice"), "new", &d)
@@ -563,8 +579,10 @@ fn retention_trim(open: Opener) {
     );
     // seqs continue after a trim, also with a fresh relay
     let mut r2 = relay(&store);
-    r2.send(T0 + 11 * day, "alice", "after", &user("carol"), "x", &d)
-        .unwrap();
+    new_id(
+        r2.send(T0 + 11 * day, "alice", "after", &user("carol"), "x", &d)
+            .unwrap(),
+    );
     commit(&mut r2);
     assert_eq!(store.inbox_head("carol").unwrap(), 3);
     // now carol's kept entry is no longer the newest
@@ -596,8 +614,10 @@ fn durable_across_reopen(open: Opener) {
         r.ack("bob", "phone", 7).unwrap();
         commit(&mut r);
         // pending but never committed: lost in the "crash", never acknowledged
-        r.send(T0 + 2000, "alice", "lost", &user("bob"), "lost", &d)
-            .unwrap();
+        new_id(
+            r.send(T0 + 2000, "alice", "lost", &user("bob"), "lost", &d)
+                .unwrap(),
+        );
         last
     };
     let store = open(tmp.path());
@@ -626,8 +646,8 @@ fn acks(open: Opener) {
     let mut r = relay(&store);
     let d = dir();
     assert_eq!(r.ack("bob", "phone", 1).unwrap_err().code(), "bad_request");
-    r.send(T0, "alice", "1", &user("bob"), "x", &d).unwrap();
-    r.send(T0, "alice", "2", &user("bob"), "x", &d).unwrap();
+    new_id(r.send(T0, "alice", "1", &user("bob"), "x", &d).unwrap());
+    new_id(r.send(T0, "alice", "2", &user("bob"), "x", &d).unwrap());
     assert!(!r.has_pending_acks());
     r.ack("bob", "phone", 1).unwrap();
     r.ack("bob", "phone", 2).unwrap();
@@ -644,7 +664,7 @@ fn acks(open: Opener) {
     assert!(r.take_batch_holding_acks().is_none(), "nothing pending");
     r.ack("bob", "web", 2).unwrap();
     assert!(r.take_batch_holding_acks().is_none(), "acks alone are held");
-    r.send(T0, "alice", "3", &user("bob"), "x", &d).unwrap();
+    new_id(r.send(T0, "alice", "3", &user("bob"), "x", &d).unwrap());
     r.ack("bob", "phone", 3).unwrap();
     let b = r.take_batch_holding_acks().unwrap();
     assert_eq!(
@@ -655,7 +675,7 @@ fn acks(open: Opener) {
     r.store().commit(&b).unwrap();
     r.committed(b.id);
     r.ack("bob", "web", 1).unwrap();
-    r.send(T0, "alice", "4", &user("bob"), "x", &d).unwrap();
+    new_id(r.send(T0, "alice", "4", &user("bob"), "x", &d).unwrap());
     r.ack("bob", "phone", 4).unwrap();
     let b = commit(&mut r).unwrap();
     let mut rows: Vec<(&str, u64)> = b.acks.iter().map(|a| (a.device.as_str(), a.seq)).collect();
@@ -775,7 +795,7 @@ fn failed_commit_resets(open: Opener) {
     let store: Arc<dyn ChatStore> = flaky.clone();
     let mut r = relay(&store);
     let d = dir();
-    r.send(T0, "alice", "1", &user("bob"), "ok", &d).unwrap();
+    new_id(r.send(T0, "alice", "1", &user("bob"), "ok", &d).unwrap());
     commit(&mut r);
     flaky.fail.store(true, Ordering::SeqCst);
     let m = new_id(
@@ -784,8 +804,10 @@ fn failed_commit_resets(open: Opener) {
     );
     let b = r.take_batch().unwrap();
     // an op arrives while the failing batch is in flight
-    r.send(T0 + 2, "alice", "3", &user("bob"), "behind", &d)
-        .unwrap();
+    new_id(
+        r.send(T0 + 2, "alice", "3", &user("bob"), "behind", &d)
+            .unwrap(),
+    );
     assert!(store.commit(&b).is_err());
     assert_eq!(
         r.reset(),
@@ -844,8 +866,10 @@ fn head_cache_eviction(open: Opener) {
     let mut d = Dir::default();
     for i in 0..50 {
         d = Dir::new(&[("hub", &*format!("u{i}"))], &[]);
-        r.send(T0, "hub", &i.to_string(), &user(&format!("u{i}")), "x", &d)
-            .unwrap();
+        new_id(
+            r.send(T0, "hub", &i.to_string(), &user(&format!("u{i}")), "x", &d)
+                .unwrap(),
+        );
         if i % 7 == 0 {
             commit(&mut r);
         }
@@ -853,7 +877,7 @@ fn head_cache_eviction(open: Opener) {
     commit(&mut r);
     assert!(r.cached_heads() <= 10);
     d.friends.insert(("hub".into(), "u3".into()));
-    r.send(T0, "hub", "again", &user("u3"), "x", &d).unwrap();
+    new_id(r.send(T0, "hub", "again", &user("u3"), "x", &d).unwrap());
     commit(&mut r);
     let hub = all(&store, "hub");
     assert_eq!(hub.len(), 51);

@@ -36,6 +36,11 @@ pub struct TickStats {
 }
 
 /// Every watcher's diff for one tick.
+///
+/// A tick publishes its changes as it computes this batch: the next tick will not report them
+/// again, so a batch dropped unread is a tick's worth of diffs and expired sessions lost.
+#[must_use = "the batch holds every watcher's diff of this tick and the sessions to close: \
+              hand it out"]
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// Tick number, starting at 1. A session whose welcome carried tick `t` must be handed the

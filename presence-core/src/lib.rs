@@ -1,4 +1,4 @@
-//! `presence-core`: the sans-IO heart of the presence engine.
+//! `presence-core`: the clock- and socket-free heart of the presence engine.
 //!
 //! Every user has an online / idle-N-minutes / offline state machine (multi-device, custom
 //! status, invisible, grace period on disconnect, heartbeat expiry); friends are kept in a
@@ -6,7 +6,60 @@
 //! last tick into one batch holding each live watcher's diff. Nothing here reads a clock,
 //! opens a socket or spawns a task: time comes in as `now` (milliseconds since the epoch),
 //! events as method calls, and output goes back as values, so the same code runs in the
-//! server, in the simulator at accelerated time, and under loom.
+//! server, in the simulator at accelerated time, and under loom. Two things do more than
+//! compute: a large tick fans its work out over scoped threads ([`Config::threads`], past
+//! [`Config::parallel_threshold`]) and joins them before it returns, and [`snapshot`] reads
+//! and writes files. Everything else is plain method calls.
+//!
+//! # Driving the engine
+//!
+//! `now` is milliseconds since the Unix epoch from the driver's clock (wall time in the node,
+//! simulated time in the simulator); a `now` earlier than one already seen counts as that one.
+//! Events go in as calls, each with its `now`; every tick period the driver calls
+//! [`Engine::tick`] and hands out the [`Batch`]: each watcher's diff, as indexes into
+//! `batch.entries` (each changed user's entry is there once, so it can be rendered once and
+//! the bytes shared), and `batch.expired`, the sessions whose heartbeat ran out, to close.
+//!
+//! ```rust
+//! use presence_core::{Change, Config, Disconnect, Engine, State, Status};
+//!
+//! fn drive(start: u64) -> Result<Vec<State>, Box<dyn std::error::Error>> {
+//!     let engine = Engine::new(Config::default(), start)?;
+//!     let (alice, bob) = (engine.intern("alice")?, engine.intern("bob")?);
+//!     engine.add_friendship(alice, bob)?;
+//!     let phone = engine.connect(alice, "phone", start)?; // a session + its friends' presence
+//!     let web = engine.connect(bob, "web", start)?.session;
+//!     engine.set_status(bob, Status::Busy, Some("in a meeting"), start)?;
+//!     let mut alice_saw = Vec::new();
+//!     for step in 1..=150 {
+//!         let now = start + step * 200; // one tick every 200 ms, for 30 s
+//!         engine.heartbeat(phone.session, now)?; // alive; idleness runs on
+//!         if step == 10 {
+//!             engine.activity(web, now)?; // bob did something
+//!         }
+//!         if step == 100 {
+//!             engine.disconnect(web, Disconnect::LoggedOut, now)?;
+//!         }
+//!         let batch = engine.tick(now);
+//!         for (watcher, items) in batch.diffs() {
+//!             // Send `batch.entries[i]` for each `i` to the watcher's sessions that were
+//!             // welcomed before this tick.
+//!             if watcher == alice && batch.tick > phone.tick {
+//!                 for &i in items {
+//!                     if let (_, Change::Presence(p)) = &batch.entries[i as usize] {
+//!                         alice_saw.push(p.state);
+//!                     }
+//!                 }
+//!             }
+//!         }
+//!         for _session in &batch.expired {} // close each: its heartbeat timed out
+//!     }
+//!     Ok(alice_saw)
+//! }
+//!
+//! // Bob came online (busy); his activity changed nothing alice can see; he logged out.
+//! assert_eq!(drive(1_700_000_000_000).unwrap(), [State::Online, State::Offline]);
+//! ```
 
 mod batch;
 mod config;

@@ -935,8 +935,9 @@ fn activity_after_idle_arms_the_next_idle_deadline() {
     e.add_friendship(a, b).unwrap();
     let s = e.connect(a, "phone", T0).unwrap().session;
     e.connect(b, "phone", T0).unwrap();
-    e.tick(T0 + 2_000);
+    let b0 = e.tick(T0 + 2_000);
     assert_eq!(e.presence(a).state, State::Idle(1));
+    assert_eq!(b0.diff_of(b).len(), 1, "b is told a is Idle(1)");
     // Armed now: a's heartbeat expiry at T0 + 4500 (earlier than the next threshold, T0 + 5000).
     e.activity(s, T0 + 2_500).unwrap();
     let b1 = e.tick(T0 + 2_500);

@@ -1,6 +1,7 @@
-//! Chat on the presence sessions: drives the sans-IO `chat-relay` (validation, sequencing,
-//! dedupe) with one group-commit thread, hands durable inbox entries to every live device of
-//! their owner, and queues `message.undelivered` webhooks for recipients with no live session.
+//! Chat on the presence sessions: drives the clock- and socket-free `chat-relay` (validation,
+//! sequencing, dedupe) with one group-commit thread, hands durable inbox entries to every live
+//! device of their owner, and queues `message.undelivered` webhooks for recipients with no live
+//! session.
 //!
 //! Flow: a session's `send` runs `Relay::send` under the chat lock (cheap: no I/O but cache
 //! misses to the store), which puts its writes into the pending batch and registers the

@@ -1,6 +1,6 @@
 //! The `message.undelivered` webhook sender: a task that POSTs each event to the app, signed
 //! with HMAC-SHA256 under the node's secret, and retries with exponential backoff and full
-//! jitter (the schedule is `chat_relay::webhook`, sans-IO) while the app answers an error or
+//! jitter (the schedule, `chat_relay::webhook`, does no I/O) while the app answers an error or
 //! nothing. It runs beside delivery and never blocks it: events reach it through a bounded
 //! queue, and a full queue drops the event with a metric and a warning.
 

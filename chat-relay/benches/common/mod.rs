@@ -17,6 +17,15 @@ pub fn tempdir() -> tempfile::TempDir {
     .expect("creating a bench folder")
 }
 
+/// Checks that a send made a new message: the benches count every send as one, and their
+/// client ids are fresh.
+pub fn assert_new(sent: chat_relay::SendOutcome) {
+    assert!(
+        matches!(sent, chat_relay::SendOutcome::New { .. }),
+        "a fresh client id made a duplicate: {sent:?}"
+    );
+}
+
 /// splitmix64: a fixed stream per seed, the same for every run.
 pub struct Rng(pub u64);
 

@@ -57,6 +57,8 @@ pub struct AckRow {
 /// most once in `messages`, a `(user, seq)` at most once in `inbox`, a `(sender, client_id)`
 /// at most once in `dedupe`, a `(user, device)` at most once in `acks`; each user's inbox
 /// entries are in increasing seq order, continuing that user's log without a gap.
+#[must_use = "a taken batch must be committed with `ChatStore::commit`, then reported with \
+              `Relay::committed` or `Relay::reset`: its operations wait on it"]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     /// Which batch this is (the relay numbers them 1, 2, 3, … in the order they must commit).
