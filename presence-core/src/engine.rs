@@ -488,6 +488,13 @@ impl Engine {
         Ok((add, remove))
     }
 
+    /// The last tick published: every graph change applied before a call to this is published
+    /// by tick `published_tick() + 1` at the latest, and a session that starts after that tick
+    /// has it in its welcome (read-your-writes for the app's backend).
+    pub fn published_tick(&self) -> u64 {
+        self.graph.read().published_tick
+    }
+
     // ---- tick ------------------------------------------------------------------------------
 
     /// Fires due deadlines, publishes every visible change since the last tick and computes

@@ -141,15 +141,17 @@ async fn apply_edges(
     remove: Vec<(UserId, UserId)>,
     known: HashMap<u32, String>,
 ) -> Result<(u64, u64), ApiError> {
-    let _writer = hub.admin_writes.lock().await;
-    let h = hub.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        h.engine.apply_friendships_logged(&add, &remove, |delta| {
-            h.store.commit_edges(delta, &|id| known.get(&id.0).cloned())
+    let res = {
+        let _writer = hub.admin_writes.lock().await;
+        let h = hub.clone();
+        tokio::task::spawn_blocking(move || {
+            h.engine.apply_friendships_logged(&add, &remove, |delta| {
+                h.store.commit_edges(delta, &|id| known.get(&id.0).cloned())
+            })
         })
-    })
-    .await
-    .map_err(internal)?;
+        .await
+        .map_err(internal)?
+    };
     let counts = match res {
         Ok(c) => c,
         Err(ApplyError::Invalid(e)) => {
@@ -161,6 +163,11 @@ async fn apply_edges(
     let fp = hub.engine.footprint();
     metrics::gauge!(m::EDGES).set(fp.edges as f64);
     metrics::gauge!(m::USERS).set(fp.users as f64);
+    // Answer once the change is published: every welcome after the answer then has it, and
+    // live sessions have had it in their presence frame of that tick.
+    if counts != (0, 0) {
+        hub.published(hub.engine.published_tick() + 1).await;
+    }
     Ok(counts)
 }
 

@@ -19,6 +19,8 @@ use crate::outbox::{CloseReason, Outbox};
 use crate::store::Store;
 
 const REGISTRY_SHARDS: usize = 64;
+/// Longest an admin answer waits for the tick that publishes its change.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since the epoch, from the wall clock (the one place the node reads it for
 /// presence).
@@ -54,6 +56,8 @@ pub struct Hub {
     registry: Box<[Registry]>,
     pub shutdown: CancellationToken,
     stopped: AtomicBool,
+    /// The last tick whose diffs have been handed out.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl Hub {
@@ -80,6 +84,7 @@ impl Hub {
                 .collect(),
             shutdown: CancellationToken::new(),
             stopped: AtomicBool::new(false),
+            published: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -155,6 +160,16 @@ impl Hub {
             .sum()
     }
 
+    /// Waits until tick `tick` has been handed out (at most [`PUBLISH_WAIT`]: a node that
+    /// stops ticking, shutting down, does not hold answers forever).
+    pub async fn published(&self, tick: u64) {
+        let mut rx = self.published.subscribe();
+        let wait = rx.wait_for(|&t| t >= tick);
+        if tokio::time::timeout(PUBLISH_WAIT, wait).await.is_err() {
+            tracing::warn!(tick, "tick not published in time; answering anyway");
+        }
+    }
+
     /// Runs one tick and hands out its diffs. Returns the number of entries handed out.
     pub fn run_tick(&self) -> usize {
         let started = Instant::now();
@@ -196,6 +211,7 @@ impl Hub {
                 h.outbox.close(CloseReason::HeartbeatTimeout);
             }
         }
+        self.published.send_replace(batch.tick);
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);

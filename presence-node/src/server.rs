@@ -44,6 +44,11 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let loaded = store
         .load_into(&engine)
         .context("loading the friend graph")?;
+    // Publish the loaded graph before any session can start: a welcome shows the graph as of
+    // the last tick, so without this a client that reconnects before the first tick would
+    // see no friends at all.
+    let first = engine.tick(now_ms());
+    debug_assert!(first.diffs().next().is_none(), "no session exists yet");
     let groups: Groups = loaded
         .groups
         .into_iter()

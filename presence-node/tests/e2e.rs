@@ -542,3 +542,69 @@ async fn a_large_welcome_arrives_whole_over_both_transports() {
         }
     }
 }
+
+/// Every `presence` entry about `user` that `c` receives within `d`.
+async fn entries_about(c: &mut Client, user: &str, d: Duration) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + d;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Ok(Some(v)) if v["type"] == "presence" => out.extend(
+                v["changes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["user"] == user)
+                    .cloned(),
+            ),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(()) => return out,
+        }
+    }
+}
+
+/// Read-your-writes for the app's backend: once an edge change is answered, every welcome
+/// reflects it — with a long tick, so a welcome taken before the tick that publishes the
+/// change would miss it — and a session live before the change gets it exactly once.
+#[tokio::test]
+async fn admin_writes_are_in_every_later_welcome() {
+    common::init();
+    let tick = Duration::from_millis(1500);
+    let node = Node::start(&["--tick", "1500ms"]);
+    let (mut before, w) = Client::hello(&node, Via::Ws, "alice", "old").await;
+    assert_eq!(w["friends"], json!([]));
+    node.befriend(&[("alice", "bob")]).await;
+    let (_, w) = Client::hello(&node, Via::Ws, "alice", "new").await;
+    assert_eq!(w["friends"], json!([{"user": "bob", "state": "offline"}]));
+    let seen = entries_about(&mut before, "bob", 2 * tick).await;
+    assert_eq!(seen, vec![json!({"user": "bob", "state": "offline"})]);
+
+    let (status, _) = node
+        .admin(
+            "PUT",
+            "/v1/users/bob/friends",
+            Some(json!({"friends": ["carol"]})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, w) = Client::hello(&node, Via::Quic, "alice", "newer").await;
+    assert_eq!(w["friends"], json!([]));
+    let (_, w) = Client::hello(&node, Via::Ws, "carol", "d").await;
+    assert_eq!(w["friends"], json!([{"user": "bob", "state": "offline"}]));
+    let seen = entries_about(&mut before, "bob", 2 * tick).await;
+    assert_eq!(seen, vec![json!({"user": "bob", "removed": true})]);
+}
+
+/// After a restart the loaded graph is published before the first session: a client that
+/// reconnects at once (long before the first tick) sees its friends.
+#[tokio::test]
+async fn welcome_right_after_restart_has_the_friends() {
+    common::init();
+    let mut node = Node::start(&["--tick", "5s"]);
+    node.befriend(&[("alice", "bob")]).await;
+    assert!(node.stop().success());
+    let node = node.restart();
+    let (_, w) = Client::hello(&node, Via::Ws, "alice", "d").await;
+    assert_eq!(w["friends"], json!([{"user": "bob", "state": "offline"}]));
+}
