@@ -60,7 +60,7 @@ settings! {
         "Characters per chat message";
     max_group: usize => usize = value,
         "max-group", "PRESENCE_MAX_GROUP", "1000",
-        "Members of a group a message can be sent to";
+        "Most members of a group, for the admin API and chat sends";
     chat_max_in_flight: usize => usize = value,
         "chat-max-in-flight", "PRESENCE_CHAT_MAX_IN_FLIGHT", "20000",
         "Chat sends accepted but not yet on disk, at most; more are refused as rate_limited \
