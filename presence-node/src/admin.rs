@@ -21,8 +21,6 @@ use crate::hub::{Hub, now_ms};
 use crate::metrics as m;
 use crate::token;
 
-/// Members a group may have.
-pub const MAX_GROUP: usize = 1000;
 /// Largest admin request body (bulk friendship loads).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Most users one presence query may name.
@@ -287,8 +285,12 @@ async fn put_group(
 ) -> Result<StatusCode, ApiError> {
     let b: GroupBody = body(b)?;
     check_id("group id", &gid)?;
-    if b.members.len() > MAX_GROUP {
-        return Err(bad(format!("a group has at most {MAX_GROUP} members")));
+    // The chat relay refuses sends to a larger group: refuse to make one.
+    let max = s.hub.cfg.max_group;
+    if b.members.len() > max {
+        return Err(bad(format!(
+            "a group has at most {max} members (--max-group)"
+        )));
     }
     let mut members = b.members;
     for mbr in &members {

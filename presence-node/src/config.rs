@@ -1,14 +1,213 @@
-//! The operators' contract: `presence-node serve` flags, each also an environment variable
-//! `PRESENCE_<NAME>` and a key of a `--config` TOML file. Flags win over the environment, the
-//! environment over the file, the file over the defaults.
+//! The operators' contract: `presence-node serve` settings, each a flag, an environment
+//! variable `PRESENCE_<NAME>` and a key of a `--config` TOML file. Flags win over the
+//! environment, the environment over the file, the file over the defaults. Each setting is
+//! declared once, in the table at `settings!` below; everything else is generated from it.
 
+use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
+
+settings! {
+    // The file itself: a flag and an environment variable, not a key of the file.
+    config: "config", "PRESENCE_CONFIG", "none",
+        "TOML file with any of these settings (keys as the flags, in kebab or snake case)";
+
+    // field: read as => resolved as = resolver,
+    //     flag and TOML key, environment variable, default, help line
+    data_dir: PathBuf => PathBuf = value,
+        "data-dir", "PRESENCE_DATA_DIR", "./data",
+        "Everything durable: graph, groups, generated secret, key, dev certificate";
+    ws_listen: SocketAddr => SocketAddr = value,
+        "ws-listen", "PRESENCE_WS_LISTEN", "127.0.0.1:7400",
+        "WebSocket clients";
+    quic_listen: SocketAddr => SocketAddr = value,
+        "quic-listen", "PRESENCE_QUIC_LISTEN", "127.0.0.1:7401",
+        "QUIC clients";
+    admin_listen: SocketAddr => SocketAddr = value,
+        "admin-listen", "PRESENCE_ADMIN_LISTEN", "127.0.0.1:7402",
+        "Admin HTTP API, health, metrics";
+    #[secret]
+    secret: String => Option<String> = optional,
+        "secret", "PRESENCE_SECRET", "generated into the data dir",
+        "HS256 secret for client tokens";
+    #[secret]
+    admin_key: String => Option<String> = optional,
+        "admin-key", "PRESENCE_ADMIN_KEY", "generated into the data dir",
+        "Bearer key for the admin API";
+    tick: String => Duration = duration,
+        "tick", "PRESENCE_TICK", "200ms",
+        "Presence batching period";
+    idle_thresholds: String => Vec<Duration> = increasing_durations,
+        "idle-thresholds", "PRESENCE_IDLE_THRESHOLDS", "1m,2m,5m,10m",
+        "Idle levels, increasing";
+    grace: String => Duration = duration,
+        "grace", "PRESENCE_GRACE", "5s",
+        "A disconnect becomes offline after this";
+    heartbeat_timeout: String => Duration = duration,
+        "heartbeat-timeout", "PRESENCE_HEARTBEAT_TIMEOUT", "45s",
+        "A silent session is expired after this";
+    webhook_url: String => Option<String> = optional,
+        "webhook-url", "PRESENCE_WEBHOOK_URL", "none",
+        "Where `message.undelivered` events go";
+    max_text: usize => usize = value,
+        "max-text", "PRESENCE_MAX_TEXT", "4000",
+        "Characters per chat message";
+    max_group: usize => usize = value,
+        "max-group", "PRESENCE_MAX_GROUP", "1000",
+        "Most members of a group, for the admin API and chat sends";
+    chat_max_in_flight: usize => usize = value,
+        "chat-max-in-flight", "PRESENCE_CHAT_MAX_IN_FLIGHT", "20000",
+        "Chat sends accepted but not yet on disk, at most; more are refused as rate_limited \
+         until the disk catches up";
+    chat_store: String => chat_relay::StoreKind = parsed,
+        "chat-store", "PRESENCE_CHAT_STORE", "fjall",
+        "Embedded chat store in the data dir: fjall or redb";
+    chat_retention: String => Option<Duration> = optional_duration,
+        "chat-retention", "PRESENCE_CHAT_RETENTION", "kept forever",
+        "Chat entries older than this are trimmed, like 30d";
+    node_id: u16 => u16 = value,
+        "node-id", "PRESENCE_NODE_ID", "0",
+        "This node's number (0-1023) in message ids";
+    tls_cert: PathBuf => Option<PathBuf> = optional,
+        "tls-cert", "PRESENCE_TLS_CERT", "a dev certificate in the data dir",
+        "TLS certificate chain (PEM) for QUIC";
+    tls_key: PathBuf => Option<PathBuf> = optional,
+        "tls-key", "PRESENCE_TLS_KEY", "the dev certificate's key",
+        "TLS private key (PEM) for QUIC";
+    max_friends: u32 => u32 = value,
+        "max-friends", "PRESENCE_MAX_FRIENDS", "5000",
+        "Most friends per user";
+    max_sessions_per_user: u32 => u32 = value,
+        "max-sessions-per-user", "PRESENCE_MAX_SESSIONS_PER_USER", "16",
+        "Most sessions (devices) per user";
+    log_format: LogFormat => LogFormat = value,
+        "log-format", "PRESENCE_LOG_FORMAT", "text",
+        "Log format";
+}
+
+/// One `serve` setting as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The flag without its dashes; also the TOML key (in this kebab case or in snake case).
+    pub name: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The default as `--help` shows it: a value, or what the node does without one.
+    pub default: &'static str,
+    /// The help line, without the default.
+    pub help: &'static str,
+    /// `--help` does not show the environment variable's value (it is a secret).
+    pub hide_env_value: bool,
+}
+
+/// Generates, from the table above: the clap flags [`ServeArgs`], the TOML file's keys
+/// (`FileConfig`), the resolved [`NodeConfig`], their merge, [`SETTING`] and [`SETTINGS`].
+///
+/// A row is `field: read as => resolved as = resolver, "flag", "ENV", "default", "help"`,
+/// after `#[secret]` when `--help` should not show the environment variable's value. The flag,
+/// the environment variable and the TOML key are read as the "read as" type; the resolver turns
+/// the winner of flag > environment > file, or else the default text, into the resolved field.
+macro_rules! settings {
+    (
+        config: $config_name:literal, $config_env:literal, $config_default:literal,
+            $config_help:literal;
+        $(
+            $(#[$marker:ident])?
+            $field:ident: $read:ty => $resolved:ty = $resolver:ident,
+                $name:literal, $env:literal, $default:literal, $help:literal;
+        )*
+    ) => {
+        /// `presence-node serve` flags; clap has already applied their environment variables.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct ServeArgs {
+            #[arg(long = $config_name, env = $config_env,
+                help = concat!($config_help, " [default: ", $config_default, "]"))]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long = $name, env = $env, hide_env_values = secret!($($marker)?),
+                    help = concat!($help, " [default: ", $default, "]"))]
+                pub $field: Option<$read>,
+            )*
+        }
+
+        /// The same settings as read from a TOML file.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $(
+                #[serde(alias = $name)]
+                $field: Option<$read>,
+            )*
+        }
+
+        /// Resolved settings of a node.
+        #[derive(Debug, Clone)]
+        pub struct NodeConfig {
+            $(
+                #[doc = $help]
+                pub $field: $resolved,
+            )*
+        }
+
+        impl NodeConfig {
+            /// Each setting from its flag or environment variable, else the file, else the
+            /// default; not yet validated.
+            fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Self> {
+                Ok(NodeConfig {
+                    $( $field: $resolver($name, args.$field.or(file.$field), $default)?, )*
+                })
+            }
+        }
+
+        /// Each setting by its field name, for the subcommands that take some of them too.
+        #[derive(Debug, Clone, Copy)]
+        pub struct SettingsByField {
+            pub config: Setting,
+            $( pub $field: Setting, )*
+        }
+
+        /// Each setting by its field name: `SETTING.data_dir.env` is `PRESENCE_DATA_DIR`.
+        pub const SETTING: SettingsByField = SettingsByField {
+            config: Setting {
+                name: $config_name,
+                env: $config_env,
+                default: $config_default,
+                help: $config_help,
+                hide_env_value: false,
+            },
+            $(
+                $field: Setting {
+                    name: $name,
+                    env: $env,
+                    default: $default,
+                    help: $help,
+                    hide_env_value: secret!($($marker)?),
+                },
+            )*
+        };
+
+        /// Every setting, in `--help`'s order, for docs and tests.
+        pub const SETTINGS: &[Setting] = &[SETTING.config, $(SETTING.$field),*];
+    };
+}
+use settings;
+
+/// `#[secret]` in the table: hide the environment variable's value from `--help`.
+macro_rules! secret {
+    () => {
+        false
+    };
+    (secret) => {
+        true
+    };
+}
+use secret;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -19,153 +218,73 @@ pub enum LogFormat {
     Json,
 }
 
-/// `presence-node serve` flags.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML file with any of these settings (keys as the flags, in kebab or snake case).
-    #[arg(long, env = "PRESENCE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Everything durable: graph, groups, generated secret, key, dev certificate [default: ./data].
-    #[arg(long, env = "PRESENCE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// WebSocket clients [default: 127.0.0.1:7400].
-    #[arg(long, env = "PRESENCE_WS_LISTEN")]
-    pub ws_listen: Option<SocketAddr>,
-    /// QUIC clients [default: 127.0.0.1:7401].
-    #[arg(long, env = "PRESENCE_QUIC_LISTEN")]
-    pub quic_listen: Option<SocketAddr>,
-    /// Admin HTTP API, health, metrics [default: 127.0.0.1:7402].
-    #[arg(long, env = "PRESENCE_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// HS256 secret for client tokens [default: generated into the data dir].
-    #[arg(long, env = "PRESENCE_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
-    /// Bearer key for the admin API [default: generated into the data dir].
-    #[arg(long, env = "PRESENCE_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
-    /// Presence batching period [default: 200ms].
-    #[arg(long, env = "PRESENCE_TICK")]
-    pub tick: Option<String>,
-    /// Idle levels, increasing [default: 1m,2m,5m,10m].
-    #[arg(long, env = "PRESENCE_IDLE_THRESHOLDS")]
-    pub idle_thresholds: Option<String>,
-    /// A disconnect becomes offline after this [default: 5s].
-    #[arg(long, env = "PRESENCE_GRACE")]
-    pub grace: Option<String>,
-    /// A silent session is expired after this [default: 45s].
-    #[arg(long, env = "PRESENCE_HEARTBEAT_TIMEOUT")]
-    pub heartbeat_timeout: Option<String>,
-    /// Where `message.undelivered` events go.
-    #[arg(long, env = "PRESENCE_WEBHOOK_URL")]
-    pub webhook_url: Option<String>,
-    /// Characters per chat message [default: 4000].
-    #[arg(long, env = "PRESENCE_MAX_TEXT")]
-    pub max_text: Option<usize>,
-    /// Members of a group a message can be sent to [default: 1000].
-    #[arg(long, env = "PRESENCE_MAX_GROUP")]
-    pub max_group: Option<usize>,
-    /// Chat sends accepted but not yet on disk, at most; more are refused as rate_limited
-    /// until the disk catches up [default: 20000].
-    #[arg(long, env = "PRESENCE_CHAT_MAX_IN_FLIGHT")]
-    pub chat_max_in_flight: Option<usize>,
-    /// Embedded chat store in the data dir: fjall or redb [default: fjall].
-    #[arg(long, env = "PRESENCE_CHAT_STORE")]
-    pub chat_store: Option<String>,
-    /// Chat entries older than this are trimmed, like 30d [default: kept forever].
-    #[arg(long, env = "PRESENCE_CHAT_RETENTION")]
-    pub chat_retention: Option<String>,
-    /// This node's number (0-1023) in message ids [default: 0].
-    #[arg(long, env = "PRESENCE_NODE_ID")]
-    pub node_id: Option<u16>,
-    /// TLS certificate chain (PEM) for QUIC [default: a dev certificate in the data dir].
-    #[arg(long, env = "PRESENCE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM) for QUIC.
-    #[arg(long, env = "PRESENCE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Most friends per user [default: 5000].
-    #[arg(long, env = "PRESENCE_MAX_FRIENDS")]
-    pub max_friends: Option<u32>,
-    /// Most sessions (devices) per user [default: 16].
-    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER")]
-    pub max_sessions_per_user: Option<u32>,
-    /// Log format [default: text].
-    #[arg(long, env = "PRESENCE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Self as ValueEnum>::from_str(s, false)
+    }
 }
 
-/// The same settings as read from a TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(alias = "data-dir")]
-    data_dir: Option<PathBuf>,
-    #[serde(alias = "ws-listen")]
-    ws_listen: Option<SocketAddr>,
-    #[serde(alias = "quic-listen")]
-    quic_listen: Option<SocketAddr>,
-    #[serde(alias = "admin-listen")]
-    admin_listen: Option<SocketAddr>,
-    secret: Option<String>,
-    #[serde(alias = "admin-key")]
-    admin_key: Option<String>,
-    tick: Option<String>,
-    #[serde(alias = "idle-thresholds")]
-    idle_thresholds: Option<String>,
-    grace: Option<String>,
-    #[serde(alias = "heartbeat-timeout")]
-    heartbeat_timeout: Option<String>,
-    #[serde(alias = "webhook-url")]
-    webhook_url: Option<String>,
-    #[serde(alias = "max-text")]
-    max_text: Option<usize>,
-    #[serde(alias = "max-group")]
-    max_group: Option<usize>,
-    #[serde(alias = "chat-max-in-flight")]
-    chat_max_in_flight: Option<usize>,
-    #[serde(alias = "chat-store")]
-    chat_store: Option<String>,
-    #[serde(alias = "chat-retention")]
-    chat_retention: Option<String>,
-    #[serde(alias = "node-id")]
-    node_id: Option<u16>,
-    #[serde(alias = "tls-cert")]
-    tls_cert: Option<PathBuf>,
-    #[serde(alias = "tls-key")]
-    tls_key: Option<PathBuf>,
-    #[serde(alias = "max-friends")]
-    max_friends: Option<u32>,
-    #[serde(alias = "max-sessions-per-user")]
-    max_sessions_per_user: Option<u32>,
-    #[serde(alias = "log-format")]
-    log_format: Option<LogFormat>,
+// The resolvers of the table: `(flag, value read if any, default text) -> resolved value`.
+
+/// The value read, else the default parsed as a flag would be.
+fn value<T: FromStr>(name: &str, read: Option<T>, default: &str) -> anyhow::Result<T>
+where
+    T::Err: Display,
+{
+    match read {
+        Some(v) => Ok(v),
+        None => default
+            .parse()
+            .map_err(|e| anyhow!("{name}: the default {default:?} is invalid: {e}")),
+    }
 }
 
-/// Resolved settings of a node.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub data_dir: PathBuf,
-    pub ws_listen: SocketAddr,
-    pub quic_listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub secret: Option<String>,
-    pub admin_key: Option<String>,
-    pub tick: Duration,
-    pub idle_thresholds: Vec<Duration>,
-    pub grace: Duration,
-    pub heartbeat_timeout: Duration,
-    pub webhook_url: Option<String>,
-    pub max_text: usize,
-    pub max_group: usize,
-    pub chat_max_in_flight: usize,
-    pub chat_store: chat_relay::StoreKind,
-    pub chat_retention: Option<Duration>,
-    pub node_id: u16,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub max_friends: u32,
-    pub max_sessions_per_user: u32,
-    pub log_format: LogFormat,
+/// The value read, if any: the default text only says what the node does without one.
+fn optional<T>(_name: &str, read: Option<T>, _default: &str) -> anyhow::Result<Option<T>> {
+    Ok(read)
+}
+
+/// Text parsed after the merge, so a bad value reads the same from a flag, the environment
+/// or the file.
+fn parsed<T: FromStr>(name: &str, read: Option<String>, default: &str) -> anyhow::Result<T>
+where
+    T::Err: Display,
+{
+    read.as_deref()
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e| anyhow!("{name}: {e}"))
+}
+
+fn duration(name: &str, read: Option<String>, default: &str) -> anyhow::Result<Duration> {
+    parse_duration(name, read.as_deref().unwrap_or(default))
+}
+
+fn optional_duration(
+    name: &str,
+    read: Option<String>,
+    _default: &str,
+) -> anyhow::Result<Option<Duration>> {
+    read.map(|s| parse_duration(name, &s)).transpose()
+}
+
+/// A comma-separated list of increasing durations.
+fn increasing_durations(
+    name: &str,
+    read: Option<String>,
+    default: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let s = read.as_deref().unwrap_or(default);
+    let list = s
+        .split(',')
+        .map(|p| parse_duration(name, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if list.windows(2).any(|w| w[0] >= w[1]) {
+        bail!("{name} must be increasing, got {s:?}");
+    }
+    Ok(list)
 }
 
 /// Parses `200ms`, `5s`, `1m`, `1h`.
@@ -178,98 +297,15 @@ pub fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
-fn parse_list(s: &str) -> anyhow::Result<Vec<Duration>> {
-    let list = s
-        .split(',')
-        .map(|p| parse_duration("idle-thresholds", p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if list.windows(2).any(|w| w[0] >= w[1]) {
-        bail!("idle-thresholds must be increasing, got {s:?}");
-    }
-    Ok(list)
-}
-
-fn default_addr(s: &str) -> SocketAddr {
-    s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-
 impl NodeConfig {
     /// Resolves flags (and their environment variables, which clap has already applied) over
-    /// the optional file over the defaults.
+    /// the optional file over the defaults, and checks the result.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let tick = args
-            .tick
-            .clone()
-            .or(file.tick)
-            .unwrap_or_else(|| "200ms".into());
-        let idle = args
-            .idle_thresholds
-            .clone()
-            .or(file.idle_thresholds)
-            .unwrap_or_else(|| "1m,2m,5m,10m".into());
-        let grace = args
-            .grace
-            .clone()
-            .or(file.grace)
-            .unwrap_or_else(|| "5s".into());
-        let hb = args
-            .heartbeat_timeout
-            .clone()
-            .or(file.heartbeat_timeout)
-            .unwrap_or_else(|| "45s".into());
-        let cfg = NodeConfig {
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./data")),
-            ws_listen: args
-                .ws_listen
-                .or(file.ws_listen)
-                .unwrap_or_else(|| default_addr("127.0.0.1:7400")),
-            quic_listen: args
-                .quic_listen
-                .or(file.quic_listen)
-                .unwrap_or_else(|| default_addr("127.0.0.1:7401")),
-            admin_listen: args
-                .admin_listen
-                .or(file.admin_listen)
-                .unwrap_or_else(|| default_addr("127.0.0.1:7402")),
-            secret: args.secret.clone().or(file.secret),
-            admin_key: args.admin_key.clone().or(file.admin_key),
-            tick: parse_duration("tick", &tick)?,
-            idle_thresholds: parse_list(&idle)?,
-            grace: parse_duration("grace", &grace)?,
-            heartbeat_timeout: parse_duration("heartbeat-timeout", &hb)?,
-            webhook_url: args.webhook_url.clone().or(file.webhook_url),
-            max_text: args.max_text.or(file.max_text).unwrap_or(4000),
-            max_group: args.max_group.or(file.max_group).unwrap_or(1000),
-            chat_max_in_flight: args
-                .chat_max_in_flight
-                .or(file.chat_max_in_flight)
-                .unwrap_or(20_000),
-            chat_store: match args.chat_store.clone().or(file.chat_store) {
-                Some(s) => s.parse().map_err(|e| anyhow::anyhow!("chat-store: {e}"))?,
-                None => chat_relay::StoreKind::default(),
-            },
-            chat_retention: match args.chat_retention.clone().or(file.chat_retention) {
-                Some(s) => Some(parse_duration("chat-retention", &s)?),
-                None => None,
-            },
-            node_id: args.node_id.or(file.node_id).unwrap_or(0),
-            tls_cert: args.tls_cert.clone().or(file.tls_cert),
-            tls_key: args.tls_key.clone().or(file.tls_key),
-            max_friends: args.max_friends.or(file.max_friends).unwrap_or(5000),
-            max_sessions_per_user: args
-                .max_sessions_per_user
-                .or(file.max_sessions_per_user)
-                .unwrap_or(16),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-        };
+        let cfg = Self::merge(args.clone(), file)?;
         if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
             bail!("tls-cert and tls-key go together");
         }
@@ -329,7 +365,95 @@ mod tests {
         assert_eq!(c.grace, Duration::from_secs(5));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(45));
         assert_eq!(c.max_text, 4000);
+        assert_eq!(c.max_group, 1000);
+        assert_eq!(c.chat_max_in_flight, 20_000);
+        assert_eq!(c.chat_store, chat_relay::StoreKind::Fjall);
+        assert_eq!(c.chat_retention, None);
+        assert_eq!(c.node_id, 0);
+        assert_eq!(c.max_friends, 5000);
+        assert_eq!(c.max_sessions_per_user, 16);
+        assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!((c.secret, c.admin_key, c.webhook_url), (None, None, None));
+        assert_eq!((c.tls_cert, c.tls_key), (None, None));
+    }
+
+    /// `serve`'s flags as clap parses them, environment variables included.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> anyhow::Result<NodeConfig> {
+        use clap::Parser;
+        let args = Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))?;
+        NodeConfig::resolve(&args.args)
+    }
+
+    /// A file with `text` as its content, in a folder kept while the guard lives.
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_with_its_environment_variable() {
+        use clap::CommandFactory;
+        let cmd = Serve::command();
+        let args: Vec<_> = cmd.get_arguments().collect();
+        assert_eq!(args.len(), SETTINGS.len());
+        for (arg, setting) in args.iter().zip(SETTINGS) {
+            let field = arg.get_id().as_str();
+            assert_eq!(arg.get_long(), Some(setting.name), "{field}");
+            assert_eq!(setting.name, field.replace('_', "-"), "{field}");
+            let env = format!("PRESENCE_{}", field.to_uppercase());
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(&env)), "{field}");
+            assert_eq!(setting.env, env, "{field}");
+        }
+    }
+
+    #[test]
+    fn text_as_from_a_flag_or_the_environment_is_read() {
+        // clap gives an environment variable's text to its flag: the same parse follows.
+        let c = parse(&[
+            "--max-group=3",
+            "--idle-thresholds=30s,90s",
+            "--chat-store=redb",
+            "--chat-retention=30d",
+            "--log-format=json",
+            "--admin-listen=127.0.0.1:0",
+            "--secret=s3cret",
+        ])
+        .expect("resolve");
+        assert_eq!(c.max_group, 3);
+        assert_eq!(
+            c.idle_thresholds,
+            [30, 90].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(c.chat_store, chat_relay::StoreKind::Redb);
+        assert_eq!(c.chat_retention, Some(Duration::from_secs(30 * 24 * 3600)));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.admin_listen.port(), 0);
+        assert_eq!(c.secret.as_deref(), Some("s3cret"));
+        assert!(parse(&["--max-group=many"]).is_err());
+        assert!(parse(&["--log-format=xml"]).is_err());
+    }
+
+    #[test]
+    fn toml_keys_in_kebab_or_snake_case() {
+        for text in [
+            "max-group = 3\nheartbeat-timeout = \"9s\"\nchat-store = \"redb\"\n",
+            "max_group = 3\nheartbeat_timeout = \"9s\"\nchat_store = \"redb\"\n",
+        ] {
+            let (_dir, path) = file(text);
+            let c = parse(&["--config", path.to_str().expect("utf-8 path")]).expect(text);
+            assert_eq!(c.max_group, 3, "{text}");
+            assert_eq!(c.heartbeat_timeout, Duration::from_secs(9), "{text}");
+            assert_eq!(c.chat_store, chat_relay::StoreKind::Redb, "{text}");
+        }
     }
 
     #[test]
@@ -350,21 +474,34 @@ mod tests {
 
     #[test]
     fn bad_values_are_clear_errors() {
-        for args in [
-            ServeArgs {
-                tick: Some("soon".into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                idle_thresholds: Some("5m,1m".into()),
-                ..ServeArgs::default()
-            },
-            ServeArgs {
-                grace: Some("0s".into()),
-                ..ServeArgs::default()
-            },
+        for (argv, message) in [
+            (
+                &["--tick", "soon"][..],
+                "tick: \"soon\" is not a duration like 200ms, 5s or 1m",
+            ),
+            (
+                &["--idle-thresholds", "5m,1m"],
+                "idle-thresholds must be increasing, got \"5m,1m\"",
+            ),
+            (&["--grace", "0s"], "grace must be more than zero"),
+            (&["--tls-cert", "c.pem"], "tls-cert and tls-key go together"),
+            (&["--max-text", "0"], "max-text must be at least 1"),
+            (&["--max-group", "1"], "max-group must be at least 2"),
+            (
+                &["--chat-max-in-flight", "0"],
+                "chat-max-in-flight must be at least 1",
+            ),
+            (
+                &["--node-id", "1024"],
+                "node-id must be 0 to 1023, got 1024",
+            ),
+            (
+                &["--chat-store", "sqlite"],
+                "chat-store: unknown chat store",
+            ),
         ] {
-            assert!(NodeConfig::resolve(&args).is_err());
+            let err = parse(argv).expect_err(message);
+            assert!(format!("{err:#}").contains(message), "{err:#}");
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");

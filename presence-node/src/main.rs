@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use presence_node::config::{LogFormat, NodeConfig, ServeArgs, parse_duration};
+use presence_node::config::{LogFormat, NodeConfig, SETTING, ServeArgs, parse_duration};
 use presence_node::{hub, token};
 
 #[derive(Parser)]
@@ -32,9 +32,12 @@ enum Command {
         /// Lifetime, like 1h or 30m.
         #[arg(long, default_value = "1h")]
         ttl: String,
-        #[arg(long, env = "PRESENCE_DATA_DIR", default_value = "./data")]
+        // The same flags as `serve`'s (without --secret: the secret in the data dir).
+        #[arg(long = SETTING.data_dir.name, env = SETTING.data_dir.env,
+            default_value = SETTING.data_dir.default, help = SETTING.data_dir.help)]
         data_dir: PathBuf,
-        #[arg(long, env = "PRESENCE_SECRET", hide_env_values = true)]
+        #[arg(long = SETTING.secret.name, env = SETTING.secret.env,
+            hide_env_values = SETTING.secret.hide_env_value, help = SETTING.secret.help)]
         secret: Option<String>,
     },
 }
@@ -44,7 +47,8 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -157,7 +157,7 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         ready.admin
     );
     println!(
-        "  cargo run -p presence-node -- token --user alice --data-dir {}",
+        "  cargo run --release -p presence-node -- token --user alice --data-dir {}",
         cfg.data_dir.display()
     );
 

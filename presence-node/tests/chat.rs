@@ -1065,6 +1065,43 @@ async fn group_fan_out() {
     }
 }
 
+/// 7b. `--max-group` is the admin API's largest group as well as the relay's.
+#[tokio::test]
+async fn max_group_bounds_admin_groups_and_sends_alike() {
+    common::init();
+    let node = Node::start(&[ARGS, &["--max-group", "3"]].concat());
+    put_group(&node, "three", &["u1", "u2", "u3"]).await;
+    let (s, v) = node
+        .admin(
+            "PUT",
+            "/v1/groups/four",
+            Some(json!({"members": ["u1", "u2", "u3", "u4"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("at most 3")),
+        "{v}"
+    );
+    let (s, v) = node.admin("GET", "/v1/groups/four", None).await;
+    assert_eq!(s, 404, "a refused group is not stored: {v}");
+    // The relay agrees: the largest group the admin API takes can be written to.
+    let mut u1 = Peer::connect(&node, Via::Ws, "u1", "d").await;
+    let mut u3 = Peer::connect(&node, Via::Quic, "u3", "d").await;
+    let sent = u1
+        .send_and_reply(json!({"type": "send", "id": "m1", "group": "three", "text": "hi"}))
+        .await;
+    u3.wait_inbox(1, SOON).await;
+    assert_eq!(
+        (&u3.inbox[0]["group"], &u3.inbox[0]["text"]),
+        (&json!("three"), &json!("hi")),
+        "{:?}",
+        u3.inbox
+    );
+    assert_eq!(msg_id(&u3.inbox[0]), msg_id(&sent));
+    u1.assert_no("error");
+}
+
 impl Peer {
     async fn send_and_reply(&mut self, send: Value) -> Value {
         let id = send["id"].as_str().expect("id").to_owned();

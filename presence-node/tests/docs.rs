@@ -1,6 +1,7 @@
 //! Keeps `docs/protocol.md` from drifting from the code: message types, error codes, JSON
 //! examples, `serve` flags and metrics.
 
+use presence_node::config::SETTINGS;
 use presence_node::metrics::{Kind, METRICS};
 use presence_wire::{CLIENT_TYPES, ERROR_CODES, SERVER_TYPES, parse_client};
 
@@ -97,4 +98,49 @@ fn documented_flags_are_the_flags_serve_takes() {
         );
         assert!(help.contains(&env), "{f} has no {env}");
     }
+    for s in SETTINGS {
+        let default = format!("[default: {}]", s.default);
+        assert!(help.contains(&default), "--{} lacks {default}", s.name);
+    }
+}
+
+/// The `## Running a node` table: flag (without dashes) -> default cell, backticks removed.
+fn documented_defaults(doc: &str) -> std::collections::BTreeMap<String, String> {
+    let section = doc
+        .split("## Running a node")
+        .nth(1)
+        .expect("running section");
+    let section = section.split("\n#").next().unwrap_or(section);
+    section
+        .lines()
+        .filter_map(|line| {
+            let (flag, default) = line.strip_prefix("| `--")?.split_once("` | ")?;
+            let default = default.trim_end().trim_end_matches('|').trim();
+            Some((flag.to_owned(), default.replace('`', "")))
+        })
+        .collect()
+}
+
+#[test]
+fn documented_defaults_are_the_settings_defaults() {
+    let documented = documented_defaults(&doc());
+    for s in SETTINGS {
+        let cell = documented
+            .get(s.name)
+            .unwrap_or_else(|| panic!("docs/protocol.md has no row for --{}", s.name));
+        // The cell starts with the default, then explains it or ends.
+        let rest = cell.strip_prefix(s.default);
+        assert!(
+            rest.is_some_and(|r| r.is_empty() || r.starts_with([' ', ',', ';', ':'])),
+            "docs/protocol.md gives --{} the default {cell:?}, the node {:?}",
+            s.name,
+            s.default
+        );
+    }
+    assert_eq!(
+        documented.len(),
+        SETTINGS.len(),
+        "one row per setting in docs/protocol.md: {:?}",
+        documented.keys()
+    );
 }

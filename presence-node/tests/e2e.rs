@@ -608,3 +608,74 @@ async fn welcome_right_after_restart_has_the_friends() {
     let (_, w) = Client::hello(&node, Via::Ws, "alice", "d").await;
     assert_eq!(w["friends"], json!([{"user": "bob", "state": "offline"}]));
 }
+
+/// `presence-node` run with `args` and `env`, expected to exit within 10 s (a node that
+/// serves instead is killed): (success, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presence-node"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("PRESENCE_WS_LISTEN", "127.0.0.1:0")
+        .env("PRESENCE_QUIC_LISTEN", "127.0.0.1:0")
+        .env("PRESENCE_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run presence-node");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The precedence flag > environment > file, seen through the validation of a value that
+/// stops the node before it binds anything; and `token` reads the same variables as `serve`.
+#[test]
+fn environment_variables_sit_between_flags_and_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, "max-group = 3\n").expect("write");
+    let file = file.to_str().expect("utf-8 path");
+    let refused = "max-group must be at least 2";
+    // The environment's 1 wins over the file's 3.
+    let (ok, _, err) = run(
+        &["serve", "--data-dir", data, "--config", file],
+        &[("PRESENCE_MAX_GROUP", "1")],
+    );
+    assert!(!ok && err.contains(refused), "{err}");
+    // The flag's 1 wins over the environment's 3.
+    let (ok, _, err) = run(
+        &["serve", "--data-dir", data, "--max-group", "1"],
+        &[("PRESENCE_MAX_GROUP", "3")],
+    );
+    assert!(!ok && err.contains(refused), "{err}");
+    // The file alone.
+    std::fs::write(file, "max_group = 1\n").expect("write");
+    let (ok, _, err) = run(&["serve", "--data-dir", data, "--config", file], &[]);
+    assert!(!ok && err.contains(refused), "{err}");
+    // `token`: PRESENCE_SECRET instead of the data dir's secret, PRESENCE_DATA_DIR for it.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let empty = empty.path().to_str().expect("utf-8 path");
+    let (ok, _, err) = run(&["token", "--user", "alice", "--data-dir", empty], &[]);
+    assert!(!ok && err.contains("pass --secret"), "{err}");
+    let (ok, out, err) = run(
+        &["token", "--user", "alice", "--data-dir", empty],
+        &[("PRESENCE_SECRET", "s3cret")],
+    );
+    assert!(ok && out.trim().split('.').count() == 3, "{out} {err}");
+    std::fs::write(dir.path().join("secret"), "s3cret\n").expect("write");
+    let (ok, from_dir, err) = run(
+        &["token", "--user", "alice", "--ttl", "1h"],
+        &[("PRESENCE_DATA_DIR", data)],
+    );
+    assert!(ok && from_dir.trim().split('.').count() == 3, "{err}");
+}
