@@ -125,6 +125,21 @@ impl Hub {
         let _ = self.engine.disconnect(handle.sid, how, now_ms());
     }
 
+    /// Asks the sessions of registry shards `from..from + n` (wrapping) to ping their clients;
+    /// returns where the next round starts. The tick driver walks the shards so that every
+    /// session is pinged once per third of the heartbeat timeout, a few shards a tick, so the
+    /// pings (and the wakeups they cost) are spread evenly instead of all at once.
+    pub fn ping_shards(&self, from: usize, n: usize) -> usize {
+        for i in 0..n.min(REGISTRY_SHARDS) {
+            for list in self.registry[(from + i) % REGISTRY_SHARDS].lock().values() {
+                for h in list {
+                    h.outbox.ping();
+                }
+            }
+        }
+        (from + n) % REGISTRY_SHARDS
+    }
+
     /// Asks every session to close (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         for shard in self.registry.iter() {
@@ -229,6 +244,12 @@ impl Hub {
             .spawn(move || {
                 let period = hub.cfg.tick;
                 let mut next = Instant::now() + period;
+                // Every session pinged once per third of the heartbeat timeout.
+                let ping_cycle = (hub.cfg.heartbeat_timeout / 3).max(period);
+                let per_tick = (REGISTRY_SHARDS as u128 * period.as_nanos())
+                    .div_ceil(ping_cycle.as_nanos().max(1))
+                    .clamp(1, REGISTRY_SHARDS as u128) as usize;
+                let mut ping_from = 0;
                 while !hub.stopped.load(Ordering::Acquire) {
                     let now = Instant::now();
                     if now < next {
@@ -236,6 +257,7 @@ impl Hub {
                         continue;
                     }
                     hub.run_tick();
+                    ping_from = hub.ping_shards(ping_from, per_tick);
                     next += period;
                     if next < Instant::now() {
                         // Fell behind (a tick took longer than the period): skip, do not burst.

@@ -44,6 +44,7 @@ struct Inner {
     chat: VecDeque<ChatItem>,
     inbox_queued: usize,
     lagging: bool,
+    ping: bool,
 }
 
 /// What the session task takes from its outbox.
@@ -53,6 +54,8 @@ pub struct Taken {
     /// Inbox entries were left out: read the inbox back from the store.
     pub lagging: bool,
     pub close: Option<CloseReason>,
+    /// Ask the client for a sign of life.
+    pub ping: bool,
 }
 
 #[derive(Default)]
@@ -80,6 +83,12 @@ impl Outbox {
         };
         self.notify.notify_one();
         merged
+    }
+
+    /// Asks the session to ping its client.
+    pub fn ping(&self) {
+        self.inner.lock().ping = true;
+        self.notify.notify_one();
     }
 
     pub fn close(&self, reason: CloseReason) {
@@ -122,6 +131,7 @@ impl Outbox {
             chat: std::mem::take(&mut inner.chat),
             lagging: std::mem::take(&mut inner.lagging),
             close: inner.close.clone(),
+            ping: std::mem::take(&mut inner.ping),
         }
     }
 

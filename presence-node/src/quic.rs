@@ -13,7 +13,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec, LengthDelimitedCodecEr
 use tracing::debug;
 
 use crate::hub::Hub;
-use crate::session::{self, HELLO_TIMEOUT, RecvError, Transport};
+use crate::session::{self, HELLO_TIMEOUT, Received, RecvError, Transport};
 
 pub use presence_wire::ALPN;
 use presence_wire::framing::quic_codec as codec;
@@ -92,10 +92,10 @@ struct QuicTransport {
 }
 
 impl Transport for QuicTransport {
-    async fn recv(&mut self) -> Result<Option<Bytes>, RecvError> {
+    async fn recv(&mut self) -> Result<Option<Received>, RecvError> {
         match self.read.next().await {
             None => Ok(None),
-            Some(Ok(b)) => Ok(Some(b.freeze())),
+            Some(Ok(b)) => Ok(Some(Received::Frame(b.freeze()))),
             Some(Err(e))
                 if e.get_ref()
                     .is_some_and(|r| r.is::<LengthDelimitedCodecError>()) =>

@@ -43,10 +43,25 @@ pub enum RecvError {
     Io(String),
 }
 
+/// What a transport received.
+#[derive(Debug)]
+pub enum Received {
+    /// A client message's frame.
+    Frame(Bytes),
+    /// A sign of life below the protocol (a WebSocket pong or ping): it keeps the session
+    /// alive like a heartbeat, and needs no answer from the session.
+    Alive,
+}
+
 /// A message-framed, bidirectional connection.
 pub trait Transport: Send {
-    /// The next frame; `Ok(None)` when the peer closed.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, RecvError>> + Send;
+    /// What the client sent next; `Ok(None)` when the peer closed.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Received>, RecvError>> + Send;
+    /// Asks the client for a sign of life, where the transport has a way to (a WebSocket
+    /// ping, which browsers answer by themselves even from a throttled background tab).
+    fn ping(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Queues one frame (the bytes are shared: a frame for many sessions is not copied); it
     /// may stay buffered until [`Transport::flush`], so the frames of one wakeup can leave
     /// together.
@@ -157,7 +172,11 @@ async fn hello<T: Transport>(hub: &Hub, t: &mut T) -> Option<Opened> {
             fail(t, ErrorCode::Protocol, "no hello within 10 s").await;
             return None;
         }
-        Ok(Ok(Some(f))) => f,
+        Ok(Ok(Some(Received::Frame(f)))) => f,
+        Ok(Ok(Some(Received::Alive))) => {
+            fail(t, ErrorCode::Protocol, "the first message must be hello").await;
+            return None;
+        }
         Ok(Ok(None)) | Ok(Err(RecvError::Io(_))) => return None,
         Ok(Err(RecvError::TooLarge)) => {
             fail(t, ErrorCode::Protocol, "frame over 64 KiB").await;
@@ -437,6 +456,9 @@ async fn drain_outbox<T: Transport>(
     cursor: &mut Cursor,
 ) -> Flow {
     let taken = handle.outbox.take();
+    if taken.ping {
+        timed(t.ping()).await.map_err(dropped)?;
+    }
     if let Some((tick, items)) = taken.presence {
         let frame = presence_wire::presence_frame(tick, items.iter().map(|(_, b)| b.as_ref()));
         feed(t, frame).await.map_err(dropped)?;
@@ -490,10 +512,19 @@ async fn on_frame<T: Transport>(
     who: Who<'_>,
     limit: &mut Limit,
     pushed: u64,
-    frame: Result<Option<Bytes>, RecvError>,
+    frame: Result<Option<Received>, RecvError>,
 ) -> Flow {
     let frame = match frame {
-        Ok(Some(f)) => f,
+        Ok(Some(Received::Frame(f))) => f,
+        Ok(Some(Received::Alive)) => {
+            return match hub.engine.heartbeat(handle.sid, now_ms()) {
+                Err(CoreError::UnknownSession) => {
+                    fail(t, ErrorCode::Protocol, "session expired").await;
+                    Err(Disconnect::Dropped)
+                }
+                _ => Ok(()),
+            };
+        }
         Ok(None) | Err(RecvError::Io(_)) => return Err(Disconnect::Dropped),
         Err(RecvError::TooLarge) => {
             fail(t, ErrorCode::Protocol, "frame over 64 KiB").await;
@@ -505,6 +536,13 @@ async fn on_frame<T: Transport>(
         }
     };
     let msg = presence_wire::parse_client(&frame);
+    // Any frame is a sign of life (v1.1); these three already count as one in the engine.
+    if !matches!(
+        msg,
+        Ok(ClientMessage::Activity {} | ClientMessage::Heartbeat {} | ClientMessage::Status { .. })
+    ) {
+        let _ = hub.engine.heartbeat(handle.sid, now_ms());
+    }
     let owed_ack = match msg {
         Ok(ClientMessage::Ack { seq }) if seq > limit.acked && seq <= pushed => Some(seq),
         _ => None,

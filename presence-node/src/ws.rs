@@ -27,13 +27,15 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes, handshake::derive_accept_key};
 
 use crate::hub::Hub;
-use crate::session::{self, RecvError, Transport};
+use crate::session::{self, Received, RecvError, Transport};
 use presence_wire::MAX_FRAME;
 
 /// Per-connection read buffer, allocated eagerly by tungstenite. Its default (128 KiB) costs
 /// about 134 KB per idle connection; client messages are tiny (larger ones still work, they
 /// are read in several chunks).
 const READ_BUFFER: usize = 512;
+/// How long a close waits for the client's close frame.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Messages larger than this go out as fragments of this size.
 const FRAGMENT: usize = 1024;
 
@@ -181,15 +183,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
 }
 
 impl Transport for WsTransport {
-    async fn recv(&mut self) -> Result<Option<Bytes>, RecvError> {
+    async fn recv(&mut self) -> Result<Option<Received>, RecvError> {
         loop {
             return match self.0.next().await {
                 None => Ok(None),
-                Some(Ok(Message::Text(t))) => Ok(Some(Bytes::from(t))),
+                Some(Ok(Message::Text(t))) => Ok(Some(Received::Frame(Bytes::from(t)))),
                 Some(Ok(Message::Binary(_))) => Err(RecvError::Framing(
                     "binary frames are not accepted: send JSON text frames".into(),
                 )),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                // tungstenite answers pings by itself; both are signs of life.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(Some(Received::Alive)),
+                Some(Ok(Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) => Ok(None),
                 Some(Err(tungstenite::Error::Capacity(_))) => Err(RecvError::TooLarge),
                 Some(Err(tungstenite::Error::Protocol(p))) => {
@@ -198,6 +202,13 @@ impl Transport for WsTransport {
                 Some(Err(e)) => Err(RecvError::Io(e.to_string())),
             };
         }
+    }
+
+    async fn ping(&mut self) -> std::io::Result<()> {
+        self.0
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(std::io::Error::other)
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -245,5 +256,16 @@ impl Transport for WsTransport {
                 reason: reason.into(),
             })))
             .await;
+        // The closing handshake: read on (briefly) until the client's close. A socket closed
+        // at once would answer what the client still sends (a pong to our last ping) with a
+        // reset, and a reset discards the client's unread data: the error frame and the close.
+        let drain = async {
+            while let Some(Ok(m)) = self.0.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
     }
 }

@@ -679,3 +679,44 @@ fn environment_variables_sit_between_flags_and_the_file() {
     );
     assert!(ok && from_dir.trim().split('.').count() == 3, "{err}");
 }
+
+/// v1.1 liveness from the transport: the node pings WebSocket clients, and a client that only
+/// reads (its WebSocket library answers the pings, as a browser does from a hidden tab) stays
+/// online past the heartbeat timeout without sending a single message.
+#[tokio::test]
+async fn websocket_pongs_keep_a_silent_reader_alive() {
+    common::init();
+    let node = Node::start(&[
+        "--tick",
+        "50ms",
+        "--grace",
+        "200ms",
+        "--heartbeat-timeout",
+        "1500ms",
+    ]);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, Via::Ws, "alice", "tab").await;
+    let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "d").await;
+    bob.expect_presence("alice", SOON, is_state("online")).await;
+    // alice only reads, for three heartbeat timeouts; bob heartbeats and watches.
+    let reader = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_millis(4500);
+        while tokio::time::Instant::now() < until {
+            if let Ok(None) = alice.recv_within(Duration::from_millis(100)).await {
+                panic!("alice's connection was closed");
+            }
+        }
+        alice
+    });
+    let mut about_alice = Vec::new();
+    for _ in 0..15 {
+        bob.send(json!({"type": "heartbeat"})).await;
+        about_alice.extend(entries_about(&mut bob, "alice", Duration::from_millis(300)).await);
+    }
+    assert_eq!(
+        about_alice,
+        Vec::<serde_json::Value>::new(),
+        "alice never left"
+    );
+    let _alice = reader.await.expect("reader");
+}

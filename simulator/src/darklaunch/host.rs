@@ -732,7 +732,9 @@ async fn run_conn(
     match conn {
         Conn::Ws(mut ws) => loop {
             tokio::select! {
-                m = ws.next() => {
+                // A vanished device neither reads nor answers the node's pings (a phone that
+                // lost its network): reading on would let tungstenite answer them.
+                m = ws.next(), if !vanished => {
                     // This frame and those already read behind it, then one cumulative `ack`
                     // for the inbox entries among them, as a client acks what it has shown.
                     let mut m = m;
@@ -762,7 +764,15 @@ async fn run_conn(
                         return Some("write failed".into());
                     }
                 }
-                c = rx.recv(), if !vanished => {
+                c = rx.recv() => {
+                    if vanished {
+                        match c {
+                            Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
+                            Some(ClientCmd::Close) | None => return None,
+                            Some(_) => {}
+                        }
+                        continue;
+                    }
                     // Frames queued together leave in one write, as a client writes what it
                     // has to say at once (a chat message's `activity` and `send`, say): a
                     // write each doubled the syscalls of both sides.
