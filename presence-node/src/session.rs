@@ -354,7 +354,7 @@ impl Cursor {
 /// large as its largest await point. So the loop itself awaits only the three small wakeup
 /// futures; the work of a wakeup (writes with their timeouts, store reads, refusals) runs in
 /// boxed futures that exist only while it runs. One allocation per wakeup buys about 2 KB
-/// less per idle session (README, Performance).
+/// less per idle session (docs/benchmarks.md).
 async fn serve<T: Transport>(
     hub: &Arc<Hub>,
     t: &mut T,
