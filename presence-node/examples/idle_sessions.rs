@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid);
-    let exp = presence_node::hub::now_ms() / 1000 + 3600;
+    let exp = presence_node::node::now_ms() / 1000 + 3600;
     let hello = |i: usize| {
         let t = token::mint(
             SECRET.as_bytes(),

@@ -1,19 +1,23 @@
-//! `presence-node`: the presence server. Clients subscribe over WebSocket or QUIC, the app's
-//! backend manages the friend graph and groups through the admin HTTP API, and a tick driver
-//! runs `presence-core` and hands each session its diff.
+//! `presence-node`: the presence server, as a clock- and socket-free [`service`] under a thin
+//! tokio driver.
+//!
+//! Data flows one way: client → driver ([`ws`], [`quic`], [`connection`], [`admin`], the
+//! threads in [`node`]) → [`service`] (every decision, with `now`) → effects → driver →
+//! client. The service never imports the driver; the driver never decides.
+//!
+//! Shared leaves: [`config`] (every setting, declared once), [`frames`] (the node's values as
+//! `presence-wire` frames), [`token`], [`store`] (the graph store), [`datadir`], [`metrics`].
 
 pub mod admin;
-pub mod chat;
 pub mod config;
+pub mod connection;
 pub mod datadir;
 pub mod frames;
-pub mod hub;
 pub mod metrics;
-pub mod outbox;
-
+pub mod node;
 pub mod quic;
 pub mod server;
-pub mod session;
+pub mod service;
 pub mod store;
 pub mod token;
 pub mod webhook;

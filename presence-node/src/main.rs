@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use presence_node::config::{LogFormat, NodeConfig, SETTING, ServeArgs, parse_duration};
-use presence_node::{hub, token};
+use presence_node::{node, token};
 
 #[derive(Parser)]
 #[command(
@@ -119,7 +119,7 @@ fn mint(
     };
     let claims = token::Claims {
         sub: user.to_owned(),
-        exp: hub::now_ms() / 1000 + ttl.as_secs().max(1),
+        exp: node::now_ms() / 1000 + ttl.as_secs().max(1),
         dev: device,
     };
     println!("{}", token::mint(secret.as_bytes(), &claims));

@@ -12,8 +12,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tracing::debug;
 
-use crate::hub::Hub;
-use crate::session::{self, HELLO_TIMEOUT, Received, RecvError, Transport};
+use crate::connection::{self, HELLO_TIMEOUT, Transport};
+use crate::node::Node;
+use crate::service::{Received, RecvError};
 
 pub use presence_wire::ALPN;
 use presence_wire::framing::quic_codec as codec;
@@ -50,9 +51,9 @@ pub fn endpoint(
 }
 
 /// Accepts connections until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
+pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
     while let Some(incoming) = endpoint.accept().await {
-        let hub = hub.clone();
+        let node = node.clone();
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -60,7 +61,7 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
             };
             let stream = tokio::select! {
                 s = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()) => s,
-                () = hub.shutdown.cancelled() => return,
+                () = node.shutdown().cancelled() => return,
             };
             let (send, recv) = match stream {
                 Ok(Ok(s)) => s,
@@ -75,7 +76,7 @@ pub async fn serve(endpoint: quinn::Endpoint, hub: Arc<Hub>) {
                 read: FramedRead::with_capacity(recv, codec(), READ_CAPACITY),
                 send,
             };
-            session::run(hub, t, "quic").await;
+            connection::run(node, t, "quic").await;
         });
     }
 }

@@ -9,12 +9,10 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::chat::Chat;
 use crate::config::NodeConfig;
 use crate::datadir::{self, Ready};
-use crate::hub::{Groups, Hub, now_ms};
-use crate::outbox::CloseReason;
-use crate::store::Store;
+use crate::node::{Node, now_ms};
+use crate::service::Service;
 use crate::{admin, quic, webhook, ws};
 
 /// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
@@ -39,27 +37,6 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         cfg.tls_key.as_deref(),
     )?;
 
-    let engine = presence_core::Engine::new(cfg.engine_config()?, now_ms())?;
-    let store = Store::open(&cfg.data_dir.join("graph.redb"))?;
-    let loaded = store
-        .load_into(&engine)
-        .context("loading the friend graph")?;
-    // Publish the loaded graph before any session can start: a welcome shows the graph as of
-    // the last tick, so without this a client that reconnects before the first tick would
-    // see no friends at all.
-    let first = engine.tick(now_ms());
-    debug_assert!(first.diffs().next().is_none(), "no session exists yet");
-    let groups: Groups = loaded
-        .groups
-        .into_iter()
-        .map(|(g, m)| (g, m.into()))
-        .collect();
-    info!(
-        edges = loaded.edges,
-        groups = groups.len(),
-        users = engine.user_count(),
-        "graph loaded"
-    );
     let metrics = crate::metrics::install()?;
     let secret = secret.into_bytes();
     // With a webhook URL: the queue's sender goes to the chat service, its receiver and the
@@ -72,35 +49,27 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let limits = chat_relay::Limits {
-        max_text: cfg.max_text,
-        max_group: cfg.max_group,
-        max_unsettled_sends: cfg.chat_max_in_flight,
-        ..chat_relay::Limits::default()
-    };
-    let chat = Chat::open(
-        &cfg.data_dir.join("chat"),
-        cfg.chat_store,
-        cfg.node_id,
-        limits,
-        webhook_tx,
-    )?;
-    info!(store = cfg.chat_store.as_str(), "chat store open");
-    let hub = Arc::new(Hub::new(
-        engine,
+    let node = Arc::new(Node::new(Service::open(
         cfg.clone(),
         secret.clone(),
         admin_key,
-        store,
-        chat,
-        groups,
-    ));
-    let committer = Chat::spawn_committer(&hub).context("starting the chat commit thread")?;
+        webhook_tx,
+        now_ms(),
+    )?));
+    let committer = node
+        .spawn_committer()
+        .context("starting the chat commit thread")?;
     if let Some(max_age) = cfg.chat_retention {
-        Chat::spawn_retention(&hub, max_age);
+        node.spawn_retention(max_age);
     }
-    let webhook_task = webhook_job
-        .map(|(uri, rx)| tokio::spawn(webhook::run(uri, secret.into(), rx, hub.shutdown.clone())));
+    let webhook_task = webhook_job.map(|(uri, rx)| {
+        tokio::spawn(webhook::run(
+            uri,
+            secret.into(),
+            rx,
+            node.shutdown().clone(),
+        ))
+    });
 
     let ws_listener = TcpListener::bind(cfg.ws_listen)
         .await
@@ -124,17 +93,17 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     let ws_task = tokio::spawn(
-        axum::serve(ws_listener, ws::router(hub.clone()))
-            .with_graceful_shutdown(hub.shutdown.clone().cancelled_owned())
+        axum::serve(ws_listener, ws::router(node.clone()))
+            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
             .into_future(),
     );
     let admin_task = tokio::spawn(
-        axum::serve(admin_listener, admin::router(hub.clone(), metrics))
-            .with_graceful_shutdown(hub.shutdown.clone().cancelled_owned())
+        axum::serve(admin_listener, admin::router(node.clone(), metrics))
+            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
             .into_future(),
     );
-    let quic_task = tokio::spawn(quic::serve(endpoint.clone(), hub.clone()));
-    let ticker = hub.spawn_ticker().context("starting the tick thread")?;
+    let quic_task = tokio::spawn(quic::serve(endpoint.clone(), node.clone()));
+    let ticker = node.spawn_ticker().context("starting the tick thread")?;
 
     datadir::write_ready(&cfg.data_dir, &ready)?;
     println!("presence-node ready (pid {})", ready.pid);
@@ -163,16 +132,16 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     info!("shutting down: closing sessions");
-    hub.close_all(CloseReason::Shutdown);
-    hub.shutdown.cancel();
+    node.service().close_all();
+    node.shutdown().cancel();
     endpoint.close(0u32.into(), b"node shutting down");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
+    while node.service().session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    hub.stop_ticker();
+    node.stop_ticker();
     let _ = tokio::task::spawn_blocking(move || ticker.join()).await;
-    hub.chat.stop();
+    node.service().chat().stop();
     let _ = tokio::task::spawn_blocking(move || committer.join()).await;
     if let Some(task) = webhook_task {
         task.abort();

@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use crate::hub::now_ms;
 use crate::metrics as m;
+use crate::node::now_ms;
 
 /// Events waiting for the sender before new ones are dropped.
 pub const QUEUE: usize = 65_536;

@@ -26,8 +26,9 @@ use tungstenite::protocol::frame::{CloseFrame, Frame};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes, handshake::derive_accept_key};
 
-use crate::hub::Hub;
-use crate::session::{self, Received, RecvError, Transport};
+use crate::connection::{self, Transport};
+use crate::node::Node;
+use crate::service::{Received, RecvError};
 use presence_wire::MAX_FRAME;
 
 /// Per-connection read buffer, allocated eagerly by tungstenite. Its default (128 KiB) costs
@@ -39,8 +40,8 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Messages larger than this go out as fragments of this size.
 const FRAGMENT: usize = 1024;
 
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new().route("/v1/ws", get(upgrade)).with_state(hub)
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new().route("/v1/ws", get(upgrade)).with_state(node)
 }
 
 fn config() -> WebSocketConfig {
@@ -62,7 +63,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
+async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
     let headers = req.headers();
     let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
     let ok = req.method() == Method::GET
@@ -90,7 +91,7 @@ async fn upgrade(State(hub): State<Arc<Hub>>, mut req: Request) -> Response {
             Some(config()),
         )
         .await;
-        session::run(hub, WsTransport(ws), "ws").await;
+        connection::run(node, WsTransport(ws), "ws").await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

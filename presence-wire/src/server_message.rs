@@ -98,6 +98,21 @@ pub struct PresenceEntry<'a> {
     pub user: Cow<'a, str>,
 }
 
+impl PresenceEntry<'_> {
+    /// The same entry, owning its strings.
+    pub fn into_owned(self) -> PresenceEntry<'static> {
+        PresenceEntry {
+            idle_ms: self.idle_ms,
+            last_active: self.last_active,
+            removed: self.removed,
+            state: self.state,
+            status: self.status,
+            text: self.text.map(|t| Cow::Owned(t.into_owned())),
+            user: Cow::Owned(self.user.into_owned()),
+        }
+    }
+}
+
 /// `welcome`: the session started; every friend's presence.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome<'a> {

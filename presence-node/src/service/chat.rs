@@ -26,12 +26,13 @@ use chat_relay::{
     Target, WriteBatch,
 };
 use parking_lot::{Condvar, Mutex};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
+use super::Groups;
+use super::outbox::ChatItem;
+use super::registry::{Registry, SessionHandle};
 use crate::frames;
-use crate::hub::{Hub, SessionHandle, now_ms};
 use crate::metrics as m;
-use crate::outbox::ChatItem;
 use presence_wire::{ErrorCode, ProtocolError};
 
 /// Device acks are written at most this often: each device's latest ack makes one row per
@@ -40,8 +41,9 @@ use presence_wire::{ErrorCode, ProtocolError};
 /// offered again entries it already has.
 const ACK_DELAY: Duration = Duration::from_millis(250);
 
-/// Somebody waiting for a batch to be durable: the session and the frame it gets then.
-struct Waiter {
+/// Somebody waiting for a batch to be durable: the session and the frame it gets then
+/// (opaque outside this module).
+pub struct Waiter {
     session: Arc<SessionHandle>,
     client_id: String,
     frame: Bytes,
@@ -55,7 +57,7 @@ struct State {
 }
 
 /// What the commit thread hands the delivery thread, in commit order.
-enum Delivery {
+pub enum Delivery {
     /// A durable batch: `sent` to its waiters, its entries to the owners' devices.
     Durable {
         batch: WriteBatch,
@@ -75,12 +77,27 @@ pub struct Chat {
     webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
 }
 
-/// The friend graph and the groups, as the relay asks about them.
-pub struct Dir<'a>(pub &'a Hub);
+/// What chat asks of the rest of the node: the friend graph and the groups (for the
+/// relay's checks) and who is online (for delivery).
+pub struct Dir<'a> {
+    pub engine: &'a presence_core::Engine,
+    pub groups: &'a parking_lot::RwLock<Groups>,
+    pub registry: &'a Registry,
+}
+
+impl Dir<'_> {
+    /// The live sessions of a user by app id.
+    fn sessions_of(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        self.engine
+            .lookup(user)
+            .map(|u| self.registry.sessions_of(u.0))
+            .unwrap_or_default()
+    }
+}
 
 impl Directory for Dir<'_> {
     fn are_friends(&self, a: &str, b: &str) -> bool {
-        let e = &self.0.engine;
+        let e = self.engine;
         match (e.lookup(a), e.lookup(b)) {
             (Some(a), Some(b)) => e.are_friends(a, b),
             _ => false,
@@ -88,7 +105,7 @@ impl Directory for Dir<'_> {
     }
 
     fn group_members(&self, gid: &str) -> Option<Vec<String>> {
-        self.0.groups.read().get(gid).map(|m| m.to_vec())
+        self.groups.read().get(gid).map(|m| m.to_vec())
     }
 }
 
@@ -145,19 +162,19 @@ impl Chat {
     }
 
     /// `send`: answered `sent` once durable (or at once for a retry of a durable send).
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
-        hub: &Hub,
+        dir: &Dir<'_>,
         session: &Arc<SessionHandle>,
         user: &str,
         client_id: &str,
         target: &Target,
         text: &str,
+        now: u64,
     ) -> Answer {
         let mut st = self.state.lock();
-        let outcome = st
-            .relay
-            .send(now_ms(), user, client_id, target, text, &Dir(hub));
+        let outcome = st.relay.send(now, user, client_id, target, text, dir);
         let (msg_id, ts, wait_for) = match outcome {
             Ok(SendOutcome::New { msg_id, ts, batch }) => {
                 metrics::counter!(m::CHAT_SENDS).increment(1);
@@ -215,33 +232,25 @@ impl Chat {
         }
     }
 
-    /// The device's last ack, pending ones included.
-    pub fn device_ack(&self, user: &str, device: &str) -> Result<u64, ChatError> {
-        let durable = self.reader.device_ack(user, device)?;
-        let pending = self.state.lock().relay.unsettled_ack(user, device);
-        Ok(durable.max(pending))
+    /// The device's last ack not yet durable (0 if none): the welcome's `acked_seq` is the
+    /// larger of this and the durable one.
+    pub fn unsettled_ack(&self, user: &str, device: &str) -> u64 {
+        self.state.lock().relay.unsettled_ack(user, device)
     }
 
     /// `typing`: the users to tell (rate-limited by the relay; never stored).
     pub fn typing(
         &self,
-        hub: &Hub,
+        dir: &Dir<'_>,
         user: &str,
         target: &Target,
+        now: u64,
     ) -> Result<Vec<String>, ProtocolError> {
         self.state
             .lock()
             .relay
-            .typing(now_ms(), user, target, &Dir(hub))
+            .typing(now, user, target, dir)
             .map_err(|e| refusal(&e, None))
-    }
-
-    /// The committer: one batch at a time, in order, until stopped and drained.
-    pub fn spawn_committer(hub: &Arc<Hub>) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let hub = hub.clone();
-        std::thread::Builder::new()
-            .name("chat-commit".into())
-            .spawn(move || hub.chat.commit_loop(&hub))
     }
 
     /// Asks the committer to finish what is pending and stop.
@@ -250,50 +259,11 @@ impl Chat {
         self.wake.notify_all();
     }
 
-    /// Commits batches one at a time and hands each durable one to the delivery thread, so
-    /// the next fsync starts as soon as the previous one ends (delivery renders and queues
-    /// frames for every entry: a few µs each, milliseconds for a backlog). One delivery thread
-    /// taking the batches in commit order keeps every owner's entries in seq order, and
-    /// nothing reaches it before it is durable.
-    fn commit_loop(&self, hub: &Arc<Hub>) {
-        let (tx, rx) = std::sync::mpsc::channel::<Delivery>();
-        let hub2 = hub.clone();
-        let delivery = std::thread::Builder::new()
-            .name("chat-deliver".into())
-            .spawn(move || {
-                for d in rx {
-                    hub2.chat.hand_over_here(&hub2, d);
-                }
-            });
-        let delivery = match delivery {
-            Ok(h) => Some((tx, h)),
-            Err(e) => {
-                warn!("no chat delivery thread ({e}): delivering on the commit thread");
-                None
-            }
-        };
-        let hand_over = |d: Delivery| match &delivery {
-            Some((tx, _)) => {
-                if let Err(std::sync::mpsc::SendError(d)) = tx.send(d) {
-                    self.hand_over_here(hub, d);
-                }
-            }
-            None => self.hand_over_here(hub, d),
-        };
-        self.commit_batches(hand_over);
-        if let Some((tx, h)) = delivery {
-            drop(tx);
-            if h.join().is_err() {
-                error!("the chat delivery thread panicked");
-            }
-        }
-        info!("chat committer stopped");
-    }
-
-    /// Delivers a durable batch, or refuses a failed one's waiters, on the calling thread.
-    fn hand_over_here(&self, hub: &Hub, d: Delivery) {
+    /// Delivers a durable batch, or refuses a failed one's waiters (on the delivery thread:
+    /// batches in commit order keep every owner's entries in seq order).
+    pub fn hand_over(&self, dir: &Dir<'_>, d: Delivery) {
         match d {
-            Delivery::Durable { batch, waiters } => self.deliver(hub, &batch, waiters),
+            Delivery::Durable { batch, waiters } => self.deliver(dir, &batch, waiters),
             Delivery::Failed(failed) => Self::refuse(failed),
         }
     }
@@ -312,8 +282,11 @@ impl Chat {
         }
     }
 
-    /// The commit loop proper, until stopped and drained.
-    fn commit_batches(&self, hand_over: impl Fn(Delivery)) {
+    /// The commit loop, until stopped and drained: takes the whole pending batch whenever it
+    /// is free, commits it with one fsync, and hands the outcome to `hand_over` (the driver's
+    /// delivery thread), so the next fsync starts as soon as this one ends. Run it on a
+    /// thread of its own: it blocks on the store and on the chat lock's condition variable.
+    pub fn commit_batches(&self, hand_over: impl Fn(Delivery)) {
         let mut acks_written = Instant::now();
         loop {
             let batch = {
@@ -384,7 +357,7 @@ impl Chat {
 
     /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
     /// for recipients with none.
-    fn deliver(&self, hub: &Hub, batch: &WriteBatch, waiters: Vec<Waiter>) {
+    fn deliver(&self, dir: &Dir<'_>, batch: &WriteBatch, waiters: Vec<Waiter>) {
         let send_seconds = metrics::histogram!(m::CHAT_SEND_SECONDS);
         for w in waiters {
             w.session.outbox.push_chat(ChatItem::Frame(w.frame));
@@ -399,7 +372,7 @@ impl Chat {
         for (owner, entry) in &batch.inbox {
             let sessions = live
                 .entry(owner.as_str())
-                .or_insert_with(|| hub.sessions_of_name(owner));
+                .or_insert_with(|| dir.sessions_of(owner));
             if sessions.is_empty() {
                 if entry.kind == EntryKind::Message && entry.from != *owner {
                     self.webhook(Undelivered {
@@ -436,28 +409,12 @@ impl Chat {
         }
     }
 
-    /// Retention: trims entries older than `max_age` every so often, on a blocking thread.
-    pub fn spawn_retention(hub: &Arc<Hub>, max_age: Duration) {
-        let hub = hub.clone();
-        let every = (max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(every) => {}
-                    () = hub.shutdown.cancelled() => return,
-                }
-                let store = hub.chat.store.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    Relay::trim(store.as_ref(), now_ms(), max_age_ms)
-                })
-                .await;
-                match res {
-                    Ok(Ok(counts)) => info!(?counts, "chat retention trimmed"),
-                    Ok(Err(e)) => warn!("chat retention failed: {e}"),
-                    Err(e) => warn!("chat retention task failed: {e}"),
-                }
-            }
-        });
+    /// Retention: trims entries older than `max_age` at `now` (blocking: a store scan).
+    pub fn trim(
+        &self,
+        now: u64,
+        max_age_ms: u64,
+    ) -> Result<chat_relay::TrimCounts, chat_relay::StoreError> {
+        Relay::trim(self.store.as_ref(), now, max_age_ms)
     }
 }

@@ -1,0 +1,176 @@
+//! The driver's shared handle and its threads: the tick thread, the chat commit and delivery
+//! threads, retention. They call the [`Service`] with `now` from the one clock the node reads
+//! ([`now_ms`]) and move what it returns; they decide nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::service::Service;
+use crate::service::chat::Delivery;
+use crate::service::registry;
+
+/// Longest an admin answer waits for the tick that publishes its change.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the epoch, from the wall clock: the `now` of every service call.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What the connection tasks, the admin handlers and the threads share.
+pub struct Node {
+    service: Arc<Service>,
+    shutdown: CancellationToken,
+    /// The last tick handed out.
+    published: tokio::sync::watch::Sender<u64>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Node {
+    pub fn new(service: Service) -> Self {
+        Self {
+            service: Arc::new(service),
+            shutdown: CancellationToken::new(),
+            published: tokio::sync::watch::Sender::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+
+    /// The service, for work moved to a blocking thread.
+    pub fn service_arc(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    /// Cancelled when the node stops.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits until tick `tick` has been handed out (at most [`PUBLISH_WAIT`]: a node that
+    /// stops ticking, shutting down, does not hold answers forever).
+    pub async fn published(&self, tick: u64) {
+        let mut rx = self.published.subscribe();
+        let wait = rx.wait_for(|&t| t >= tick);
+        if tokio::time::timeout(PUBLISH_WAIT, wait).await.is_err() {
+            warn!(tick, "tick not published in time; answering anyway");
+        }
+    }
+
+    /// The tick thread: a plain OS thread, so the fan-out never runs on the async workers.
+    /// It also walks the registry's stripes so that every session is pinged once per third
+    /// of the heartbeat timeout, a few stripes a tick.
+    pub fn spawn_ticker(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let node = self.clone();
+        std::thread::Builder::new()
+            .name("presence-tick".into())
+            .spawn(move || {
+                let svc = node.service();
+                let period = svc.config().tick;
+                let ping_cycle = (svc.config().heartbeat_timeout / 3).max(period);
+                let per_tick = (registry::SHARDS as u128 * period.as_nanos())
+                    .div_ceil(ping_cycle.as_nanos().max(1))
+                    .clamp(1, registry::SHARDS as u128) as usize;
+                let mut ping_from = 0;
+                let mut next = Instant::now() + period;
+                while !node.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                        continue;
+                    }
+                    let report = svc.on_tick(now_ms());
+                    node.published.send_replace(report.tick);
+                    ping_from = svc.ping_stripes(ping_from, per_tick);
+                    next += period;
+                    if next < Instant::now() {
+                        // Fell behind (a tick took longer than the period): skip, do not burst.
+                        next = Instant::now() + period;
+                    }
+                }
+            })
+    }
+
+    pub fn stop_ticker(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The chat commit thread, with a delivery thread behind it: the commit thread commits
+    /// one batch at a time (one fsync each) and hands each outcome over, so the next fsync
+    /// starts as soon as the previous one ends; the delivery thread takes them in commit
+    /// order, which keeps every owner's entries in seq order.
+    pub fn spawn_committer(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let node = self.clone();
+        std::thread::Builder::new()
+            .name("chat-commit".into())
+            .spawn(move || {
+                let svc = node.service_arc();
+                let (tx, rx) = std::sync::mpsc::channel::<Delivery>();
+                let svc2 = svc.clone();
+                let delivery = std::thread::Builder::new()
+                    .name("chat-deliver".into())
+                    .spawn(move || {
+                        for d in rx {
+                            svc2.chat().hand_over(&svc2.dir(), d);
+                        }
+                    });
+                let delivery = match delivery {
+                    Ok(h) => Some((tx, h)),
+                    Err(e) => {
+                        warn!("no chat delivery thread ({e}): delivering on the commit thread");
+                        None
+                    }
+                };
+                let hand_over = |d: Delivery| match &delivery {
+                    Some((tx, _)) => {
+                        if let Err(std::sync::mpsc::SendError(d)) = tx.send(d) {
+                            svc.chat().hand_over(&svc.dir(), d);
+                        }
+                    }
+                    None => svc.chat().hand_over(&svc.dir(), d),
+                };
+                svc.chat().commit_batches(hand_over);
+                if let Some((tx, h)) = delivery {
+                    drop(tx);
+                    if h.join().is_err() {
+                        error!("the chat delivery thread panicked");
+                    }
+                }
+                info!("chat committer stopped");
+            })
+    }
+
+    /// Retention: trims chat entries older than `max_age` every so often, on a blocking
+    /// thread.
+    pub fn spawn_retention(self: &Arc<Self>, max_age: Duration) {
+        let node = self.clone();
+        let every = (max_age / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = node.shutdown.cancelled() => return,
+                }
+                let svc = node.service_arc();
+                let res =
+                    tokio::task::spawn_blocking(move || svc.chat().trim(now_ms(), max_age_ms))
+                        .await;
+                match res {
+                    Ok(Ok(counts)) => info!(?counts, "chat retention trimmed"),
+                    Ok(Err(e)) => warn!("chat retention failed: {e}"),
+                    Err(e) => warn!("chat retention task failed: {e}"),
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,287 @@
+//! The node's decisions, clock- and socket-free: the engine, the chat relay, the groups, the
+//! session registry and every protocol rule. The driver (the connection tasks, the tick and
+//! commit threads, the admin HTTP handlers) calls in with `now` and executes what comes back.
+//!
+//! ```text
+//! client frame ──> connection task ──> Service::on_received(&mut Session, frame, now)
+//!                                      └─> Effects { frames, ping, read, end } ──> client
+//! store read done ────────────────────> Service::on_read(&mut Session, result, now)
+//! tick thread ───> Service::on_tick(now) ──> each session's Outbox ──> connection task
+//!                                            └─> Service::on_outbox(&mut Session, now)
+//! commit thread ─> Chat::take/commit/deliver ──> Outboxes (sent, inbox entries)
+//! admin handler ─> Service::put_friends / put_group / … (blocking: run off the workers)
+//! ```
+//!
+//! `now` is milliseconds since the Unix epoch, read by the driver (`now_ms`): the service
+//! never reads a clock. Blocking work (the graph store's writes, store reads) happens only in
+//! methods the driver runs on blocking threads ([`Service::read`], the admin writes).
+
+pub mod admin;
+pub mod chat;
+pub mod outbox;
+pub mod registry;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use presence_core::{Engine, UserId};
+
+use crate::config::NodeConfig;
+use crate::frames;
+use crate::metrics as m;
+use crate::store::Store;
+use chat::Chat;
+use outbox::CloseReason;
+use registry::{Registry, SessionHandle};
+
+pub use session::{Effects, End, Read, ReadResult, Received, RecvError, Session};
+
+/// Groups: id -> members.
+pub type Groups = HashMap<String, Arc<[String]>>;
+
+/// What one tick did, for the driver's bookkeeping.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickReport {
+    /// The tick handed out: a session that starts now follows it.
+    pub tick: u64,
+    /// Entries handed to sessions.
+    pub handed: usize,
+}
+
+/// The node's state and rules.
+pub struct Service {
+    engine: Engine,
+    cfg: NodeConfig,
+    secret: Vec<u8>,
+    admin_key: String,
+    store: Store,
+    chat: Chat,
+    groups: RwLock<Groups>,
+    registry: Registry,
+    /// Serialises admin writes so validation, the durable write and the apply see one graph.
+    admin_writes: Mutex<()>,
+}
+
+impl Service {
+    pub fn new(
+        engine: Engine,
+        cfg: NodeConfig,
+        secret: Vec<u8>,
+        admin_key: String,
+        store: Store,
+        chat: Chat,
+        groups: Groups,
+    ) -> Self {
+        Self {
+            engine,
+            cfg,
+            secret,
+            admin_key,
+            store,
+            chat,
+            groups: RwLock::new(groups),
+            registry: Registry::default(),
+            admin_writes: Mutex::new(()),
+        }
+    }
+
+    /// Opens what the node holds in its data folder — the graph store (loaded into a new
+    /// engine and published, so the first welcome already has every friend), the groups, the
+    /// chat store — with the settings of `cfg`. Blocking: it reads the stores.
+    pub fn open(
+        cfg: NodeConfig,
+        secret: Vec<u8>,
+        admin_key: String,
+        webhooks: Option<tokio::sync::mpsc::Sender<chat_relay::webhook::Undelivered>>,
+        now: u64,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let engine = Engine::new(cfg.engine_config()?, now)?;
+        let store = Store::open(&cfg.data_dir.join("graph.redb"))?;
+        let loaded = store
+            .load_into(&engine)
+            .context("loading the friend graph")?;
+        // Publish the loaded graph before any session can start: a welcome shows the graph as
+        // of the last tick, so without this a client that reconnects before the first tick
+        // would see no friends at all.
+        let first = engine.tick(now);
+        debug_assert!(first.diffs().next().is_none(), "no session exists yet");
+        let groups: Groups = loaded
+            .groups
+            .into_iter()
+            .map(|(g, m)| (g, m.into()))
+            .collect();
+        tracing::info!(
+            edges = loaded.edges,
+            groups = groups.len(),
+            users = engine.user_count(),
+            "graph loaded"
+        );
+        let limits = chat_relay::Limits {
+            max_text: cfg.max_text,
+            max_group: cfg.max_group,
+            max_unsettled_sends: cfg.chat_max_in_flight,
+            ..chat_relay::Limits::default()
+        };
+        let chat = Chat::open(
+            &cfg.data_dir.join("chat"),
+            cfg.chat_store,
+            cfg.node_id,
+            limits,
+            webhooks,
+        )?;
+        tracing::info!(store = cfg.chat_store.as_str(), "chat store open");
+        Ok(Self::new(
+            engine, cfg, secret, admin_key, store, chat, groups,
+        ))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The chat relay's view of the graph and the groups.
+    pub fn dir(&self) -> chat::Dir<'_> {
+        chat::Dir {
+            engine: &self.engine,
+            groups: &self.groups,
+            registry: &self.registry,
+        }
+    }
+
+    /// Whether `key` is the admin key (compared by digest, so the timing says nothing).
+    pub fn admin_key_ok(&self, key: &str) -> bool {
+        let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+        digest(key.as_bytes()).as_ref() == digest(self.admin_key.as_bytes()).as_ref()
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.registry.count()
+    }
+
+    /// Starts a session in the engine and registers it, atomically with respect to the tick
+    /// hand-out, so no batch after the welcome can be missed.
+    fn open_session(
+        &self,
+        user: UserId,
+        device: &str,
+        now: u64,
+    ) -> Result<(Arc<SessionHandle>, presence_core::Welcome), presence_core::Error> {
+        let mut reg = self.registry.lock(user.0);
+        let welcome = self.engine.connect(user, device, now)?;
+        let handle = Arc::new(SessionHandle {
+            sid: welcome.session,
+            welcome_tick: welcome.tick,
+            outbox: outbox::Outbox::default(),
+        });
+        reg.entry(user.0).or_default().push(handle.clone());
+        Ok((handle, welcome))
+    }
+
+    /// Ends a session: the engine keeps the user present for the grace period.
+    pub fn close(&self, session: Session, how: presence_core::Disconnect, now: u64) {
+        let handle = session.into_handle();
+        self.registry.remove(&handle);
+        // Already gone if the engine expired it.
+        let _ = self.engine.disconnect(handle.sid, how, now);
+    }
+
+    /// Asks every session to close (shutdown).
+    pub fn close_all(&self) {
+        self.registry
+            .for_each(|h| h.outbox.close(CloseReason::Shutdown));
+    }
+
+    /// Asks the sessions of registry stripes `from..from + n` (wrapping) to ping their
+    /// clients; returns where the next round starts. The tick driver walks the stripes so
+    /// that every session is pinged once per third of the heartbeat timeout, a few stripes a
+    /// tick, spreading the pings and the wakeups they cost.
+    pub fn ping_stripes(&self, from: usize, n: usize) -> usize {
+        for i in 0..n.min(registry::SHARDS) {
+            for list in self.registry.stripe(from + i).values() {
+                for h in list {
+                    h.outbox.ping();
+                }
+            }
+        }
+        (from + n) % registry::SHARDS
+    }
+
+    /// The live sessions of a user by app id (none if the node never saw it).
+    pub fn sessions_of_name(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+        self.engine
+            .lookup(user)
+            .map(|u| self.registry.sessions_of(u.0))
+            .unwrap_or_default()
+    }
+
+    /// Runs one tick and hands its diffs to the sessions' outboxes.
+    pub fn on_tick(&self, now: u64) -> TickReport {
+        let started = Instant::now();
+        let batch = self.engine.tick(now);
+        let ecfg = self.engine.config();
+        // Render each referenced entry once; every watcher shares the bytes.
+        let rendered: Vec<Bytes> = self.engine.with_names(|name| {
+            batch
+                .entries
+                .iter()
+                .map(|(u, c)| Bytes::from(frames::render_change(name(*u).unwrap_or(""), c, ecfg)))
+                .collect()
+        });
+        let mut handed = 0usize;
+        let mut merges = 0u64;
+        for (watcher, items) in batch.diffs() {
+            let reg = self.registry.lock(watcher.0);
+            let Some(list) = reg.get(&watcher.0) else {
+                continue;
+            };
+            for h in list {
+                if batch.tick <= h.welcome_tick {
+                    continue;
+                }
+                let entries: Vec<(u32, Bytes)> = items
+                    .iter()
+                    .map(|&i| (batch.entries[i as usize].0.0, rendered[i as usize].clone()))
+                    .collect();
+                handed += entries.len();
+                merges += u64::from(h.outbox.push(batch.tick, entries));
+            }
+        }
+        for sid in &batch.expired {
+            let reg = self.registry.lock(sid.user);
+            if let Some(h) = reg
+                .get(&sid.user)
+                .and_then(|l| l.iter().find(|h| h.sid == *sid))
+            {
+                h.outbox.close(CloseReason::HeartbeatTimeout);
+            }
+        }
+        metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
+        metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);
+        metrics::counter!(m::MERGES).increment(merges);
+        metrics::counter!(m::EXPIRED).increment(batch.expired.len() as u64);
+        metrics::gauge!(m::LIVE).set(batch.stats.live_watchers as f64);
+        TickReport {
+            tick: batch.tick,
+            handed,
+        }
+    }
+}

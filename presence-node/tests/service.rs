@@ -1,0 +1,513 @@
+//! The node's protocol rules on the service alone: no socket, no runtime, time injected.
+//! Each test drives `Service` the way the connection task does — hello, client frames,
+//! outbox wakeups, store reads run inline — and reads the frames it would write.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use presence_node::config::{NodeConfig, ServeArgs};
+use presence_node::service::{Effects, End, Received, RecvError, Service, Session};
+use serde_json::{Value, json};
+
+/// 2026-12-01T00:00:00Z, and the heartbeat timeout of these tests.
+const T0: u64 = 1_796_083_200_000;
+const HEARTBEAT: u64 = 2_000;
+
+struct Harness {
+    svc: Service,
+    _dir: tempfile::TempDir,
+}
+
+/// What the driver did with a run of effects.
+#[derive(Debug, Default)]
+struct Out {
+    frames: Vec<Value>,
+    pinged: bool,
+    end: Option<End>,
+}
+
+impl Out {
+    fn types(&self) -> Vec<String> {
+        self.frames
+            .iter()
+            .map(|f| f["type"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    fn only(&self) -> &Value {
+        assert_eq!(self.frames.len(), 1, "{:?}", self.frames);
+        &self.frames[0]
+    }
+
+    fn closed(&self) -> bool {
+        self.end.is_some()
+    }
+}
+
+fn frame(v: Value) -> Result<Option<Received>, RecvError> {
+    Ok(Some(Received::Frame(Bytes::from(v.to_string()))))
+}
+
+fn raw(s: &str) -> Result<Option<Received>, RecvError> {
+    Ok(Some(Received::Frame(Bytes::from(s.to_owned()))))
+}
+
+impl Harness {
+    fn new(tweak: impl FnOnce(&mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = NodeConfig::resolve(&ServeArgs::default()).expect("defaults");
+        cfg.data_dir = dir.path().to_owned();
+        cfg.heartbeat_timeout = Duration::from_millis(HEARTBEAT);
+        cfg.grace = Duration::from_millis(500);
+        cfg.idle_thresholds = vec![Duration::from_secs(60)];
+        tweak(&mut cfg);
+        let svc = Service::open(cfg, b"secret".to_vec(), "key".into(), None, T0).expect("open");
+        Harness { svc, _dir: dir }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.svc
+            .mint_token(user.into(), 3600, None, T0)
+            .expect("token")
+    }
+
+    /// Executes effects as the driver does, store reads inline.
+    fn run(&self, s: &mut Session, mut fx: Effects, now: u64) -> Out {
+        let mut out = Out::default();
+        loop {
+            out.pinged |= fx.ping;
+            out.frames.extend(
+                fx.frames
+                    .drain(..)
+                    .map(|f| serde_json::from_slice(&f).expect("frames are JSON")),
+            );
+            if fx.end.is_some() {
+                out.end = fx.end;
+                return out;
+            }
+            let Some(read) = fx.read else {
+                return out;
+            };
+            let result = self.svc.read(*read);
+            fx = self.svc.on_read(s, result, now);
+        }
+    }
+
+    /// A refused hello's frames.
+    fn refused(&self, first: Result<Option<Received>, RecvError>, now: u64) -> Out {
+        match self.svc.hello(first, now) {
+            Ok(_) => panic!("the hello was accepted"),
+            Err(fx) => {
+                let mut out = Out::default();
+                out.frames = fx
+                    .frames
+                    .iter()
+                    .map(|f| serde_json::from_slice(f).expect("json"))
+                    .collect();
+                out.end = fx.end;
+                out
+            }
+        }
+    }
+
+    fn hello_with(&self, msg: Value, now: u64) -> (Session, Out) {
+        let (mut s, fx) = match self.svc.hello(frame(msg), now) {
+            Ok(x) => x,
+            Err(fx) => panic!("hello refused: {fx:?}"),
+        };
+        let out = self.run(&mut s, fx, now);
+        (s, out)
+    }
+
+    fn hello(&self, user: &str, device: &str, now: u64) -> (Session, Value) {
+        let msg = json!({"type": "hello", "token": self.token(user), "device": device});
+        let (s, out) = self.hello_with(msg, now);
+        assert_eq!(out.types(), ["welcome"], "{:?}", out.frames);
+        (s, out.frames[0].clone())
+    }
+
+    fn send(&self, s: &mut Session, msg: Value, now: u64) -> Out {
+        let fx = self.svc.on_received(s, frame(msg), now);
+        self.run(s, fx, now)
+    }
+
+    fn wake(&self, s: &mut Session, now: u64) -> Out {
+        let fx = self.svc.on_outbox(s, now);
+        self.run(s, fx, now)
+    }
+
+    fn befriend(&self, a: &str, b: &str, now: u64) {
+        let applied = self
+            .svc
+            .friendships(&[(a.into(), b.into())], &[])
+            .expect("befriend");
+        let tick = self.svc.on_tick(now).tick;
+        assert!(applied.published_by.is_some_and(|t| t <= tick));
+    }
+
+    /// Commits whatever chat is pending and delivers it (the commit and delivery threads'
+    /// work, inline).
+    fn commit(&self) {
+        let chat = self.svc.chat();
+        chat.stop();
+        chat.commit_batches(|d| chat.hand_over(&self.svc.dir(), d));
+    }
+}
+
+fn code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "{v}");
+    v["code"].as_str().unwrap_or("?")
+}
+
+#[test]
+fn a_hello_is_checked_before_a_session_starts() {
+    let h = Harness::new(|_| {});
+    let out = h.refused(frame(json!({"type": "activity"})), T0);
+    assert_eq!(code(out.only()), "protocol");
+    assert!(out.closed());
+    let out = h.refused(raw("{nope"), T0);
+    assert_eq!(code(out.only()), "protocol");
+    let out = h.refused(frame(json!({"type": "hello", "token": "x.y.z"})), T0);
+    assert_eq!(code(out.only()), "unauthorized");
+    assert!(out.closed());
+    // Expired: the token's exp is an hour after T0.
+    let t = h.token("alice");
+    let out = h.refused(frame(json!({"type": "hello", "token": t})), T0 + 3_601_000);
+    assert_eq!(code(out.only()), "unauthorized");
+    let long = "d".repeat(129);
+    let out = h.refused(
+        frame(json!({"type": "hello", "token": t, "device": long})),
+        T0,
+    );
+    assert_eq!(code(out.only()), "protocol");
+    let out = h.refused(Ok(Some(Received::Alive)), T0);
+    assert_eq!(code(out.only()), "protocol");
+    let out = h.refused(Err(RecvError::TooLarge), T0);
+    assert_eq!(code(out.only()), "protocol");
+    // A connection that ends before its hello gets nothing written.
+    let out = h.refused(Ok(None), T0);
+    assert!(out.frames.is_empty() && out.end.is_some_and(|e| e.close.is_none()));
+    assert_eq!(h.svc.session_count(), 0, "nothing was registered");
+}
+
+#[test]
+fn too_many_devices_are_refused() {
+    let h = Harness::new(|c| c.max_sessions_per_user = 2);
+    let (_a, _) = h.hello("alice", "a", T0);
+    let (_b, _) = h.hello("alice", "b", T0);
+    let t = h.token("alice");
+    let out = h.refused(
+        frame(json!({"type": "hello", "token": t, "device": "c"})),
+        T0,
+    );
+    assert_eq!(code(out.only()), "forbidden");
+    assert!(out.closed());
+}
+
+#[test]
+fn the_welcome_has_every_friend_and_the_inbox_head() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    let (_bob, _) = h.hello("bob", "phone", T0);
+    h.svc.on_tick(T0 + 10);
+    let (_alice, w) = h.hello("alice", "web", T0 + 20);
+    assert_eq!(w["user"], "alice");
+    assert_eq!(w["device"], "web");
+    assert_eq!(w["heartbeat_ms"], HEARTBEAT);
+    assert_eq!(w["inbox_seq"], 0);
+    assert_eq!(w["acked_seq"], 0);
+    assert_eq!(
+        w["friends"],
+        json!([{"user": "bob", "state": "online", "status": "available", "last_active": T0}])
+    );
+}
+
+#[test]
+fn messages_after_the_hello_are_answered_and_bad_ones_refused() {
+    let h = Harness::new(|_| {});
+    let (mut s, _) = h.hello("alice", "d", T0);
+    let out = h.send(&mut s, json!({"type": "heartbeat"}), T0 + 1);
+    assert_eq!(out.types(), ["pong"]);
+    let out = h.send(&mut s, json!({"type": "activity"}), T0 + 2);
+    assert!(out.frames.is_empty() && !out.closed());
+    let out = h.send(&mut s, json!({"type": "hello", "token": "t"}), T0 + 3);
+    assert_eq!(code(out.only()), "bad_request");
+    assert!(!out.closed(), "a second hello does not close");
+    let out = h.send(&mut s, json!({"type": "dance"}), T0 + 4);
+    assert_eq!(code(out.only()), "bad_request");
+    let out = h.send(
+        &mut s,
+        json!({"type": "status", "status": "asleep"}),
+        T0 + 5,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+    let out = h.send(&mut s, json!({"type": "read", "msg_id": "zz"}), T0 + 6);
+    assert_eq!(code(out.only()), "bad_request");
+    let out = h.send(
+        &mut s,
+        json!({"type": "send", "id": "c1", "to": "b", "group": "g", "text": "x"}),
+        T0 + 7,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+    assert_eq!(out.only()["id"], "c1", "a refused send names its id");
+    assert!(!out.closed());
+    // Malformed JSON after the hello closes the connection.
+    let fx = h.svc.on_received(&mut s, raw("{nope"), T0 + 8);
+    let out = h.run(&mut s, fx, T0 + 8);
+    assert_eq!(code(out.only()), "protocol");
+    assert!(out.closed());
+}
+
+#[test]
+fn transport_failures_end_the_session() {
+    let h = Harness::new(|_| {});
+    let (mut s, _) = h.hello("alice", "d", T0);
+    for (r, frames) in [
+        (Err(RecvError::TooLarge), 1),
+        (Err(RecvError::Framing("binary".into())), 1),
+        (Err(RecvError::Io("reset".into())), 0),
+        (Ok(None), 0),
+    ] {
+        let fx = h.svc.on_received(&mut s, r, T0 + 1);
+        let out = h.run(&mut s, fx, T0 + 1);
+        assert_eq!(out.frames.len(), frames, "{:?}", out.frames);
+        assert!(out.closed());
+    }
+}
+
+#[test]
+fn the_rate_limit_refuses_bursts_and_closes_a_flood() {
+    let h = Harness::new(|_| {});
+    let (mut s, _) = h.hello("alice", "d", T0);
+    let t = T0 + 1;
+    for _ in 0..60 {
+        let out = h.send(&mut s, json!({"type": "activity"}), t);
+        assert!(out.frames.is_empty());
+    }
+    // The first refusal says "slow down", later ones in the run say nothing…
+    let out = h.send(&mut s, json!({"type": "activity"}), t);
+    assert_eq!(code(out.only()), "rate_limited");
+    let out = h.send(&mut s, json!({"type": "activity"}), t);
+    assert!(out.frames.is_empty());
+    // …except a refused send, which is answered with its id.
+    let out = h.send(
+        &mut s,
+        json!({"type": "send", "id": "m1", "to": "bob", "text": "x"}),
+        t,
+    );
+    assert_eq!(code(out.only()), "rate_limited");
+    assert_eq!(out.only()["id"], "m1");
+    // 50 ms later one token is back (20 a second).
+    let out = h.send(&mut s, json!({"type": "heartbeat"}), t + 50);
+    assert_eq!(out.types(), ["pong"]);
+    // 50 refusals in a row close the connection.
+    let mut last = Out::default();
+    for _ in 0..50 {
+        last = h.send(&mut s, json!({"type": "activity"}), t + 50);
+        if last.closed() {
+            break;
+        }
+    }
+    assert!(last.closed());
+    assert_eq!(code(last.only()), "rate_limited");
+}
+
+#[test]
+fn a_message_is_sent_once_durable_and_reaches_every_device_in_order() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    let (mut a, _) = h.hello("alice", "web", T0);
+    let (mut b1, _) = h.hello("bob", "phone", T0);
+    let (mut b2, _) = h.hello("bob", "tablet", T0);
+    let out = h.send(
+        &mut a,
+        json!({"type": "send", "id": "c1", "to": "bob", "text": "lunch?"}),
+        T0 + 5,
+    );
+    assert!(out.frames.is_empty(), "nothing before it is durable");
+    assert!(h.wake(&mut b1, T0 + 6).frames.is_empty());
+    h.commit();
+    let out = h.wake(&mut a, T0 + 7);
+    assert_eq!(out.types(), ["sent", "inbox"]);
+    assert_eq!(out.frames[0]["id"], "c1");
+    for b in [&mut b1, &mut b2] {
+        let out = h.wake(b, T0 + 7);
+        assert_eq!(out.types(), ["inbox"]);
+        assert_eq!(out.frames[0]["seq"], 1);
+        assert_eq!(out.frames[0]["text"], "lunch?");
+    }
+    // A retry of the durable send is answered at once with the same id.
+    let out = h.send(
+        &mut a,
+        json!({"type": "send", "id": "c1", "to": "bob", "text": "lunch?"}),
+        T0 + 8,
+    );
+    assert_eq!(out.types(), ["sent"]);
+    // Not friends: refused with the id.
+    let out = h.send(
+        &mut a,
+        json!({"type": "send", "id": "c2", "to": "carol", "text": "hi"}),
+        T0 + 9,
+    );
+    assert_eq!(code(out.only()), "forbidden");
+    assert_eq!(out.only()["id"], "c2");
+}
+
+#[test]
+fn a_resume_reads_back_what_the_device_missed_then_goes_live() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    let (mut a, _) = h.hello("alice", "web", T0);
+    for i in 0..3 {
+        let out = h.send(
+            &mut a,
+            json!({"type": "send", "id": format!("c{i}"), "to": "bob", "text": format!("m{i}")}),
+            T0 + 1,
+        );
+        assert!(out.frames.is_empty());
+    }
+    h.commit();
+    let msg = json!({"type": "hello", "token": h.token("bob"), "device": "phone", "after": 1});
+    let (mut b, out) = h.hello_with(msg, T0 + 2);
+    assert_eq!(out.types(), ["welcome", "inbox", "inbox"]);
+    assert_eq!(out.frames[0]["inbox_seq"], 3);
+    assert_eq!(out.frames[1]["seq"], 2);
+    assert_eq!(out.frames[2]["seq"], 3);
+    // Live from here: the next entry comes through the outbox, once.
+    h.send(
+        &mut a,
+        json!({"type": "send", "id": "c9", "to": "bob", "text": "later"}),
+        T0 + 3,
+    );
+    h.commit();
+    let out = h.wake(&mut b, T0 + 4);
+    assert_eq!(out.types(), ["inbox"]);
+    assert_eq!(out.frames[0]["seq"], 4);
+    // `sync` reads a page and closes it with `synced`.
+    let out = h.send(
+        &mut b,
+        json!({"type": "sync", "after": 2, "limit": 1}),
+        T0 + 5,
+    );
+    assert_eq!(out.types(), ["inbox", "synced"]);
+    assert_eq!(
+        out.frames[1],
+        json!({"type": "synced", "after": 2, "last": 3, "more": true})
+    );
+}
+
+#[test]
+fn acks_of_pushed_entries_are_free_and_show_in_the_next_welcome() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    let (mut a, _) = h.hello("alice", "web", T0);
+    let (mut b, _) = h.hello("bob", "phone", T0);
+    for i in 0..70 {
+        h.send(
+            &mut a,
+            json!({"type": "send", "id": format!("c{i}"), "to": "bob", "text": "x"}),
+            T0 + 1_000 + i * 100,
+        );
+    }
+    h.commit();
+    let out = h.wake(&mut b, T0 + 9_000);
+    assert_eq!(out.frames.len(), 70);
+    // 70 acks at one instant: more than the burst, none refused (each moves forward).
+    for seq in 1..=70 {
+        let out = h.send(&mut b, json!({"type": "ack", "seq": seq}), T0 + 9_001);
+        assert!(out.frames.is_empty(), "ack {seq}: {:?}", out.frames);
+    }
+    // Not yet durable, and still in the next welcome.
+    let (_b2, w) = h.hello("bob", "phone", T0 + 9_002);
+    assert_eq!(w["acked_seq"], 70);
+    assert_eq!(w["inbox_seq"], 70);
+}
+
+#[test]
+fn a_silent_session_expires_and_any_sign_of_life_keeps_it() {
+    let h = Harness::new(|_| {});
+    let (mut quiet, _) = h.hello("alice", "a", T0);
+    let (mut alive, _) = h.hello("bob", "b", T0);
+    // bob's transport says it is alive (a pong) every second; alice says nothing.
+    for k in 1..=4u64 {
+        let fx = h
+            .svc
+            .on_received(&mut alive, Ok(Some(Received::Alive)), T0 + k * 1_000);
+        assert!(h.run(&mut alive, fx, T0 + k * 1_000).frames.is_empty());
+        h.svc.on_tick(T0 + k * 1_000 + 10);
+    }
+    let out = h.wake(&mut quiet, T0 + 4_100);
+    assert_eq!(code(out.only()), "protocol");
+    assert_eq!(out.only()["message"], "heartbeat timeout");
+    assert!(out.closed());
+    let out = h.wake(&mut alive, T0 + 4_100);
+    assert!(!out.closed(), "{:?}", out.frames);
+    // Any client frame counts too: a send refused for its target still keeps bob alive.
+    for k in 5..=7u64 {
+        h.send(
+            &mut alive,
+            json!({"type": "typing", "to": "nobody"}),
+            T0 + k * 1_000,
+        );
+        h.svc.on_tick(T0 + k * 1_000 + 10);
+    }
+    assert!(!h.wake(&mut alive, T0 + 7_100).closed());
+}
+
+#[test]
+fn pings_and_shutdown_reach_sessions_through_their_outbox() {
+    let h = Harness::new(|_| {});
+    let (mut s, _) = h.hello("alice", "a", T0);
+    h.svc.ping_stripes(0, 64);
+    let out = h.wake(&mut s, T0 + 1);
+    assert!(out.pinged && out.frames.is_empty());
+    h.svc.close_all();
+    let out = h.wake(&mut s, T0 + 2);
+    assert!(out.frames.is_empty());
+    assert_eq!(
+        out.end.and_then(|e| e.close).as_deref(),
+        Some("node shutting down")
+    );
+}
+
+#[test]
+fn an_edge_change_is_in_every_welcome_after_its_tick_and_once_in_a_live_diff() {
+    let h = Harness::new(|_| {});
+    let (mut live, w) = h.hello("alice", "old", T0);
+    assert_eq!(w["friends"], json!([]));
+    let applied = h
+        .svc
+        .put_friends("alice", &["bob".into()])
+        .expect("put friends");
+    let by = applied.published_by.expect("a change");
+    let tick = h.svc.on_tick(T0 + 200).tick;
+    assert!(tick >= by);
+    let (_new, w) = h.hello("alice", "new", T0 + 201);
+    assert_eq!(w["friends"], json!([{"user": "bob", "state": "offline"}]));
+    let out = h.wake(&mut live, T0 + 202);
+    assert_eq!(out.types(), ["presence"]);
+    assert_eq!(
+        out.frames[0]["changes"],
+        json!([{"user": "bob", "state": "offline"}])
+    );
+    h.svc.on_tick(T0 + 400);
+    assert!(
+        h.wake(&mut live, T0 + 401).frames.is_empty(),
+        "exactly once"
+    );
+    // An unchanged list changes nothing and needs no tick.
+    let again = h.svc.put_friends("alice", &["bob".into()]).expect("same");
+    assert_eq!(again.published_by, None);
+}
+
+#[test]
+fn typing_reaches_the_online_recipient_only_as_an_ephemeral_frame() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    let (mut a, _) = h.hello("alice", "web", T0);
+    let (mut b, _) = h.hello("bob", "phone", T0);
+    let out = h.send(&mut a, json!({"type": "typing", "to": "bob"}), T0 + 1);
+    assert!(out.frames.is_empty());
+    let out = h.wake(&mut b, T0 + 2);
+    assert_eq!(out.frames, vec![json!({"type": "typing", "from": "alice"})]);
+}
