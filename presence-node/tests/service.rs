@@ -97,16 +97,15 @@ impl Harness {
     fn refused(&self, first: Result<Option<Received>, RecvError>, now: u64) -> Out {
         match self.svc.hello(first, now) {
             Ok(_) => panic!("the hello was accepted"),
-            Err(fx) => {
-                let mut out = Out::default();
-                out.frames = fx
+            Err(fx) => Out {
+                frames: fx
                     .frames
                     .iter()
                     .map(|f| serde_json::from_slice(f).expect("json"))
-                    .collect();
-                out.end = fx.end;
-                out
-            }
+                    .collect(),
+                pinged: false,
+                end: fx.end,
+            },
         }
     }
 
