@@ -79,6 +79,11 @@ fn body<T: serde::de::DeserializeOwned>(b: Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(&b).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
+/// [`body`] for tests (tests/fuzz.rs): a refusal as its status and message.
+pub fn parse_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, (StatusCode, String)> {
+    body(Bytes::copy_from_slice(b)).map_err(|ApiError(status, msg)| (status, msg))
+}
+
 /// Runs a blocking admin call off the async workers.
 async fn blocking<R: Send + 'static>(
     s: &AdminState,
@@ -132,8 +137,8 @@ async fn count_requests(req: Request, next: Next) -> Response {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FriendsBody {
-    friends: Vec<String>,
+pub struct FriendsBody {
+    pub friends: Vec<String>,
 }
 
 async fn put_friends(
@@ -156,11 +161,11 @@ async fn get_friends(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FriendshipsBody {
+pub struct FriendshipsBody {
     #[serde(default)]
-    add: Vec<(String, String)>,
+    pub add: Vec<(String, String)>,
     #[serde(default)]
-    remove: Vec<(String, String)>,
+    pub remove: Vec<(String, String)>,
 }
 
 async fn post_friendships(
@@ -175,8 +180,8 @@ async fn post_friendships(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GroupBody {
-    members: Vec<String>,
+pub struct GroupBody {
+    pub members: Vec<String>,
 }
 
 async fn put_group(
@@ -222,12 +227,12 @@ async fn get_presence(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TokenBody {
-    user: String,
+pub struct TokenBody {
+    pub user: String,
     #[serde(default = "default_ttl")]
-    ttl_s: u64,
+    pub ttl_s: u64,
     #[serde(default)]
-    device: Option<String>,
+    pub device: Option<String>,
 }
 
 fn default_ttl() -> u64 {
