@@ -55,13 +55,18 @@ impl Node {
 
     /// Starts a node on an existing data folder (for restarts).
     pub fn start_in(dir: &Path, args: &[&str]) -> Node {
+        Self::start_at(dir, args, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts a node on an existing data folder with its client listeners on `ws` and `quic`.
+    pub fn start_at(dir: &Path, args: &[&str], ws: &str, quic: &str) -> Node {
         let _ = std::fs::remove_file(dir.join("ready.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_presence-node"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir)
-            .args(["--ws-listen", "127.0.0.1:0"])
-            .args(["--quic-listen", "127.0.0.1:0"])
+            .args(["--ws-listen", ws])
+            .args(["--quic-listen", quic])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
@@ -126,6 +131,16 @@ impl Node {
         let args: Vec<String> = self.args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut n = Node::start_in(&self.dir, &args);
+        n._tmp = self._tmp.take();
+        n
+    }
+
+    /// Restarts on the same data folder with the same flags, its client listeners on `ws` and
+    /// `quic` (the addresses clients know of an earlier run).
+    pub fn restart_at(mut self, ws: SocketAddr, quic: SocketAddr) -> Node {
+        let args: Vec<String> = self.args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut n = Node::start_at(&self.dir, &args, &ws.to_string(), &quic.to_string());
         n._tmp = self._tmp.take();
         n
     }
