@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{FAST, Node, Via};
+use common::{FAST, Node, Via, transport};
 use presence_client::{
     Backoff, Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, Event,
     Inbox, QuicCert, ServerMessage, Session, SessionOptions, State, Transport,
@@ -16,18 +16,6 @@ use serde_json::json;
 const SOON: Duration = Duration::from_secs(5);
 /// Long enough for something the node would send to arrive, on a shared 2-core machine.
 const QUIET: Duration = Duration::from_millis(500);
-
-/// The node's client address over `via`, trusting its dev certificate.
-fn transport(node: &Node, via: Via) -> Transport {
-    match via {
-        Via::Ws => Transport::ws(node.ready.ws.to_string()),
-        Via::Quic => Transport::quic(node.ready.quic.to_string(), "localhost", cert(node)),
-    }
-}
-
-fn cert(node: &Node) -> QuicCert {
-    QuicCert::pem_file(node.dir.join("tls/cert.pem")).expect("the node's dev certificate")
-}
 
 async fn options(node: &Node, via: Via, user: &str) -> ConnectOptions {
     ConnectOptions::new(transport(node, via), node.token(user).await).device("d")
@@ -157,7 +145,11 @@ async fn bad_tokens_and_certificates_are_typed_refusals() {
         }
     }
     // QUIC checks the certificate: a name it is not for fails the handshake...
-    let wrong_name = Transport::quic(node.ready.quic.to_string(), "example.com", cert(&node));
+    let wrong_name = Transport::quic(
+        node.ready.quic.to_string(),
+        "example.com",
+        common::node_cert(&node),
+    );
     match Client::connect(&ConnectOptions::new(wrong_name, good.as_str())).await {
         Err(ClientError::Tls(_)) => {}
         other => panic!("expected a TLS error, got {other:?}"),
