@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Client, Node, Via};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 const SOON: Duration = Duration::from_secs(5);
 /// Long enough for something the node would send to arrive, on a shared 2-core machine.
@@ -301,58 +299,26 @@ async fn paced_sends(
     // Reading and writing run side by side on the two halves of the connection, so no read
     // is ever cancelled half way through a frame.
     let run = async {
-        match &mut p.c {
-            Client::Ws(ws) => {
-                let (mut tx, mut rx) = (&mut *ws).split();
-                let write = async {
-                    for (i, f) in frames.iter().enumerate() {
-                        tokio::time::sleep_until(due(i)).await;
-                        tx.send(Message::Text(f.clone().into()))
-                            .await
-                            .expect("ws send");
-                    }
-                };
-                let read = async {
-                    loop {
-                        match rx.next().await {
-                            Some(Ok(Message::Text(t))) => {
-                                if file(serde_json::from_str(&t).expect("json")) {
-                                    break;
-                                }
-                            }
-                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                                panic!("{prefix}: closed")
-                            }
-                            Some(Ok(_)) => {}
-                        }
-                    }
-                };
-                tokio::join!(write, read);
+        let (mut tx, mut rx) = p.c.split();
+        let write = async {
+            for (i, f) in frames.iter().enumerate() {
+                tokio::time::sleep_until(due(i)).await;
+                tx.send_frame(f.as_bytes()).await.expect("send");
             }
-            Client::Quic { send, recv, .. } => {
-                let write = async {
-                    for (i, f) in frames.iter().enumerate() {
-                        tokio::time::sleep_until(due(i)).await;
-                        send.write_all(&(f.len() as u32).to_be_bytes())
-                            .await
-                            .expect("len");
-                        send.write_all(f.as_bytes()).await.expect("body");
-                    }
-                };
-                let read = async {
-                    loop {
-                        let mut len = [0u8; 4];
-                        recv.read_exact(&mut len).await.expect("frame length");
-                        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-                        recv.read_exact(&mut buf).await.expect("frame");
-                        if file(serde_json::from_slice(&buf).expect("json")) {
+        };
+        let read = async {
+            loop {
+                match rx.recv_frame().await {
+                    Ok(frame) => {
+                        if file(serde_json::from_slice(&frame).expect("json")) {
                             break;
                         }
                     }
-                };
-                tokio::join!(write, read);
+                    Err(e) => panic!("{prefix}: closed ({e})"),
+                }
             }
-        }
+        };
+        tokio::join!(write, read);
     };
     let limit = GAP * n as u32 + Duration::from_secs(10);
     tokio::time::timeout(limit, run)

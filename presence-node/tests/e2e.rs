@@ -472,9 +472,9 @@ async fn silent_connection_is_closed_after_the_hello_timeout() {
     common::init();
     let node = Node::start(FAST);
     let mut ws = Client::open(&node, Via::Ws).await;
-    let mut quic = Client::open(&node, Via::Quic).await;
+    let mut quic = Client::open_raw_quic(&node).await;
     // QUIC streams only reach the server with data: send a partial frame header.
-    if let Client::Quic { send, .. } = &mut quic {
+    if let Client::RawQuic { send, .. } = &mut quic {
         send.write_all(&[0, 0]).await.expect("partial");
     }
     for c in [&mut ws, &mut quic] {

@@ -1,19 +1,16 @@
 //! Test harness: the real `presence-node` binary as a child process on free loopback ports
-//! with a temporary data folder, real WebSocket and QUIC clients, and a tiny HTTP client for
-//! the admin API.
+//! with a temporary data folder, real WebSocket and QUIC clients (presence-client's), and a
+//! tiny HTTP client for the admin API.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 pub const FAST: &[&str] = &[
     "--tick",
@@ -55,13 +52,18 @@ impl Node {
 
     /// Starts a node on an existing data folder (for restarts).
     pub fn start_in(dir: &Path, args: &[&str]) -> Node {
+        Self::start_at(dir, args, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts a node on an existing data folder with its client listeners on `ws` and `quic`.
+    pub fn start_at(dir: &Path, args: &[&str], ws: &str, quic: &str) -> Node {
         let _ = std::fs::remove_file(dir.join("ready.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_presence-node"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir)
-            .args(["--ws-listen", "127.0.0.1:0"])
-            .args(["--quic-listen", "127.0.0.1:0"])
+            .args(["--ws-listen", ws])
+            .args(["--quic-listen", quic])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "warn")
@@ -126,6 +128,16 @@ impl Node {
         let args: Vec<String> = self.args.clone();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut n = Node::start_in(&self.dir, &args);
+        n._tmp = self._tmp.take();
+        n
+    }
+
+    /// Restarts on the same data folder with the same flags, its client listeners on `ws` and
+    /// `quic` (the addresses clients know of an earlier run).
+    pub fn restart_at(mut self, ws: SocketAddr, quic: SocketAddr) -> Node {
+        let args: Vec<String> = self.args.clone();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut n = Node::start_at(&self.dir, &args, &ws.to_string(), &quic.to_string());
         n._tmp = self._tmp.take();
         n
     }
@@ -268,11 +280,12 @@ pub enum Via {
     Quic,
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
+/// A client of the node under test, speaking the JSON values the tests assert on.
 pub enum Client {
-    Ws(WsStream),
-    Quic {
+    /// presence-client's connection: the transports, framing and TLS of the product client.
+    Conn(presence_client::Connection),
+    /// A bare QUIC stream, for the test that writes bytes outside the framing.
+    RawQuic {
         _endpoint: quinn::Endpoint,
         conn: quinn::Connection,
         send: quinn::SendStream,
@@ -280,51 +293,53 @@ pub enum Client {
     },
 }
 
-fn quic_client_config(node_dir: &Path) -> quinn::ClientConfig {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(node_dir.join("tls/cert.pem")).expect("cert") {
-        roots.add(cert.expect("pem")).expect("add root");
+/// The node's client address over `via`, trusting its dev certificate.
+pub fn transport(node: &Node, via: Via) -> presence_client::Transport {
+    match via {
+        Via::Ws => presence_client::Transport::ws(node.ready.ws.to_string()),
+        Via::Quic => presence_client::Transport::quic(
+            node.ready.quic.to_string(),
+            "localhost",
+            node_cert(node),
+        ),
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"presence/1".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// The node's dev certificate, as a QUIC client trusts it.
+pub fn node_cert(node: &Node) -> presence_client::QuicCert {
+    presence_client::QuicCert::pem_file(node.dir.join("tls/cert.pem")).expect("cert")
 }
 
 impl Client {
     /// Connects without saying hello.
     pub async fn open(node: &Node, via: Via) -> Client {
-        match via {
-            Via::Ws => {
-                let url = format!("ws://{}/v1/ws", node.ready.ws);
-                let (ws, _) = tokio_tungstenite::connect_async(url)
-                    .await
-                    .expect("ws connect");
-                Client::Ws(ws)
-            }
-            Via::Quic => {
-                let mut endpoint =
-                    quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
-                endpoint.set_default_client_config(quic_client_config(&node.dir));
-                let conn = endpoint
-                    .connect(node.ready.quic, "localhost")
-                    .expect("connect")
-                    .await
-                    .expect("handshake");
-                let (send, recv) = conn.open_bi().await.expect("stream");
-                Client::Quic {
-                    _endpoint: endpoint,
-                    conn,
-                    send,
-                    recv,
-                }
-            }
+        Self::open_with(node, via, &presence_client::TransportOptions::default()).await
+    }
+
+    async fn open_with(node: &Node, via: Via, opts: &presence_client::TransportOptions) -> Client {
+        let conn = presence_client::Client::open(&transport(node, via), opts)
+            .await
+            .unwrap_or_else(|e| panic!("{via:?} connect: {e}"));
+        Client::Conn(conn)
+    }
+
+    /// A QUIC connection with its stream open and nothing written (the stream reaches the
+    /// node only with the first bytes written to `send`).
+    pub async fn open_raw_quic(node: &Node) -> Client {
+        let opts = presence_client::TransportOptions::default();
+        let cfg = presence_client::quic_client_config(&node_cert(node), &opts).expect("config");
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("udp");
+        let conn = endpoint
+            .connect_with(cfg, node.ready.quic, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        Client::RawQuic {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
         }
     }
 
@@ -342,15 +357,11 @@ impl Client {
     /// A WebSocket client with a 4 KiB socket receive buffer, hello sent, welcome read.
     pub async fn hello_tiny_window(node: &Node, user: &str) -> Client {
         let token = node.token(user).await;
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let stream = socket.connect(node.ready.ws).await.expect("connect");
-        let url = format!("ws://{}/v1/ws", node.ready.ws);
-        let (ws, _) =
-            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-                .await
-                .expect("ws handshake");
-        let mut c = Client::Ws(ws);
+        let opts = presence_client::TransportOptions {
+            tcp_recv_buffer: Some(4096),
+            ..Default::default()
+        };
+        let mut c = Client::open_with(node, Via::Ws, &opts).await;
         c.send(serde_json::json!({"type": "hello", "token": token, "device": "tiny"}))
             .await;
         let w = c.recv().await.expect("welcome");
@@ -360,11 +371,8 @@ impl Client {
 
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         match self {
-            Client::Ws(ws) => {
-                let text = String::from_utf8(bytes).expect("utf8");
-                ws.send(Message::Text(text.into())).await.expect("ws send");
-            }
-            Client::Quic { send, .. } => {
+            Client::Conn(c) => c.send_frame(&bytes).await.expect("send"),
+            Client::RawQuic { send, .. } => {
                 send.write_all(&(bytes.len() as u32).to_be_bytes())
                     .await
                     .expect("len");
@@ -375,6 +383,19 @@ impl Client {
 
     pub async fn send(&mut self, v: Value) {
         self.send_raw(v.to_string().into_bytes()).await;
+    }
+
+    /// The sending and receiving halves of the connection, to run side by side.
+    pub fn split(
+        &mut self,
+    ) -> (
+        presence_client::FrameSender<'_>,
+        presence_client::FrameReceiver<'_>,
+    ) {
+        match self {
+            Client::Conn(c) => c.split(),
+            Client::RawQuic { .. } => panic!("a raw QUIC client has no halves"),
+        }
     }
 
     /// The next JSON message, or None if the connection closed (5 s timeout panics).
@@ -388,16 +409,12 @@ impl Client {
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Value>, ()> {
         let fut = async {
             match self {
-                Client::Ws(ws) => loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) => {
-                            return Some(serde_json::from_str(&t).expect("json"));
-                        }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                        Some(Ok(_)) => continue,
-                    }
+                // Cancel-safe: a timeout never leaves half a frame read.
+                Client::Conn(c) => match c.recv_frame().await {
+                    Ok(frame) => Some(serde_json::from_slice(&frame).expect("json")),
+                    Err(_) => None,
                 },
-                Client::Quic { recv, .. } => {
+                Client::RawQuic { recv, .. } => {
                     let mut len = [0u8; 4];
                     if recv.read_exact(&mut len).await.is_err() {
                         return None;
@@ -461,19 +478,17 @@ impl Client {
     /// Drops the connection without a close handshake.
     pub fn abandon(self) {
         match self {
-            Client::Ws(ws) => drop(ws),
-            Client::Quic { conn, .. } => {
-                conn.close(0u32.into(), b"bye");
-            }
+            Client::Conn(c) => c.abandon(),
+            Client::RawQuic { conn, .. } => conn.close(0u32.into(), b"bye"),
         }
     }
 
     pub async fn close(self) {
         match self {
-            Client::Ws(mut ws) => {
-                let _ = ws.close(None).await;
+            Client::Conn(c) => {
+                let _ = c.close().await;
             }
-            Client::Quic { conn, .. } => conn.close(0u32.into(), b"bye"),
+            Client::RawQuic { conn, .. } => conn.close(0u32.into(), b"bye"),
         }
     }
 }

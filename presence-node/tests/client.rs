@@ -1,0 +1,267 @@
+//! `presence-client` against the real node binary: typed welcomes over both transports, typed
+//! refusals, typed presence and chat, and a session that resumes across restarts with
+//! exactly the inbox entries it missed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FAST, Node, Via, transport};
+use presence_client::{
+    Backoff, Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, Event,
+    Inbox, QuicCert, ServerMessage, Session, SessionOptions, State, Transport,
+};
+use serde_json::json;
+
+const SOON: Duration = Duration::from_secs(5);
+/// Long enough for something the node would send to arrive, on a shared 2-core machine.
+const QUIET: Duration = Duration::from_millis(500);
+
+async fn options(node: &Node, via: Via, user: &str) -> ConnectOptions {
+    ConnectOptions::new(transport(node, via), node.token(user).await).device("d")
+}
+
+async fn connect(node: &Node, via: Via, user: &str) -> Connection {
+    let (c, w) = Client::connect(&options(node, via, user).await)
+        .await
+        .expect("welcome");
+    assert_eq!(w.user, user);
+    c
+}
+
+/// Reads until `pick` returns something, heartbeating meanwhile (the FAST node expires a
+/// silent session after 2 s); panics after `SOON`.
+async fn until<T>(c: &mut Connection, mut pick: impl FnMut(ServerMessage) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let beat = tokio::time::sleep(Duration::from_millis(300));
+        tokio::select! {
+            msg = c.recv() => {
+                if let Some(t) = pick(msg.expect("connection open")) {
+                    return t;
+                }
+            }
+            () = beat => c.send(&ClientMessage::Heartbeat {}).await.expect("heartbeat"),
+            () = tokio::time::sleep_until(deadline) => panic!("nothing matching within {SOON:?}"),
+        }
+    }
+}
+
+async fn chat(c: &mut Connection, id: &str, to: &str, text: &str) {
+    let send = ClientMessage::Send {
+        id: id.into(),
+        to: Some(to.into()),
+        group: None,
+        text: text.into(),
+    };
+    c.send(&send).await.expect("send");
+    until(c, |m| match m {
+        ServerMessage::Sent(s) if s.id == id => Some(()),
+        ServerMessage::Error(e) => panic!("{id}: {e:?}"),
+        _ => None,
+    })
+    .await;
+}
+
+fn bob_is(state: State) -> impl FnMut(ServerMessage) -> Option<()> {
+    move |m| match m {
+        ServerMessage::Presence(p) => p
+            .changes
+            .iter()
+            .any(|e| e.user == "bob" && e.state == Some(state))
+            .then_some(()),
+        _ => None,
+    }
+}
+
+async fn welcome_presence_and_chat_are_typed(via: Via) {
+    let node = Node::start(FAST);
+    let (status, v) = node
+        .admin(
+            "PUT",
+            "/v1/users/alice/friends",
+            Some(json!({"friends": ["bob"]})),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    // Give the tick a moment to publish the edges before the snapshot.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let opts = options(&node, via, "alice").await.device("phone");
+    let (mut alice, w) = Client::connect(&opts).await.expect("welcome");
+    assert_eq!((&*w.user, &*w.device), ("alice", "phone"));
+    assert_eq!(&*w.idle_thresholds_ms, &[400, 800, 1600]);
+    assert_eq!(w.inbox_seq, 0);
+    assert_eq!(w.friends.len(), 1, "{w:?}");
+    assert_eq!(w.friends[0].user, "bob");
+    assert_eq!(w.friends[0].state, Some(State::Offline));
+
+    let mut bob = connect(&node, via, "bob").await;
+    until(&mut alice, bob_is(State::Online)).await;
+    chat(&mut bob, "b1", "alice", "hi alice").await;
+    let entry = until(&mut alice, |m| match m {
+        ServerMessage::Inbox(i) => Some(i),
+        _ => None,
+    })
+    .await;
+    assert_eq!((entry.seq, &*entry.from), (1, "bob"));
+    assert_eq!(entry.text.as_deref(), Some("hi alice"));
+    bob.close().await.expect("close");
+    // Offline after the grace period.
+    until(&mut alice, bob_is(State::Offline)).await;
+    alice.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn welcome_presence_and_chat_are_typed_ws() {
+    common::init();
+    welcome_presence_and_chat_are_typed(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn welcome_presence_and_chat_are_typed_quic() {
+    common::init();
+    welcome_presence_and_chat_are_typed(Via::Quic).await;
+}
+
+#[tokio::test]
+async fn bad_tokens_and_certificates_are_typed_refusals() {
+    common::init();
+    let node = Node::start(FAST);
+    let good = node.token("x").await;
+    let mut tampered = good.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] ^= 1;
+    let tampered = String::from_utf8(tampered).expect("utf8");
+    for via in [Via::Ws, Via::Quic] {
+        for token in ["nope", &tampered] {
+            let opts = ConnectOptions::new(transport(&node, via), token);
+            match Client::connect(&opts).await {
+                Err(ClientError::Refused { code, .. }) => {
+                    assert_eq!(code, ErrorCode::Unauthorized, "{via:?}");
+                }
+                other => panic!("{via:?}: expected unauthorized, got {other:?}"),
+            }
+        }
+    }
+    // QUIC checks the certificate: a name it is not for fails the handshake...
+    let wrong_name = Transport::quic(
+        node.ready.quic.to_string(),
+        "example.com",
+        common::node_cert(&node),
+    );
+    match Client::connect(&ConnectOptions::new(wrong_name, good.as_str())).await {
+        Err(ClientError::Tls(_)) => {}
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    // ...unless told to accept anything.
+    let any = Transport::quic(
+        node.ready.quic.to_string(),
+        "example.com",
+        QuicCert::DangerousAcceptAny,
+    );
+    let (c, w) = Client::connect(&ConnectOptions::new(any, good.as_str()))
+        .await
+        .expect("welcome");
+    assert_eq!(w.user, "x");
+    c.close().await.expect("close");
+}
+
+/// The session's next event within `SOON`.
+async fn next(s: &mut Session) -> Event {
+    tokio::time::timeout(SOON * 3, s.next_event())
+        .await
+        .expect("an event in time")
+        .expect("the session goes on")
+}
+
+/// Inbox entries from the session until it has `n` in all (other events skipped).
+async fn inbox_until(s: &mut Session, got: &mut Vec<Inbox<'static>>, n: usize) {
+    while got.len() < n {
+        if let Event::Message(ServerMessage::Inbox(i)) = next(s).await {
+            got.push(i);
+        }
+    }
+}
+
+async fn session_resumes_after_restarts(via: Via) {
+    let node = Node::start(FAST);
+    node.befriend(&[("alice", "bob")]).await;
+    let (ws, quic) = (node.ready.ws, node.ready.quic);
+    let mut opts = SessionOptions::new(options(&node, via, "alice").await);
+    opts.connect.transport_options.connect_timeout = Duration::from_secs(3);
+    opts.backoff = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_millis(300),
+        reset_after: Duration::from_secs(30),
+    };
+    opts.seed = Some(7);
+    let mut alice = Session::start(opts);
+    match next(&mut alice).await {
+        Event::Connected(w) => assert_eq!(w.inbox_seq, 0),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    let mut got = Vec::new();
+
+    // One entry live.
+    let mut bob = connect(&node, via, "bob").await;
+    chat(&mut bob, "m1", "alice", "one").await;
+    inbox_until(&mut alice, &mut got, 1).await;
+    drop(bob);
+
+    // The node goes down; two entries are written while it runs elsewhere, where alice's
+    // session does not look.
+    let mut node = node;
+    assert!(node.stop().success());
+    loop {
+        if let Event::Disconnected { retry_in, .. } = next(&mut alice).await {
+            assert!(retry_in.is_some(), "a lost node is retried");
+            break;
+        }
+    }
+    let mut node = node.restart();
+    let mut bob = connect(&node, via, "bob").await;
+    chat(&mut bob, "m2", "alice", "two").await;
+    chat(&mut bob, "m3", "alice", "three").await;
+    drop(bob);
+    assert!(node.stop().success());
+
+    // Back where alice's session looks: it resumes after 1, gets 2 and 3 from the store,
+    // then 4 live.
+    let node = node.restart_at(ws, quic);
+    loop {
+        if let Event::Connected(w) = next(&mut alice).await {
+            assert_eq!(w.inbox_seq, 3);
+            break;
+        }
+    }
+    let mut bob = connect(&node, via, "bob").await;
+    chat(&mut bob, "m4", "alice", "four").await;
+    inbox_until(&mut alice, &mut got, 4).await;
+    // And nothing more: no entry twice.
+    let quiet = tokio::time::Instant::now() + QUIET;
+    while let Ok(Some(e)) = tokio::time::timeout_at(quiet, alice.next_event()).await {
+        if let Event::Message(ServerMessage::Inbox(extra)) = e {
+            panic!("an extra entry: {extra:?}");
+        }
+    }
+    let seqs: Vec<u64> = got.iter().map(|i| i.seq).collect();
+    let texts: Vec<&str> = got.iter().filter_map(|i| i.text.as_deref()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(texts, ["one", "two", "three", "four"]);
+    assert_eq!(alice.resume_after(), Some(4));
+    alice.close().await;
+    bob.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_session_resumes_after_restarts_ws() {
+    common::init();
+    session_resumes_after_restarts(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn a_session_resumes_after_restarts_quic() {
+    common::init();
+    session_resumes_after_restarts(Via::Quic).await;
+}
