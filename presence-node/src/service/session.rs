@@ -546,6 +546,11 @@ impl Service {
         else {
             return fx;
         };
+        // Entries the store no longer has (trimmed by retention) are gone for good: step past
+        // them, or the live entry after the gap would ask for the same read forever.
+        if let Some(u) = until {
+            s.next_seq = s.next_seq.max(u + 1);
+        }
         self.write_chat(s, rest, lagging, close, fx)
     }
 
