@@ -89,17 +89,9 @@ mod tests {
         assert_eq!(s.parse::<MsgId>().unwrap(), id);
     }
 
+    /// (Bad id strings are refused by `presence-wire`'s own test.)
     #[test]
-    fn rejects_bad_strings_and_nodes() {
-        for bad in [
-            "",
-            "123",
-            "000000000000000G",
-            "000000000000000A",
-            "00000000000000001",
-        ] {
-            assert!(bad.parse::<MsgId>().is_err(), "{bad}");
-        }
+    fn rejects_bad_nodes() {
         assert!(IdGen::new(1024).is_err());
         assert!(IdGen::new(1023).is_ok());
     }
