@@ -303,7 +303,10 @@ fn minted_tokens_verify_to_their_claims() {
                 token::verify(&secret, &t, claims.exp),
                 Err(TokenError::Expired)
             );
-            if other != secret {
+            // HMAC pads a key shorter than its block (64 bytes) with zeros: "k" and "k\0" are
+            // the same key. Any other key fails.
+            let trim = |k: &[u8]| k.len() - k.iter().rev().take_while(|&&b| b == 0).count();
+            if other[..trim(&other)] != secret[..trim(&secret)] {
                 prop_assert_eq!(token::verify(&other, &t, now), Err(TokenError::Signature));
             }
             Ok(())
