@@ -12,6 +12,9 @@
 //! FUZZ_CASES=200000 cargo test --release -p presence-node --test fuzz -- --nocapture
 //! ```
 //!
+//! In release, 2,000,000 cases of every property took about 4 minutes on the busy 2-core
+//! development machine.
+//!
 //! `FUZZ_CASES` sets the cases of every property. A failure prints the smallest input proptest
 //! shrank it to, and proptest saves its seed in `tests/fuzz.proptest-regressions` (commit it)
 //! to replay first from then on.
