@@ -11,10 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 #[cfg(not(loom))]
-pub(crate) use parking_lot::Mutex;
+pub(crate) use parking_lot::{Mutex, MutexGuard};
 
 #[cfg(loom)]
-pub(crate) use self::loom_shim::Mutex;
+pub(crate) use self::loom_shim::{Mutex, MutexGuard};
 
 #[cfg(loom)]
 mod loom_shim {
