@@ -109,7 +109,7 @@ async fn serve<T: Transport>(node: &Arc<Node>, t: &mut T, s: &mut Session) -> Di
     loop {
         let fx = tokio::select! {
             biased;
-            () = s.handle().outbox.notify.notified() => svc.on_outbox(s, now_ms()),
+            () = s.handle().outbox.wakeup.notified() => svc.on_outbox(s, now_ms()),
             frame = t.recv() => svc.on_received(s, frame, now_ms()),
             () = node.shutdown().cancelled() => session::shutting_down(),
         };

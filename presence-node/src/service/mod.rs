@@ -18,9 +18,10 @@
 
 pub mod admin;
 pub mod chat;
-pub mod outbox;
-pub mod registry;
 pub mod session;
+
+// The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
+pub use presence_handoff::{outbox, registry};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -184,15 +185,8 @@ impl Service {
         device: &str,
         now: u64,
     ) -> Result<(Arc<SessionHandle>, presence_core::Welcome), presence_core::Error> {
-        let mut reg = self.registry.lock(user.0);
-        let welcome = self.engine.connect(user, device, now)?;
-        let handle = Arc::new(SessionHandle {
-            sid: welcome.session,
-            welcome_tick: welcome.tick,
-            outbox: outbox::Outbox::default(),
-        });
-        reg.entry(user.0).or_default().push(handle.clone());
-        Ok((handle, welcome))
+        self.registry
+            .register(user, || self.engine.connect(user, device, now))
     }
 
     /// Ends a session: the engine keeps the user present for the grace period.
@@ -215,11 +209,8 @@ impl Service {
     /// tick, spreading the pings and the wakeups they cost.
     pub fn ping_stripes(&self, from: usize, n: usize) -> usize {
         for i in 0..n.min(registry::SHARDS) {
-            for list in self.registry.stripe(from + i).values() {
-                for h in list {
-                    h.outbox.ping();
-                }
-            }
+            self.registry
+                .for_each_in_stripe(from + i, |h| h.outbox.ping());
         }
         (from + n) % registry::SHARDS
     }
@@ -245,34 +236,7 @@ impl Service {
                 .map(|(u, c)| Bytes::from(frames::render_change(name(*u).unwrap_or(""), c, ecfg)))
                 .collect()
         });
-        let mut handed = 0usize;
-        let mut merges = 0u64;
-        for (watcher, items) in batch.diffs() {
-            let reg = self.registry.lock(watcher.0);
-            let Some(list) = reg.get(&watcher.0) else {
-                continue;
-            };
-            for h in list {
-                if batch.tick <= h.welcome_tick {
-                    continue;
-                }
-                let entries: Vec<(u32, Bytes)> = items
-                    .iter()
-                    .map(|&i| (batch.entries[i as usize].0.0, rendered[i as usize].clone()))
-                    .collect();
-                handed += entries.len();
-                merges += u64::from(h.outbox.push(batch.tick, entries));
-            }
-        }
-        for sid in &batch.expired {
-            let reg = self.registry.lock(sid.user);
-            if let Some(h) = reg
-                .get(&sid.user)
-                .and_then(|l| l.iter().find(|h| h.sid == *sid))
-            {
-                h.outbox.close(CloseReason::HeartbeatTimeout);
-            }
-        }
+        let registry::HandOut { handed, merges } = self.registry.hand_out(&batch, &rendered);
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);
