@@ -22,9 +22,7 @@
 //! quarter of them. A failure prints the smallest input proptest shrank it to, and proptest
 //! saves its seed in `tests/fuzz.proptest-regressions` (commit it) to replay first from then on.
 
-use std::cell::Cell;
 use std::fmt::Debug;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use presence_wire::framing::{quic_codec, quic_frame};
@@ -36,14 +34,15 @@ use presence_wire::{
 };
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodecError};
 
-// ---- the runner ------------------------------------------------------------------------------
+// ---- the runner and shared generators (tests/support) -------------------------------------
 
-/// Checks `test` on `default_cases` inputs from `strategy` (`FUZZ_CASES / weight` when set),
-/// prints how many ran and how long it took, and panics with the shrunk input on a failure
-/// (a panic inside `test` is a failure too).
+mod support;
+use support::{Frame, text};
+
+/// [`support::fuzz`], with failing seeds saved next to this file.
 fn fuzz<S>(
     name: &str,
     default_cases: u32,
@@ -54,70 +53,7 @@ fn fuzz<S>(
     S: Strategy,
     S::Value: Debug,
 {
-    let cases = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .map_or(default_cases, |n| (n / weight).max(1));
-    let config = Config {
-        cases,
-        source_file: Some(file!()),
-        // Failing seeds go next to this file (tests/ has no lib.rs for the default to find).
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..Config::default()
-    };
-    let ran = Cell::new(0u64);
-    let start = Instant::now();
-    let result = TestRunner::new(config).run(&strategy, |v| {
-        ran.set(ran.get() + 1);
-        test(v)
-    });
-    eprintln!(
-        "fuzz {name}: {cases} cases ({} runs with saved seeds and shrinking) in {:.2?}",
-        ran.get(),
-        start.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("fuzz {name}: {e}");
-    }
-}
-
-/// Bytes that print as a byte string when a property fails.
-#[derive(Clone)]
-struct Frame(Vec<u8>);
-
-impl Debug for Frame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "b\"{}\"", self.0.escape_ascii())
-    }
-}
-
-// ---- generators shared by the properties ----------------------------------------------------
-
-/// Characters JSON writers get wrong: quotes, backslashes, controls, separators, non-BMP.
-const SPECIAL: &str = "\"\\/\0\n\r\t\u{8}\u{c}\u{1b}\u{1f}\u{7f}\u{80}\u{ad}\u{7ff}\u{800}\u{2028}\u{2029}\
-    \u{feff}\u{fffd}\u{ffff}\u{10000}\u{10ffff}é😀";
-
-/// Half printable ASCII, a quarter [`SPECIAL`], a quarter any scalar value. One `u32` per
-/// character: a vector of these is several times cheaper to generate than a union per
-/// character, which is what dominates the run time of these properties in debug.
-fn any_char() -> impl Strategy<Value = char> {
-    any::<u32>().prop_map(|n| {
-        let k = n >> 2;
-        match n & 3 {
-            0 | 1 => char::from(b' ' + (k % 95) as u8),
-            2 => {
-                let n = SPECIAL.chars().count();
-                SPECIAL.chars().nth(k as usize % n).unwrap_or(' ')
-            }
-            _ => char::from_u32(k % 0x11_0000).unwrap_or('\u{d7ff}'),
-        }
-    })
-}
-
-fn text(max: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(any_char(), 0..=max).prop_map(String::from_iter)
+    support::fuzz(file!(), name, default_cases, weight, strategy, test);
 }
 
 fn opt_text(max: usize) -> impl Strategy<Value = Option<String>> {

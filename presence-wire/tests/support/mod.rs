@@ -1,0 +1,94 @@
+//! What both fuzz files share (this one and `presence-node/tests/fuzz.rs`, which includes it
+//! by path): the runner with its `FUZZ_CASES` override, count and timing, and the generators
+//! of text that JSON writers get wrong.
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::fmt::Debug;
+use std::time::Instant;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+
+// ---- the runner ------------------------------------------------------------------------------
+
+/// Checks `test` on `default_cases` inputs from `strategy` (`FUZZ_CASES / weight` when set),
+/// prints how many ran and how long it took, and panics with the shrunk input on a failure
+/// (a panic inside `test` is a failure too). Failing seeds are saved next to `source` (the
+/// caller's `file!()`).
+pub fn fuzz<S>(
+    source: &'static str,
+    name: &str,
+    default_cases: u32,
+    weight: u32,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
+    S: Strategy,
+    S::Value: Debug,
+{
+    let cases = std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .map_or(default_cases, |n| (n / weight).max(1));
+    let config = Config {
+        cases,
+        source_file: Some(source),
+        // Failing seeds go next to this file (tests/ has no lib.rs for the default to find).
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    };
+    let ran = Cell::new(0u64);
+    let start = Instant::now();
+    let result = TestRunner::new(config).run(&strategy, |v| {
+        ran.set(ran.get() + 1);
+        test(v)
+    });
+    eprintln!(
+        "fuzz {name}: {cases} cases ({} runs with saved seeds and shrinking) in {:.2?}",
+        ran.get(),
+        start.elapsed()
+    );
+    if let Err(e) = result {
+        panic!("fuzz {name}: {e}");
+    }
+}
+
+/// Bytes that print as a byte string when a property fails.
+#[derive(Clone)]
+pub struct Frame(pub Vec<u8>);
+
+impl Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "b\"{}\"", self.0.escape_ascii())
+    }
+}
+
+// ---- generators shared by the properties ----------------------------------------------------
+
+/// Characters JSON writers get wrong: quotes, backslashes, controls, separators, non-BMP.
+pub const SPECIAL: &str = "\"\\/\0\n\r\t\u{8}\u{c}\u{1b}\u{1f}\u{7f}\u{80}\u{ad}\u{7ff}\u{800}\u{2028}\u{2029}\
+    \u{feff}\u{fffd}\u{ffff}\u{10000}\u{10ffff}é😀";
+
+/// Half printable ASCII, a quarter [`SPECIAL`], a quarter any scalar value. One `u32` per
+/// character: a vector of these is several times cheaper to generate than a union per
+/// character, which is what dominates the run time of these properties in debug.
+pub fn any_char() -> impl Strategy<Value = char> {
+    any::<u32>().prop_map(|n| {
+        let k = n >> 2;
+        match n & 3 {
+            0 | 1 => char::from(b' ' + (k % 95) as u8),
+            2 => {
+                let n = SPECIAL.chars().count();
+                SPECIAL.chars().nth(k as usize % n).unwrap_or(' ')
+            }
+            _ => char::from_u32(k % 0x11_0000).unwrap_or('\u{d7ff}'),
+        }
+    })
+}
+
+pub fn text(max: usize) -> impl Strategy<Value = String> {
+    proptest::collection::vec(any_char(), 0..=max).prop_map(String::from_iter)
+}
