@@ -27,7 +27,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use presence_node::admin::{self, FriendsBody, FriendshipsBody, GroupBody, TokenBody};
 use presence_node::token::{self, Claims, TokenError};
 use proptest::prelude::*;
-use proptest::sample::{Index, select};
+use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 #[path = "../../presence-wire/tests/support/mod.rs"]
 mod support;
-use support::{Frame, any_char, text};
+use support::{Frame, any_char, mutate, text};
 
 /// [`support::fuzz`] with no weights, failing seeds saved next to this file.
 fn fuzz<S>(
@@ -72,17 +72,6 @@ fn some_id() -> impl Strategy<Value = String> {
     ]
 }
 
-/// One edit of a byte string: positions are [`Index`]es, taken modulo its length then.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBits(Index, u8),
-    SetByte(Index, u8),
-    Insert(Index, &'static [u8]),
-    Delete(Index, usize),
-    Truncate(Index),
-    Duplicate(Index, Index),
-}
-
 /// Fragments that steer base64 and JSON decoders into their corners.
 const TOKENS: &[&[u8]] = &[
     b".",
@@ -112,52 +101,11 @@ const TOKENS: &[&[u8]] = &[
     b" ",
 ];
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        3 => (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Mutation::FlipBits(i, m)),
-        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
-        3 => (any::<Index>(), select(TOKENS)).prop_map(|(i, t)| Mutation::Insert(i, t)),
-        2 => (any::<Index>(), 1..16usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::Duplicate(a, b)),
-    ]
+fn mutation() -> impl Strategy<Value = support::Mutation> {
+    support::mutation(TOKENS)
 }
 
-fn mutate(mut f: Vec<u8>, edits: &[Mutation]) -> Vec<u8> {
-    for m in edits {
-        // Positions in 0..=len, so an insertion can append.
-        let at = |i: &Index, len: usize| i.index(len + 1);
-        match m {
-            Mutation::FlipBits(i, mask) if !f.is_empty() => {
-                let i = i.index(f.len());
-                f[i] ^= mask;
-            }
-            Mutation::SetByte(i, b) if !f.is_empty() => {
-                let i = i.index(f.len());
-                f[i] = *b;
-            }
-            Mutation::Insert(i, t) => {
-                let i = at(i, f.len());
-                f.splice(i..i, t.iter().copied());
-            }
-            Mutation::Delete(i, n) => {
-                let i = at(i, f.len());
-                f.drain(i..(i + n).min(f.len()));
-            }
-            Mutation::Truncate(i) => f.truncate(at(i, f.len())),
-            Mutation::Duplicate(a, b) => {
-                let (a, b) = (at(a, f.len()), at(b, f.len()));
-                let (lo, hi) = (a.min(b), a.max(b));
-                let copy = f[lo..hi.min(lo + 64)].to_vec();
-                f.splice(hi..hi, copy);
-            }
-            Mutation::FlipBits(..) | Mutation::SetByte(..) => {}
-        }
-    }
-    f
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+fn mutations() -> impl Strategy<Value = Vec<support::Mutation>> {
     proptest::collection::vec(mutation(), 1..=8)
 }
 

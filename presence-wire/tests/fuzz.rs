@@ -40,7 +40,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodecError};
 // ---- the runner and shared generators (tests/support) -------------------------------------
 
 mod support;
-use support::{Frame, text};
+use support::{Frame, Mutation, mutate, text};
 
 /// [`support::fuzz`], with failing seeds saved next to this file.
 fn fuzz<S>(
@@ -85,18 +85,6 @@ fn small_num() -> impl Strategy<Value = u32> {
     prop_oneof![any::<u32>(), 0..100u32, Just(u32::MAX)]
 }
 
-/// One edit of a frame: positions are [`Index`]es, taken modulo the frame's length then.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBits(Index, u8),
-    SetByte(Index, u8),
-    Insert(Index, Vec<u8>),
-    InsertToken(Index, &'static [u8]),
-    Delete(Index, usize),
-    Truncate(Index),
-    Duplicate(Index, Index),
-}
-
 /// Fragments that steer a JSON parser into its corners.
 const TOKENS: &[&[u8]] = &[
     b"\"",
@@ -131,54 +119,7 @@ const TOKENS: &[&[u8]] = &[
 ];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        3 => (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Mutation::FlipBits(i, m)),
-        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
-        1 => (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..8))
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        3 => (any::<Index>(), select(TOKENS)).prop_map(|(i, t)| Mutation::InsertToken(i, t)),
-        2 => (any::<Index>(), 1..16usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        1 => any::<Index>().prop_map(Mutation::Truncate),
-        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::Duplicate(a, b)),
-    ]
-}
-
-fn mutate(mut f: Vec<u8>, edits: &[Mutation]) -> Vec<u8> {
-    for m in edits {
-        // Positions in 0..=len, so an insertion can append.
-        let at = |i: &Index, len: usize| i.index(len + 1);
-        match m {
-            Mutation::FlipBits(i, mask) if !f.is_empty() => {
-                let i = i.index(f.len());
-                f[i] ^= mask;
-            }
-            Mutation::SetByte(i, b) if !f.is_empty() => {
-                let i = i.index(f.len());
-                f[i] = *b;
-            }
-            Mutation::Insert(i, b) => {
-                let i = at(i, f.len());
-                f.splice(i..i, b.iter().copied());
-            }
-            Mutation::InsertToken(i, t) => {
-                let i = at(i, f.len());
-                f.splice(i..i, t.iter().copied());
-            }
-            Mutation::Delete(i, n) => {
-                let i = at(i, f.len());
-                f.drain(i..(i + n).min(f.len()));
-            }
-            Mutation::Truncate(i) => f.truncate(at(i, f.len())),
-            Mutation::Duplicate(a, b) => {
-                let (a, b) = (at(a, f.len()), at(b, f.len()));
-                let (lo, hi) = (a.min(b), a.max(b));
-                let copy = f[lo..hi.min(lo + 64)].to_vec();
-                f.splice(hi..hi, copy);
-            }
-            Mutation::FlipBits(..) | Mutation::SetByte(..) => {}
-        }
-    }
-    f
+    support::mutation(TOKENS)
 }
 
 /// Frames from `base`, most edited once or twice (a frame edited more is rarely JSON), some up

@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use std::time::Instant;
 
 use proptest::prelude::*;
+use proptest::sample::{Index, select};
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 
 // ---- the runner ------------------------------------------------------------------------------
@@ -91,4 +92,71 @@ pub fn any_char() -> impl Strategy<Value = char> {
 
 pub fn text(max: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(any_char(), 0..=max).prop_map(String::from_iter)
+}
+
+// ---- mutations -------------------------------------------------------------------------------
+
+/// One edit of a frame: positions are [`Index`]es, taken modulo the frame's length then.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    FlipBits(Index, u8),
+    SetByte(Index, u8),
+    Insert(Index, Vec<u8>),
+    InsertToken(Index, &'static [u8]),
+    Delete(Index, usize),
+    Truncate(Index),
+    Duplicate(Index, Index),
+}
+
+/// One edit; `tokens` are the fragments that steer the decoder under test into its corners.
+pub fn mutation(tokens: &'static [&'static [u8]]) -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        3 => (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Mutation::FlipBits(i, m)),
+        2 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
+        1 => (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(i, b)| Mutation::Insert(i, b)),
+        3 => (any::<Index>(), select(tokens)).prop_map(|(i, t)| Mutation::InsertToken(i, t)),
+        2 => (any::<Index>(), 1..16usize).prop_map(|(i, n)| Mutation::Delete(i, n)),
+        1 => any::<Index>().prop_map(Mutation::Truncate),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Mutation::Duplicate(a, b)),
+    ]
+}
+
+/// Applies `edits` to `f` in order.
+pub fn mutate(mut f: Vec<u8>, edits: &[Mutation]) -> Vec<u8> {
+    for m in edits {
+        // Positions in 0..=len, so an insertion can append.
+        let at = |i: &Index, len: usize| i.index(len + 1);
+        match m {
+            Mutation::FlipBits(i, mask) if !f.is_empty() => {
+                let i = i.index(f.len());
+                f[i] ^= mask;
+            }
+            Mutation::SetByte(i, b) if !f.is_empty() => {
+                let i = i.index(f.len());
+                f[i] = *b;
+            }
+            Mutation::Insert(i, b) => {
+                let i = at(i, f.len());
+                f.splice(i..i, b.iter().copied());
+            }
+            Mutation::InsertToken(i, t) => {
+                let i = at(i, f.len());
+                f.splice(i..i, t.iter().copied());
+            }
+            Mutation::Delete(i, n) => {
+                let i = at(i, f.len());
+                f.drain(i..(i + n).min(f.len()));
+            }
+            Mutation::Truncate(i) => f.truncate(at(i, f.len())),
+            Mutation::Duplicate(a, b) => {
+                let (a, b) = (at(a, f.len()), at(b, f.len()));
+                let (lo, hi) = (a.min(b), a.max(b));
+                let copy = f[lo..hi.min(lo + 64)].to_vec();
+                f.splice(hi..hi, copy);
+            }
+            Mutation::FlipBits(..) | Mutation::SetByte(..) => {}
+        }
+    }
+    f
 }
