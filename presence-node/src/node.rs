@@ -8,6 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use chat_relay::webhook::Undelivered;
+
+use crate::metrics as m;
 use crate::service::Service;
 use crate::service::chat::Delivery;
 use crate::service::registry;
@@ -29,15 +32,32 @@ pub struct Node {
     /// The last tick handed out.
     published: tokio::sync::watch::Sender<u64>,
     stopped: std::sync::atomic::AtomicBool,
+    /// Where `message.undelivered` events go (the webhook task), when there is a URL.
+    webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
 }
 
 impl Node {
-    pub fn new(service: Service) -> Self {
+    pub fn new(service: Service, webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>) -> Self {
         Self {
             service: Arc::new(service),
             shutdown: CancellationToken::new(),
             published: tokio::sync::watch::Sender::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            webhooks,
+        }
+    }
+
+    /// Hands a delivered batch's `message.undelivered` events to the webhook task (dropped,
+    /// and counted, when its queue is full: a push notification is best effort).
+    fn send_webhooks(&self, events: Vec<Undelivered>) {
+        let Some(tx) = &self.webhooks else {
+            return;
+        };
+        for event in events {
+            if tx.try_send(event).is_err() {
+                metrics::counter!(m::WEBHOOKS, "result" => "dropped").increment(1);
+                warn!("webhook queue full: dropping a message.undelivered event");
+            }
         }
     }
 
@@ -115,12 +135,13 @@ impl Node {
             .spawn(move || {
                 let svc = node.service_arc();
                 let (tx, rx) = std::sync::mpsc::channel::<Delivery>();
-                let svc2 = svc.clone();
+                let node2 = node.clone();
                 let delivery = std::thread::Builder::new()
                     .name("chat-deliver".into())
                     .spawn(move || {
+                        let svc = node2.service();
                         for d in rx {
-                            svc2.chat().hand_over(&svc2.dir(), d);
+                            node2.send_webhooks(svc.chat().hand_over(&svc.dir(), d));
                         }
                     });
                 let delivery = match delivery {
@@ -130,15 +151,24 @@ impl Node {
                         None
                     }
                 };
-                let hand_over = |d: Delivery| match &delivery {
-                    Some((tx, _)) => {
-                        if let Err(std::sync::mpsc::SendError(d)) = tx.send(d) {
-                            svc.chat().hand_over(&svc.dir(), d);
+                let here = |d: Delivery| node.send_webhooks(svc.chat().hand_over(&svc.dir(), d));
+                let chat = svc.chat();
+                let mut acks_written = Instant::now();
+                while let Some(batch) = chat.next_batch(&mut acks_written) {
+                    let started = Instant::now();
+                    let result = chat.store().commit(&batch);
+                    metrics::histogram!(m::CHAT_COMMIT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    let d = chat.committed(batch, result);
+                    match &delivery {
+                        Some((tx, _)) => {
+                            if let Err(std::sync::mpsc::SendError(d)) = tx.send(d) {
+                                here(d);
+                            }
                         }
+                        None => here(d),
                     }
-                    None => svc.chat().hand_over(&svc.dir(), d),
-                };
-                svc.chat().commit_batches(hand_over);
+                }
                 if let Some((tx, h)) = delivery {
                     drop(tx);
                     if h.join().is_err() {

@@ -39,8 +39,8 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let metrics = crate::metrics::install()?;
     let secret = secret.into_bytes();
-    // With a webhook URL: the queue's sender goes to the chat service, its receiver and the
-    // URL to the sender task started below.
+    // With a webhook URL: the queue's sender goes to the node (its delivery thread hands the
+    // service's undelivered events over), its receiver and the URL to the task started below.
     let (webhook_tx, webhook_job) = match cfg.webhook_url.as_deref() {
         Some(url) => {
             let uri = webhook::parse_url(url)?;
@@ -49,13 +49,10 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let node = Arc::new(Node::new(Service::open(
-        cfg.clone(),
-        secret.clone(),
-        admin_key,
+    let node = Arc::new(Node::new(
+        Service::open(cfg.clone(), secret.clone(), admin_key, now_ms())?,
         webhook_tx,
-        now_ms(),
-    )?));
+    ));
     let committer = node
         .spawn_committer()
         .context("starting the chat commit thread")?;

@@ -61,7 +61,7 @@ impl Harness {
         cfg.grace = Duration::from_millis(500);
         cfg.idle_thresholds = vec![Duration::from_secs(60)];
         tweak(&mut cfg);
-        let svc = Service::open(cfg, b"secret".to_vec(), "key".into(), None, T0).expect("open");
+        let svc = Service::open(cfg, b"secret".to_vec(), "key".into(), T0).expect("open");
         Harness { svc, _dir: dir }
     }
 
@@ -147,11 +147,18 @@ impl Harness {
     }
 
     /// Commits whatever chat is pending and delivers it (the commit and delivery threads'
-    /// work, inline).
-    fn commit(&self) {
+    /// work, inline); returns the `message.undelivered` events.
+    fn commit(&self) -> Vec<String> {
         let chat = self.svc.chat();
         chat.stop();
-        chat.commit_batches(|d| chat.hand_over(&self.svc.dir(), d));
+        let mut acks = std::time::Instant::now();
+        let mut undelivered = Vec::new();
+        while let Some(batch) = chat.next_batch(&mut acks) {
+            let result = chat.store().commit(&batch);
+            let events = chat.hand_over(&self.svc.dir(), chat.committed(batch, result));
+            undelivered.extend(events.into_iter().map(|e| e.user));
+        }
+        undelivered
     }
 }
 
@@ -527,4 +534,22 @@ fn a_gap_the_store_cannot_fill_does_not_stall_the_cursor() {
         .push_chat(ChatItem::Inbox { seq: 5, frame });
     let out = h.wake(&mut b, T0 + 1);
     assert_eq!(out.frames, vec![json!({"type": "inbox", "seq": 5})]);
+}
+
+#[test]
+fn a_message_for_a_user_with_no_live_session_raises_one_undelivered_event() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "bob", T0);
+    h.befriend("alice", "carol", T0);
+    let (mut a, _) = h.hello("alice", "web", T0);
+    let (_c, _) = h.hello("carol", "phone", T0);
+    for (id, to) in [("c1", "bob"), ("c2", "carol")] {
+        h.send(
+            &mut a,
+            json!({"type": "send", "id": id, "to": to, "text": "hi"}),
+            T0 + 1,
+        );
+    }
+    // bob has no session: one event for him; carol is online, alice is the sender.
+    assert_eq!(h.commit(), ["bob"]);
 }

@@ -1,7 +1,7 @@
 //! Chat on the presence sessions: drives the clock- and socket-free `chat-relay` (validation,
-//! sequencing, dedupe) with one group-commit thread, hands durable inbox entries to every live
-//! device of their owner, and queues `message.undelivered` webhooks for recipients with no live
-//! session.
+//! sequencing, dedupe) for the driver's group-commit thread, hands durable inbox entries to
+//! every live device of their owner, and returns `message.undelivered` events for recipients
+//! with no live session (the driver sends the webhooks).
 //!
 //! Flow: a session's `send` runs `Relay::send` under the chat lock (cheap: no I/O but cache
 //! misses to the store), which puts its writes into the pending batch and registers the
@@ -26,7 +26,7 @@ use chat_relay::{
     Target, WriteBatch,
 };
 use parking_lot::{Condvar, Mutex};
-use tracing::{error, warn};
+use tracing::error;
 
 use super::Groups;
 use super::outbox::ChatItem;
@@ -74,7 +74,6 @@ pub struct Chat {
     reader: Reader,
     store: Arc<dyn ChatStore>,
     stopped: AtomicBool,
-    webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
 }
 
 /// What chat asks of the rest of the node: the friend graph and the groups (for the
@@ -133,7 +132,6 @@ impl Chat {
         kind: chat_relay::StoreKind,
         node_id: u16,
         limits: Limits,
-        webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
     ) -> anyhow::Result<Self> {
         let store = kind.open(dir).with_context(|| {
             format!(
@@ -153,7 +151,6 @@ impl Chat {
             wake: Condvar::new(),
             store,
             stopped: AtomicBool::new(false),
-            webhooks,
         })
     }
 
@@ -261,10 +258,16 @@ impl Chat {
 
     /// Delivers a durable batch, or refuses a failed one's waiters (on the delivery thread:
     /// batches in commit order keep every owner's entries in seq order).
-    pub fn hand_over(&self, dir: &Dir<'_>, d: Delivery) {
+    /// Returns the `message.undelivered` events for recipients with no live session, for
+    /// the driver's webhook sender.
+    #[must_use = "the undelivered events go to the webhook sender"]
+    pub fn hand_over(&self, dir: &Dir<'_>, d: Delivery) -> Vec<Undelivered> {
         match d {
             Delivery::Durable { batch, waiters } => self.deliver(dir, &batch, waiters),
-            Delivery::Failed(failed) => Self::refuse(failed),
+            Delivery::Failed(failed) => {
+                Self::refuse(failed);
+                Vec::new()
+            }
         }
     }
 
@@ -282,82 +285,84 @@ impl Chat {
         }
     }
 
-    /// The commit loop, until stopped and drained: takes the whole pending batch whenever it
-    /// is free, commits it with one fsync, and hands the outcome to `hand_over` (the driver's
-    /// delivery thread), so the next fsync starts as soon as this one ends. Run it on a
-    /// thread of its own: it blocks on the store and on the chat lock's condition variable.
-    pub fn commit_batches(&self, hand_over: impl Fn(Delivery)) {
-        let mut acks_written = Instant::now();
+    /// The next batch to commit, blocking on the chat lock's condition variable until sends
+    /// are pending, held acks are due (every [`ACK_DELAY`] after `acks_written`, which this
+    /// moves on when it hands out acks), or the chat is stopping; `None` once stopping and
+    /// drained. The commit thread calls it, commits the batch to [`Chat::store`] (one fsync)
+    /// and hands the result to [`Chat::committed`].
+    pub fn next_batch(&self, acks_written: &mut Instant) -> Option<WriteBatch> {
+        let mut st = self.state.lock();
         loop {
-            let batch = {
+            let stopping = self.stopped.load(Ordering::Acquire);
+            let acks_due = acks_written.elapsed() >= ACK_DELAY;
+            let b = if acks_due || stopping {
+                st.relay.take_batch()
+            } else {
+                st.relay.take_batch_holding_acks()
+            };
+            if let Some(b) = b {
+                if !b.acks.is_empty() {
+                    *acks_written = Instant::now();
+                }
+                return Some(b);
+            }
+            if stopping {
+                return None;
+            }
+            let wait = if st.relay.has_pending_acks() {
+                ACK_DELAY.saturating_sub(acks_written.elapsed())
+            } else {
+                Duration::from_millis(100)
+            };
+            self.wake
+                .wait_for(&mut st, wait.max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Where batches are committed (durable when `commit` returns).
+    pub fn store(&self) -> &dyn ChatStore {
+        self.store.as_ref()
+    }
+
+    /// A batch's commit came back: what the delivery thread hands over, in commit order
+    /// (`sent` and the entries once durable; a retry-with-the-same-id refusal otherwise).
+    pub fn committed(
+        &self,
+        batch: WriteBatch,
+        result: Result<(), chat_relay::StoreError>,
+    ) -> Delivery {
+        metrics::histogram!(m::CHAT_COMMIT_ROWS).record(batch.rows() as f64);
+        match result {
+            Ok(()) => {
+                let waiters = {
+                    let mut st = self.state.lock();
+                    st.relay.committed(batch.id);
+                    st.waiters.remove(&batch.id).unwrap_or_default()
+                };
+                metrics::counter!(m::CHAT_COMMITS).increment(1);
+                metrics::counter!(m::CHAT_ACK_ROWS).increment(batch.acks.len() as u64);
+                metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
+                Delivery::Durable { batch, waiters }
+            }
+            Err(e) => {
+                error!("chat commit failed: {e}");
+                metrics::counter!(m::CHAT_COMMIT_FAILURES).increment(1);
+                let mut failed = Vec::new();
                 let mut st = self.state.lock();
-                loop {
-                    let stopping = self.stopped.load(Ordering::Acquire);
-                    let acks_due = acks_written.elapsed() >= ACK_DELAY;
-                    let b = if acks_due || stopping {
-                        st.relay.take_batch()
-                    } else {
-                        st.relay.take_batch_holding_acks()
-                    };
-                    if let Some(b) = b {
-                        if !b.acks.is_empty() {
-                            acks_written = Instant::now();
-                        }
-                        break Some(b);
-                    }
-                    if stopping {
-                        break None;
-                    }
-                    let wait = if st.relay.has_pending_acks() {
-                        ACK_DELAY.saturating_sub(acks_written.elapsed())
-                    } else {
-                        Duration::from_millis(100)
-                    };
-                    self.wake
-                        .wait_for(&mut st, wait.max(Duration::from_millis(1)));
+                let dropped = st.relay.reset();
+                failed.extend(st.waiters.remove(&batch.id).unwrap_or_default());
+                if let Some(d) = dropped {
+                    failed.extend(st.waiters.remove(&d).unwrap_or_default());
                 }
-            };
-            let Some(batch) = batch else {
-                return;
-            };
-            let started = Instant::now();
-            let res = self.store.commit(&batch);
-            metrics::histogram!(m::CHAT_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-            metrics::histogram!(m::CHAT_COMMIT_ROWS).record(batch.rows() as f64);
-            match res {
-                Ok(()) => {
-                    let waiters = {
-                        let mut st = self.state.lock();
-                        st.relay.committed(batch.id);
-                        st.waiters.remove(&batch.id).unwrap_or_default()
-                    };
-                    metrics::counter!(m::CHAT_COMMITS).increment(1);
-                    metrics::counter!(m::CHAT_ACK_ROWS).increment(batch.acks.len() as u64);
-                    metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
-                    hand_over(Delivery::Durable { batch, waiters });
-                }
-                Err(e) => {
-                    error!("chat commit failed: {e}");
-                    metrics::counter!(m::CHAT_COMMIT_FAILURES).increment(1);
-                    let mut failed = Vec::new();
-                    {
-                        let mut st = self.state.lock();
-                        let dropped = st.relay.reset();
-                        failed.extend(st.waiters.remove(&batch.id).unwrap_or_default());
-                        if let Some(d) = dropped {
-                            failed.extend(st.waiters.remove(&d).unwrap_or_default());
-                        }
-                    }
-                    // Through the delivery thread too: after the frames of earlier batches.
-                    hand_over(Delivery::Failed(failed));
-                }
+                Delivery::Failed(failed)
             }
         }
     }
 
     /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
     /// for recipients with none.
-    fn deliver(&self, dir: &Dir<'_>, batch: &WriteBatch, waiters: Vec<Waiter>) {
+    fn deliver(&self, dir: &Dir<'_>, batch: &WriteBatch, waiters: Vec<Waiter>) -> Vec<Undelivered> {
+        let mut undelivered = Vec::new();
         let send_seconds = metrics::histogram!(m::CHAT_SEND_SECONDS);
         for w in waiters {
             w.session.outbox.push_chat(ChatItem::Frame(w.frame));
@@ -375,7 +380,7 @@ impl Chat {
                 .or_insert_with(|| dir.sessions_of(owner));
             if sessions.is_empty() {
                 if entry.kind == EntryKind::Message && entry.from != *owner {
-                    self.webhook(Undelivered {
+                    undelivered.push(Undelivered {
                         user: owner.clone(),
                         msg_id: entry.msg_id,
                         from: entry.from.clone(),
@@ -397,16 +402,7 @@ impl Chat {
         }
         metrics::counter!(m::CHAT_ENTRIES_PUSHED).increment(delivered);
         metrics::counter!(m::CHAT_ENTRIES_LAGGING).increment(lagging);
-    }
-
-    fn webhook(&self, event: Undelivered) {
-        let Some(tx) = &self.webhooks else {
-            return;
-        };
-        if tx.try_send(event).is_err() {
-            metrics::counter!(m::WEBHOOKS, "result" => "dropped").increment(1);
-            warn!("webhook queue full: dropping a message.undelivered event");
-        }
+        undelivered
     }
 
     /// Retention: trims entries older than `max_age` at `now` (blocking: a store scan).

@@ -97,7 +97,6 @@ impl Service {
         cfg: NodeConfig,
         secret: Vec<u8>,
         admin_key: String,
-        webhooks: Option<tokio::sync::mpsc::Sender<chat_relay::webhook::Undelivered>>,
         now: u64,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -133,7 +132,6 @@ impl Service {
             cfg.chat_store,
             cfg.node_id,
             limits,
-            webhooks,
         )?;
         tracing::info!(store = cfg.chat_store.as_str(), "chat store open");
         Ok(Self::new(
