@@ -392,7 +392,54 @@ impl Engine {
     ) -> Result<(u64, u64), ApplyError<E>> {
         let users = self.names.read().len();
         let mut g = self.graph.write();
-        let graph = &mut g.graph;
+        let effect = self
+            .plan(&g.graph, users, add, remove)
+            .map_err(ApplyError::Invalid)?;
+        if effect.added.is_empty() && effect.removed.is_empty() {
+            return Ok((0, 0));
+        }
+        log(&effect).map_err(ApplyError::Log)?;
+        Ok(Self::apply_to(&mut g.graph, &effect))
+    }
+
+    /// The effective change of a request against the graph as it is now, validated as
+    /// [`Engine::apply_friendships`] validates it (pairs already in the wanted state left
+    /// out); nothing changes. For a driver that makes the change durable itself before
+    /// [`Engine::apply_planned`]: it must let no other graph write in between (the node
+    /// serialises its admin writes), or the plan may no longer hold.
+    pub fn plan_friendships(
+        &self,
+        add: &[(UserId, UserId)],
+        remove: &[(UserId, UserId)],
+    ) -> Result<EdgeDelta, Error> {
+        let users = self.names.read().len();
+        let g = self.graph.read();
+        self.plan(&g.graph, users, add, remove)
+    }
+
+    /// Applies a change planned by [`Engine::plan_friendships`]; returns (added, removed).
+    pub fn apply_planned(&self, delta: &EdgeDelta) -> (u64, u64) {
+        Self::apply_to(&mut self.graph.write().graph, delta)
+    }
+
+    fn apply_to(graph: &mut Graph, delta: &EdgeDelta) -> (u64, u64) {
+        let (mut added, mut removed) = (0, 0);
+        for &(a, b) in &delta.added {
+            added += u64::from(graph.add_edge(a.0, b.0));
+        }
+        for &(a, b) in &delta.removed {
+            removed += u64::from(graph.remove_edge(a.0, b.0));
+        }
+        (added, removed)
+    }
+
+    fn plan(
+        &self,
+        graph: &Graph,
+        users: usize,
+        add: &[(UserId, UserId)],
+        remove: &[(UserId, UserId)],
+    ) -> Result<EdgeDelta, Error> {
         let mut seen = hashbrown::HashSet::with_capacity(add.len() + remove.len());
         let mut delta: HashMap<u32, i64> = HashMap::new();
         let mut effect = EdgeDelta::default();
@@ -400,15 +447,15 @@ impl Engine {
             for &(a, b) in list {
                 for id in [a, b] {
                     if id.index() >= users {
-                        return Err(ApplyError::Invalid(Error::UnknownUser(id)));
+                        return Err(Error::UnknownUser(id));
                     }
                 }
                 if a == b {
-                    return Err(ApplyError::Invalid(Error::SelfFriendship(a)));
+                    return Err(Error::SelfFriendship(a));
                 }
                 let key = (a.0.min(b.0), a.0.max(b.0));
                 if !seen.insert(key) {
-                    return Err(ApplyError::Invalid(Error::DuplicateEdge(a, b)));
+                    return Err(Error::DuplicateEdge(a, b));
                 }
                 if adding != graph.are_friends(a.0, b.0) {
                     let sign = if adding { 1 } else { -1 };
@@ -426,24 +473,14 @@ impl Engine {
         for (&id, &d) in &delta {
             let would_have = (graph.degree(id) as i64 + d).max(0) as u64;
             if d > 0 && would_have > u64::from(self.cfg.max_friends) {
-                return Err(ApplyError::Invalid(Error::TooManyFriends {
+                return Err(Error::TooManyFriends {
                     user: UserId(id),
                     would_have,
                     cap: self.cfg.max_friends,
-                }));
+                });
             }
         }
-        if effect.added.is_empty() && effect.removed.is_empty() {
-            return Ok((0, 0));
-        }
-        log(&effect).map_err(ApplyError::Log)?;
-        for &(a, b) in &effect.added {
-            graph.add_edge(a.0, b.0);
-        }
-        for &(a, b) in &effect.removed {
-            graph.remove_edge(a.0, b.0);
-        }
-        Ok((effect.added.len() as u64, effect.removed.len() as u64))
+        Ok(effect)
     }
 
     /// Adds one friendship; `Ok(false)` if they already were friends.

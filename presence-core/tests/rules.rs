@@ -399,6 +399,44 @@ fn bad_graph_input_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_planned_change_is_validated_like_an_applied_one_and_changes_nothing_until_applied() {
+    use presence_core::EdgeDelta;
+    let (e, u) = engine(
+        4,
+        Config {
+            max_friends: 2,
+            ..cfg()
+        },
+    );
+    assert!(matches!(
+        e.plan_friendships(&[(u[0], u[1]), (u[0], u[2]), (u[0], u[3])], &[]),
+        Err(Error::TooManyFriends { cap: 2, .. })
+    ));
+    assert_eq!(
+        e.plan_friendships(&[(u[0], u[0])], &[]),
+        Err(Error::SelfFriendship(u[0]))
+    );
+    e.add_friendship(u[0], u[1]).unwrap();
+    // Pairs already in the wanted state are left out of the plan.
+    let plan = e
+        .plan_friendships(&[(u[1], u[0]), (u[2], u[0])], &[(u[3], u[0])])
+        .unwrap();
+    assert_eq!(
+        plan,
+        EdgeDelta {
+            added: vec![(u[0], u[2])],
+            removed: vec![],
+        }
+    );
+    assert_eq!(e.friends(u[0]), vec![u[1]], "planning changes nothing");
+    assert_eq!(e.apply_planned(&plan), (1, 0));
+    assert_eq!(e.friends(u[0]), vec![u[1], u[2]]);
+    assert_eq!(e.friends(u[2]), vec![u[0]]);
+    // Applying it again changes nothing and says so.
+    assert_eq!(e.apply_planned(&plan), (0, 0));
+}
+
+#[test]
 fn too_many_sessions_is_refused_and_lingering_ones_are_replaced() {
     let (e, u) = engine(
         1,

@@ -20,6 +20,7 @@ use crate::metrics as m;
 use crate::node::{Node, now_ms};
 use crate::service::Service;
 use crate::service::admin::{AdminError, EdgesApplied};
+use crate::store::GraphWrite;
 
 /// Largest admin request body (bulk friendship loads).
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -96,6 +97,24 @@ async fn blocking<R: Send + 'static>(
     }
 }
 
+/// Plans a graph write (the service), makes it durable (the graph store, one fsync) and
+/// applies it (the service), on a blocking thread, with no other admin write in between.
+async fn graph_write(
+    s: &AdminState,
+    plan: impl FnOnce(&Service) -> Result<GraphWrite, AdminError> + Send + 'static,
+) -> Result<EdgesApplied, ApiError> {
+    let _writer = s.node.admin_writes().lock().await;
+    blocking(s, move |svc| {
+        let w = plan(svc)?;
+        svc.graph_store().write(&w).map_err(|e| {
+            tracing::error!("admin: {e}");
+            AdminError::Internal(e.to_string())
+        })?;
+        Ok(svc.apply_graph_write(w))
+    })
+    .await
+}
+
 /// Answers an edge write once the tick that publishes it is handed out: every welcome after
 /// the answer has it (read-your-writes).
 async fn published(s: &AdminState, applied: EdgesApplied) -> EdgesApplied {
@@ -147,7 +166,7 @@ async fn put_friends(
     b: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: FriendsBody = body(b)?;
-    let applied = blocking(&s, move |svc| svc.put_friends(&id, &b.friends)).await?;
+    let applied = graph_write(&s, move |svc| svc.plan_put_friends(&id, &b.friends)).await?;
     published(&s, applied).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -173,7 +192,7 @@ async fn post_friendships(
     b: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let b: FriendshipsBody = body(b)?;
-    let applied = blocking(&s, move |svc| svc.friendships(&b.add, &b.remove)).await?;
+    let applied = graph_write(&s, move |svc| svc.plan_friendships(&b.add, &b.remove)).await?;
     let a = published(&s, applied).await;
     Ok(Json(json!({ "added": a.added, "removed": a.removed })))
 }
@@ -190,7 +209,7 @@ async fn put_group(
     b: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: GroupBody = body(b)?;
-    blocking(&s, move |svc| svc.put_group(&gid, b.members)).await?;
+    graph_write(&s, move |svc| svc.plan_put_group(&gid, b.members)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -206,7 +225,7 @@ async fn delete_group(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(&s, move |svc| svc.delete_group(&gid)).await?;
+    graph_write(&s, move |svc| svc.plan_delete_group(&gid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

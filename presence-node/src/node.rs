@@ -34,6 +34,9 @@ pub struct Node {
     stopped: std::sync::atomic::AtomicBool,
     /// Where `message.undelivered` events go (the webhook task), when there is a URL.
     webhooks: Option<tokio::sync::mpsc::Sender<Undelivered>>,
+    /// Serialises admin writes from plan to apply, so each plan still holds when it is
+    /// applied (the service validates against the graph as it is).
+    admin_writes: tokio::sync::Mutex<()>,
 }
 
 impl Node {
@@ -44,7 +47,13 @@ impl Node {
             published: tokio::sync::watch::Sender::new(0),
             stopped: std::sync::atomic::AtomicBool::new(false),
             webhooks,
+            admin_writes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Held by an admin write from its plan to its apply.
+    pub fn admin_writes(&self) -> &tokio::sync::Mutex<()> {
+        &self.admin_writes
     }
 
     /// Hands a delivered batch's `message.undelivered` events to the webhook task (dropped,

@@ -29,6 +29,32 @@ pub struct Store {
     db: Database,
 }
 
+/// A change to the graph store, planned by the service and written by the driver before the
+/// service applies it (write-ahead: a change the store refused never reaches the engine).
+#[must_use = "write it with Store::write, then hand it to Service::apply_graph_write"]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphWrite {
+    /// Edges added and removed, with the app id of every dense id they name.
+    Edges {
+        delta: EdgeDelta,
+        names: std::collections::HashMap<u32, String>,
+    },
+    PutGroup {
+        gid: String,
+        members: Vec<String>,
+    },
+    DeleteGroup {
+        gid: String,
+    },
+}
+
+impl GraphWrite {
+    /// Whether it changes nothing (an edge request whose pairs were all in place already).
+    pub fn is_noop(&self) -> bool {
+        matches!(self, GraphWrite::Edges { delta, .. } if delta.added.is_empty() && delta.removed.is_empty())
+    }
+}
+
 /// What a store held at start.
 pub struct Loaded {
     pub edges: u64,
@@ -80,6 +106,18 @@ impl Store {
             edges: total,
             groups,
         })
+    }
+
+    /// Makes a planned change durable (one fsync); nothing for a no-op.
+    pub fn write(&self, w: &GraphWrite) -> Result<(), StoreError> {
+        match w {
+            _ if w.is_noop() => Ok(()),
+            GraphWrite::Edges { delta, names } => {
+                self.commit_edges(delta, &|id| names.get(&id.0).cloned())
+            }
+            GraphWrite::PutGroup { gid, members } => self.put_group(gid, members),
+            GraphWrite::DeleteGroup { gid } => self.delete_group(gid).map(|_| ()),
+        }
     }
 
     /// Makes an edge change durable. `name` resolves every id in `delta`.

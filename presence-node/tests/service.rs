@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use presence_node::config::{NodeConfig, ServeArgs};
+use presence_node::service::admin::{AdminError, EdgesApplied};
 use presence_node::service::{Effects, End, Received, RecvError, Service, Session};
+use presence_node::store::GraphWrite;
 use serde_json::{Value, json};
 
 /// 2026-12-01T00:00:00Z, and the heartbeat timeout of these tests.
@@ -137,11 +139,15 @@ impl Harness {
         self.run(s, fx, now)
     }
 
+    /// An admin write as the driver runs it: plan, write to the graph store, apply.
+    fn write(&self, planned: Result<GraphWrite, AdminError>) -> EdgesApplied {
+        let w = planned.expect("a valid write");
+        self.svc.graph_store().write(&w).expect("durable");
+        self.svc.apply_graph_write(w)
+    }
+
     fn befriend(&self, a: &str, b: &str, now: u64) {
-        let applied = self
-            .svc
-            .friendships(&[(a.into(), b.into())], &[])
-            .expect("befriend");
+        let applied = self.write(self.svc.plan_friendships(&[(a.into(), b.into())], &[]));
         let tick = self.svc.on_tick(now).tick;
         assert!(applied.published_by.is_some_and(|t| t <= tick));
     }
@@ -483,10 +489,12 @@ fn an_edge_change_is_in_every_welcome_after_its_tick_and_once_in_a_live_diff() {
     let h = Harness::new(|_| {});
     let (mut live, w) = h.hello("alice", "old", T0);
     assert_eq!(w["friends"], json!([]));
-    let applied = h
-        .svc
-        .put_friends("alice", &["bob".into()])
-        .expect("put friends");
+    let planned = h.svc.plan_put_friends("alice", &["bob".into()]);
+    // A plan changes nothing until it is durable and applied.
+    h.svc.on_tick(T0 + 100);
+    let (_before, w) = h.hello("alice", "early", T0 + 101);
+    assert_eq!(w["friends"], json!([]));
+    let applied = h.write(planned);
     let by = applied.published_by.expect("a change");
     let tick = h.svc.on_tick(T0 + 200).tick;
     assert!(tick >= by);
@@ -504,7 +512,7 @@ fn an_edge_change_is_in_every_welcome_after_its_tick_and_once_in_a_live_diff() {
         "exactly once"
     );
     // An unchanged list changes nothing and needs no tick.
-    let again = h.svc.put_friends("alice", &["bob".into()]).expect("same");
+    let again = h.write(h.svc.plan_put_friends("alice", &["bob".into()]));
     assert_eq!(again.published_by, None);
 }
 
@@ -552,4 +560,36 @@ fn a_message_for_a_user_with_no_live_session_raises_one_undelivered_event() {
     }
     // bob has no session: one event for him; carol is online, alice is the sender.
     assert_eq!(h.commit(), ["bob"]);
+}
+
+#[test]
+fn bad_admin_writes_are_refused_before_anything_is_written() {
+    let h = Harness::new(|c| {
+        c.max_group = 3;
+        c.max_friends = 1;
+    });
+    let refused = |r: Result<GraphWrite, AdminError>| match r {
+        Err(AdminError::Bad(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let m = refused(h.svc.plan_friendships(&[("a".into(), "a".into())], &[]));
+    assert!(m.contains("own friend"), "{m}");
+    let m = refused(h.svc.plan_put_friends("a", &["b".into(), "c".into()]));
+    assert!(m.contains("over the cap of 1"), "{m}");
+    let m = refused(
+        h.svc
+            .plan_put_group("g", vec!["a".into(), "b".into(), "c".into(), "d".into()]),
+    );
+    assert!(m.contains("--max-group"), "{m}");
+    let m = refused(h.svc.plan_put_group("g", vec!["a".into(), "a".into()]));
+    assert!(m.contains("twice"), "{m}");
+    let m = refused(h.svc.plan_put_friends("", &[]));
+    assert!(m.contains("user id"), "{m}");
+    assert!(h.svc.friends_of("a").is_empty());
+    assert!(h.svc.group("g").is_err());
+    // A good group write, through the store, then its removal.
+    h.write(h.svc.plan_put_group("g", vec!["b".into(), "a".into()]));
+    assert_eq!(&*h.svc.group("g").expect("group"), ["a", "b"]);
+    h.write(h.svc.plan_delete_group("g"));
+    assert!(h.svc.group("g").is_err());
 }

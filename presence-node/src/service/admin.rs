@@ -2,20 +2,23 @@
 //! queries, tokens, health. Validation and the all-or-nothing rules live here; the HTTP
 //! layer (`crate::admin`) only parses bodies and maps [`AdminError`] to status codes.
 //!
-//! The writes are blocking (the graph store fsyncs before the engine changes): the driver
-//! runs them on a blocking thread. An edge write returns the tick that publishes it; the
-//! driver answers once that tick has been handed out, so every welcome after the answer
-//! reflects the change (read-your-writes).
+//! A write is planned here (validated against the graph as it is, nothing changed) as a
+//! [`GraphWrite`]; the driver makes it durable in the graph store and then hands it back to
+//! [`Service::apply_graph_write`], with no other admin write in between (it serialises them).
+//! An edge write's answer names the tick that publishes it; the driver answers once that tick
+//! has been handed out, so every welcome after the answer reflects the change
+//! (read-your-writes).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use presence_core::{ApplyError, Interner, UserId};
+use presence_core::{Interner, UserId};
 use presence_wire::PresenceEntry;
 
 use super::Service;
 use crate::frames;
 use crate::metrics as m;
+use crate::store::GraphWrite;
 use crate::token;
 
 /// Most users one presence query may name.
@@ -51,6 +54,15 @@ pub struct EdgesApplied {
     pub removed: u64,
     /// Answer once this tick is handed out (`None`: nothing changed, answer at once).
     pub published_by: Option<u64>,
+}
+
+impl EdgesApplied {
+    /// What a write that is not an edge change answers.
+    pub const NONE: EdgesApplied = EdgesApplied {
+        added: 0,
+        removed: 0,
+        published_by: None,
+    };
 }
 
 /// The node's health, for probes.
@@ -102,66 +114,54 @@ impl Service {
         }
     }
 
-    /// Validates, writes durably, then applies; all or nothing. Blocking.
-    fn apply_edges(
+    /// An edge change planned against the graph as it is: validated, pairs already in place
+    /// left out, with the name of every user it touches for the store.
+    fn plan_edges(
         &self,
         add: &[(UserId, UserId)],
         remove: &[(UserId, UserId)],
-        known: &HashMap<u32, String>,
-    ) -> Result<EdgesApplied, AdminError> {
-        let res = {
-            let _writer = self.admin_writes.lock();
-            self.engine.apply_friendships_logged(add, remove, |delta| {
-                self.store
-                    .commit_edges(delta, &|id| known.get(&id.0).cloned())
-            })
-        };
-        let (added, removed) = match res {
-            Ok(c) => c,
-            Err(ApplyError::Invalid(e)) => return Err(bad(self.describe(&e))),
-            Err(ApplyError::Log(e)) => {
-                tracing::error!("admin: {e}");
-                return Err(AdminError::Internal(e.to_string()));
+        mut names: HashMap<u32, String>,
+    ) -> Result<GraphWrite, AdminError> {
+        let delta = self
+            .engine
+            .plan_friendships(add, remove)
+            .map_err(|e| bad(self.describe(&e)))?;
+        for &(a, b) in delta.added.iter().chain(&delta.removed) {
+            for id in [a, b] {
+                if let std::collections::hash_map::Entry::Vacant(v) = names.entry(id.0)
+                    && let Some(n) = self.engine.name(id)
+                {
+                    v.insert(n);
+                }
             }
-        };
-        let fp = self.engine.footprint();
-        metrics::gauge!(m::EDGES).set(fp.edges as f64);
-        metrics::gauge!(m::USERS).set(fp.users as f64);
-        let changed = added + removed > 0;
-        Ok(EdgesApplied {
-            added,
-            removed,
-            published_by: changed.then(|| self.engine.published_tick() + 1),
-        })
+        }
+        Ok(GraphWrite::Edges { delta, names })
     }
 
-    /// Replaces `user`'s friend list (edges stay symmetric). Blocking.
-    pub fn put_friends(&self, user: &str, friends: &[String]) -> Result<EdgesApplied, AdminError> {
+    /// Plans replacing `user`'s friend list (edges stay symmetric).
+    pub fn plan_put_friends(
+        &self,
+        user: &str,
+        friends: &[String],
+    ) -> Result<GraphWrite, AdminError> {
         check_id("user id", user)?;
         let mut known = HashMap::new();
         let ids = self.intern_all(std::iter::once(user), &mut known)?;
         let user = ids[0];
         let friends = self.intern_all(friends.iter().map(String::as_str), &mut known)?;
-        let (add, remove) = {
-            let _writer = self.admin_writes.lock();
-            self.engine
-                .replace_plan(user, &friends)
-                .map_err(|e| bad(self.describe(&e)))?
-        };
-        for &(_, f) in &remove {
-            if let Some(n) = self.engine.name(f) {
-                known.entry(f.0).or_insert(n);
-            }
-        }
-        self.apply_edges(&add, &remove, &known)
+        let (add, remove) = self
+            .engine
+            .replace_plan(user, &friends)
+            .map_err(|e| bad(self.describe(&e)))?;
+        self.plan_edges(&add, &remove, known)
     }
 
-    /// Bulk edge changes. Blocking.
-    pub fn friendships(
+    /// Plans bulk edge changes.
+    pub fn plan_friendships(
         &self,
         add: &[(String, String)],
         remove: &[(String, String)],
-    ) -> Result<EdgesApplied, AdminError> {
+    ) -> Result<GraphWrite, AdminError> {
         let mut known = HashMap::new();
         let mut pairs = |list: &[(String, String)]| -> Result<Vec<(UserId, UserId)>, AdminError> {
             let ids = self.intern_all(
@@ -172,7 +172,38 @@ impl Service {
         };
         let add = pairs(add)?;
         let remove = pairs(remove)?;
-        self.apply_edges(&add, &remove, &known)
+        self.plan_edges(&add, &remove, known)
+    }
+
+    /// Applies a write the driver has made durable. For edges: the counts and the tick that
+    /// publishes them.
+    pub fn apply_graph_write(&self, w: GraphWrite) -> EdgesApplied {
+        match w {
+            GraphWrite::Edges { delta, .. } => {
+                let (added, removed) = self.engine.apply_planned(&delta);
+                let fp = self.engine.footprint();
+                metrics::gauge!(m::EDGES).set(fp.edges as f64);
+                metrics::gauge!(m::USERS).set(fp.users as f64);
+                EdgesApplied {
+                    added,
+                    removed,
+                    published_by: (added + removed > 0).then(|| self.engine.published_tick() + 1),
+                }
+            }
+            GraphWrite::PutGroup { gid, members } => {
+                self.groups.write().insert(gid, members.into());
+                EdgesApplied::NONE
+            }
+            GraphWrite::DeleteGroup { gid } => {
+                self.groups.write().remove(&gid);
+                EdgesApplied::NONE
+            }
+        }
+    }
+
+    /// The graph store, where the driver writes planned changes.
+    pub fn graph_store(&self) -> &crate::store::Store {
+        &self.store
     }
 
     /// A user's friends by app id.
@@ -189,8 +220,12 @@ impl Service {
         })
     }
 
-    /// Creates or replaces a group. Blocking.
-    pub fn put_group(&self, gid: &str, mut members: Vec<String>) -> Result<(), AdminError> {
+    /// Plans creating or replacing a group.
+    pub fn plan_put_group(
+        &self,
+        gid: &str,
+        mut members: Vec<String>,
+    ) -> Result<GraphWrite, AdminError> {
         check_id("group id", gid)?;
         // The chat relay refuses sends to a larger group: refuse to make one.
         let max = self.cfg.max_group;
@@ -209,12 +244,10 @@ impl Service {
         for mbr in &members {
             self.engine.intern(mbr).map_err(|e| bad(e.to_string()))?;
         }
-        let _writer = self.admin_writes.lock();
-        self.store
-            .put_group(gid, &members)
-            .map_err(|e| AdminError::Internal(e.to_string()))?;
-        self.groups.write().insert(gid.to_owned(), members.into());
-        Ok(())
+        Ok(GraphWrite::PutGroup {
+            gid: gid.to_owned(),
+            members,
+        })
     }
 
     /// A group's members.
@@ -226,15 +259,12 @@ impl Service {
             .ok_or_else(|| AdminError::NotFound(format!("no group {gid:?}")))
     }
 
-    /// Removes a group. Blocking.
-    pub fn delete_group(&self, gid: &str) -> Result<(), AdminError> {
+    /// Plans removing a group (removing one that does not exist is no error).
+    pub fn plan_delete_group(&self, gid: &str) -> Result<GraphWrite, AdminError> {
         check_id("group id", gid)?;
-        let _writer = self.admin_writes.lock();
-        self.store
-            .delete_group(gid)
-            .map_err(|e| AdminError::Internal(e.to_string()))?;
-        self.groups.write().remove(gid);
-        Ok(())
+        Ok(GraphWrite::DeleteGroup {
+            gid: gid.to_owned(),
+        })
     }
 
     /// The current presence of `names`, in order (unknown users are offline, never seen).

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use presence_core::{Engine, UserId};
 
 use crate::config::NodeConfig;
@@ -63,8 +63,6 @@ pub struct Service {
     chat: Chat,
     groups: RwLock<Groups>,
     registry: Registry,
-    /// Serialises admin writes so validation, the durable write and the apply see one graph.
-    admin_writes: Mutex<()>,
 }
 
 impl Service {
@@ -86,7 +84,6 @@ impl Service {
             chat,
             groups: RwLock::new(groups),
             registry: Registry::default(),
-            admin_writes: Mutex::new(()),
         }
     }
 
