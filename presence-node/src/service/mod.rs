@@ -8,13 +8,17 @@
 //! store read done ────────────────────> Service::on_read(&mut Session, result, now)
 //! tick thread ───> Service::on_tick(now) ──> each session's Outbox ──> connection task
 //!                                            └─> Service::on_outbox(&mut Session, now)
-//! commit thread ─> Chat::take/commit/deliver ──> Outboxes (sent, inbox entries)
-//! admin handler ─> Service::put_friends / put_group / … (blocking: run off the workers)
+//! commit thread ─> Chat::next_batch ─> store commit ─> Chat::committed ─> delivery thread
+//!                  ─> Chat::hand_over ──> Outboxes (sent, inbox entries), webhook events
+//! admin handler ─> Service::plan_* ─> GraphWrite ─> Store::write ─> Service::apply_graph_write
 //! ```
 //!
-//! `now` is milliseconds since the Unix epoch, read by the driver (`now_ms`): the service
-//! never reads a clock. Blocking work (the graph store's writes, store reads) happens only in
-//! methods the driver runs on blocking threads ([`Service::read`], the admin writes).
+//! `now` is milliseconds since the Unix epoch, read by the driver (`now_ms`): no decision here
+//! reads a clock. (A monotonic clock times the metrics, and paces how often the commit thread
+//! writes held acks in `Chat::next_batch`; a device without an id gets a random one.) Blocking
+//! work happens only in methods the driver runs on its own threads: store reads
+//! ([`Service::read`]) and `Chat::next_batch`'s wait; the stores' writes are the driver's
+//! (`Store::write` of a planned `GraphWrite`, the chat store's commit of a batch).
 
 pub mod admin;
 pub mod chat;
