@@ -40,6 +40,10 @@ struct Args {
     /// so each welcome carries a realistic snapshot.
     #[arg(long, default_value_t = 0)]
     friends: usize,
+    /// Seconds to wait after the last connect before reading the node's RSS (15 covers a whole
+    /// ping round at the default heartbeat timeout, so every session has been pinged once).
+    #[arg(long, default_value_t = 2)]
+    settle: u64,
     /// The node binary [default: next to this example].
     #[arg(long)]
     node: Option<PathBuf>,
@@ -248,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let connect_s = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = rss_kib(pid);
     let per = (after.saturating_sub(before) as f64 * 1024.0) / held.len().max(1) as f64;
     println!("transport          {}", args.via);
