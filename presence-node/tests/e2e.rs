@@ -130,15 +130,18 @@ async fn grace_absorbs_reconnect_quic() {
     grace_absorbs_reconnect(Via::Quic).await;
 }
 
+/// A 1.5 s heartbeat timeout (and a short grace), for the expiry tests.
+const SHORT_HEARTBEAT: &[&str] = &[
+    "--tick",
+    "50ms",
+    "--grace",
+    "200ms",
+    "--heartbeat-timeout",
+    "1500ms",
+];
+
 async fn vanished_client_expires(via: Via) {
-    let node = Node::start(&[
-        "--tick",
-        "50ms",
-        "--grace",
-        "200ms",
-        "--heartbeat-timeout",
-        "1500ms",
-    ]);
+    let node = Node::start(SHORT_HEARTBEAT);
     node.befriend(&[("alice", "bob")]).await;
     let (mut alice, _) = Client::hello(&node, via, "alice", "d").await;
     let (mut bob, _) = Client::hello(&node, via, "bob", "d").await;
@@ -686,14 +689,7 @@ fn environment_variables_sit_between_flags_and_the_file() {
 #[tokio::test]
 async fn websocket_pongs_keep_a_silent_reader_alive() {
     common::init();
-    let node = Node::start(&[
-        "--tick",
-        "50ms",
-        "--grace",
-        "200ms",
-        "--heartbeat-timeout",
-        "1500ms",
-    ]);
+    let node = Node::start(SHORT_HEARTBEAT);
     node.befriend(&[("alice", "bob")]).await;
     let (mut alice, _) = Client::hello(&node, Via::Ws, "alice", "tab").await;
     let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "d").await;
