@@ -86,15 +86,22 @@ async fn hello<T: Transport>(node: &Arc<Node>, t: &mut T) -> Option<(Session, Op
 
 /// Writes a refusal's frames and closes (no session was opened).
 async fn refuse<T: Transport>(t: &mut T, fx: Effects) {
-    for f in fx.frames {
-        if timed(t.feed(f)).await.is_err() {
-            return;
-        }
-    }
-    let _ = timed(t.flush()).await;
-    if let Some(close) = fx.end.and_then(|e| e.close) {
+    if write_out(t, fx.frames).await.is_ok()
+        && let Some(close) = fx.end.and_then(|e| e.close)
+    {
         t.close(&close).await;
     }
+}
+
+/// Writes `frames` in one flush (nothing for none); `Err` when the connection is gone.
+async fn write_out<T: Transport>(t: &mut T, frames: Vec<Bytes>) -> Result<(), ()> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    for f in frames {
+        timed(t.feed(f)).await?;
+    }
+    timed(t.flush()).await
 }
 
 /// The session loop; returns how the session ended for the engine.
@@ -132,15 +139,8 @@ async fn execute<T: Transport>(
         if fx.ping && timed(t.ping()).await.is_err() {
             return Some(Disconnect::Dropped);
         }
-        if !fx.frames.is_empty() {
-            for f in std::mem::take(&mut fx.frames) {
-                if timed(t.feed(f)).await.is_err() {
-                    return Some(Disconnect::Dropped);
-                }
-            }
-            if timed(t.flush()).await.is_err() {
-                return Some(Disconnect::Dropped);
-            }
+        if write_out(t, std::mem::take(&mut fx.frames)).await.is_err() {
+            return Some(Disconnect::Dropped);
         }
         if let Some(end) = fx.end {
             if let Some(reason) = end.close {

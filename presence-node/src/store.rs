@@ -116,12 +116,12 @@ impl Store {
                 self.commit_edges(delta, &|id| names.get(&id.0).cloned())
             }
             GraphWrite::PutGroup { gid, members } => self.put_group(gid, members),
-            GraphWrite::DeleteGroup { gid } => self.delete_group(gid).map(|_| ()),
+            GraphWrite::DeleteGroup { gid } => self.delete_group(gid),
         }
     }
 
     /// Makes an edge change durable. `name` resolves every id in `delta`.
-    pub fn commit_edges(
+    fn commit_edges(
         &self,
         delta: &EdgeDelta,
         name: &dyn Fn(UserId) -> Option<String>,
@@ -146,7 +146,7 @@ impl Store {
         txn.commit().map_err(err)
     }
 
-    pub fn put_group(&self, gid: &str, members: &[String]) -> Result<(), StoreError> {
+    fn put_group(&self, gid: &str, members: &[String]) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(members).map_err(err)?;
         let txn = self.db.begin_write().map_err(err)?;
         txn.open_table(GROUPS)
@@ -156,16 +156,13 @@ impl Store {
         txn.commit().map_err(err)
     }
 
-    /// Removes a group; returns whether it existed.
-    pub fn delete_group(&self, gid: &str) -> Result<bool, StoreError> {
+    /// Removes a group (one that does not exist is no error).
+    fn delete_group(&self, gid: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
-        let existed = txn
-            .open_table(GROUPS)
+        txn.open_table(GROUPS)
             .map_err(err)?
             .remove(gid)
-            .map_err(err)?
-            .is_some();
-        txn.commit().map_err(err)?;
-        Ok(existed)
+            .map_err(err)?;
+        txn.commit().map_err(err)
     }
 }

@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 #[path = "../../presence-wire/tests/support/mod.rs"]
 mod support;
-use support::{Frame, any_char, mutate, text};
+use support::{Frame, any_char, bytes, mutate, text};
 
 /// [`support::fuzz`] with no weights, failing seeds saved next to this file.
 fn fuzz<S>(
@@ -131,20 +131,6 @@ fn json_value(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
 
 fn to_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("a value serializes")
-}
-
-/// Random bytes, `len` of them at most: drawn eight at a time, several times cheaper than a
-/// byte at a time (generation dominates these properties' run time in debug).
-fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
-    (
-        proptest::collection::vec(any::<u64>(), 0..len.end.div_ceil(8)),
-        len,
-    )
-        .prop_map(|(words, want)| {
-            let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            b.truncate(want);
-            b
-        })
 }
 
 // ---- 4. tokens --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodecError};
 // ---- the runner and shared generators (tests/support) -------------------------------------
 
 mod support;
-use support::{Frame, Mutation, mutate, text};
+use support::{Frame, Mutation, bytes, mutate, text};
 
 /// [`support::fuzz`], with failing seeds saved next to this file.
 fn fuzz<S>(
@@ -130,20 +130,6 @@ fn mutated(base: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8
         1 => proptest::collection::vec(mutation(), 3..=8),
     ];
     (base, edits).prop_map(|(f, m)| mutate(f, &m))
-}
-
-/// Random bytes, `len` of them at most: drawn eight at a time, several times cheaper than a
-/// byte at a time (generation dominates these properties' run time in debug).
-fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
-    (
-        proptest::collection::vec(any::<u64>(), 0..len.end.div_ceil(8)),
-        len,
-    )
-        .prop_map(|(words, want)| {
-            let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            b.truncate(want);
-            b
-        })
 }
 
 fn arbitrary_bytes() -> impl Strategy<Value = Vec<u8>> {

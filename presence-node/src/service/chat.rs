@@ -85,8 +85,8 @@ pub struct Dir<'a> {
 }
 
 impl Dir<'_> {
-    /// The live sessions of a user by app id.
-    fn sessions_of(&self, user: &str) -> Vec<Arc<SessionHandle>> {
+    /// The live sessions of a user by app id (none if the node never saw it).
+    pub fn sessions_of(&self, user: &str) -> Vec<Arc<SessionHandle>> {
         self.engine
             .lookup(user)
             .map(|u| self.registry.sessions_of(u.0))

@@ -70,27 +70,6 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(
-        engine: Engine,
-        cfg: NodeConfig,
-        secret: Vec<u8>,
-        admin_key: String,
-        store: Store,
-        chat: Chat,
-        groups: Groups,
-    ) -> Self {
-        Self {
-            engine,
-            cfg,
-            secret,
-            admin_key,
-            store,
-            chat,
-            groups: RwLock::new(groups),
-            registry: Registry::default(),
-        }
-    }
-
     /// Opens what the node holds in its data folder — the graph store (loaded into a new
     /// engine and published, so the first welcome already has every friend), the groups, the
     /// chat store — with the settings of `cfg`. Blocking: it reads the stores.
@@ -135,9 +114,16 @@ impl Service {
             limits,
         )?;
         tracing::info!(store = cfg.chat_store.as_str(), "chat store open");
-        Ok(Self::new(
-            engine, cfg, secret, admin_key, store, chat, groups,
-        ))
+        Ok(Self {
+            engine,
+            cfg,
+            secret,
+            admin_key,
+            store,
+            chat,
+            groups: RwLock::new(groups),
+            registry: Registry::default(),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -212,14 +198,6 @@ impl Service {
                 .for_each_in_stripe(from + i, |h| h.outbox.ping());
         }
         (from + n) % registry::SHARDS
-    }
-
-    /// The live sessions of a user by app id (none if the node never saw it).
-    pub fn sessions_of_name(&self, user: &str) -> Vec<Arc<SessionHandle>> {
-        self.engine
-            .lookup(user)
-            .map(|u| self.registry.sessions_of(u.0))
-            .unwrap_or_default()
     }
 
     /// Runs one tick and hands its diffs to the sessions' outboxes.

@@ -236,7 +236,7 @@ impl Session {
     }
 }
 
-/// What the client sent instead of a good hello: the refusal to send before closing.
+/// No hello came within the hello timeout: the refusal to send before closing.
 pub fn hello_timeout() -> Effects {
     Effects::default().fail(ErrorCode::Protocol, "no hello within 10 s")
 }
@@ -753,7 +753,7 @@ impl Service {
                         };
                         let frame = Bytes::from(frames::typing_frame(user, g));
                         for u in users {
-                            for h in self.sessions_of_name(&u) {
+                            for h in dir.sessions_of(&u) {
                                 h.outbox.push_chat(ChatItem::Frame(frame.clone()));
                             }
                         }

@@ -94,6 +94,20 @@ pub fn text(max: usize) -> impl Strategy<Value = String> {
     proptest::collection::vec(any_char(), 0..=max).prop_map(String::from_iter)
 }
 
+/// Random bytes, `len` of them at most: drawn eight at a time, several times cheaper than a
+/// byte at a time (generation dominates these properties' run time in debug).
+pub fn bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(any::<u64>(), 0..len.end.div_ceil(8)),
+        len,
+    )
+        .prop_map(|(words, want)| {
+            let mut b: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            b.truncate(want);
+            b
+        })
+}
+
 // ---- mutations -------------------------------------------------------------------------------
 
 /// One edit of a frame: positions are [`Index`]es, taken modulo the frame's length then.
