@@ -60,6 +60,7 @@ mod error;
 mod inbox;
 mod session;
 mod transport;
+mod vanish;
 
 pub use backoff::{Backoff, Jitter};
 pub use client::{Client, ConnectOptions};
@@ -70,6 +71,7 @@ pub use transport::{
     Connection, FrameReceiver, FrameSender, QuicCert, Transport, TransportOptions,
     quic_client_config,
 };
+pub use vanish::Vanished;
 
 pub use presence_wire::{
     self as wire, ClientMessage, ErrorCode, Inbox, InboxKind, Presence, PresenceEntry,

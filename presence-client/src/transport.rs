@@ -130,7 +130,7 @@ struct QuicConn {
     recv: QuicRead,
     conn: quinn::Connection,
     /// Keeps the UDP socket's driver alive as long as the connection.
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
 }
 
 impl std::fmt::Debug for Connection {
@@ -233,6 +233,26 @@ impl Connection {
             Inner::Quic(q) => {
                 q.conn.close(0u32.into(), b"bye");
                 Ok(())
+            }
+        }
+    }
+
+    /// Falls silent as a device whose network went away: from now on nothing is sent, read
+    /// or acknowledged, and nothing closes, so the node learns of it only from its own
+    /// timeouts (for tests and load generators). See [`Vanished`](crate::Vanished).
+    pub fn vanish(self) -> crate::Vanished {
+        match self.inner {
+            Inner::Ws(ws) => crate::Vanished { _held: ws },
+            Inner::Quic(q) => {
+                let local = q
+                    .endpoint
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
+                // Rebinding can fail only for a socket of the OS's; this one is not.
+                let _ = q
+                    .endpoint
+                    .rebind_abstract(Arc::new(crate::vanish::BlackHole { local }));
+                crate::Vanished { _held: q }
             }
         }
     }
@@ -462,7 +482,7 @@ async fn open_quic(
             send,
             recv: FramedRead::new(recv, codec),
             conn,
-            _endpoint: endpoint,
+            endpoint,
         })),
     })
 }

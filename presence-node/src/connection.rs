@@ -26,10 +26,11 @@ pub trait Transport: Send {
     /// What the client sent next; `Ok(None)` when the peer closed.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Received>, RecvError>> + Send;
     /// Asks the client for a sign of life, where the transport has a way to (a WebSocket
-    /// ping, which browsers answer by themselves even from a throttled background tab).
-    fn ping(&mut self) -> impl Future<Output = std::io::Result<()>> + Send {
-        async { Ok(()) }
-    }
+    /// ping, which browsers answer by themselves even from a throttled background tab; its
+    /// pong comes back through [`Transport::recv`]). `Ok(true)` when the transport itself saw
+    /// the client alive since the last call (QUIC: packets from it, such as the
+    /// acknowledgements of the connection's keep-alives).
+    fn ping(&mut self) -> impl Future<Output = std::io::Result<bool>> + Send;
     /// Queues one frame (the bytes are shared: a frame for many sessions is not copied); it
     /// may stay buffered until [`Transport::flush`], so the frames of one wakeup can leave
     /// together.
@@ -136,9 +137,14 @@ async fn execute<T: Transport>(
     mut fx: Effects,
 ) -> Option<Disconnect> {
     loop {
-        if fx.ping && timed(t.ping()).await.is_err() {
-            return Some(Disconnect::Dropped);
-        }
+        let alive = if fx.ping {
+            match timed(t.ping()).await {
+                Ok(alive) => alive,
+                Err(()) => return Some(Disconnect::Dropped),
+            }
+        } else {
+            false
+        };
         if write_out(t, std::mem::take(&mut fx.frames)).await.is_err() {
             return Some(Disconnect::Dropped);
         }
@@ -147,6 +153,16 @@ async fn execute<T: Transport>(
                 t.close(&reason).await;
             }
             return Some(end.how);
+        }
+        if alive {
+            // A sign of life from the transport counts as a heartbeat; a read still pending
+            // runs after it.
+            let read = fx.read.take();
+            fx = node
+                .service()
+                .on_received(s, Ok(Some(Received::Alive)), now_ms());
+            fx.read = fx.read.or(read);
+            continue;
         }
         let read = fx.read?;
         let svc = node.service_arc();
@@ -160,9 +176,9 @@ async fn execute<T: Transport>(
 
 /// A transport write that must end within [`WRITE_TIMEOUT`]; an error or a timeout ends
 /// the session (`Err`).
-async fn timed(op: impl Future<Output = std::io::Result<()>>) -> Result<(), ()> {
+async fn timed<T>(op: impl Future<Output = std::io::Result<T>>) -> Result<T, ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, op).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(v)) => Ok(v),
         _ => Err(()),
     }
 }

@@ -21,6 +21,10 @@ use presence_wire::framing::quic_codec as codec;
 
 /// A server endpoint sized for chat clients: one stream each way, small windows, keep-alive
 /// well below the idle timeout.
+///
+/// The keep-alive runs at least once per third of the heartbeat timeout (every 10 s at most):
+/// that is how often the node looks for a sign of life from each session, and a live client's
+/// acknowledgement of a keep-alive is one (protocol v1.1).
 pub fn endpoint(
     addr: SocketAddr,
     certs: Vec<CertificateDer<'static>>,
@@ -38,6 +42,7 @@ pub fn endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = heartbeat_timeout + Duration::from_secs(15);
+    let keep_alive = (heartbeat_timeout / 3).clamp(Duration::from_millis(100), KEEP_ALIVE);
     transport
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -45,10 +50,13 @@ pub fn endpoint(
         .receive_window((256u32 * 1024).into())
         .send_window(1024 * 1024)
         .max_idle_timeout(Some(idle.try_into()?))
-        .keep_alive_interval(Some(Duration::from_secs(10)));
+        .keep_alive_interval(Some(keep_alive));
     server.transport_config(Arc::new(transport));
     quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))
 }
+
+/// The longest keep-alive interval.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the endpoint closes.
 pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
@@ -72,6 +80,7 @@ pub async fn serve(endpoint: quinn::Endpoint, node: Arc<Node>) {
                 }
             };
             let t = QuicTransport {
+                rx_seen: 0,
                 conn,
                 read: FramedRead::with_capacity(recv, codec(), READ_CAPACITY),
                 send,
@@ -88,6 +97,8 @@ const READ_CAPACITY: usize = 512;
 /// Frames are written straight into quinn's send buffer (no per-connection write buffer).
 struct QuicTransport {
     conn: quinn::Connection,
+    /// UDP datagrams received from the client as of the last ping.
+    rx_seen: u64,
     read: FramedRead<quinn::RecvStream, LengthDelimitedCodec>,
     send: quinn::SendStream,
 }
@@ -105,6 +116,15 @@ impl Transport for QuicTransport {
             }
             Some(Err(e)) => Err(RecvError::Io(e.to_string())),
         }
+    }
+
+    /// QUIC needs no ping of ours: the connection's keep-alives are acknowledged by a live
+    /// client's stack. Any datagram from the client since the last call is a sign of life.
+    async fn ping(&mut self) -> std::io::Result<bool> {
+        let rx = self.conn.stats().udp_rx.datagrams;
+        let alive = rx > self.rx_seen;
+        self.rx_seen = rx;
+        Ok(alive)
     }
 
     /// quinn gathers stream data into packets itself: the frame is handed over at once and

@@ -205,11 +205,13 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn ping(&mut self) -> std::io::Result<()> {
+    /// The pong comes back through `recv`.
+    async fn ping(&mut self) -> std::io::Result<bool> {
         self.0
             .send(Message::Ping(Bytes::new()))
             .await
-            .map_err(std::io::Error::other)
+            .map_err(std::io::Error::other)?;
+        Ok(false)
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

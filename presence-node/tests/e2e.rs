@@ -144,10 +144,19 @@ async fn vanished_client_expires(via: Via) {
     let node = Node::start(SHORT_HEARTBEAT);
     node.befriend(&[("alice", "bob")]).await;
     let (mut alice, _) = Client::hello(&node, via, "alice", "d").await;
-    let (mut bob, _) = Client::hello(&node, via, "bob", "d").await;
+    let (bob, _) = Client::hello(&node, via, "bob", "d").await;
     alice.expect_presence("bob", SOON, is_state("online")).await;
     let started = std::time::Instant::now();
-    // alice keeps heartbeating; bob goes silent without closing.
+    // alice keeps heartbeating; bob goes silent without closing. A WebSocket that is not read
+    // answers no pings; a QUIC connection must lose its network, or its stack would
+    // acknowledge the node's keep-alives, which count as signs of life.
+    let mut bob = match via {
+        Via::Ws => Some(bob),
+        Via::Quic => {
+            let _gone = bob.vanish();
+            None
+        }
+    };
     let alive = tokio::spawn(async move {
         let e = loop {
             alice.send(json!({"type": "heartbeat"})).await;
@@ -176,10 +185,12 @@ async fn vanished_client_expires(via: Via) {
         took >= Duration::from_millis(1400),
         "not before the timeout: {took:?}"
     );
-    // bob's connection is told and closed.
-    let err = bob.expect("error", SOON).await;
-    assert_eq!(err["code"], "protocol");
-    assert_eq!(bob.recv_within(SOON).await, Ok(None));
+    // bob's connection is told and closed (where bob still reads).
+    if let Some(bob) = &mut bob {
+        let err = bob.expect("error", SOON).await;
+        assert_eq!(err["code"], "protocol");
+        assert_eq!(bob.recv_within(SOON).await, Ok(None));
+    }
 }
 
 #[tokio::test]
@@ -685,13 +696,12 @@ fn environment_variables_sit_between_flags_and_the_file() {
 
 /// v1.1 liveness from the transport: the node pings WebSocket clients, and a client that only
 /// reads (its WebSocket library answers the pings, as a browser does from a hidden tab) stays
-/// online past the heartbeat timeout without sending a single message.
-#[tokio::test]
-async fn websocket_pongs_keep_a_silent_reader_alive() {
-    common::init();
+/// online past the heartbeat timeout without sending a single message; on QUIC the
+/// acknowledgements of the connection's keep-alives do the same.
+async fn transport_keeps_a_silent_reader_alive(via: Via) {
     let node = Node::start(SHORT_HEARTBEAT);
     node.befriend(&[("alice", "bob")]).await;
-    let (mut alice, _) = Client::hello(&node, Via::Ws, "alice", "tab").await;
+    let (mut alice, _) = Client::hello(&node, via, "alice", "tab").await;
     let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "d").await;
     bob.expect_presence("alice", SOON, is_state("online")).await;
     // alice only reads, for three heartbeat timeouts; bob heartbeats and watches.
@@ -715,4 +725,16 @@ async fn websocket_pongs_keep_a_silent_reader_alive() {
         "alice never left"
     );
     let _alice = reader.await.expect("reader");
+}
+
+#[tokio::test]
+async fn websocket_pongs_keep_a_silent_reader_alive() {
+    common::init();
+    transport_keeps_a_silent_reader_alive(Via::Ws).await;
+}
+
+#[tokio::test]
+async fn quic_keep_alives_keep_a_silent_reader_alive() {
+    common::init();
+    transport_keeps_a_silent_reader_alive(Via::Quic).await;
 }

@@ -475,6 +475,14 @@ impl Client {
         }
     }
 
+    /// Falls silent without closing, as a device whose network went away.
+    pub fn vanish(self) -> presence_client::Vanished {
+        match self {
+            Client::Conn(c) => c.vanish(),
+            Client::RawQuic { .. } => panic!("a raw QUIC client cannot vanish"),
+        }
+    }
+
     /// Drops the connection without a close handshake.
     pub fn abandon(self) {
         match self {
