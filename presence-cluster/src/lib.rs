@@ -1,0 +1,19 @@
+//! `presence-cluster`: who owns which user in a presence cluster.
+//!
+//! Users are split into [`SLOTS`] slots by a documented hash ([`slot_of`]); nodes own slots.
+//! etcd decides ownership: every node registers a [`Member`] record under its lease, an
+//! elected coordinator assigns each slot to a live member by rendezvous hashing
+//! ([`assign::owner`], [`SlotMap::plan`]), and a slot's epoch is the etcd revision of its
+//! assignment. A node serves a slot only while its [`Fence`] says its lease is surely alive.
+//!
+//! The modules here are clock- and socket-free: time comes in as `Instant`s, etcd's answers
+//! as values.
+
+pub mod assign;
+mod fence;
+mod map;
+mod slot;
+
+pub use fence::{Fence, Sent};
+pub use map::{Keys, Member, Owner, Route, SlotMap, SlotRecord};
+pub use slot::{SLOTS, Slot, slot_of};
