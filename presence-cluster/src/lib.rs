@@ -10,6 +10,7 @@
 //! as values.
 
 pub mod assign;
+pub mod etcd;
 mod fence;
 mod map;
 mod slot;

@@ -10,9 +10,6 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// ALPN of client connections over QUIC.
 pub const ALPN: &[u8] = b"presence/1";
 
-/// ALPN of node-to-node links (v1.1, cluster): never accepted on the client endpoint.
-pub const PEER_ALPN: &[u8] = b"presence-peer/1";
-
 /// The QUIC framing as a tokio-util codec: decodes frames of at most [`MAX_FRAME`] bytes (a
 /// longer length prefix is an error before anything is buffered) and encodes with the prefix.
 pub fn quic_codec() -> LengthDelimitedCodec {

@@ -21,7 +21,7 @@ pub mod server_message;
 
 pub use client_message::{CLIENT_TYPES, ClientMessage, parse_client, parse_client_value};
 pub use error::{ERROR_CODES, ErrorCode, ProtocolError, error_frame};
-pub use framing::{ALPN, MAX_FRAME, PEER_ALPN};
+pub use framing::{ALPN, MAX_FRAME};
 pub use msg_id::{EPOCH_MS, MAX_NODE, MsgId, NODE_BITS, ParseMsgIdError, SEQ_BITS};
 pub use server_message::{
     Error, History, HistoryMessage, Inbox, InboxKind, PONG, Presence, PresenceEntry, SERVER_TYPES,

@@ -1,0 +1,177 @@
+//! What nodes say to each other, as rkyv archives: compact, validated on every read, never
+//! trusted beyond [`MAX_PEER_FRAME`] bytes.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+/// The largest frame a node accepts from a peer (a snapshot of a big slot fits; a peer that
+/// sends more is cut off).
+pub const MAX_PEER_FRAME: usize = 16 << 20;
+
+/// One message on the peer link.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum PeerFrame {
+    /// The first frame each way: who speaks, and its proof of the cluster secret, bound to
+    /// this connection's TLS session (see [`crate::auth`]).
+    Hello { node: String, proof: [u8; 32] },
+    /// Everything this tick about the sender's users that the receiver mirrors, slot by slot:
+    /// one frame per peer per tick, whatever the number of users.
+    Tick { tick: u64, slots: Vec<SlotUpdate> },
+    /// The receiver lost track of a slot (a gap, or an epoch it has not seen the start of):
+    /// the owner answers with a snapshot of it.
+    Resync { slot: u16 },
+}
+
+/// Changes of one slot's users, under the sender's epoch for the slot.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SlotUpdate {
+    pub slot: u16,
+    /// The etcd revision of the sender's assignment of the slot.
+    pub epoch: i64,
+    /// Per (sender, receiver, slot, epoch): 1 for the first update, +1 for each next one.
+    pub seq: u64,
+    /// The whole set: every user of the slot the receiver mirrors; any user it mirrors from
+    /// this slot and that is not listed is gone.
+    pub snapshot: bool,
+    pub entries: Vec<PeerEntry>,
+    /// Custom status texts: (index into `entries`, text); an entry without one has none.
+    pub texts: Vec<(u32, String)>,
+}
+
+/// One user's visible presence, as its owner publishes it (invisible already applied).
+/// Fields in this order keep an entry at 32 bytes for ids that rkyv stores inline (with the
+/// workspace's 64-bit relative pointers, up to 16 bytes; longer ids add their length); a
+/// custom status text goes in [`SlotUpdate::texts`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PeerEntry {
+    /// Milliseconds since the epoch; 0: never seen.
+    pub last_active: u64,
+    /// The app's user id.
+    pub user: String,
+    /// 0 offline, 1 online, 2 + level idle.
+    pub state: u8,
+    /// 0 available, 1 busy, 2 dnd (invisible is never sent: it reads as offline).
+    pub status: u8,
+    /// The receiver no longer needs this user (its last friend there went): stop mirroring.
+    pub gone: bool,
+}
+
+/// Why bytes from a peer are not a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("peer frame of {0} bytes, over the {MAX_PEER_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("invalid peer frame: {0}")]
+    Invalid(String),
+}
+
+impl PeerFrame {
+    /// The archive's bytes.
+    pub fn encode(&self) -> Result<AlignedVec, FrameError> {
+        let bytes = rkyv::to_bytes::<rancor::Error>(self)
+            .map_err(|e| FrameError::Invalid(e.to_string()))?;
+        if bytes.len() > MAX_PEER_FRAME {
+            return Err(FrameError::TooLarge(bytes.len()));
+        }
+        Ok(bytes)
+    }
+
+    /// Checks and reads a frame (any alignment: the bytes are copied to an aligned buffer
+    /// first).
+    pub fn decode(bytes: &[u8]) -> Result<PeerFrame, FrameError> {
+        if bytes.len() > MAX_PEER_FRAME {
+            return Err(FrameError::TooLarge(bytes.len()));
+        }
+        let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<PeerFrame, rancor::Error>(&aligned)
+            .map_err(|e| FrameError::Invalid(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick() -> PeerFrame {
+        PeerFrame::Tick {
+            tick: 42,
+            slots: vec![SlotUpdate {
+                slot: 7,
+                epoch: 1234,
+                seq: 3,
+                snapshot: false,
+                entries: vec![
+                    PeerEntry {
+                        user: "alice".into(),
+                        state: 1,
+                        status: 1,
+                        last_active: 1_700_000_000_000,
+                        gone: false,
+                    },
+                    PeerEntry {
+                        user: "a user id of more than eight bytes, with a \0".into(),
+                        state: 0,
+                        status: 0,
+                        last_active: 0,
+                        gone: true,
+                    },
+                ],
+                texts: vec![(0, "in a meeting".into())],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        for f in [
+            tick(),
+            PeerFrame::Hello {
+                node: "n1".into(),
+                proof: [9; 32],
+            },
+            PeerFrame::Resync { slot: 1023 },
+        ] {
+            let bytes = f.encode().expect("encode");
+            assert_eq!(PeerFrame::decode(&bytes), Ok(f));
+        }
+    }
+
+    #[test]
+    fn bytes_per_change_are_small() {
+        // One state change of a user with a 6-byte id, no status text.
+        let one = PeerFrame::Tick {
+            tick: 1,
+            slots: vec![SlotUpdate {
+                slot: 1,
+                epoch: 1,
+                seq: 1,
+                snapshot: false,
+                entries: vec![
+                    PeerEntry {
+                        user: "123456".into(),
+                        state: 1,
+                        status: 0,
+                        last_active: 1,
+                        gone: false,
+                    };
+                    100
+                ],
+                texts: Vec::new(),
+            }],
+        };
+        let n = one.encode().expect("encode").len();
+        assert!(n <= 100 * 32 + 128, "{n} bytes for 100 changes");
+    }
+
+    #[test]
+    fn damage_is_an_error() {
+        let bytes = tick().encode().expect("encode");
+        assert!(PeerFrame::decode(&bytes[..bytes.len() / 2]).is_err());
+        assert!(PeerFrame::decode(&[]).is_err());
+        assert_eq!(
+            PeerFrame::decode(&vec![0; MAX_PEER_FRAME + 1]),
+            Err(FrameError::TooLarge(MAX_PEER_FRAME + 1))
+        );
+    }
+}
