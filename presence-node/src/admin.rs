@@ -21,6 +21,7 @@ use crate::node::{Node, now_ms};
 use crate::service::Service;
 use crate::service::admin::{AdminError, EdgesApplied};
 use crate::store::GraphWrite;
+use crate::topology::Topology;
 
 /// Largest admin request body (bulk friendship loads).
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -28,11 +29,16 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 struct AdminState {
     node: Arc<Node>,
+    topology: Arc<Topology>,
     metrics: PrometheusHandle,
 }
 
-pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
-    let state = AdminState { node, metrics };
+pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandle) -> Router {
+    let state = AdminState {
+        node,
+        topology,
+        metrics,
+    };
     let api = Router::new()
         .route("/v1/users/{id}/friends", put(put_friends).get(get_friends))
         .route("/v1/friendships", post(post_friendships))
@@ -42,6 +48,8 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
         )
         .route("/v1/presence", get(get_presence))
         .route("/v1/tokens", post(post_token))
+        .route("/v1/route", get(get_route))
+        .route("/v1/cluster", get(get_cluster))
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)
@@ -242,6 +250,36 @@ async fn get_presence(
     let names: Vec<&str> = q.users.split(',').filter(|u| !u.is_empty()).collect();
     let entries = s.node.service().presence(&names)?;
     Ok(Json(json!({ "presence": entries })))
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    user: String,
+}
+
+async fn get_route(
+    State(s): State<AdminState>,
+    q: Result<Query<RouteQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    if q.user.is_empty() || q.user.len() > presence_core::MAX_USER_ID_LEN {
+        return Err(bad(format!(
+            "user: 1 to {} bytes",
+            presence_core::MAX_USER_ID_LEN
+        )));
+    }
+    Ok(match s.topology.route(&q.user) {
+        Some(r) => Json(r).into_response(),
+        None => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no node surely owns this user's slot right now: retry shortly".into(),
+        )
+        .into_response(),
+    })
+}
+
+async fn get_cluster(State(s): State<AdminState>) -> Json<crate::topology::ClusterAnswer> {
+    Json(s.topology.cluster())
 }
 
 #[derive(Deserialize)]

@@ -71,9 +71,10 @@ settings! {
     chat_retention: String => Option<Duration> = optional_duration,
         "chat-retention", "PRESENCE_CHAT_RETENTION", "kept forever",
         "Chat entries older than this are trimmed, like 30d";
-    node_id: u16 => u16 = value,
-        "node-id", "PRESENCE_NODE_ID", "0",
-        "This node's number (0-1023) in message ids";
+    node_id: String => Option<String> = optional,
+        "node-id", "PRESENCE_NODE_ID", "generated into the data dir",
+        "This node's name in the cluster: 1-64 of A-Z a-z 0-9 . _ - (a number 0-1023 is also \
+         the node part of its message ids)";
     tls_cert: PathBuf => Option<PathBuf> = optional,
         "tls-cert", "PRESENCE_TLS_CERT", "a dev certificate in the data dir",
         "TLS certificate chain (PEM) for QUIC";
@@ -226,6 +227,14 @@ impl FromStr for LogFormat {
     }
 }
 
+/// A node name: 1-64 characters of `A-Z a-z 0-9 . _ -` (it goes into etcd keys and logs).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 // The resolvers of the table: `(flag, value read if any, default text) -> resolved value`.
 
 /// The value read, else the default parsed as a flag would be.
@@ -318,8 +327,10 @@ impl NodeConfig {
         if cfg.chat_max_in_flight == 0 {
             bail!("chat-max-in-flight must be at least 1");
         }
-        if cfg.node_id > 1023 {
-            bail!("node-id must be 0 to 1023, got {}", cfg.node_id);
+        if let Some(id) = &cfg.node_id
+            && !valid_node_id(id)
+        {
+            bail!("node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {id:?}");
         }
         Ok(cfg)
     }
@@ -369,7 +380,7 @@ mod tests {
         assert_eq!(c.chat_max_in_flight, 20_000);
         assert_eq!(c.chat_store, chat_relay::StoreKind::Fjall);
         assert_eq!(c.chat_retention, None);
-        assert_eq!(c.node_id, 0);
+        assert_eq!(c.node_id, None);
         assert_eq!(c.max_friends, 5000);
         assert_eq!(c.max_sessions_per_user, 16);
         assert_eq!(c.log_format, LogFormat::Text);
@@ -492,8 +503,8 @@ mod tests {
                 "chat-max-in-flight must be at least 1",
             ),
             (
-                &["--node-id", "1024"],
-                "node-id must be 0 to 1023, got 1024",
+                &["--node-id", "n/1"],
+                "node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got \"n/1\"",
             ),
             (
                 &["--chat-store", "sqlite"],

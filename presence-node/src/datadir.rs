@@ -58,6 +58,25 @@ pub fn secret_value(dir: &Path, name: &str, given: Option<&str>) -> anyhow::Resu
     }
 }
 
+/// This node's name: the one given, else the one generated into `dir/node-id` on first start
+/// (`node-` and 8 hex digits), so a restarted node keeps its name.
+pub fn node_id(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = given {
+        return Ok(id.to_owned());
+    }
+    let path = dir.join("node-id");
+    match fs::read_to_string(&path) {
+        Ok(v) if crate::config::valid_node_id(v.trim()) => Ok(v.trim().to_owned()),
+        Ok(v) => anyhow::bail!("{}: not a node name: {:?}", path.display(), v.trim()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{}", random_hex(4)?);
+            write_private(&path, id.as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 /// The QUIC certificate chain and key: the given files, or a self-signed dev certificate for
 /// `localhost` and `127.0.0.1` generated into `dir/tls/` on first start.
 pub fn tls_identity(
@@ -108,6 +127,8 @@ pub struct Ready {
     pub quic: SocketAddr,
     pub admin: SocketAddr,
     pub pid: u32,
+    /// This node's name.
+    pub node: String,
 }
 
 pub fn ready_path(dir: &Path) -> PathBuf {

@@ -6,7 +6,7 @@
 //! client. The service never imports the driver; the driver never decides.
 //!
 //! Shared leaves: [`config`] (every setting, declared once), [`frames`] (the node's values as
-//! `presence-wire` frames), [`token`], [`store`] (the graph store), [`datadir`], [`metrics`].
+//! `presence-wire` frames), [`token`], [`store`] (the graph store), [`topology`] (where users' sessions belong), [`datadir`], [`metrics`].
 
 pub mod admin;
 pub mod config;
@@ -20,5 +20,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod token;
+pub mod topology;
 pub mod webhook;
 pub mod ws;

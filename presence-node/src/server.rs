@@ -13,6 +13,7 @@ use crate::config::NodeConfig;
 use crate::datadir::{self, Ready};
 use crate::node::{Node, now_ms};
 use crate::service::Service;
+use crate::topology::Topology;
 use crate::{admin, quic, webhook, ws};
 
 /// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
@@ -24,9 +25,10 @@ fn raise_nofile() {
 }
 
 /// Runs a node until SIGINT or SIGTERM.
-pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
     raise_nofile();
     datadir::ensure(&cfg.data_dir)?;
+    cfg.node_id = Some(datadir::node_id(&cfg.data_dir, cfg.node_id.as_deref())?);
     let (secret, new_secret) =
         datadir::secret_value(&cfg.data_dir, "secret", cfg.secret.as_deref())?;
     let (admin_key, new_key) =
@@ -80,7 +82,17 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         quic: endpoint.local_addr()?,
         admin: admin_listener.local_addr()?,
         pid: std::process::id(),
+        node: cfg.node_id.clone().unwrap_or_default(),
     };
+    let topology = Arc::new(Topology::Single(presence_cluster::Member {
+        id: ready.node.clone(),
+        ws: ready.ws.to_string(),
+        quic: ready.quic.to_string(),
+        lp: String::new(),
+        admin: ready.admin.to_string(),
+        peer: String::new(),
+        draining: false,
+    }));
 
     // TCP_NODELAY: two small frames in a row to an idle client (an inbox entry after a
     // `sent`, two presence frames) would otherwise wait out the client's 40 ms delayed ACK.
@@ -95,9 +107,12 @@ pub async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             .into_future(),
     );
     let admin_task = tokio::spawn(
-        axum::serve(admin_listener, admin::router(node.clone(), metrics))
-            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            admin_listener,
+            admin::router(node.clone(), topology, metrics),
+        )
+        .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
+        .into_future(),
     );
     let quic_task = tokio::spawn(quic::serve(endpoint.clone(), node.clone()));
     let ticker = node.spawn_ticker().context("starting the tick thread")?;

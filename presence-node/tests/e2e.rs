@@ -738,3 +738,55 @@ async fn quic_keep_alives_keep_a_silent_reader_alive() {
     common::init();
     transport_keeps_a_silent_reader_alive(Via::Quic).await;
 }
+
+/// v1.1 routing on a single node: `/v1/route` names the node itself with the user's slot (the
+/// documented CRC-16/XMODEM mod 1024), `/v1/cluster` lists it with every slot, and the node's
+/// generated name is kept across a restart.
+#[tokio::test]
+async fn a_single_node_routes_every_user_to_itself() {
+    common::init();
+    let mut node = Node::start(&[]);
+    let name = node.ready.node.clone();
+    assert!(name.starts_with("node-") && name.len() == 13, "{name}");
+    let (st, v) = node.admin("GET", "/v1/route?user=123456789", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({
+            "user": "123456789",
+            "slot": 0x31C3 % 1024,
+            "node": name,
+            "ws": node.ready.ws.to_string(),
+            "quic": node.ready.quic.to_string(),
+            "lp": "",
+        })
+    );
+    let (st, _) = node.admin("GET", "/v1/route", None).await;
+    assert_eq!(st, 400, "no user");
+    let long = "x".repeat(129);
+    let (st, _) = node
+        .admin("GET", &format!("/v1/route?user={long}"), None)
+        .await;
+    assert_eq!(st, 400, "a user id over 128 bytes");
+    let (st, v) = node.admin("GET", "/v1/cluster", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({
+            "nodes": [{
+                "id": name,
+                "ws": node.ready.ws.to_string(),
+                "quic": node.ready.quic.to_string(),
+                "admin": node.ready.admin.to_string(),
+                "slots": 1024,
+            }],
+            "slots": 1024,
+            "epoch": 0,
+        })
+    );
+    assert!(node.stop().success());
+    let node = node.restart();
+    assert_eq!(node.ready.node, name, "the generated name is kept");
+    let named = Node::start(&["--node-id", "7"]);
+    assert_eq!(named.ready.node, "7");
+}

@@ -125,12 +125,22 @@ pub fn refusal(e: &ChatError, id: Option<&str>) -> ProtocolError {
     }
 }
 
+/// The node part (10 bits) of the message ids a node makes: its name if that is a number
+/// 0-1023, else the name's slot hash (CRC-16/XMODEM mod 1024). Names that collide there make
+/// ids that may collide too, so name cluster nodes 0, 1, 2, … for now.
+pub fn msg_id_node(name: &str) -> u16 {
+    match name.parse::<u16>() {
+        Ok(n) if n < 1024 => n,
+        _ => presence_cluster::slot_of(name.as_bytes()).get(),
+    }
+}
+
 impl Chat {
     /// Opens the chat store in `dir` (created if missing).
     pub fn open(
         dir: &Path,
         kind: chat_relay::StoreKind,
-        node_id: u16,
+        node_id: &str,
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let store = kind.open(dir).with_context(|| {
@@ -140,7 +150,7 @@ impl Chat {
                 dir.display()
             )
         })?;
-        let ids = IdGen::new(u32::from(node_id)).context("node id")?;
+        let ids = IdGen::new(u32::from(msg_id_node(node_id))).context("node id")?;
         let relay = Relay::new(store.clone(), ids, limits).context("reading the chat store")?;
         Ok(Self {
             reader: relay.reader(),

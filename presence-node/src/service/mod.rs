@@ -110,7 +110,7 @@ impl Service {
         let chat = Chat::open(
             &cfg.data_dir.join("chat"),
             cfg.chat_store,
-            cfg.node_id,
+            cfg.node_id.as_deref().unwrap_or("0"),
             limits,
         )?;
         tracing::info!(store = cfg.chat_store.as_str(), "chat store open");

@@ -29,6 +29,7 @@ pub struct Ready {
     pub quic: SocketAddr,
     pub admin: SocketAddr,
     pub pid: u32,
+    pub node: String,
 }
 
 pub struct Node {
