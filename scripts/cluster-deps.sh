@@ -12,7 +12,8 @@ log() { printf 'cluster-deps: %s\n' "$*" >&2; }
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-packages=(etcd-server etcd-client postgresql protobuf-compiler)
+# libprotobuf-dev carries google/protobuf/*.proto, which etcd-client's protos import.
+packages=(etcd-server etcd-client postgresql protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${packages[@]}"; do
   installed "$p" || missing+=("$p")
