@@ -25,6 +25,10 @@ pub struct Member {
     pub admin: String,
     /// QUIC address of the peer link (ALPN `presence-peer/1`).
     pub peer: String,
+    /// The peer link's certificate (PEM, made at start): peers that dial this node trust
+    /// exactly this one.
+    #[serde(default)]
+    pub peer_cert: String,
     /// Stopping: the coordinator moves its slots away, and gives it none.
     #[serde(default)]
     pub draining: bool,
@@ -241,6 +245,7 @@ mod tests {
             lp: String::new(),
             admin: format!("{id}:3"),
             peer: format!("{id}:4"),
+            peer_cert: String::new(),
             draining: false,
         }
     }

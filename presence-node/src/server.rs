@@ -91,6 +91,7 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         lp: String::new(),
         admin: ready.admin.to_string(),
         peer: String::new(),
+        peer_cert: String::new(),
         draining: false,
     }));
 

@@ -9,9 +9,11 @@
 
 pub mod auth;
 pub mod frame;
+pub mod link;
 pub mod seq;
 
 pub use frame::{FrameError, MAX_PEER_FRAME, PeerEntry, PeerFrame, SlotUpdate};
+pub use link::{Identity, Link, LinkError, LinkReceiver, LinkSender, Me};
 pub use seq::{Inbound, Next, Outbound, Verdict};
 
 /// The peer link's ALPN.

@@ -20,6 +20,7 @@ fn member(id: &str) -> Member {
         lp: String::new(),
         admin: format!("127.0.0.1:3{id}"),
         peer: format!("127.0.0.1:4{id}"),
+        peer_cert: String::new(),
         draining: false,
     }
 }
