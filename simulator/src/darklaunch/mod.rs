@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
+use presence_client::ClientMessage;
 use presence_core::Status;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -373,12 +374,17 @@ struct Driver<'a> {
     chat_stopped: bool,
 }
 
+/// A client message as the text a host sends (`Cmd::Send` carries text between processes).
+fn frame(m: &ClientMessage) -> String {
+    // serde_json writes UTF-8.
+    String::from_utf8_lossy(&m.to_frame()).into_owned()
+}
+
 fn status_msg(s: Status, text: Option<&str>) -> String {
-    match text {
-        Some(t) => serde_json::json!({"type": "status", "status": s.as_str(), "text": t}),
-        None => serde_json::json!({"type": "status", "status": s.as_str()}),
-    }
-    .to_string()
+    frame(&ClientMessage::Status {
+        status: s.as_str().to_owned(),
+        text: text.map(str::to_owned),
+    })
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -485,9 +491,9 @@ impl Driver<'_> {
                     return Ok(());
                 };
                 let (ok, msg) = if matches!(ev.kind, EventKind::Activity { .. }) {
-                    (self.oracle.activity(u, d), r#"{"type":"activity"}"#)
+                    (self.oracle.activity(u, d), ClientMessage::Activity {})
                 } else {
-                    (self.oracle.heartbeat(u, d), r#"{"type":"heartbeat"}"#)
+                    (self.oracle.heartbeat(u, d), ClientMessage::Heartbeat {})
                 };
                 if !ok {
                     // The truth expired this session (a late heartbeat): it can no longer
@@ -495,7 +501,7 @@ impl Driver<'_> {
                     self.sess.truth_expired += 1;
                     self.oracle.taint(u);
                 }
-                self.send_msg(l, msg.to_string())?;
+                self.send_msg(l, frame(&msg))?;
             }
             EventKind::Status(s) => {
                 self.status[ui] = s;
@@ -581,9 +587,14 @@ impl Driver<'_> {
         // Explicit activity first, so the truth is the same whether or not the node counts
         // a chat message as activity.
         self.oracle.activity(u, d);
-        self.send_msg(l, r#"{"type":"activity"}"#.to_string())?;
-        let msg = serde_json::json!({"type": "send", "id": id, "to": format!("u{f}"), "text": id});
-        self.send_msg(l, msg.to_string())
+        self.send_msg(l, frame(&ClientMessage::Activity {}))?;
+        let msg = ClientMessage::Send {
+            text: id.clone(),
+            id,
+            to: Some(format!("u{f}")),
+            group: None,
+        };
+        self.send_msg(l, frame(&msg))
     }
 
     /// Handles a reply that is not the answer to a pending request.
