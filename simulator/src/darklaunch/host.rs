@@ -354,8 +354,15 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
             }
         }
         other => {
+            // Named, not printed: a welcome carries thousands of friends.
+            let kind = match other {
+                ServerMessage::Welcome(_) => "welcome",
+                ServerMessage::Synced(_) => "synced",
+                ServerMessage::History(_) => "history",
+                _ => "unknown",
+            };
             sh.errors.fetch_add(1, Relaxed);
-            sh.example(format!("unexpected frame {other:?}"));
+            sh.example(format!("unexpected frame type {kind:?}"));
         }
     }
     None
@@ -825,6 +832,63 @@ pub fn worker_main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames as the node writes them, through the typed parse, into a client's view and the
+    /// host's counters.
+    #[test]
+    fn frames_build_the_view_and_the_counters() {
+        let sh = Shared {
+            thresholds: vec![60_000, 120_000],
+            ..Shared::default()
+        };
+        let st = ClientState {
+            view: parking_mutex::Mutex::default(),
+            live: AtomicBool::new(true),
+        };
+        let welcome = br#"{"acked_seq":0,"device":"d","friends":[{"state":"online","user":"u7"},{"state":"offline","user":"u3"}],"heartbeat_ms":45000,"idle_thresholds_ms":[60000,120000],"inbox_seq":0,"tick":1,"type":"welcome","user":"u1"}"#;
+        let Ok(ServerMessage::Welcome(w)) = ServerMessage::parse(welcome) else {
+            panic!("a welcome");
+        };
+        apply_entries(&mut st.view.lock(), &w.friends, &sh, true, now_us());
+        let at = now_us();
+        let frames = [
+            format!(
+                r#"{{"type":"presence","tick":2,"changes":[{{"idle_ms":120000,"state":"idle","status":"busy","text":"pr:1:{at}","user":"u3"}},{{"removed":true,"user":"u7"}},{{"state":"online","user":"x9"}}]}}"#
+            ),
+            format!(r#"{{"id":"chat:1:{at}","msg_id":"0553540624800000","ts":1,"type":"sent"}}"#),
+            r#"{"type":"pong"}"#.to_owned(),
+            r#"{"type":"error","code":"bad_request","message":"chat is not enabled on this node"}"#
+                .to_owned(),
+            r#"{"type":"welcome"}"#.to_owned(),
+        ];
+        for f in &frames {
+            assert_eq!(on_frame(&st, &sh, f.as_bytes()), None, "{f}");
+        }
+        let inbox = format!(
+            r#"{{"from":"u7","kind":"message","msg_id":"0553540624800000","seq":5,"text":"chat:2:{at}","to":"u1","ts":1,"type":"inbox"}}"#
+        );
+        assert_eq!(on_frame(&st, &sh, inbox.as_bytes()), Some(5));
+
+        let view = st.view.lock();
+        assert_eq!(view.friends.len(), 1, "u7 removed, x9 not a user");
+        let (id, e) = &view.friends[0];
+        assert_eq!(
+            (*id, e.state, e.status),
+            (3, 3, 2),
+            "u3: idle level 2, busy"
+        );
+        assert_eq!(e.probe_seen, 1);
+        let s = sh.stats(true);
+        assert_eq!((s.frames, s.entries, s.unknown_users), (1, 3, 1));
+        assert_eq!((s.probe_receipts, s.chat_sent, s.chat_inbox), (1, 1, 1));
+        assert_eq!((s.pongs, s.chat_disabled, s.errors), (1, 1, 1));
+        assert_eq!(s.error_examples.len(), 1, "{:?}", s.error_examples);
+        assert!(
+            s.error_examples[0].starts_with("unparsable frame from the node: missing field"),
+            "{:?}",
+            s.error_examples
+        );
+    }
 
     #[test]
     fn ack_pacer_acks_the_latest_seq_at_most_once_per_interval() {
