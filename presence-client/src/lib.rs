@@ -68,7 +68,7 @@ pub use error::{ClientError, Moved};
 pub use inbox::InboxCursor;
 pub use session::{Event, Session, SessionOptions};
 pub use transport::{
-    Connection, FrameReceiver, FrameSender, QuicCert, Transport, TransportOptions,
+    Connection, FrameReceiver, FrameSender, QuicCert, QuicEndpoint, Transport, TransportOptions,
     quic_client_config,
 };
 pub use vanish::Vanished;

@@ -2,7 +2,7 @@
 //! message per text frame) and QUIC (ALPN `presence/1`, one bidirectional stream, each
 //! message a 4-byte big-endian length then the JSON bytes).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,9 +91,26 @@ pub struct TransportOptions {
     pub max_frame_in: usize,
     /// The WebSocket's TCP receive buffer (`SO_RCVBUF`), if not the system's default.
     pub tcp_recv_buffer: Option<u32>,
+    /// WebSocket: how many bytes [`Connection::feed_frame`] may gather before they are
+    /// written (default 0: every frame is written at once). Frames fed together and then
+    /// flushed leave in one write.
+    pub ws_write_buffer: usize,
+    /// The local address connections leave from: a WebSocket's TCP socket, or the UDP socket
+    /// of a QUIC connection that has no shared [`QuicEndpoint`] (default: the system picks).
+    /// A load generator spreads many connections over several source addresses this way.
+    pub local_ip: Option<IpAddr>,
+    /// Open QUIC connections on this shared UDP socket instead of one socket each (for a
+    /// process that holds thousands of connections).
+    pub quic_endpoint: Option<QuicEndpoint>,
     /// How often QUIC sends keep-alives; below the node's idle timeout (its heartbeat timeout
     /// plus 15 s), default 5 s.
     pub quic_keep_alive: Duration,
+    /// QUIC flow control, per connection: the stream's receive window, the connection's
+    /// receive window and its send window, in bytes (`None`: quinn's defaults, sized for
+    /// bulk transfers; a process holding many connections sets them smaller).
+    pub quic_stream_receive_window: Option<u32>,
+    pub quic_receive_window: Option<u32>,
+    pub quic_send_window: Option<u64>,
 }
 
 impl Default for TransportOptions {
@@ -102,7 +119,101 @@ impl Default for TransportOptions {
             connect_timeout: Duration::from_secs(10),
             max_frame_in: 16 << 20,
             tcp_recv_buffer: None,
+            ws_write_buffer: 0,
+            local_ip: None,
+            quic_endpoint: None,
             quic_keep_alive: Duration::from_secs(5),
+            quic_stream_receive_window: None,
+            quic_receive_window: None,
+            quic_send_window: None,
+        }
+    }
+}
+
+impl TransportOptions {
+    /// What of these options goes into a QUIC client configuration.
+    fn quic_knobs(&self) -> QuicKnobs {
+        QuicKnobs {
+            keep_alive: self.quic_keep_alive,
+            stream_receive_window: self.quic_stream_receive_window,
+            receive_window: self.quic_receive_window,
+            send_window: self.quic_send_window,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QuicKnobs {
+    keep_alive: Duration,
+    stream_receive_window: Option<u32>,
+    receive_window: Option<u32>,
+    send_window: Option<u64>,
+}
+
+/// A UDP socket (a quinn `Endpoint`) that many QUIC connections share, given to them in
+/// [`TransportOptions::quic_endpoint`]. It keeps the client configuration it last built, so
+/// connections with the same certificate and options do not parse the certificate again.
+/// Cheap to clone; equal to its clones only.
+#[derive(Clone)]
+pub struct QuicEndpoint(Arc<SharedEndpoint>);
+
+struct SharedEndpoint {
+    endpoint: quinn::Endpoint,
+    config: std::sync::Mutex<Option<(QuicCert, QuicKnobs, quinn::ClientConfig)>>,
+}
+
+impl QuicEndpoint {
+    /// Binds a UDP socket at `local` (port 0: any free port). Needs a tokio runtime.
+    pub fn bind(local: SocketAddr) -> Result<QuicEndpoint, ClientError> {
+        Ok(QuicEndpoint(Arc::new(SharedEndpoint {
+            endpoint: quinn::Endpoint::client(local)?,
+            config: std::sync::Mutex::new(None),
+        })))
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        Ok(self.0.endpoint.local_addr()?)
+    }
+
+    /// The configuration for `cert` and `opts`: the last one built, when it was built for
+    /// them.
+    fn config(
+        &self,
+        cert: &QuicCert,
+        opts: &TransportOptions,
+    ) -> Result<quinn::ClientConfig, ClientError> {
+        let knobs = opts.quic_knobs();
+        let mut last = self
+            .0
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((c, k, cfg)) = last.as_ref()
+            && c == cert
+            && *k == knobs
+        {
+            return Ok(cfg.clone());
+        }
+        let cfg = quic_client_config(cert, opts)?;
+        *last = Some((cert.clone(), knobs, cfg.clone()));
+        Ok(cfg)
+    }
+}
+
+impl PartialEq for QuicEndpoint {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for QuicEndpoint {}
+
+impl std::fmt::Debug for QuicEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.endpoint.local_addr() {
+            Ok(a) => write!(f, "QuicEndpoint({a})"),
+            Err(_) => f.write_str("QuicEndpoint(?)"),
         }
     }
 }
@@ -186,11 +297,29 @@ impl Connection {
     }
 
     /// Sends one frame as it is (the framing is added, the content is not checked): for
-    /// proxies, recorders, and tests of the node's refusals.
+    /// proxies, recorders, load generators, and tests of the node's refusals.
     pub async fn send_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
         match &mut self.inner {
             Inner::Ws(ws) => ws_send(&mut **ws, frame).await,
             Inner::Quic(q) => quic_send(&mut q.send, frame).await,
+        }
+    }
+
+    /// Queues one frame as it is: over WebSocket it waits in the write buffer (up to
+    /// [`TransportOptions::ws_write_buffer`] bytes) for [`Connection::flush`]; QUIC hands it
+    /// to the stream at once. Frames fed together, then flushed, leave in one write.
+    pub async fn feed_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        match &mut self.inner {
+            Inner::Ws(ws) => ws_feed(&mut **ws, frame).await,
+            Inner::Quic(q) => quic_send(&mut q.send, frame).await,
+        }
+    }
+
+    /// Writes out what [`Connection::feed_frame`] queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        match &mut self.inner {
+            Inner::Ws(ws) => SinkExt::flush(&mut **ws).await.map_err(from_ws),
+            Inner::Quic(_) => Ok(()),
         }
     }
 
@@ -289,6 +418,22 @@ impl FrameSender<'_> {
             SenderInner::Quic(send) => quic_send(send, frame).await,
         }
     }
+
+    /// As [`Connection::feed_frame`].
+    pub async fn feed_frame(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        match &mut self.0 {
+            SenderInner::Ws(tx) => ws_feed(tx, frame).await,
+            SenderInner::Quic(send) => quic_send(send, frame).await,
+        }
+    }
+
+    /// As [`Connection::flush`].
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        match &mut self.0 {
+            SenderInner::Ws(tx) => SinkExt::flush(tx).await.map_err(from_ws),
+            SenderInner::Quic(_) => Ok(()),
+        }
+    }
 }
 
 /// The receiving half of a [`Connection`].
@@ -335,9 +480,20 @@ async fn ws_send<S>(tx: &mut S, frame: &[u8]) -> Result<(), ClientError>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let text = Utf8Bytes::try_from(frame.to_vec())
-        .map_err(|_| ClientError::Protocol("a WebSocket text frame must be UTF-8".into()))?;
-    tx.send(Message::Text(text)).await.map_err(from_ws)
+    tx.send(ws_text(frame)?).await.map_err(from_ws)
+}
+
+async fn ws_feed<S>(tx: &mut S, frame: &[u8]) -> Result<(), ClientError>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    tx.feed(ws_text(frame)?).await.map_err(from_ws)
+}
+
+fn ws_text(frame: &[u8]) -> Result<Message, ClientError> {
+    Utf8Bytes::try_from(frame.to_vec())
+        .map(Message::Text)
+        .map_err(|_| ClientError::Protocol("a WebSocket text frame must be UTF-8".into()))
 }
 
 async fn ws_recv<S>(rx: &mut S) -> Result<Bytes, ClientError>
@@ -428,12 +584,17 @@ async fn open_ws(target: &str, opts: &TransportOptions) -> Result<Connection, Cl
     if let Some(n) = opts.tcp_recv_buffer {
         socket.set_recv_buffer_size(n)?;
     }
+    if let Some(ip) = opts.local_ip {
+        // A plain bind reserves a source port per address (no IP_BIND_ADDRESS_NO_PORT without
+        // unsafe code): fine while the connections from one address go to few node ports.
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let cfg = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
-        // Every send is flushed at once: no write buffer to fill.
-        .write_buffer_size(0)
+        // 0: every frame is written at once; more: fed frames wait for a flush.
+        .write_buffer_size(opts.ws_write_buffer)
         .max_message_size(Some(opts.max_frame_in))
         .max_frame_size(Some(opts.max_frame_in));
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
@@ -458,14 +619,19 @@ async fn open_quic(
     cert: &QuicCert,
     opts: &TransportOptions,
 ) -> Result<Connection, ClientError> {
-    let cfg = quic_client_config(cert, opts)?;
     let remote = resolve(addr).await?;
-    let local: SocketAddr = if remote.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    let (endpoint, cfg) = match &opts.quic_endpoint {
+        Some(shared) => (shared.0.endpoint.clone(), shared.config(cert, opts)?),
+        None => {
+            let ip = opts.local_ip.unwrap_or(if remote.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            });
+            let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
+            (endpoint, quic_client_config(cert, opts)?)
+        }
     };
-    let endpoint = quinn::Endpoint::client(local)?;
     let conn = endpoint
         .connect_with(cfg, remote, server_name)
         .map_err(|e| ClientError::Config(format!("QUIC connect to {addr}: {e}")))?
@@ -527,6 +693,15 @@ pub fn quic_client_config(
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .keep_alive_interval(Some(opts.quic_keep_alive));
+    if let Some(w) = opts.quic_stream_receive_window {
+        transport.stream_receive_window(w.into());
+    }
+    if let Some(w) = opts.quic_receive_window {
+        transport.receive_window(w.into());
+    }
+    if let Some(w) = opts.quic_send_window {
+        transport.send_window(w);
+    }
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -319,3 +319,54 @@ async fn a_session_heartbeats_and_gives_up_a_silent_node() {
     assert!(matches!(next(&mut s).await, Event::Connected(_)));
     s.close().await;
 }
+
+/// A WebSocket connection leaves from the source address it is given, and the frames it feeds
+/// wait for the flush.
+#[tokio::test]
+async fn websocket_frames_leave_from_the_given_address_on_flush() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (fed_tx, fed_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (tcp, peer) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+        let _ = fed_rx.await;
+        // The client fed a frame and has not flushed: nothing may arrive.
+        let early = tokio::time::timeout(Duration::from_millis(300), read(&mut ws)).await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match tokio::time::timeout(SOON, read(&mut ws)).await {
+                Ok(Some(v)) => got.push(v),
+                _ => break,
+            }
+        }
+        (peer, early.is_err(), got)
+    });
+    let opts = presence_client::TransportOptions {
+        local_ip: Some([127, 0, 0, 2].into()),
+        ws_write_buffer: 64 * 1024,
+        ..Default::default()
+    };
+    let mut conn = Client::open(&Transport::ws(addr.to_string()), &opts)
+        .await
+        .expect("open");
+    conn.feed_frame(&ClientMessage::Activity {}.to_frame())
+        .await
+        .expect("feed");
+    conn.feed_frame(&ClientMessage::Heartbeat {}.to_frame())
+        .await
+        .expect("feed");
+    let _ = fed_tx.send(());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    conn.flush().await.expect("flush");
+    let (peer, nothing_early, got) = tokio::time::timeout(SOON * 2, server)
+        .await
+        .expect("in time")
+        .expect("server task");
+    assert_eq!(peer.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+    assert!(nothing_early, "a fed frame left before the flush");
+    assert_eq!(
+        got,
+        vec![json!({"type": "activity"}), json!({"type": "heartbeat"})]
+    );
+}

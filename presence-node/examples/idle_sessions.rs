@@ -2,7 +2,7 @@
 //!
 //! Starts the real `presence-node` binary (built by cargo next to this example) on free
 //! loopback ports, opens `--sessions` idle sessions over WebSocket or QUIC (hello, welcome,
-//! then a heartbeat every 20 s), and reports the node's RSS before and after: RSS counts only
+//! then a heartbeat every 20 s; the clients are `presence-client` connections), and reports the node's RSS before and after: RSS counts only
 //! user-space memory, so `(after - before) / sessions` is the node's user-space cost per idle
 //! session, above the kernel's own socket memory.
 //!
@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
+use presence_client::{
+    Client, ClientMessage, ConnectOptions, QuicCert, QuicEndpoint, Transport, TransportOptions,
+};
 use presence_node::token;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 struct Args {
@@ -111,7 +112,6 @@ impl Drop for NodeProc {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let dir = tempfile::tempdir()?;
     let child = Command::new(node_binary(args.node.clone())?)
@@ -155,95 +155,59 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid);
     let exp = presence_node::node::now_ms() / 1000 + 3600;
-    let hello = |i: usize| {
-        let t = token::mint(
+    let token = |i: usize| {
+        token::mint(
             SECRET.as_bytes(),
             &token::Claims {
                 sub: format!("u{i}"),
                 exp,
                 dev: None,
             },
-        );
-        serde_json::json!({"type": "hello", "token": t, "device": "bench"}).to_string()
+        )
     };
+    let transport = match args.via.as_str() {
+        "ws" => Transport::ws(ws_addr),
+        "quic" => Transport::quic(
+            quic_addr.to_string(),
+            "localhost",
+            QuicCert::pem_file(dir.path().join("tls/cert.pem"))?,
+        ),
+        other => bail!("--via must be ws or quic, not {other:?}"),
+    };
+    // QUIC sessions share a few UDP sockets (--quic-sockets), as one process holding
+    // thousands of connections must.
+    let endpoints: Vec<QuicEndpoint> = (0..args.quic_sockets.max(1))
+        .map(|_| QuicEndpoint::bind(([127, 0, 0, 1], 0).into()))
+        .collect::<Result<_, _>>()?;
 
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(args.parallel));
     let mut tasks = Vec::with_capacity(args.sessions);
-    match args.via.as_str() {
-        "ws" => {
-            for i in 0..args.sessions {
-                let url = format!("ws://{ws_addr}/v1/ws");
-                let msg = hello(i);
-                let sem = sem.clone();
-                tasks.push(tokio::spawn(async move {
-                    let permit = sem.acquire_owned().await.ok()?;
-                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-                    ws.send(Message::Text(msg.into())).await.ok()?;
-                    let _welcome = ws.next().await?.ok()?;
-                    drop(permit);
-                    Some(tokio::spawn(async move {
-                        loop {
-                            tokio::time::sleep(Duration::from_secs(20)).await;
-                            let hb = r#"{"type":"heartbeat"}"#;
-                            if ws.send(Message::Text(hb.into())).await.is_err() {
-                                break;
-                            }
-                            let _ = ws.next().await;
-                        }
-                    }))
-                }));
-            }
-        }
-        "quic" => {
-            let cert = dir.path().join("tls/cert.pem");
-            let endpoints: Vec<quinn::Endpoint> = (0..args.quic_sockets)
-                .map(|_| quic_endpoint(&cert))
-                .collect::<anyhow::Result<_>>()?;
-            for i in 0..args.sessions {
-                let ep = endpoints[i % endpoints.len()].clone();
-                let msg = hello(i);
-                let sem = sem.clone();
-                tasks.push(tokio::spawn(async move {
-                    let permit = sem.acquire_owned().await.ok()?;
-                    let conn = ep.connect(quic_addr, "localhost").ok()?.await.ok()?;
-                    let (mut send, mut recv) = conn.open_bi().await.ok()?;
-                    send.write_all(&(msg.len() as u32).to_be_bytes())
-                        .await
-                        .ok()?;
-                    send.write_all(msg.as_bytes()).await.ok()?;
-                    let mut len = [0u8; 4];
-                    recv.read_exact(&mut len).await.ok()?;
-                    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-                    recv.read_exact(&mut buf).await.ok()?;
-                    drop(permit);
-                    Some(tokio::spawn(async move {
-                        let _conn = conn;
-                        loop {
-                            tokio::time::sleep(Duration::from_secs(20)).await;
-                            let hb = br#"{"type":"heartbeat"}"#;
-                            if send
-                                .write_all(&(hb.len() as u32).to_be_bytes())
-                                .await
-                                .is_err()
-                                || send.write_all(hb).await.is_err()
-                            {
-                                break;
-                            }
-                            let mut len = [0u8; 4];
-                            if recv.read_exact(&mut len).await.is_err() {
-                                break;
-                            }
-                            let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-                            if recv.read_exact(&mut buf).await.is_err() {
-                                break;
-                            }
-                        }
-                    }))
-                }));
-            }
-        }
-        other => bail!("--via must be ws or quic, not {other:?}"),
+    for i in 0..args.sessions {
+        let mut opts = ConnectOptions::new(transport.clone(), token(i)).device("bench");
+        opts.transport_options = TransportOptions {
+            quic_keep_alive: Duration::from_secs(10),
+            quic_endpoint: matches!(transport, Transport::Quic { .. })
+                .then(|| endpoints[i % endpoints.len()].clone()),
+            ..TransportOptions::default()
+        };
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.ok()?;
+            let (mut conn, _welcome) = Client::connect(&opts).await.ok()?;
+            drop(permit);
+            // Idle: a heartbeat every 20 s, and its answer read.
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    if conn.send(&ClientMessage::Heartbeat {}).await.is_err()
+                        || conn.recv_frame().await.is_err()
+                    {
+                        break;
+                    }
+                }
+            }))
+        }));
     }
     let mut held = Vec::new();
     for t in tasks {
@@ -275,26 +239,4 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn quic_endpoint(cert: &Path) -> anyhow::Result<quinn::Endpoint> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(cert)? {
-        roots.add(c?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"presence/1".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
-    cfg.transport_config(Arc::new(transport));
-    ep.set_default_client_config(cfg);
-    Ok(ep)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{FAST, Node, Via, transport};
 use presence_client::{
     Backoff, Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, Event,
-    Inbox, QuicCert, ServerMessage, Session, SessionOptions, State, Transport,
+    Inbox, QuicCert, QuicEndpoint, ServerMessage, Session, SessionOptions, State, Transport,
 };
 use serde_json::json;
 
@@ -122,6 +122,61 @@ async fn welcome_presence_and_chat_are_typed_ws() {
 async fn welcome_presence_and_chat_are_typed_quic() {
     common::init();
     welcome_presence_and_chat_are_typed(Via::Quic).await;
+}
+
+/// What a load host does: QUIC connections on one shared UDP socket, and frames fed together
+/// then flushed in one write.
+#[tokio::test]
+async fn connections_share_a_quic_socket_and_fed_frames_leave_on_flush() {
+    common::init();
+    let node = Node::start(FAST);
+    let (status, v) = node
+        .admin(
+            "PUT",
+            "/v1/users/alice/friends",
+            Some(json!({"friends": ["bob"]})),
+        )
+        .await;
+    assert_eq!(status, 204, "{v}");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let shared = QuicEndpoint::bind(([127, 0, 0, 1], 0).into()).expect("udp socket");
+    let on_shared = |mut o: ConnectOptions| {
+        o.transport_options.quic_endpoint = Some(shared.clone());
+        o.transport_options.quic_stream_receive_window = Some(1 << 20);
+        o.transport_options.quic_receive_window = Some(2 << 20);
+        o.transport_options.quic_send_window = Some(64 * 1024);
+        o
+    };
+    let (mut alice, _) = Client::connect(&on_shared(options(&node, Via::Quic, "alice").await))
+        .await
+        .expect("alice's welcome");
+    let (mut bob, _) = Client::connect(&on_shared(options(&node, Via::Quic, "bob").await))
+        .await
+        .expect("bob's welcome");
+    until(&mut alice, bob_is(State::Online)).await;
+    chat(&mut bob, "b1", "alice", "over one socket").await;
+
+    let mut o = options(&node, Via::Ws, "carol").await;
+    o.transport_options.ws_write_buffer = 64 * 1024;
+    let (mut carol, _) = Client::connect(&o).await.expect("carol's welcome");
+    carol
+        .feed_frame(&ClientMessage::Activity {}.to_frame())
+        .await
+        .expect("feed");
+    carol
+        .feed_frame(&ClientMessage::Heartbeat {}.to_frame())
+        .await
+        .expect("feed");
+    carol.flush().await.expect("flush");
+    let pong = tokio::time::timeout(SOON, carol.recv()).await;
+    assert!(
+        matches!(pong, Ok(Ok(ServerMessage::Pong))),
+        "the heartbeat's pong: {pong:?}"
+    );
+    for c in [alice, bob, carol] {
+        c.close().await.expect("close");
+    }
 }
 
 #[tokio::test]

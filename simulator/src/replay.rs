@@ -15,8 +15,9 @@ use presence_core::{
 };
 
 use crate::activity::{
-    ActivityModel, ActivityParams, DEVICE_NAMES, Ending, Event, EventKind, EventSink,
+    ActivityModel, ActivityParams, DEVICE_NAMES, Ending, Event, EventKind, EventSink, ModelCounts,
 };
+use crate::policies::PolicyTick;
 use crate::report::{
     FootprintOut, LoadOut, MemoryOut, PolicyOut, RateSet, ReplayConfigOut, ReplayReport, Sample,
     TickTimeOut, Totals, VerifyOut,
@@ -482,11 +483,69 @@ fn tick_time_out(h: &Histogram<u64>) -> TickTimeOut {
     }
 }
 
-/// Runs the replay.
+/// Runs the replay, phase by phase: load the graph into an engine, set up the model and the
+/// watchers to verify, back the tables with huge pages, replay the ticks, fold in the policy
+/// counts, report.
 pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     params.validate()?;
     let wall = Instant::now();
-    let mem_before = util::mem();
+    let cfg = engine_config(params)?;
+    let start_hour = params.start_hour();
+    let base = EPOCH_MS + (start_hour * 3_600_000.0) as u64;
+    let loaded = load_engine(params, &cfg, base)?;
+    let engine = &loaded.engine;
+    let users = engine.user_count();
+    let users_u32 = u32::try_from(users).context("too many users")?;
+
+    let mut ap = ActivityParams::new(users_u32, params.peak_online);
+    ap.start_hour = start_hour;
+    ap.peak_hour = params.peak_hour;
+    let model = ActivityModel::new(ap.clone(), params.seed)?;
+    let mut driver = Driver {
+        engine,
+        base,
+        sessions: vec![[None; 3]; users],
+        errors: EngineErrors::default(),
+        error_examples: Vec::new(),
+        events: 0,
+        activity_users: None,
+        verify: pick_watchers(params, users),
+        ghosts_due: std::collections::VecDeque::new(),
+        connects: vec![0; users],
+        trace_user: params.trace_user,
+        logins: 0,
+        welcome_hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+            .context("histogram")?,
+    };
+    let mut tally = Tally::new(params, &cfg, users, loaded.footprint)?;
+    let huge_pages = params.huge_pages.then(advise_huge_pages);
+
+    let (model_counts, policy_ticks) = replay_ticks(params, &mut driver, &mut tally, model)?;
+    if let Some(per_tick) = &policy_ticks {
+        tally.add_policy_counts(per_tick, params.tick_ms);
+    }
+    let wall_seconds = wall.elapsed().as_secs_f64();
+    let report = report(
+        params,
+        &cfg,
+        &loaded,
+        &mut driver,
+        tally,
+        ReplayFacts {
+            start_hour,
+            activity: ap,
+            model: model_counts,
+            huge_pages,
+            wall_seconds,
+        },
+    );
+    drop(driver);
+    drop(loaded);
+    Ok(report)
+}
+
+/// The engine's configuration from the replay's flags.
+fn engine_config(params: &ReplayParams) -> Result<Config> {
     let cfg = Config {
         threads: params.threads,
         shards: params.shards,
@@ -494,9 +553,21 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         ..Config::default()
     };
     cfg.validate().context("engine configuration")?;
-    let start_hour = params.start_hour();
-    let base = EPOCH_MS + (start_hour * 3_600_000.0) as u64;
+    Ok(cfg)
+}
 
+/// The engine with the graph loaded, and what loading it took.
+struct Loaded {
+    engine: Engine,
+    seconds: f64,
+    footprint: FootprintOut,
+    mem_before: util::Mem,
+    mem_loaded: util::Mem,
+}
+
+/// Loads the graph snapshot into a fresh engine whose clock starts at `base`.
+fn load_engine(params: &ReplayParams, cfg: &Config, base: u64) -> Result<Loaded> {
+    let mem_before = util::mem();
     let sp = if params.progress {
         util::spinner(&format!("loading {}", params.graph.display()))
     } else {
@@ -506,124 +577,376 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
     let engine =
         snapshot::load_file(cfg.clone(), base, &params.graph, params.max_snapshot_bytes)
             .with_context(|| format!("cannot load graph snapshot {}", params.graph.display()))?;
-    let load_seconds = t_load.elapsed().as_secs_f64();
+    let seconds = t_load.elapsed().as_secs_f64();
     sp.finish_and_clear();
     let users = engine.user_count();
     if users == 0 {
         bail!("the graph {} has no users", params.graph.display());
     }
-    let users_u32 = u32::try_from(users).context("too many users")?;
-    let fp_load = footprint_out(&engine);
+    let footprint = footprint_out(&engine);
     let mem_loaded = util::mem();
     tracing::info!(
         users,
-        edges = fp_load.edges,
-        secs = load_seconds,
+        edges = footprint.edges,
+        secs = seconds,
         rss_mib = util::mib(mem_loaded.rss),
         "graph loaded"
     );
+    Ok(Loaded {
+        engine,
+        seconds,
+        footprint,
+        mem_before,
+        mem_loaded,
+    })
+}
 
-    let mut ap = ActivityParams::new(users_u32, params.peak_online);
-    ap.start_hour = start_hour;
-    ap.peak_hour = params.peak_hour;
-    let mut model = ActivityModel::new(ap.clone(), params.seed)?;
-
-    let verifier = if params.verify {
-        let n = params.sample_watchers.min(users);
-        let mut rng = Rng::derive(params.seed, 0x7E21, 0);
-        let mut picked: Vec<u32> = if n == users {
-            (0..users_u32).collect()
-        } else {
-            let mut set = std::collections::BTreeSet::new();
-            while set.len() < n {
-                set.insert(rng.below(users as u64) as u32);
-            }
-            set.into_iter().collect()
-        };
-        picked.sort_unstable();
-        Some(Verifier {
-            views: vec![None; picked.len()],
-            watchers: picked,
-            ..Verifier::default()
-        })
+/// The sampled watchers whose views are verified (`--verify`): `--sample-watchers` users
+/// drawn with the seed, sorted.
+fn pick_watchers(params: &ReplayParams, users: usize) -> Option<Verifier> {
+    if !params.verify {
+        return None;
+    }
+    let n = params.sample_watchers.min(users);
+    let mut rng = Rng::derive(params.seed, 0x7E21, 0);
+    let mut picked: Vec<u32> = if n == users {
+        (0..users as u32).collect()
     } else {
-        None
+        let mut set = std::collections::BTreeSet::new();
+        while set.len() < n {
+            set.insert(rng.below(users as u64) as u32);
+        }
+        set.into_iter().collect()
     };
-    let mut driver = Driver {
-        engine: &engine,
-        base,
-        sessions: vec![[None; 3]; users],
-        errors: EngineErrors::default(),
-        error_examples: Vec::new(),
-        events: 0,
-        activity_users: None,
-        verify: verifier,
-        ghosts_due: std::collections::VecDeque::new(),
-        connects: vec![0; users],
-        trace_user: params.trace_user,
-        logins: 0,
-        welcome_hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
-            .context("histogram")?,
-    };
+    picked.sort_unstable();
+    Some(Verifier {
+        views: vec![None; picked.len()],
+        watchers: picked,
+        ..Verifier::default()
+    })
+}
 
-    let levels = cfg.idle_thresholds_ms.len();
-    let mut pub_state = vec![0u8; users];
-    let mut pops = vec![0u64; 2 + levels];
-    pops[0] = users as u64;
-    // The series' windows as tick ranges, for the policy counts filled in at the end.
-    let mut series_ticks: Vec<std::ops::RangeInclusive<u64>> = Vec::new();
-    let mut window_first = 1u64;
+/// Backs every big table (graph, engine state, agents, the driver's session table) with
+/// huge pages, once they all exist and before the ticks start.
+fn advise_huge_pages() -> crate::hugepages::HugePages {
+    let h = crate::hugepages::advise_large_mappings(16 << 20);
+    tracing::info!(
+        mappings = h.mappings,
+        advised_mib = util::mib(h.advised_bytes),
+        huge_mib_before = util::mib(h.huge_before),
+        huge_mib_after = util::mib(h.huge_after),
+        secs = h.seconds,
+        refused = ?h.refused,
+        "huge pages"
+    );
+    h
+}
 
-    let ticks = params.duration_ms / params.tick_ms;
-    let window_ms = {
-        let w = (params.duration_ms / 600).max(params.tick_ms).max(1000);
-        w.div_ceil(params.tick_ms) * params.tick_ms
-    };
-    let mut hist =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram")?;
-    let mut apply_hist =
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).context("histogram")?;
-    let mut win = Window::default();
-    let mut series: Vec<Sample> = Vec::new();
-    let mut whole = Span::default();
-    let mut steady = Span::default();
-    let mut expired_expected = 0u64;
-    let mut expired_unexpected = 0u64;
-    let mut peak_fp = fp_load;
-    let mut online_share_sum = 0.0;
-    let mut online_share_n = 0u64;
-    let mut last_fp_at = 0u64;
+/// What the replay measures as the ticks go: tick and apply times, the published
+/// populations, the spans and the series, expiries, the peak footprint.
+struct Tally {
+    ticks: u64,
+    tick_ms: u64,
+    window_ms: u64,
+    users: usize,
+    hist: Histogram<u64>,
+    apply_hist: Histogram<u64>,
+    /// Each user's published state (0 offline, 1 online, 2 + level idle).
+    pub_state: Vec<u8>,
+    /// Users per published state.
+    pops: Vec<u64>,
+    win: Window,
+    series: Vec<Sample>,
+    /// The series' windows as tick ranges, for the policy counts filled in at the end.
+    series_ticks: Vec<std::ops::RangeInclusive<u64>>,
+    window_first: u64,
+    whole: Span,
+    steady: Span,
+    expired_expected: u64,
+    expired_unexpected: u64,
+    peak_fp: FootprintOut,
+    online_share_sum: f64,
+    online_share_n: u64,
+    last_fp_at: u64,
+}
 
-    // Every big table exists now (graph, engine state, agents, the driver's session table):
-    // back them with huge pages before the ticks start.
-    let huge_pages = params.huge_pages.then(|| {
-        let h = crate::hugepages::advise_large_mappings(16 << 20);
-        tracing::info!(
-            mappings = h.mappings,
-            advised_mib = util::mib(h.advised_bytes),
-            huge_mib_before = util::mib(h.huge_before),
-            huge_mib_after = util::mib(h.huge_after),
-            secs = h.seconds,
-            refused = ?h.refused,
-            "huge pages"
-        );
-        h
-    });
+impl Tally {
+    fn new(
+        params: &ReplayParams,
+        cfg: &Config,
+        users: usize,
+        fp_load: FootprintOut,
+    ) -> Result<Self> {
+        let levels = cfg.idle_thresholds_ms.len();
+        let mut pops = vec![0u64; 2 + levels];
+        pops[0] = users as u64;
+        let window_ms = {
+            let w = (params.duration_ms / 600).max(params.tick_ms).max(1000);
+            w.div_ceil(params.tick_ms) * params.tick_ms
+        };
+        Ok(Tally {
+            ticks: params.duration_ms / params.tick_ms,
+            tick_ms: params.tick_ms,
+            window_ms,
+            users,
+            hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+                .context("histogram")?,
+            apply_hist: Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3)
+                .context("histogram")?,
+            pub_state: vec![0u8; users],
+            pops,
+            win: Window::default(),
+            series: Vec::new(),
+            series_ticks: Vec::new(),
+            window_first: 1,
+            whole: Span::default(),
+            steady: Span::default(),
+            expired_expected: 0,
+            expired_unexpected: 0,
+            peak_fp: fp_load,
+            online_share_sum: 0.0,
+            online_share_n: 0,
+            last_fp_at: 0,
+        })
+    }
 
+    /// Sessions the heartbeat timeout expired: expected when the driver had already let go of
+    /// them (their client vanished), unexpected otherwise.
+    fn expired(&mut self, batch: &Batch, sessions: &mut [[Option<SessionId>; 3]]) {
+        for sid in &batch.expired {
+            let slots = &mut sessions[sid.user as usize];
+            if let Some(s) = slots.iter_mut().find(|s| **s == Some(*sid)) {
+                *s = None;
+                self.expired_unexpected += 1;
+            } else {
+                self.expired_expected += 1;
+            }
+        }
+    }
+
+    /// The tick's published states: the populations, and the policy thread's input.
+    fn publish(&mut self, batch: &Batch, mut policy_tick: Option<&mut PolicyTick>) {
+        let published = &batch.entries[..batch.stats.transitions];
+        for (i, (uid, change)) in published.iter().enumerate() {
+            let Change::Presence(p) = change else {
+                continue;
+            };
+            // Sparse ids: the state bytes a few entries ahead are prefetched.
+            if let Some((n, _)) = published.get(i + 8)
+                && let Some(s) = self.pub_state.get(n.index())
+            {
+                presence_core::prefetch(s);
+            }
+            let u = uid.index();
+            let new = match p.state {
+                State::Offline => 0u8,
+                State::Online => 1,
+                State::Idle(l) => 2 + l,
+            };
+            let old = self.pub_state[u];
+            self.pub_state[u] = new;
+            if let Some(c) = self.pops.get_mut(old as usize) {
+                *c -= 1;
+            }
+            if let Some(c) = self.pops.get_mut(new as usize) {
+                *c += 1;
+            }
+            if let Some(p) = policy_tick.as_deref_mut() {
+                p.published.push(crate::policies::Published {
+                    user: uid.0,
+                    flip: (old == 0) != (new == 0),
+                    offline: new == 0,
+                });
+            }
+        }
+    }
+
+    /// Tick `k` (at virtual time `t`) into the spans, the current window of the series (a
+    /// sample when the window closes), and the peak footprint.
+    fn account(
+        &mut self,
+        k: u64,
+        batch: &Batch,
+        events: u64,
+        tick_ns: u64,
+        step: &TickEvents,
+        engine: &Engine,
+    ) {
+        let t = k * self.tick_ms;
+        let users = self.users;
+        let transitions = batch.stats.transitions as u64;
+        let entries = batch.entry_count() as u64;
+        let frames = batch.watchers.len() as u64;
+        for span in [&mut self.whole]
+            .into_iter()
+            .chain((t > WARMUP_MS).then_some(&mut self.steady))
+        {
+            span.ms += self.tick_ms;
+            span.transitions += transitions;
+            span.entries += entries;
+            span.frames += frames;
+            span.events += events;
+        }
+        if t > WARMUP_MS {
+            self.online_share_sum += (users as u64 - self.pops[0]) as f64 / users as f64;
+            self.online_share_n += 1;
+        }
+        let win = &mut self.win;
+        win.ticks += 1;
+        win.transitions += transitions;
+        win.entries += entries;
+        win.frames += frames;
+        win.events += events;
+        win.tick_ns_sum += tick_ns;
+        win.tick_ns_max = win.tick_ns_max.max(tick_ns);
+        if t.is_multiple_of(self.window_ms) || k == self.ticks {
+            let secs = (win.ticks * self.tick_ms) as f64 / 1000.0;
+            self.series.push(Sample {
+                t_s: t as f64 / 1000.0,
+                transitions_per_s: win.transitions as f64 / secs,
+                entries_per_s: win.entries as f64 / secs,
+                frames_per_s: win.frames as f64 / secs,
+                // Filled in from the policy thread's counts at the end.
+                policy_a_entries_per_s: 0.0,
+                policy_b_entries_per_s: 0.0,
+                events_per_s: win.events as f64 / secs,
+                tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
+                tick_max_us: win.tick_ns_max as f64 / 1000.0,
+                online: self.pops[1],
+                idle: self.pops[2..].to_vec(),
+                present: users as u64 - self.pops[0],
+                live_watchers: batch.stats.live_watchers,
+                sessions: step.sessions,
+                model_online: step.online,
+                rss: util::mem().rss,
+            });
+            self.series_ticks.push(self.window_first..=k);
+            self.window_first = k + 1;
+            self.win = Window::default();
+        }
+        if t - self.last_fp_at >= 60_000 || k == self.ticks {
+            self.last_fp_at = t;
+            let fp = footprint_out(engine);
+            if fp.sessions >= self.peak_fp.sessions {
+                self.peak_fp = fp;
+            }
+        }
+    }
+
+    /// The policy counts, tick by tick (index k - 1), into the spans and the series.
+    fn add_policy_counts(&mut self, per_tick: &[crate::policies::PolicyCounts], tick_ms: u64) {
+        for (i, c) in per_tick.iter().enumerate() {
+            let t = (i as u64 + 1) * tick_ms;
+            for span in [&mut self.whole]
+                .into_iter()
+                .chain((t > WARMUP_MS).then_some(&mut self.steady))
+            {
+                span.a_entries += c.a;
+                span.b_entries += c.b;
+            }
+        }
+        for (sample, ks) in self.series.iter_mut().zip(&self.series_ticks) {
+            let counts = ks
+                .clone()
+                .filter_map(|k| per_tick.get(k as usize - 1))
+                .fold((0u64, 0u64), |acc, c| (acc.0 + c.a, acc.1 + c.b));
+            let secs = ((ks.end() + 1 - ks.start()) * tick_ms) as f64 / 1000.0;
+            sample.policy_a_entries_per_s = counts.0 as f64 / secs;
+            sample.policy_b_entries_per_s = counts.1 as f64 / secs;
+        }
+    }
+}
+
+impl Driver<'_> {
+    /// Verification of the sampled watchers after a tick at virtual time `t`: each view takes
+    /// the tick's diff and must equal the truth; users whose client vanished must look offline
+    /// once their heartbeat timeout has passed.
+    fn verify_tick(&mut self, batch: &Batch, t: u64, tick_ms: u64) {
+        let engine = self.engine;
+        let Some(v) = self.verify.as_mut() else {
+            self.ghosts_due.clear();
+            return;
+        };
+        for i in 0..v.watchers.len() {
+            let w = UserId(v.watchers[i]);
+            let Some(view) = v.views[i].as_mut() else {
+                continue;
+            };
+            if batch.tick > view.tick {
+                apply_diff(view, batch, w);
+            }
+            let truth = engine.friends_presence(w);
+            v.checks += 1;
+            if truth != view.friends {
+                v.mismatches += 1;
+                let wrong = truth
+                    .iter()
+                    .zip(view.friends.iter())
+                    .find(|(a, b)| a != b)
+                    .map(|(a, b)| format!("truth {a:?} vs view {b:?}"))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} friends in truth, {} in view",
+                            truth.len(),
+                            view.friends.len()
+                        )
+                    });
+                // Resynchronise so one miss is counted once, not at every later tick.
+                view.friends = truth;
+                let msg = format!("tick {}: watcher {} view differs: {wrong}", batch.tick, w.0);
+                v.note(msg);
+            }
+        }
+        while let Some(&(due, u, connects)) = self.ghosts_due.front() {
+            if due + tick_ms > t {
+                break;
+            }
+            self.ghosts_due.pop_front();
+            if self.connects[u as usize] != connects {
+                continue; // the user came back since: nothing to check
+            }
+            v.ghost_checks += 1;
+            let p = engine.presence(UserId(u));
+            if p.state != State::Offline || engine.is_live(UserId(u)) {
+                v.ghosts += 1;
+                let msg = format!(
+                    "user {u} still looks {:?} (live: {}) at {} ms, its client vanished at {} ms",
+                    p.state,
+                    engine.is_live(UserId(u)),
+                    t,
+                    due - engine.config().heartbeat_timeout_ms
+                );
+                v.note(msg);
+            }
+        }
+    }
+}
+
+/// Replays every tick: the activity model generates each tick's events one tick ahead on a
+/// second thread (event vectors go back for reuse), this thread applies them and runs the
+/// engine's tick, then verifies and accounts; the policy thread (`--policies`) counts what
+/// the other policies would have sent.
+fn replay_ticks(
+    params: &ReplayParams,
+    driver: &mut Driver<'_>,
+    tally: &mut Tally,
+    mut model: ActivityModel,
+) -> Result<(ModelCounts, Option<Vec<crate::policies::PolicyCounts>>)> {
+    let engine = driver.engine;
+    let base = driver.base;
+    let ticks = tally.ticks;
     let pb = if params.progress {
         util::bar(ticks, "replaying ticks")
     } else {
         ProgressBar::hidden()
     };
-    // The activity model generates each tick's events one tick ahead on a second thread;
-    // event vectors go back for reuse.
     let (ev_tx, ev_rx) = std::sync::mpsc::sync_channel::<TickEvents>(2);
     let (buf_tx, buf_rx) = std::sync::mpsc::channel::<Vec<Event>>();
     let tick_ms = params.tick_ms;
-    let (model_counts, policy_ticks) = std::thread::scope(|scope| -> Result<_> {
+    let out = std::thread::scope(|scope| -> Result<_> {
         let policies = if params.policies {
             Some(
-                crate::policies::Policies::spawn(scope, &engine, users)
+                crate::policies::Policies::spawn(scope, engine, tally.users)
                     .context("starting the policy accounting thread")?,
             )
         } else {
@@ -645,7 +968,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             model.counts()
         });
         for k in 1..=ticks {
-            let t = k * params.tick_ms;
+            let t = k * tick_ms;
             let events_before = driver.events;
             let mut policy_tick = policies.as_ref().map(|p| p.buffer());
             driver.activity_users = policy_tick
@@ -660,181 +983,30 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             driver.apply(&step.events);
             step.events.clear();
             buf_tx.send(std::mem::take(&mut step.events)).ok();
-            apply_hist
+            tally
+                .apply_hist
                 .record(t0.elapsed().as_nanos().max(1) as u64)
                 .ok();
             let t1 = Instant::now();
             let batch = engine.tick(base + t);
             let tick_ns = (t1.elapsed().as_nanos() as u64).max(1);
-            hist.record(tick_ns).ok();
+            tally.hist.record(tick_ns).ok();
 
-            // Sessions the heartbeat timeout expired.
-            for sid in &batch.expired {
-                let slots = &mut driver.sessions[sid.user as usize];
-                if let Some(s) = slots.iter_mut().find(|s| **s == Some(*sid)) {
-                    *s = None;
-                    expired_unexpected += 1;
-                } else {
-                    expired_expected += 1;
-                }
-            }
-
-            // Published states: populations, and the policy thread's input.
-            let transitions = batch.stats.transitions;
-            let published = &batch.entries[..transitions];
-            for (i, (uid, change)) in published.iter().enumerate() {
-                let Change::Presence(p) = change else {
-                    continue;
-                };
-                // Sparse ids: the state bytes a few entries ahead are prefetched.
-                if let Some((n, _)) = published.get(i + 8)
-                    && let Some(s) = pub_state.get(n.index())
-                {
-                    presence_core::prefetch(s);
-                }
-                let u = uid.index();
-                let new = match p.state {
-                    State::Offline => 0u8,
-                    State::Online => 1,
-                    State::Idle(l) => 2 + l,
-                };
-                let old = pub_state[u];
-                pub_state[u] = new;
-                if let Some(c) = pops.get_mut(old as usize) {
-                    *c -= 1;
-                }
-                if let Some(c) = pops.get_mut(new as usize) {
-                    *c += 1;
-                }
-                if let Some(p) = policy_tick.as_mut() {
-                    p.published.push(crate::policies::Published {
-                        user: uid.0,
-                        flip: (old == 0) != (new == 0),
-                        offline: new == 0,
-                    });
-                }
-            }
+            tally.expired(&batch, &mut driver.sessions);
+            tally.publish(&batch, policy_tick.as_mut());
             if let (Some(policies), Some(mut p)) = (policies.as_ref(), policy_tick) {
                 p.activity = driver.activity_users.take().unwrap_or_default();
                 policies.send(p)?;
             }
-
-            // Verification of sampled watchers.
-            if let Some(v) = driver.verify.as_mut() {
-                for i in 0..v.watchers.len() {
-                    let w = UserId(v.watchers[i]);
-                    let Some(view) = v.views[i].as_mut() else {
-                        continue;
-                    };
-                    if batch.tick > view.tick {
-                        apply_diff(view, &batch, w);
-                    }
-                    let truth = engine.friends_presence(w);
-                    v.checks += 1;
-                    if truth != view.friends {
-                        v.mismatches += 1;
-                        let wrong = truth
-                            .iter()
-                            .zip(view.friends.iter())
-                            .find(|(a, b)| a != b)
-                            .map(|(a, b)| format!("truth {a:?} vs view {b:?}"))
-                            .unwrap_or_else(|| {
-                                format!(
-                                    "{} friends in truth, {} in view",
-                                    truth.len(),
-                                    view.friends.len()
-                                )
-                            });
-                        // Resynchronise so one miss is counted once, not at every later tick.
-                        view.friends = truth;
-                        let msg =
-                            format!("tick {}: watcher {} view differs: {wrong}", batch.tick, w.0);
-                        v.note(msg);
-                    }
-                }
-                while let Some(&(due, u, connects)) = driver.ghosts_due.front() {
-                    if due + params.tick_ms > t {
-                        break;
-                    }
-                    driver.ghosts_due.pop_front();
-                    if driver.connects[u as usize] != connects {
-                        continue; // the user came back since: nothing to check
-                    }
-                    v.ghost_checks += 1;
-                    let p = engine.presence(UserId(u));
-                    if p.state != State::Offline || engine.is_live(UserId(u)) {
-                        v.ghosts += 1;
-                        let msg = format!(
-                            "user {u} still looks {:?} (live: {}) at {} ms, its client vanished at {} ms",
-                            p.state,
-                            engine.is_live(UserId(u)),
-                            t,
-                            due - engine.config().heartbeat_timeout_ms
-                        );
-                        v.note(msg);
-                    }
-                }
-            } else {
-                driver.ghosts_due.clear();
-            }
-
-            // Accounting.
-            let entries = batch.entry_count() as u64;
-            let frames = batch.watchers.len() as u64;
-            let events = driver.events - events_before;
-            for span in [&mut whole]
-                .into_iter()
-                .chain((t > WARMUP_MS).then_some(&mut steady))
-            {
-                span.ms += params.tick_ms;
-                span.transitions += transitions as u64;
-                span.entries += entries;
-                span.frames += frames;
-                span.events += events;
-            }
-            if t > WARMUP_MS {
-                online_share_sum += (users as u64 - pops[0]) as f64 / users as f64;
-                online_share_n += 1;
-            }
-            win.ticks += 1;
-            win.transitions += transitions as u64;
-            win.entries += entries;
-            win.frames += frames;
-            win.events += events;
-            win.tick_ns_sum += tick_ns;
-            win.tick_ns_max = win.tick_ns_max.max(tick_ns);
-            if t.is_multiple_of(window_ms) || k == ticks {
-                let secs = (win.ticks * params.tick_ms) as f64 / 1000.0;
-                series.push(Sample {
-                    t_s: t as f64 / 1000.0,
-                    transitions_per_s: win.transitions as f64 / secs,
-                    entries_per_s: win.entries as f64 / secs,
-                    frames_per_s: win.frames as f64 / secs,
-                    // Filled in from the policy thread's counts at the end.
-                    policy_a_entries_per_s: 0.0,
-                    policy_b_entries_per_s: 0.0,
-                    events_per_s: win.events as f64 / secs,
-                    tick_mean_us: win.tick_ns_sum as f64 / win.ticks as f64 / 1000.0,
-                    tick_max_us: win.tick_ns_max as f64 / 1000.0,
-                    online: pops[1],
-                    idle: pops[2..].to_vec(),
-                    present: users as u64 - pops[0],
-                    live_watchers: batch.stats.live_watchers,
-                    sessions: step.sessions,
-                    model_online: step.online,
-                    rss: util::mem().rss,
-                });
-                series_ticks.push(window_first..=k);
-                window_first = k + 1;
-                win = Window::default();
-            }
-            if t - last_fp_at >= 60_000 || k == ticks {
-                last_fp_at = t;
-                let fp = footprint_out(&engine);
-                if fp.sessions >= peak_fp.sessions {
-                    peak_fp = fp;
-                }
-            }
+            driver.verify_tick(&batch, t, tick_ms);
+            tally.account(
+                k,
+                &batch,
+                driver.events - events_before,
+                tick_ns,
+                &step,
+                engine,
+            );
             pb.inc(1);
         }
         drop(ev_rx);
@@ -844,32 +1016,33 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })?;
-    // The policy counts, tick by tick (index k - 1), into the spans and the series.
-    if let Some(per_tick) = &policy_ticks {
-        for (i, c) in per_tick.iter().enumerate() {
-            let t = (i as u64 + 1) * params.tick_ms;
-            for span in [&mut whole]
-                .into_iter()
-                .chain((t > WARMUP_MS).then_some(&mut steady))
-            {
-                span.a_entries += c.a;
-                span.b_entries += c.b;
-            }
-        }
-        for (sample, ks) in series.iter_mut().zip(&series_ticks) {
-            let counts = ks
-                .clone()
-                .filter_map(|k| per_tick.get(k as usize - 1))
-                .fold((0u64, 0u64), |acc, c| (acc.0 + c.a, acc.1 + c.b));
-            let secs = ((ks.end() + 1 - ks.start()) * params.tick_ms) as f64 / 1000.0;
-            sample.policy_a_entries_per_s = counts.0 as f64 / secs;
-            sample.policy_b_entries_per_s = counts.1 as f64 / secs;
-        }
-    }
     pb.finish_and_clear();
-    let wall_seconds = wall.elapsed().as_secs_f64();
-    let mem_end = util::mem();
+    Ok(out)
+}
 
+/// Facts of the run the report states besides the tallies.
+struct ReplayFacts {
+    start_hour: f64,
+    activity: ActivityParams,
+    model: ModelCounts,
+    huge_pages: Option<crate::hugepages::HugePages>,
+    wall_seconds: f64,
+}
+
+/// The report: configuration, load, totals, rates, times, memory, policies, verification,
+/// series.
+fn report(
+    params: &ReplayParams,
+    cfg: &Config,
+    loaded: &Loaded,
+    driver: &mut Driver<'_>,
+    tally: Tally,
+    facts: ReplayFacts,
+) -> ReplayReport {
+    let mem_end = util::mem();
+    let users = tally.users;
+    let (whole, steady, peak_fp) = (tally.whole, tally.steady, tally.peak_fp);
+    let fp_load = loaded.footprint;
     let verify = driver.verify.take().map(|v| VerifyOut {
         watchers: v.watchers.len(),
         views_started: v.views_started,
@@ -911,7 +1084,8 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
         ]
     });
     let engine_bytes = peak_fp.state_bytes + peak_fp.graph_bytes + peak_fp.interner_bytes;
-    let report = ReplayReport {
+    let wall_seconds = facts.wall_seconds;
+    ReplayReport {
         config: ReplayConfigOut {
             graph: params.graph.display().to_string(),
             users: users as u64,
@@ -920,7 +1094,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             tick_ms: params.tick_ms,
             peak_online: params.peak_online,
             seed: params.seed,
-            start_hour,
+            start_hour: facts.start_hour,
             peak_hour: params.peak_hour,
             threads: params.threads,
             shards: params.shards,
@@ -930,37 +1104,37 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             verify: params.verify,
             sample_watchers: params.sample_watchers,
             policies: params.policies,
-            activity: ap,
+            activity: facts.activity,
         },
         load: LoadOut {
-            seconds: load_seconds,
+            seconds: loaded.seconds,
             footprint: fp_load,
-            rss_before: mem_before.rss,
-            rss_after: mem_loaded.rss,
+            rss_before: loaded.mem_before.rss,
+            rss_after: loaded.mem_loaded.rss,
         },
         totals: Totals {
-            ticks,
+            ticks: tally.ticks,
             events: driver.events,
-            model: model_counts,
+            model: facts.model,
             transitions: whole.transitions,
             entries: whole.entries,
             frames: whole.frames,
-            expired_vanished: expired_expected,
-            expired_unexpected,
+            expired_vanished: tally.expired_expected,
+            expired_unexpected: tally.expired_unexpected,
             engine_errors: driver.errors,
             engine_error_examples: driver.error_examples.clone(),
             wall_seconds,
             speedup: params.duration_ms as f64 / 1000.0 / wall_seconds.max(1e-9),
-            mean_present_share_after_warmup: if online_share_n > 0 {
-                online_share_sum / online_share_n as f64
+            mean_present_share_after_warmup: if tally.online_share_n > 0 {
+                tally.online_share_sum / tally.online_share_n as f64
             } else {
                 0.0
             },
         },
         whole: whole.rates(),
         steady: steady.rates(),
-        tick_time: tick_time_out(&hist),
-        apply_time: tick_time_out(&apply_hist),
+        tick_time: tick_time_out(&tally.hist),
+        apply_time: tick_time_out(&tally.apply_hist),
         welcome_time: tick_time_out(&driver.welcome_hist),
         welcome_sample_every: WELCOME_SAMPLE_EVERY,
         memory: MemoryOut {
@@ -976,7 +1150,7 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             },
             graph_bytes_per_edge: peak_fp.graph_bytes as f64 / peak_fp.edges.max(1) as f64,
         },
-        huge_pages,
+        huge_pages: facts.huge_pages,
         policies,
         verify,
         idle_levels: cfg
@@ -984,9 +1158,6 @@ pub fn run(params: &ReplayParams) -> Result<ReplayReport> {
             .iter()
             .map(|&ms| format!("idle {}", util::fmt_ms(ms)))
             .collect(),
-        series,
-    };
-    drop(driver);
-    drop(engine);
-    Ok(report)
+        series: tally.series,
+    }
 }

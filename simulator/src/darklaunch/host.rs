@@ -1,21 +1,27 @@
 //! A client host: opens WebSocket and QUIC clients against the node, sends what the driver
 //! tells it, and keeps each client's view of its friends built only from its `welcome` and
 //! `presence` frames. Runs inside the driver's process or as a `dark-launch-worker`.
+//!
+//! The clients are `presence-client` connections (its handshake, framing and message types):
+//! this module adds only what a load host needs on top, sharing sockets, pacing acks,
+//! batching writes, and the views and measurements.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 use hdrhistogram::Histogram;
-use serde::Deserialize;
+use presence_client::{
+    Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, InboxKind,
+    PresenceEntry, QuicCert, QuicEndpoint, ServerMessage, State, Status, Transport,
+    TransportOptions,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::proto::{Cmd, ConnectSpec, HistOut, HostInit, HostStats, Reply, ViewOut};
 
@@ -196,67 +202,29 @@ struct ClientHandle {
     state: Arc<ClientState>,
 }
 
-#[derive(Debug, Deserialize)]
-struct EntryIn {
-    user: String,
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    idle_ms: Option<u64>,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    removed: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct In {
-    #[serde(rename = "type")]
-    ty: String,
-    #[serde(default)]
-    friends: Vec<EntryIn>,
-    #[serde(default)]
-    changes: Vec<EntryIn>,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    text: Option<String>,
-    #[serde(default)]
-    seq: Option<u64>,
-}
-
 fn user_id(name: &str) -> Option<u32> {
     name.strip_prefix('u')?.parse().ok()
 }
 
-fn status_code(s: Option<&str>) -> u8 {
+fn status_code(s: Option<Status>) -> u8 {
     match s {
         None => 0,
-        Some("available") => 1,
-        Some("busy") => 2,
-        Some("dnd") => 3,
-        Some("invisible") => 4,
-        Some(_) => 255,
+        Some(Status::Available) => 1,
+        Some(Status::Busy) => 2,
+        Some(Status::Dnd) => 3,
+        Some(Status::Invisible) => 4,
     }
 }
 
-fn state_code(e: &EntryIn, thresholds: &[u64]) -> u8 {
-    match e.state.as_deref() {
-        Some("offline") => 0,
-        Some("online") => 1,
-        Some("idle") => e
+fn state_code(e: &PresenceEntry<'_>, thresholds: &[u64]) -> u8 {
+    match e.state {
+        Some(State::Offline) => 0,
+        Some(State::Online) => 1,
+        Some(State::Idle) => e
             .idle_ms
             .and_then(|ms| thresholds.iter().position(|&t| t == ms))
             .map_or(255, |l| 2 + l as u8),
-        _ => 255,
+        None => 255,
     }
 }
 
@@ -274,7 +242,13 @@ pub fn parse_chat(text: &str) -> Option<(u64, u64)> {
     Some((seq.parse().ok()?, us.parse().ok()?))
 }
 
-fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: bool, now: u64) {
+fn apply_entries(
+    view: &mut View,
+    entries: &[PresenceEntry<'_>],
+    sh: &Shared,
+    welcome: bool,
+    now: u64,
+) {
     if welcome {
         view.since_us = now;
     }
@@ -294,7 +268,7 @@ fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: boo
         }
         let mut entry = Entry {
             state: state_code(e, &sh.thresholds),
-            status: status_code(e.status.as_deref()),
+            status: status_code(e.status),
             text: e.text.as_deref().map(Box::from),
             probe_seen: 0,
         };
@@ -326,7 +300,7 @@ fn apply_entries(view: &mut View, entries: &[EntryIn], sh: &Shared, welcome: boo
 /// device owes an `ack`.
 fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
     let now = now_us();
-    let msg: In = match serde_json::from_slice(bytes) {
+    let msg = match ServerMessage::parse(bytes) {
         Ok(m) => m,
         Err(e) => {
             sh.errors.fetch_add(1, Relaxed);
@@ -334,17 +308,17 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
             return None;
         }
     };
-    match msg.ty.as_str() {
-        "presence" => {
+    match msg {
+        ServerMessage::Presence(p) => {
             sh.frames.fetch_add(1, Relaxed);
-            sh.entries.fetch_add(msg.changes.len() as u64, Relaxed);
-            apply_entries(&mut st.view.lock(), &msg.changes, sh, false, now);
+            sh.entries.fetch_add(p.changes.len() as u64, Relaxed);
+            apply_entries(&mut st.view.lock(), &p.changes, sh, false, now);
         }
-        "pong" => {
+        ServerMessage::Pong => {
             sh.pongs.fetch_add(1, Relaxed);
         }
-        "sent" => {
-            if let Some((_, at)) = msg.id.as_deref().and_then(parse_chat) {
+        ServerMessage::Sent(s) => {
+            if let Some((_, at)) = parse_chat(&s.id) {
                 sh.chat_sent.fetch_add(1, Relaxed);
                 let us = now.saturating_sub(at);
                 let mut h = sh.hists.lock();
@@ -352,71 +326,64 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
                 record(&mut h.chat_sent_interval, us);
             }
         }
-        "inbox" => {
-            if msg.kind.as_deref() == Some("message")
-                && let Some((_, at)) = msg.text.as_deref().and_then(parse_chat)
+        ServerMessage::Inbox(i) => {
+            if i.kind == InboxKind::Message
+                && let Some((_, at)) = i.text.as_deref().and_then(parse_chat)
             {
                 sh.chat_inbox.fetch_add(1, Relaxed);
                 record(&mut sh.hists.lock().chat_inbox, now.saturating_sub(at));
             }
-            return msg.seq;
+            return Some(i.seq);
         }
-        "typing" => {}
-        "error" => {
-            let text = msg.message.clone().unwrap_or_default();
-            let chat = msg.id.as_deref().is_some_and(|id| id.starts_with("chat:"));
-            if msg.code.as_deref() == Some("bad_request") && text.contains("chat is not enabled") {
+        ServerMessage::Typing(_) => {}
+        ServerMessage::Error(e) => {
+            let chat = e.id.as_deref().is_some_and(|id| id.starts_with("chat:"));
+            let code = e.code.as_str();
+            if e.code == ErrorCode::BadRequest && e.message.contains("chat is not enabled") {
                 sh.chat_disabled.fetch_add(1, Relaxed);
                 let mut m = sh.chat_disabled_message.lock();
                 if m.is_none() {
-                    *m = Some(text);
+                    *m = Some(e.message.into_owned());
                 }
             } else if chat {
                 sh.chat_errors.fetch_add(1, Relaxed);
-                sh.example(format!(
-                    "chat error {}: {text}",
-                    msg.code.as_deref().unwrap_or("?")
-                ));
+                sh.example(format!("chat error {code}: {}", e.message));
             } else {
                 sh.errors.fetch_add(1, Relaxed);
-                sh.example(format!(
-                    "error {}: {text}",
-                    msg.code.as_deref().unwrap_or("?")
-                ));
+                sh.example(format!("error {code}: {}", e.message));
             }
         }
         other => {
+            // Named, not printed: a welcome carries thousands of friends.
+            let kind = match other {
+                ServerMessage::Welcome(_) => "welcome",
+                ServerMessage::Synced(_) => "synced",
+                ServerMessage::History(_) => "history",
+                _ => "unknown",
+            };
             sh.errors.fetch_add(1, Relaxed);
-            sh.example(format!("unexpected frame type {other:?}"));
+            sh.example(format!("unexpected frame type {kind:?}"));
         }
     }
     None
 }
 
-/// A device's cumulative `ack` of its inbox up to `seq`.
-fn ack_frame(seq: u64) -> String {
-    format!(r#"{{"type":"ack","seq":{seq}}}"#)
+/// Runs one write (or flush) with the host's write timeout; false if it failed or timed out.
+async fn timed(write: impl Future<Output = Result<(), ClientError>>) -> bool {
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
-/// Sends the owed ack if it is due, through `write`; false if the write failed or timed out.
-async fn ack<F, E>(pacer: &mut AckPacer, sh: &Shared, write: impl FnOnce(String) -> F) -> bool
-where
-    F: Future<Output = Result<(), E>>,
-{
+/// Sends the owed ack if it is due; false if the write failed or timed out.
+async fn ack(pacer: &mut AckPacer, sh: &Shared, conn: &mut Connection) -> bool {
     let Some(seq) = pacer.take() else {
         return true;
     };
-    let r = tokio::time::timeout(WRITE_TIMEOUT, write(ack_frame(seq))).await;
-    if matches!(r, Ok(Ok(()))) {
+    if timed(conn.send(&ClientMessage::Ack { seq })).await {
         sh.chat_device_acks.fetch_add(1, Relaxed);
         true
     } else {
         false
     }
-}
-
-async fn quic_write_owned(send: &mut quinn::SendStream, msg: String) -> Result<()> {
-    quic_write(send, msg.as_bytes()).await
 }
 
 /// When a device acks: the latest seq it has read, at most once per `every` (an `ack` is a
@@ -461,196 +428,87 @@ impl AckPacer {
     }
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-enum Conn {
-    Ws(Box<WsStream>),
-    Quic {
-        conn: quinn::Connection,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    },
-}
-
-async fn quic_write(send: &mut quinn::SendStream, msg: &[u8]) -> Result<()> {
-    let len = u32::try_from(msg.len()).context("frame too large")?;
-    send.write_all(&len.to_be_bytes()).await?;
-    send.write_all(msg).await?;
-    Ok(())
-}
-
-async fn quic_read(recv: &mut quinn::RecvStream) -> Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
-        bail!("frame of {n} bytes from the node");
-    }
-    let mut buf = vec![0u8; n];
-    recv.read_exact(&mut buf).await?;
-    Ok(Some(buf))
-}
-
+/// How the host's clients reach the node: the WebSocket and QUIC addresses, the source
+/// addresses WebSocket clients take in turn, and the UDP sockets QUIC clients share.
 struct Dialer {
-    init: HostInit,
-    endpoints: Vec<quinn::Endpoint>,
-    quic_cfg: quinn::ClientConfig,
+    ws: Transport,
+    quic: Transport,
+    source_ips: Vec<Ipv4Addr>,
     next_ip: AtomicU64,
+    endpoints: Vec<QuicEndpoint>,
 }
 
-fn quic_client_config(cert_pem: &str) -> Result<quinn::ClientConfig> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        roots
-            .add(cert.context("node certificate PEM")?)
-            .context("node certificate")?;
+/// The transport knobs of a host's clients: a host holds thousands of connections, so QUIC
+/// windows are small (1 MiB per stream, 2 MiB per connection, 64 KiB to send), and WebSocket
+/// frames queued together wait for one flush.
+fn transport_options() -> TransportOptions {
+    TransportOptions {
+        connect_timeout: CONNECT_TIMEOUT,
+        max_frame_in: MAX_FRAME,
+        ws_write_buffer: 64 * 1024,
+        quic_keep_alive: Duration::from_secs(10),
+        quic_stream_receive_window: Some(1 << 20),
+        quic_receive_window: Some(2 << 20),
+        quic_send_window: Some(64 * 1024),
+        ..TransportOptions::default()
     }
-    if roots.is_empty() {
-        bail!("no certificate in the node's PEM");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"presence/1".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport
-        .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((1u32 << 20).into())
-        .receive_window((2u32 << 20).into())
-        .send_window(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(10)));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
 }
 
 impl Dialer {
-    fn new(init: HostInit) -> Result<Self> {
-        let quic_cfg = quic_client_config(&init.cert_pem)?;
+    fn new(init: &HostInit) -> Result<Self> {
         let mut endpoints = Vec::new();
         for _ in 0..init.quic_endpoints.max(1) {
-            let ep = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
+            let ep = QuicEndpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .context("binding a UDP socket for QUIC clients")?;
             endpoints.push(ep);
         }
         Ok(Self {
-            init,
-            endpoints,
-            quic_cfg,
+            ws: Transport::ws(init.ws.to_string()),
+            quic: Transport::quic(
+                init.quic.to_string(),
+                "localhost",
+                QuicCert::Pem(init.cert_pem.clone()),
+            ),
+            source_ips: init.source_ips.clone(),
             next_ip: AtomicU64::new(0),
+            endpoints,
         })
     }
 
-    async fn ws(&self) -> Result<Conn> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-            .context("creating a TCP socket (out of file descriptors?)")?;
-        let ips = &self.init.source_ips;
-        if !ips.is_empty() {
-            let i = self.next_ip.fetch_add(1, Relaxed) as usize % ips.len();
-            // socket2 0.6 has no setter for IP_BIND_ADDRESS_NO_PORT (and the workspace forbids
-            // unsafe code): a plain bind reserves a source port per address, which is fine
-            // here because every connection from these addresses goes to the one node port.
-            sock.bind(&SocketAddr::new(IpAddr::V4(ips[i]), 0).into())
-                .with_context(|| format!("binding to source address {}", ips[i]))?;
-        }
-        sock.set_nonblocking(true)?;
-        sock.set_tcp_nodelay(true)?;
-        let std: std::net::TcpStream = sock.into();
-        let stream = tokio::net::TcpSocket::from_std_stream(std)
-            .connect(self.init.ws)
-            .await
-            .with_context(|| format!("connecting to {}", self.init.ws))?;
-        let cfg = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
-            // Frames wait for a flush (`run_conn` flushes after what is queued), so the
-            // frames of one wakeup leave in one write.
-            .write_buffer_size(64 * 1024)
-            .max_message_size(Some(MAX_FRAME))
-            .max_frame_size(Some(MAX_FRAME));
-        let url = format!("ws://{}/v1/ws", self.init.ws);
-        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(cfg))
-            .await
-            .context("WebSocket handshake")?;
-        Ok(Conn::Ws(Box::new(ws)))
-    }
-
-    async fn quic(&self, cid: u64) -> Result<Conn> {
-        let ep = &self.endpoints[(cid % self.endpoints.len() as u64) as usize];
-        let conn = ep
-            .connect_with(self.quic_cfg.clone(), self.init.quic, "localhost")?
-            .await
-            .context("QUIC handshake")?;
-        let (send, recv) = conn.open_bi().await.context("opening the QUIC stream")?;
-        Ok(Conn::Quic { conn, send, recv })
-    }
-}
-
-impl Conn {
-    async fn send(&mut self, msg: String) -> Result<()> {
-        let fut = async {
-            match self {
-                Conn::Ws(ws) => ws
-                    .send(Message::text(msg))
-                    .await
-                    .map_err(anyhow::Error::from),
-                Conn::Quic { send, .. } => quic_write(send, msg.as_bytes()).await,
+    /// The hello and the way of one client: QUIC on a shared socket chosen by its id, or
+    /// WebSocket from the next source address.
+    fn connect_options(&self, sp: &ConnectSpec) -> ConnectOptions {
+        let mut transport_options = transport_options();
+        let transport = if sp.quic {
+            let i = (sp.cid % self.endpoints.len() as u64) as usize;
+            transport_options.quic_endpoint = self.endpoints.get(i).cloned();
+            self.quic.clone()
+        } else {
+            if !self.source_ips.is_empty() {
+                let i = self.next_ip.fetch_add(1, Relaxed) as usize % self.source_ips.len();
+                transport_options.local_ip = Some(IpAddr::V4(self.source_ips[i]));
             }
+            self.ws.clone()
         };
-        tokio::time::timeout(WRITE_TIMEOUT, fut)
-            .await
-            .map_err(|_| anyhow!("write timed out"))?
-    }
-
-    /// The next frame (only for the welcome; later QUIC reads run on their own task).
-    async fn recv(&mut self) -> Result<Option<Vec<u8>>> {
-        match self {
-            Conn::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Ok(Some(t.as_bytes().to_vec())),
-                    Some(Ok(Message::Close(_))) | None => return Ok(None),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(_)) => {}
-                }
-            },
-            Conn::Quic { recv, .. } => quic_read(recv).await,
-        }
+        let mut opts = ConnectOptions::new(transport, sp.token.clone()).device(&sp.device);
+        opts.hello_timeout = CONNECT_TIMEOUT;
+        opts.transport_options = transport_options;
+        opts
     }
 }
 
-async fn open(dialer: &Dialer, sp: &ConnectSpec, st: &ClientState, sh: &Shared) -> Result<Conn> {
-    let mut c = if sp.quic {
-        dialer.quic(sp.cid).await?
-    } else {
-        dialer.ws().await?
-    };
-    let hello = serde_json::json!({"type": "hello", "token": sp.token, "device": sp.device});
-    c.send(hello.to_string()).await?;
-    let Some(frame) = c.recv().await? else {
-        bail!("the node closed the connection before the welcome");
-    };
-    let msg: In = serde_json::from_slice(&frame).context("welcome is not JSON")?;
-    if msg.ty != "welcome" {
-        bail!(
-            "expected welcome, got {} {} {}",
-            msg.ty,
-            msg.code.unwrap_or_default(),
-            msg.message.unwrap_or_default()
-        );
-    }
+/// Connects, says hello, and builds the client's view from its welcome.
+async fn open(
+    dialer: &Dialer,
+    sp: &ConnectSpec,
+    st: &ClientState,
+    sh: &Shared,
+) -> Result<Connection, ClientError> {
+    let (conn, welcome) = Client::connect(&dialer.connect_options(sp)).await?;
     sh.welcome_entries
-        .fetch_add(msg.friends.len() as u64, Relaxed);
-    apply_entries(&mut st.view.lock(), &msg.friends, sh, true, now_us());
-    Ok(c)
+        .fetch_add(welcome.friends.len() as u64, Relaxed);
+    apply_entries(&mut st.view.lock(), &welcome.friends, sh, true, now_us());
+    Ok(conn)
 }
 
 async fn client(
@@ -665,23 +523,19 @@ async fn client(
     let t0 = Instant::now();
     let opened = {
         let _permit = sem.acquire().await;
-        tokio::time::timeout(CONNECT_TIMEOUT, open(&dialer, &sp, &st, &sh)).await
+        open(&dialer, &sp, &st, &sh).await
     };
     let conn = match opened {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
+        Ok(c) => c,
+        Err(e) => {
             sh.connect_failures.fetch_add(1, Relaxed);
+            let reason = match e {
+                ClientError::Timeout(_) => format!("no welcome within {CONNECT_TIMEOUT:?}"),
+                e => e.to_string(),
+            };
             let _ = replies.send(Reply::ConnectFailed {
                 cid: sp.cid,
-                reason: format!("{e:#}"),
-            });
-            return;
-        }
-        Err(_) => {
-            sh.connect_failures.fetch_add(1, Relaxed);
-            let _ = replies.send(Reply::ConnectFailed {
-                cid: sp.cid,
-                reason: format!("no welcome within {CONNECT_TIMEOUT:?}"),
+                reason,
             });
             return;
         }
@@ -706,179 +560,104 @@ async fn client(
     }
 }
 
-/// Writes out the frames fed so far; false if that failed or timed out.
-async fn flush_ws(ws: &mut WsStream) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await,
-        Ok(Ok(()))
-    )
-}
-
 /// Serves a connection; returns Some(reason) when it ended without being told to.
 async fn run_conn(
-    mut conn: Conn,
+    mut conn: Connection,
     sp: &ConnectSpec,
     rx: &mut mpsc::UnboundedReceiver<ClientCmd>,
     st: &Arc<ClientState>,
     sh: &Arc<Shared>,
 ) -> Option<String> {
     if let Some(first) = &sp.first
-        && let Err(e) = conn.send(first.clone()).await
+        && !timed(conn.send_frame(first.as_bytes())).await
     {
-        return Some(format!("write failed: {e:#}"));
+        return Some("write failed".into());
     }
-    let mut vanished = false;
     let mut pacer = AckPacer::new(sh.ack_every);
-    match conn {
-        Conn::Ws(mut ws) => loop {
-            tokio::select! {
-                // A vanished device neither reads nor answers the node's pings (a phone that
-                // lost its network): reading on would let tungstenite answer them.
-                m = ws.next(), if !vanished => {
-                    // This frame and those already read behind it, then one cumulative `ack`
-                    // for the inbox entries among them, as a client acks what it has shown.
-                    let mut m = m;
-                    loop {
-                        match m {
-                            Some(Ok(Message::Text(t))) => pacer.owe(on_frame(st, sh, t.as_bytes())),
-                            Some(Ok(Message::Close(f))) => {
-                                if vanished { return None; }
-                                return Some(format!("closed by the node: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()));
-                            }
-                            None | Some(Err(_)) => {
-                                return if vanished { None } else { Some("connection lost".into()) };
-                            }
-                            Some(Ok(_)) => {}
-                        }
-                        match ws.next().now_or_never() {
-                            Some(next) => m = next,
-                            None => break,
-                        }
+    loop {
+        tokio::select! {
+            f = conn.recv_frame() => {
+                // This frame and those already read behind it, then one cumulative `ack`
+                // for the inbox entries among them, as a client acks what it has shown.
+                let mut f = f;
+                loop {
+                    match f {
+                        Ok(frame) => pacer.owe(on_frame(st, sh, &frame)),
+                        Err(e) => return Some(format!("closed by the node: {e}")),
                     }
-                    if !vanished && !ack(&mut pacer, sh, |f| ws.send(Message::text(f))).await {
-                        return Some("write failed".into());
+                    match conn.recv_frame().now_or_never() {
+                        Some(next) => f = next,
+                        None => break,
                     }
                 }
-                () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
-                    if !ack(&mut pacer, sh, |f| ws.send(Message::text(f))).await {
-                        return Some("write failed".into());
-                    }
-                }
-                c = rx.recv() => {
-                    if vanished {
-                        match c {
-                            Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
-                            Some(ClientCmd::Close) | None => return None,
-                            Some(_) => {}
-                        }
-                        continue;
-                    }
-                    // Frames queued together leave in one write, as a client writes what it
-                    // has to say at once (a chat message's `activity` and `send`, say): a
-                    // write each doubled the syscalls of both sides.
-                    let mut c = c;
-                    let mut fed = false;
-                    loop {
-                        if fed && !matches!(c, Some(ClientCmd::Send(_))) {
-                            if !flush_ws(&mut ws).await {
-                                return Some("write failed".into());
-                            }
-                            fed = false;
-                        }
-                        match c {
-                            Some(ClientCmd::Send(s)) => {
-                                let r = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::text(s))).await;
-                                if !matches!(r, Ok(Ok(()))) {
-                                    return Some("write failed".into());
-                                }
-                                fed = true;
-                            }
-                            Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
-                            Some(ClientCmd::Vanish) => {
-                                vanished = true;
-                                st.live.store(false, Relaxed);
-                                break;
-                            }
-                            Some(ClientCmd::Close) | None => {
-                                st.live.store(false, Relaxed);
-                                let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
-                                return None;
-                            }
-                        }
-                        match rx.try_recv() {
-                            Ok(next) => c = Some(next),
-                            Err(_) => break,
-                        }
-                    }
-                    if fed && !flush_ws(&mut ws).await {
-                        return Some("write failed".into());
-                    }
+                if !ack(&mut pacer, sh, &mut conn).await {
+                    return Some("write failed".into());
                 }
             }
-        },
-        Conn::Quic {
-            conn: qc,
-            mut send,
-            mut recv,
-        } => {
-            // Reads run on their own task: quinn's read_exact is not cancel-safe.
-            let (done_tx, mut done_rx) = oneshot::channel::<String>();
-            // Inbox seqs the reader saw, for the writer to ack.
-            let (owed_tx, mut owed_rx) = mpsc::unbounded_channel::<u64>();
-            let (st2, sh2) = (st.clone(), sh.clone());
-            let reader = tokio::spawn(async move {
-                let reason = loop {
-                    match quic_read(&mut recv).await {
-                        Ok(Some(f)) => {
-                            if let Some(seq) = on_frame(&st2, &sh2, &f) {
-                                let _ = owed_tx.send(seq);
-                            }
+            () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() => {
+                if !ack(&mut pacer, sh, &mut conn).await {
+                    return Some("write failed".into());
+                }
+            }
+            c = rx.recv() => {
+                // Frames queued together leave in one write, as a client writes what it
+                // has to say at once (a chat message's `activity` and `send`, say): a
+                // write each doubled the syscalls of both sides.
+                let mut c = c;
+                let mut fed = false;
+                loop {
+                    if fed && !matches!(c, Some(ClientCmd::Send(_))) {
+                        if !timed(conn.flush()).await {
+                            return Some("write failed".into());
                         }
-                        Ok(None) => break "stream finished by the node".to_string(),
-                        Err(e) => break format!("{e:#}"),
+                        fed = false;
                     }
-                };
-                let _ = done_tx.send(reason);
-            });
-            let out = loop {
-                tokio::select! {
-                    r = &mut done_rx => {
-                        break if vanished { None } else { Some(format!("closed by the node: {}", r.unwrap_or_default())) };
-                    }
-                    Some(seq) = owed_rx.recv() => {
-                        pacer.owe(Some(seq));
-                        while let Ok(s) = owed_rx.try_recv() {
-                            pacer.owe(Some(s));
-                        }
-                        if !vanished && !ack(&mut pacer, sh, |f| quic_write_owned(&mut send, f)).await {
-                            break Some("write failed".into());
-                        }
-                    }
-                    () = tokio::time::sleep_until(pacer.due()), if pacer.owed.is_some() && !vanished => {
-                        if !ack(&mut pacer, sh, |f| quic_write_owned(&mut send, f)).await {
-                            break Some("write failed".into());
-                        }
-                    }
-                    c = rx.recv(), if !vanished => match c {
+                    match c {
                         Some(ClientCmd::Send(s)) => {
-                            let r = tokio::time::timeout(WRITE_TIMEOUT, quic_write(&mut send, s.as_bytes())).await;
-                            if !matches!(r, Ok(Ok(()))) {
-                                break Some("write failed".into());
+                            if !timed(conn.feed_frame(s.as_bytes())).await {
+                                return Some("write failed".into());
                             }
+                            fed = true;
                         }
                         Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
-                        Some(ClientCmd::Vanish) => { vanished = true; st.live.store(false, Relaxed); }
+                        Some(ClientCmd::Vanish) => {
+                            st.live.store(false, Relaxed);
+                            vanish(conn, st, sh).await;
+                            return None;
+                        }
                         Some(ClientCmd::Close) | None => {
                             st.live.store(false, Relaxed);
-                            qc.close(0u32.into(), b"bye");
-                            break None;
+                            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+                            return None;
                         }
-                    },
+                    }
+                    match rx.try_recv() {
+                        Ok(next) => c = Some(next),
+                        Err(_) => break,
+                    }
                 }
-            };
-            reader.abort();
-            out
+                if fed && !timed(conn.flush()).await {
+                    return Some("write failed".into());
+                }
+            }
         }
+    }
+}
+
+/// A device that vanished (a phone that lost its network) says nothing more, acks nothing,
+/// and takes no more commands (the host forgot it).
+///
+/// - WebSocket: it stops reading (reading would let tungstenite answer the node's pings, a
+///   sign of life); the socket is dropped here, without a close frame.
+/// - QUIC: it keeps reading, which tells the node nothing (the node does not ping QUIC
+///   clients: only a heartbeat is a sign of life), until the node's heartbeat timeout
+///   expires the session and closes the connection.
+async fn vanish(mut conn: Connection, st: &ClientState, sh: &Shared) {
+    if conn.transport_name() == "ws" {
+        return;
+    }
+    while let Ok(frame) = conn.recv_frame().await {
+        let _ = on_frame(st, sh, &frame);
     }
 }
 
@@ -894,7 +673,7 @@ pub async fn run_host(
         ..Shared::default()
     });
     let sem = Arc::new(Semaphore::new(init.connect_parallel.max(1)));
-    let dialer = match Dialer::new(init) {
+    let dialer = match Dialer::new(&init) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             let _ = replies.send(Reply::Fatal {
@@ -1000,10 +779,9 @@ pub async fn run_host(
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// What a process holding many clients needs: the ring TLS provider, the open-files limit at
-/// its hard maximum, and a two-thread runtime.
+/// What a process holding many clients needs: the open-files limit at its hard maximum, and a
+/// two-thread runtime.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1054,6 +832,63 @@ pub fn worker_main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames as the node writes them, through the typed parse, into a client's view and the
+    /// host's counters.
+    #[test]
+    fn frames_build_the_view_and_the_counters() {
+        let sh = Shared {
+            thresholds: vec![60_000, 120_000],
+            ..Shared::default()
+        };
+        let st = ClientState {
+            view: parking_mutex::Mutex::default(),
+            live: AtomicBool::new(true),
+        };
+        let welcome = br#"{"acked_seq":0,"device":"d","friends":[{"state":"online","user":"u7"},{"state":"offline","user":"u3"}],"heartbeat_ms":45000,"idle_thresholds_ms":[60000,120000],"inbox_seq":0,"tick":1,"type":"welcome","user":"u1"}"#;
+        let Ok(ServerMessage::Welcome(w)) = ServerMessage::parse(welcome) else {
+            panic!("a welcome");
+        };
+        apply_entries(&mut st.view.lock(), &w.friends, &sh, true, now_us());
+        let at = now_us();
+        let frames = [
+            format!(
+                r#"{{"type":"presence","tick":2,"changes":[{{"idle_ms":120000,"state":"idle","status":"busy","text":"pr:1:{at}","user":"u3"}},{{"removed":true,"user":"u7"}},{{"state":"online","user":"x9"}}]}}"#
+            ),
+            format!(r#"{{"id":"chat:1:{at}","msg_id":"0553540624800000","ts":1,"type":"sent"}}"#),
+            r#"{"type":"pong"}"#.to_owned(),
+            r#"{"type":"error","code":"bad_request","message":"chat is not enabled on this node"}"#
+                .to_owned(),
+            r#"{"type":"welcome"}"#.to_owned(),
+        ];
+        for f in &frames {
+            assert_eq!(on_frame(&st, &sh, f.as_bytes()), None, "{f}");
+        }
+        let inbox = format!(
+            r#"{{"from":"u7","kind":"message","msg_id":"0553540624800000","seq":5,"text":"chat:2:{at}","to":"u1","ts":1,"type":"inbox"}}"#
+        );
+        assert_eq!(on_frame(&st, &sh, inbox.as_bytes()), Some(5));
+
+        let view = st.view.lock();
+        assert_eq!(view.friends.len(), 1, "u7 removed, x9 not a user");
+        let (id, e) = &view.friends[0];
+        assert_eq!(
+            (*id, e.state, e.status),
+            (3, 3, 2),
+            "u3: idle level 2, busy"
+        );
+        assert_eq!(e.probe_seen, 1);
+        let s = sh.stats(true);
+        assert_eq!((s.frames, s.entries, s.unknown_users), (1, 3, 1));
+        assert_eq!((s.probe_receipts, s.chat_sent, s.chat_inbox), (1, 1, 1));
+        assert_eq!((s.pongs, s.chat_disabled, s.errors), (1, 1, 1));
+        assert_eq!(s.error_examples.len(), 1, "{:?}", s.error_examples);
+        assert!(
+            s.error_examples[0].starts_with("unparsable frame from the node: missing field"),
+            "{:?}",
+            s.error_examples
+        );
+    }
 
     #[test]
     fn ack_pacer_acks_the_latest_seq_at_most_once_per_interval() {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
+use presence_client::ClientMessage;
 use presence_core::Status;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -373,12 +374,17 @@ struct Driver<'a> {
     chat_stopped: bool,
 }
 
+/// A client message as the text a host sends (`Cmd::Send` carries text between processes).
+fn frame(m: &ClientMessage) -> String {
+    // serde_json writes UTF-8.
+    String::from_utf8_lossy(&m.to_frame()).into_owned()
+}
+
 fn status_msg(s: Status, text: Option<&str>) -> String {
-    match text {
-        Some(t) => serde_json::json!({"type": "status", "status": s.as_str(), "text": t}),
-        None => serde_json::json!({"type": "status", "status": s.as_str()}),
-    }
-    .to_string()
+    frame(&ClientMessage::Status {
+        status: s.as_str().to_owned(),
+        text: text.map(str::to_owned),
+    })
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -387,6 +393,68 @@ fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     x ^ (x >> 33)
+}
+
+impl<'a> Driver<'a> {
+    fn new(
+        a: &'a DarkLaunchArgs,
+        timing: NodeTiming,
+        oracle: Oracle,
+        hosts: Vec<HostLink>,
+        replies: mpsc::UnboundedReceiver<(usize, Reply)>,
+        tokens: Vec<String>,
+        quic_salt: u64,
+    ) -> Self {
+        let users = tokens.len() as u32;
+        Driver {
+            a,
+            timing,
+            oracle,
+            hosts,
+            replies,
+            users,
+            tokens,
+            live: vec![[None; 3]; users as usize],
+            cids: HashMap::new(),
+            connecting: HashMap::new(),
+            status: vec![Status::Available; users as usize],
+            pending_status: vec![None; users as usize],
+            probe_busy: vec![0; users as usize],
+            next_cid: 1,
+            seq: 0,
+            rng: Rng::derive(a.seed, 0xDA, 1),
+            quic_salt,
+            open: 0,
+            open_ws: 0,
+            open_quic: 0,
+            sess: SessionsOut::default(),
+            verify: VerifyCounts::default(),
+            probes: ProbeOut {
+                target_ms: (a.tick + 50) as f64,
+                ..ProbeOut::default()
+            },
+            chat: ChatOut {
+                enabled: a.chat_rate > 0.0,
+                ..ChatOut::default()
+            },
+            chat_stopped: false,
+        }
+    }
+
+    /// Waits until every host says Ready (or why not).
+    async fn wait_ready(&mut self) -> Result<()> {
+        let mut ready = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while ready < self.hosts.len() {
+            match tokio::time::timeout_at(deadline, self.replies.recv()).await {
+                Ok(Some((_, Reply::Ready { .. }))) => ready += 1,
+                Ok(Some((h, Reply::Fatal { message }))) => bail!("client host {h}: {message}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => bail!("client hosts did not start within 30 s"),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Driver<'_> {
@@ -485,9 +553,9 @@ impl Driver<'_> {
                     return Ok(());
                 };
                 let (ok, msg) = if matches!(ev.kind, EventKind::Activity { .. }) {
-                    (self.oracle.activity(u, d), r#"{"type":"activity"}"#)
+                    (self.oracle.activity(u, d), ClientMessage::Activity {})
                 } else {
-                    (self.oracle.heartbeat(u, d), r#"{"type":"heartbeat"}"#)
+                    (self.oracle.heartbeat(u, d), ClientMessage::Heartbeat {})
                 };
                 if !ok {
                     // The truth expired this session (a late heartbeat): it can no longer
@@ -495,7 +563,7 @@ impl Driver<'_> {
                     self.sess.truth_expired += 1;
                     self.oracle.taint(u);
                 }
-                self.send_msg(l, msg.to_string())?;
+                self.send_msg(l, frame(&msg))?;
             }
             EventKind::Status(s) => {
                 self.status[ui] = s;
@@ -581,9 +649,14 @@ impl Driver<'_> {
         // Explicit activity first, so the truth is the same whether or not the node counts
         // a chat message as activity.
         self.oracle.activity(u, d);
-        self.send_msg(l, r#"{"type":"activity"}"#.to_string())?;
-        let msg = serde_json::json!({"type": "send", "id": id, "to": format!("u{f}"), "text": id});
-        self.send_msg(l, msg.to_string())
+        self.send_msg(l, frame(&ClientMessage::Activity {}))?;
+        let msg = ClientMessage::Send {
+            text: id.clone(),
+            id,
+            to: Some(format!("u{f}")),
+            group: None,
+        };
+        self.send_msg(l, frame(&msg))
     }
 
     /// Handles a reply that is not the answer to a pending request.
@@ -804,6 +877,8 @@ fn lat(h: &proto::HistOut) -> Latency {
     Latency::from_hist(&x)
 }
 
+/// One run, phase by phase: the graph, the activity model, the node, the friendships and
+/// tokens it needs, the client hosts, the schedule, the stop, the report.
 async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     let t_start = Instant::now();
     let timing = NodeTiming {
@@ -812,8 +887,57 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         grace_ms: a.grace,
         heartbeat_timeout_ms: a.heartbeat_timeout,
     };
-    // The truth engine doubles as the graph reader.
-    let oracle = Oracle::load(&a.graph, &timing, a.max_friends)?;
+    let graph = load_graph(a, &timing)?;
+    let (mut model, quic_salt) = activity_model(a, graph.users)?;
+    check_fd_budget(a, &model, graph.users, quic_salt)?;
+    let mut target = start_node(a, &timing).await?;
+    let friendships = load_friendships(a, &mut target.admin, graph.edges).await?;
+    let tokens = mint_tokens(&target.node, graph.users, a.duration).await?;
+    let hosts = open_hosts(a, &target.node, &timing)?;
+    let probe_rate = a.probe_rate.unwrap_or(f64::from(graph.users) * 0.01);
+    let mut d = Driver::new(
+        a,
+        timing,
+        graph.oracle,
+        hosts.links,
+        hosts.replies,
+        tokens.tokens,
+        quic_salt,
+    );
+    d.wait_ready().await?;
+
+    let result = drive(&mut d, &mut model, &mut target.node, probe_rate).await;
+    let stopped = stop(&mut d, &mut target, result).await?;
+
+    let run = RunFacts {
+        graph_users: graph.graph_users,
+        graph_edges: graph.graph_edges,
+        users: graph.users,
+        node_desc: target.desc,
+        source_ips: hosts.source_ips,
+        probe_rate,
+        friendships,
+        tokens_s: tokens.seconds,
+        t_start,
+    };
+    Ok(report(a, &mut d, run, stopped))
+}
+
+/// The graph, read by the truth engine (which doubles as the graph reader), and its edges
+/// for the node.
+struct Graph {
+    oracle: Oracle,
+    graph_users: u64,
+    /// The users the model drives (`--users`, at most the graph's).
+    users: u32,
+    /// Each friendship once, (lower id, higher id).
+    edges: Vec<(u32, u32)>,
+    graph_edges: u64,
+}
+
+/// Reads the graph snapshot into the truth engine and lists its friendships.
+fn load_graph(a: &DarkLaunchArgs, timing: &NodeTiming) -> Result<Graph> {
+    let oracle = Oracle::load(&a.graph, timing, a.max_friends)?;
     let graph_users = oracle.users() as u64;
     if graph_users == 0 {
         bail!("the graph {} has no users", a.graph.display());
@@ -830,17 +954,36 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         }
     }
     let graph_edges = edges.len() as u64;
+    Ok(Graph {
+        oracle,
+        graph_users,
+        users,
+        edges,
+        graph_edges,
+    })
+}
 
-    // The activity model, its clock mapped onto the wall clock by --speed.
+/// The activity model, its clock mapped onto the wall clock by --speed, and the salt that
+/// decides which devices use QUIC.
+fn activity_model(a: &DarkLaunchArgs, users: u32) -> Result<(ActivityModel, u64)> {
     let virtual_ms = (a.duration as f64 * a.speed) as u64;
     let mut params = ActivityParams::new(users, a.peak_online);
     params.start_hour = (params.peak_hour - virtual_ms as f64 / 7_200_000.0).rem_euclid(24.0);
     params.heartbeat_ms = ((a.client_heartbeat as f64 * a.speed) as u64).max(10);
     params.heartbeat_jitter_ms = params.heartbeat_ms / 10;
-    let mut model = ActivityModel::new(params, a.seed)?;
+    let model = ActivityModel::new(params, a.seed)?;
+    Ok((model, mix(a.seed ^ 0x0D1C)))
+}
 
+/// Refuses a run whose WebSocket clients could need more open files than the client
+/// processes have.
+fn check_fd_budget(
+    a: &DarkLaunchArgs,
+    model: &ActivityModel,
+    users: u32,
+    quic_salt: u64,
+) -> Result<()> {
     // Sessions this run might open on WebSocket: every (user, device) mapped to WebSocket.
-    let quic_salt = mix(a.seed ^ 0x0D1C);
     let mut ws_slots = 0u64;
     {
         let probe_driver_share = a.quic_share;
@@ -877,12 +1020,24 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             "more WebSocket clients than one node process can hold under a 20,000-file limit"
         );
     }
+    Ok(())
+}
 
-    // The node.
+/// The node under test: its process (or the attached one), its admin API, and how the report
+/// names it.
+struct Target {
+    node: Node,
+    admin: Admin,
+    desc: String,
+}
+
+/// Starts the node (or attaches to a running one) and checks that it is healthy and that
+/// the admin key works.
+async fn start_node(a: &DarkLaunchArgs, timing: &NodeTiming) -> Result<Target> {
     let mut node = match (&a.node_bin, &a.node_dir) {
         (Some(bin), _) => {
             tracing::info!(bin = %bin.display(), "starting the node");
-            Node::start(bin, a.data_dir.as_deref(), &timing, &a.node_arg)?
+            Node::start(bin, a.data_dir.as_deref(), timing, &a.node_arg)?
         }
         (None, Some(dir)) => Node::attach(dir, a.admin_key.clone())?,
         (None, None) => bail!("give --node-bin or --node-dir"),
@@ -890,7 +1045,7 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     if let Some(k) = &a.admin_key {
         node.key = k.clone();
     }
-    let node_desc = format!(
+    let desc = format!(
         "ws {} quic {} admin {}{}",
         node.ready.ws,
         node.ready.quic,
@@ -913,8 +1068,21 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             "the node already holds friendships: views are compared with this graph only"
         );
     }
+    Ok(Target { node, admin, desc })
+}
 
-    // Bulk load.
+/// What loading the friendships took.
+struct Friendships {
+    batches: u64,
+    seconds: f64,
+}
+
+/// Bulk-loads the graph's friendships through the admin API (unless --skip-load).
+async fn load_friendships(
+    a: &DarkLaunchArgs,
+    admin: &mut Admin,
+    edges: Vec<(u32, u32)>,
+) -> Result<Friendships> {
     let t_load = Instant::now();
     let mut batches = 0;
     if !a.skip_load {
@@ -931,13 +1099,21 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             batches += 1;
         }
     }
-    let load_s = t_load.elapsed().as_secs_f64();
-    drop(edges);
-    tracing::info!(edges = graph_edges, secs = load_s, "graph loaded");
+    let seconds = t_load.elapsed().as_secs_f64();
+    tracing::info!(edges = edges.len(), secs = seconds, "graph loaded");
+    Ok(Friendships { batches, seconds })
+}
 
-    // Tokens, minted by the node's admin API, several requests in flight.
+/// Every driven user's token, and how long minting them took.
+struct Tokens {
+    tokens: Vec<String>,
+    seconds: f64,
+}
+
+/// Mints a token per driven user through the node's admin API, several requests in flight.
+async fn mint_tokens(node: &Node, users: u32, duration_ms: u64) -> Result<Tokens> {
     let t_tok = Instant::now();
-    let ttl = a.duration / 1000 + 3600;
+    let ttl = duration_ms / 1000 + 3600;
     let conns = 8u32;
     let mut tasks = Vec::new();
     for k in 0..conns {
@@ -965,10 +1141,22 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             tokens[u as usize] = tok;
         }
     }
-    let token_s = t_tok.elapsed().as_secs_f64();
-    tracing::info!(tokens = users, secs = token_s, "tokens minted");
+    let seconds = t_tok.elapsed().as_secs_f64();
+    tracing::info!(tokens = users, secs = seconds, "tokens minted");
+    Ok(Tokens { tokens, seconds })
+}
 
-    // Hosts: this process (QUIC, and WebSocket without workers), then the workers.
+/// The client hosts, started: their links, the one queue of their replies, and the source
+/// addresses they use.
+struct Hosts {
+    links: Vec<HostLink>,
+    replies: mpsc::UnboundedReceiver<(usize, Reply)>,
+    source_ips: Vec<String>,
+}
+
+/// Starts the client hosts: this process (QUIC, and WebSocket without workers), then the
+/// workers, each with its own source addresses.
+fn open_hosts(a: &DarkLaunchArgs, node: &Node, timing: &NodeTiming) -> Result<Hosts> {
     let (rep_tx, rep_rx) = mpsc::unbounded_channel::<(usize, Reply)>();
     let ip = |i: usize| Ipv4Addr::new(127, 0, 0, 2 + i as u8);
     let mut source_ips_all = Vec::new();
@@ -1011,60 +1199,32 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         source_ips_all.extend(ips.iter().map(ToString::to_string));
         hosts.push(spawn_worker(w + 1, mk_init(ips), rep_tx.clone())?);
     }
-    drop(rep_tx);
-
-    let probe_rate = a.probe_rate.unwrap_or(f64::from(users) * 0.01);
-    let mut d = Driver {
-        a,
-        timing: timing.clone(),
-        oracle,
-        hosts,
+    Ok(Hosts {
+        links: hosts,
         replies: rep_rx,
-        users,
-        tokens,
-        live: vec![[None; 3]; users as usize],
-        cids: HashMap::new(),
-        connecting: HashMap::new(),
-        status: vec![Status::Available; users as usize],
-        pending_status: vec![None; users as usize],
-        probe_busy: vec![0; users as usize],
-        next_cid: 1,
-        seq: 0,
-        rng: Rng::derive(a.seed, 0xDA, 1),
-        quic_salt,
-        open: 0,
-        open_ws: 0,
-        open_quic: 0,
-        sess: SessionsOut::default(),
-        verify: VerifyCounts::default(),
-        probes: ProbeOut {
-            target_ms: (a.tick + 50) as f64,
-            ..ProbeOut::default()
-        },
-        chat: ChatOut {
-            enabled: a.chat_rate > 0.0,
-            ..ChatOut::default()
-        },
-        chat_stopped: false,
-    };
-    // Every host says Ready (or why not) first.
-    let mut ready = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while ready < d.hosts.len() {
-        match tokio::time::timeout_at(deadline, d.replies.recv()).await {
-            Ok(Some((_, Reply::Ready { .. }))) => ready += 1,
-            Ok(Some((h, Reply::Fatal { message }))) => bail!("client host {h}: {message}"),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => bail!("client hosts did not start within 30 s"),
-        }
-    }
+        source_ips: source_ips_all,
+    })
+}
 
-    let result = drive(&mut d, &mut model, &mut node, probe_rate).await;
+/// What is left once the run stopped: the schedule's own measures, the hosts' final
+/// counters, and the node's part of chat.
+struct Stopped {
+    drive: DriveOut,
+    stats: HostStats,
+    node_chat: node::NodeChat,
+}
+
+/// Stops everything, even after an error: the final counters first (when the schedule ran to
+/// its end), then the clients and the workers, then the node's own measures, then the node.
+async fn stop(
+    d: &mut Driver<'_>,
+    target: &mut Target,
+    result: Result<DriveOut>,
+) -> Result<Stopped> {
     let finals = match &result {
         Ok(_) => Some(d.stats(true).await),
         Err(_) => None,
     };
-    // Always stop the clients, the workers and the node, even after an error.
     for h in &d.hosts {
         let _ = h.send(Cmd::Shutdown);
     }
@@ -1079,8 +1239,8 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The node's own measure of its part, before it stops.
-    let node_chat = if a.chat_rate > 0.0 {
-        match node::node_chat_metrics(&mut admin).await {
+    let node_chat = if d.a.chat_rate > 0.0 {
+        match node::node_chat_metrics(&mut target.admin).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("could not read the node's /metrics: {e:#}");
@@ -1090,10 +1250,37 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     } else {
         node::NodeChat::default()
     };
-    node.stop();
-    let dr = result?;
-    let st = finals.ok_or_else(|| anyhow!("no final statistics"))??;
+    target.node.stop();
+    let drive = result?;
+    let stats = finals.ok_or_else(|| anyhow!("no final statistics"))??;
+    Ok(Stopped {
+        drive,
+        stats,
+        node_chat,
+    })
+}
 
+/// Facts of the run the report states besides the measures.
+struct RunFacts {
+    graph_users: u64,
+    graph_edges: u64,
+    users: u32,
+    node_desc: String,
+    source_ips: Vec<String>,
+    probe_rate: f64,
+    friendships: Friendships,
+    tokens_s: f64,
+    t_start: Instant,
+}
+
+/// The report: the driver's counts, the hosts' final counters and latencies, the node's
+/// measures.
+fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stopped) -> DarkReport {
+    let Stopped {
+        drive: dr,
+        stats: st,
+        node_chat,
+    } = stopped;
     let mut sess = std::mem::take(&mut d.sess);
     sess.connects = st.connects;
     sess.connect_latency = lat(&st.connect_us);
@@ -1137,13 +1324,15 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         v.ghost += st.unknown_users;
         v
     });
-    let rep = DarkReport {
+    let graph_edges = run.graph_edges;
+    let load_s = run.friendships.seconds;
+    DarkReport {
         config: ConfigOut {
             graph: a.graph.display().to_string(),
-            graph_users,
+            graph_users: run.graph_users,
             graph_edges,
-            model_users: u64::from(users),
-            node: node_desc,
+            model_users: u64::from(run.users),
+            node: run.node_desc,
             duration_s: a.duration as f64 / 1000.0,
             speed: a.speed,
             peak_online: a.peak_online,
@@ -1154,10 +1343,10 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
             client_heartbeat_ms: a.client_heartbeat,
             quic_share: a.quic_share,
             workers: a.workers,
-            source_ips: source_ips_all,
+            source_ips: run.source_ips,
             quic_endpoints: a.quic_endpoints,
             max_sessions: a.max_sessions,
-            probe_rate,
+            probe_rate: run.probe_rate,
             chat_rate: a.chat_rate,
             chat_ack_ms: a.chat_ack_ms,
             seed: a.seed,
@@ -1167,15 +1356,15 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         load: LoadOut {
             skipped: a.skip_load,
             edges: if a.skip_load { 0 } else { graph_edges },
-            batches,
+            batches: run.friendships.batches,
             seconds: load_s,
             edges_per_s: if a.skip_load {
                 0.0
             } else {
                 graph_edges as f64 / load_s.max(1e-9)
             },
-            tokens: u64::from(users),
-            token_seconds: token_s,
+            tokens: u64::from(run.users),
+            token_seconds: run.tokens_s,
         },
         sessions: SessionsOut {
             peak_connect_rate: dr.peak_connect_rate,
@@ -1195,10 +1384,9 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         driver: dr.driver,
         verify,
         verify_rule: verify::RULE.to_string(),
-        wall_seconds: t_start.elapsed().as_secs_f64(),
+        wall_seconds: run.t_start.elapsed().as_secs_f64(),
         series: dr.series,
-    };
-    Ok(rep)
+    }
 }
 
 struct DriveOut {
