@@ -242,6 +242,8 @@ struct QuicConn {
     conn: quinn::Connection,
     /// Keeps the UDP socket's driver alive as long as the connection.
     endpoint: quinn::Endpoint,
+    /// The endpoint is a [`QuicEndpoint`] other connections use too.
+    shared: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -369,19 +371,27 @@ impl Connection {
     /// Falls silent as a device whose network went away: from now on nothing is sent, read
     /// or acknowledged, and nothing closes, so the node learns of it only from its own
     /// timeouts (for tests and load generators). See [`Vanished`](crate::Vanished).
+    ///
+    /// A QUIC connection on a shared [`QuicEndpoint`] cannot fall silent alone (its socket is
+    /// everyone's): it is closed instead, as a dropped connection, and
+    /// [`Vanished::silent`](crate::Vanished::silent) says so.
     pub fn vanish(self) -> crate::Vanished {
         match self.inner {
-            Inner::Ws(ws) => crate::Vanished { _held: ws },
+            Inner::Ws(ws) => crate::Vanished::new(ws, true),
+            Inner::Quic(q) if q.shared => {
+                q.conn.close(0u32.into(), b"gone");
+                crate::Vanished::new(q, false)
+            }
             Inner::Quic(q) => {
-                let local = q
-                    .endpoint
-                    .local_addr()
-                    .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
+                let local = q.endpoint.local_addr().unwrap_or_else(|_| {
+                    SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+                });
                 // Rebinding can fail only for a socket of the OS's; this one is not.
-                let _ = q
+                let silent = q
                     .endpoint
-                    .rebind_abstract(Arc::new(crate::vanish::BlackHole { local }));
-                crate::Vanished { _held: q }
+                    .rebind_abstract(Arc::new(crate::vanish::BlackHole { local }))
+                    .is_ok();
+                crate::Vanished::new(q, silent)
             }
         }
     }
@@ -620,6 +630,7 @@ async fn open_quic(
     opts: &TransportOptions,
 ) -> Result<Connection, ClientError> {
     let remote = resolve(addr).await?;
+    let shared = opts.quic_endpoint.is_some();
     let (endpoint, cfg) = match &opts.quic_endpoint {
         Some(shared) => (shared.0.endpoint.clone(), shared.config(cert, opts)?),
         None => {
@@ -649,6 +660,7 @@ async fn open_quic(
             recv: FramedRead::new(recv, codec),
             conn,
             endpoint,
+            shared,
         })),
     })
 }

@@ -20,7 +20,22 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 /// WebSocket's TCP connection then closes; a QUIC connection says nothing, ever.
 #[must_use = "dropping it at once closes a WebSocket's TCP connection"]
 pub struct Vanished {
-    pub(crate) _held: Box<dyn Send>,
+    _held: Box<dyn Send>,
+    silent: bool,
+}
+
+impl Vanished {
+    pub(crate) fn new(held: Box<dyn Send>, silent: bool) -> Vanished {
+        Vanished {
+            _held: held,
+            silent,
+        }
+    }
+
+    /// Whether the connection really fell silent (`false`: it had to be closed instead).
+    pub fn silent(&self) -> bool {
+        self.silent
+    }
 }
 
 impl std::fmt::Debug for Vanished {

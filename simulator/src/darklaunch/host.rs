@@ -93,6 +93,9 @@ struct Shared {
     chat_disabled: AtomicU64,
     chat_errors: AtomicU64,
     server_closes: AtomicU64,
+    vanish_closed: AtomicU64,
+    /// How long a vanished client's socket is held.
+    vanish_hold_ms: u64,
     hists: parking_mutex::Mutex<Hists>,
     examples: parking_mutex::Mutex<Vec<String>>,
     chat_disabled_message: parking_mutex::Mutex<Option<String>>,
@@ -142,6 +145,7 @@ impl Shared {
             chat_disabled: g(&self.chat_disabled),
             chat_errors: g(&self.chat_errors),
             server_closes: g(&self.server_closes),
+            vanish_closed: g(&self.vanish_closed),
             chat_disabled_message: self.chat_disabled_message.lock().clone(),
             ..HostStats::default()
         };
@@ -457,7 +461,7 @@ fn transport_options() -> TransportOptions {
 impl Dialer {
     fn new(init: &HostInit) -> Result<Self> {
         let mut endpoints = Vec::new();
-        for _ in 0..init.quic_endpoints.max(1) {
+        for _ in 0..init.quic_endpoints {
             let ep = QuicEndpoint::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .context("binding a UDP socket for QUIC clients")?;
             endpoints.push(ep);
@@ -475,13 +479,15 @@ impl Dialer {
         })
     }
 
-    /// The hello and the way of one client: QUIC on a shared socket chosen by its id, or
-    /// WebSocket from the next source address.
+    /// The hello and the way of one client: QUIC on its own socket (or on a shared one chosen
+    /// by its id), or WebSocket from the next source address.
     fn connect_options(&self, sp: &ConnectSpec) -> ConnectOptions {
         let mut transport_options = transport_options();
         let transport = if sp.quic {
-            let i = (sp.cid % self.endpoints.len() as u64) as usize;
-            transport_options.quic_endpoint = self.endpoints.get(i).cloned();
+            if !self.endpoints.is_empty() {
+                let i = (sp.cid % self.endpoints.len() as u64) as usize;
+                transport_options.quic_endpoint = self.endpoints.get(i).cloned();
+            }
             self.quic.clone()
         } else {
             if !self.source_ips.is_empty() {
@@ -622,7 +628,7 @@ async fn run_conn(
                         Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
                         Some(ClientCmd::Vanish) => {
                             st.live.store(false, Relaxed);
-                            vanish(conn, st, sh).await;
+                            vanish(conn, Duration::from_millis(sh.vanish_hold_ms), sh).await;
                             return None;
                         }
                         Some(ClientCmd::Close) | None => {
@@ -644,21 +650,19 @@ async fn run_conn(
     }
 }
 
-/// A device that vanished (a phone that lost its network) says nothing more, acks nothing,
-/// and takes no more commands (the host forgot it).
-///
-/// - WebSocket: it stops reading (reading would let tungstenite answer the node's pings, a
-///   sign of life); the socket is dropped here, without a close frame.
-/// - QUIC: it keeps reading, which tells the node nothing (the node does not ping QUIC
-///   clients: only a heartbeat is a sign of life), until the node's heartbeat timeout
-///   expires the session and closes the connection.
-async fn vanish(mut conn: Connection, st: &ClientState, sh: &Shared) {
-    if conn.transport_name() == "ws" {
-        return;
+/// A device that vanished (a phone that lost its network) says nothing more, reads and acks
+/// nothing, and takes no more commands (the host forgot it): a WebSocket is held open unread
+/// (no pongs), a QUIC connection's own socket drops every datagram (no acknowledgements), so
+/// only the node's heartbeat timeout ends the session. Held for `hold`, then let go. A QUIC
+/// client on a shared socket (`--quic-endpoints` above 0) cannot fall silent alone: it
+/// closes, and the node sees a dropped connection.
+async fn vanish(conn: Connection, hold: Duration, sh: &Shared) {
+    let gone = conn.vanish();
+    if !gone.silent() {
+        sh.vanish_closed.fetch_add(1, Relaxed);
     }
-    while let Ok(frame) = conn.recv_frame().await {
-        let _ = on_frame(st, sh, &frame);
-    }
+    tokio::time::sleep(hold).await;
+    drop(gone);
 }
 
 /// Runs a host until `Shutdown` or until the command channel closes.
@@ -670,6 +674,7 @@ pub async fn run_host(
     let sh = Arc::new(Shared {
         thresholds: init.idle_thresholds_ms.clone(),
         ack_every: Duration::from_millis(init.chat_ack_ms),
+        vanish_hold_ms: init.vanish_hold_ms,
         ..Shared::default()
     });
     let sem = Arc::new(Semaphore::new(init.connect_parallel.max(1)));

@@ -113,8 +113,9 @@ pub struct DarkLaunchArgs {
     /// 127.0.0.x source addresses per process for WebSocket clients (0: let the kernel pick).
     #[arg(long, default_value_t = 1)]
     pub source_ips: usize,
-    /// quinn endpoints (UDP sockets) shared by the QUIC clients.
-    #[arg(long, default_value_t = 8)]
+    /// quinn endpoints (UDP sockets) shared by the QUIC clients; 0: one each, as devices
+    /// have, so that a vanished device can fall silent alone (on a shared socket it closes).
+    #[arg(long, default_value_t = 0)]
     pub quic_endpoints: usize,
     /// Most sessions open at once; connects beyond it are not made (and counted).
     #[arg(long, default_value_t = 100_000)]
@@ -780,6 +781,7 @@ impl Driver<'_> {
                 t.chat_disabled += s.chat_disabled;
                 t.chat_errors += s.chat_errors;
                 t.server_closes += s.server_closes;
+                t.vanish_closed += s.vanish_closed;
                 t.error_examples.extend(s.error_examples);
                 if t.chat_disabled_message.is_none() {
                     t.chat_disabled_message = s.chat_disabled_message;
@@ -1169,6 +1171,7 @@ fn open_hosts(a: &DarkLaunchArgs, node: &Node, timing: &NodeTiming) -> Result<Ho
         connect_parallel: a.connect_parallel,
         idle_thresholds_ms: timing.idle_thresholds_ms.clone(),
         chat_ack_ms: a.chat_ack_ms,
+        vanish_hold_ms: a.heartbeat_timeout + 20_000,
     };
     let mut hosts = Vec::new();
     {

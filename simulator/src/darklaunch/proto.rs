@@ -43,7 +43,7 @@ pub struct HostInit {
     pub cert_pem: String,
     /// Source addresses WebSocket clients bind to, round robin (empty: the kernel picks).
     pub source_ips: Vec<Ipv4Addr>,
-    /// quinn endpoints (UDP sockets) the host's QUIC clients share.
+    /// quinn endpoints (UDP sockets) the host's QUIC clients share; 0: one each.
     pub quic_endpoints: usize,
     /// Handshakes in flight at once.
     pub connect_parallel: usize,
@@ -52,6 +52,9 @@ pub struct HostInit {
     /// A device acks its inbox at most this often, in ms (0: after every burst it reads).
     #[serde(default)]
     pub chat_ack_ms: u64,
+    /// How long a vanished client's socket is held (past the node's heartbeat timeout).
+    #[serde(default)]
+    pub vanish_hold_ms: u64,
 }
 
 /// One client to open (the fields of `Cmd::Connect`).
@@ -137,6 +140,9 @@ pub struct HostStats {
     pub chat_disabled: u64,
     pub chat_errors: u64,
     pub server_closes: u64,
+    /// Vanished QUIC clients on a shared socket, which had to close instead of falling silent.
+    #[serde(default)]
+    pub vanish_closed: u64,
     pub error_examples: Vec<String>,
     pub chat_disabled_message: Option<String>,
     pub connect_us: HistOut,

@@ -168,11 +168,16 @@ impl Oracle {
         }
     }
 
-    /// The client went silent: only the heartbeat timeout ends the session.
+    /// The client went silent: only the heartbeat timeout ends the session. The node counts
+    /// the transport's signs of life too (WebSocket pongs, QUIC acknowledgements), which the
+    /// client gave until now: so the session ends between its last message and now, plus the
+    /// timeout.
     pub fn vanish(&mut self, user: u32, dev: u8) {
         if self.sessions[user as usize][dev as usize].take().is_some() {
-            let exp = self.last_msg[user as usize][dev as usize] + self.timing.heartbeat_timeout_ms;
-            let slack = self.slack[user as usize][dev as usize];
+            let now = self.now();
+            let last = self.last_msg[user as usize][dev as usize];
+            let exp = last + self.timing.heartbeat_timeout_ms;
+            let slack = self.slack[user as usize][dev as usize] + now.saturating_sub(last);
             self.push_end(user, exp, slack);
         }
     }
