@@ -622,6 +622,7 @@ impl Shard {
     /// Whether the user holds a session that still counts as connected at `now` (what a
     /// release refuses). Changes nothing.
     pub fn has_connected_at(&self, global: u32, now: u64, cfg: &Config) -> bool {
+        let now = now.max(self.clock); // as `release` will see it
         let Some(u) = self.users.get(self.local(global)) else {
             return false;
         };
