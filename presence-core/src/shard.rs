@@ -456,15 +456,25 @@ impl Shard {
         let mut slot = self.users[local].first;
         let mut count = 0u32;
         let mut lingering_same = None;
+        // The lingering session a take started the user with stands for whichever device
+        // comes back first (see `take`).
+        let mut takeover = None;
         while slot != NIL {
             let s = self.sessions[slot as usize];
             if s.tag & LINGERING != 0 && s.device == device && lingering_same.is_none() {
                 lingering_same = Some((prev, slot));
             } else {
+                if s.tag & LINGERING != 0 && s.device == TAKEOVER_DEVICE && takeover.is_none() {
+                    takeover = Some((prev, slot));
+                }
                 count += 1;
             }
             prev = slot;
             slot = s.next;
+        }
+        if lingering_same.is_none() && takeover.is_some() {
+            lingering_same = takeover;
+            count -= 1;
         }
         if count >= cfg.max_sessions_per_user {
             return Err(Error::TooManySessions {
@@ -675,8 +685,9 @@ impl Shard {
     /// Makes a mirrored user owned, its state machine starting from its latest mirrored
     /// presence (last active, status, text). A user that was present gets one lingering
     /// session for the grace period, as if its device had just dropped: its sessions moving
-    /// here from the old owner within the grace period show friends no flap, and otherwise it
-    /// goes offline when the grace runs out. Returns false if the user was already owned.
+    /// here from the old owner within the grace period show friends no flap (the first to
+    /// connect replaces it, whatever its device), and otherwise it goes offline when the
+    /// grace runs out. Returns false if the user was already owned.
     pub fn take(&mut self, global: u32, now: u64, cfg: &Config) -> bool {
         if !self.is_remote(global) {
             return false;

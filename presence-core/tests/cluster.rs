@@ -430,3 +430,27 @@ fn a_cluster_engine_is_not_loaded_from_a_graph_snapshot() {
     assert!(presence_core::snapshot::load(cfg(true), T0, &bytes, u64::MAX).is_err());
     assert!(presence_core::snapshot::load(cfg(false), T0, &bytes, u64::MAX).is_ok());
 }
+
+#[test]
+fn the_first_device_back_replaces_the_session_a_take_started_with() {
+    let e = Engine::new(
+        Config {
+            max_sessions_per_user: 1,
+            ..cfg(true)
+        },
+        T0,
+    )
+    .unwrap();
+    let t = e.intern("t").unwrap();
+    e.set_mirrored(t, &online(Status::Available, None), T0)
+        .unwrap();
+    let _ = e.tick(T0);
+    e.take_users(&[t], &[], T0 + 10).unwrap();
+    assert_eq!(e.footprint().sessions, 1, "the lingering stand-in");
+    assert!(e.connect(t, "laptop", T0 + 20).is_ok(), "not over the cap");
+    assert_eq!(e.footprint().sessions, 1);
+    assert!(matches!(
+        e.connect(t, "phone", T0 + 30),
+        Err(Error::TooManySessions { .. })
+    ));
+}

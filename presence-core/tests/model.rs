@@ -366,9 +366,13 @@ impl Model {
             .sessions_of(u)
             .filter(|&i| self.sessions[i].held)
             .collect();
-        let same = held.iter().rev().copied().find(|&i| {
-            self.sessions[i].lingering_until.is_some() && self.sessions[i].device == device
-        });
+        let lingering_of = |d: u8| {
+            held.iter().rev().copied().find(|&i| {
+                self.sessions[i].lingering_until.is_some() && self.sessions[i].device == d
+            })
+        };
+        // The session a take started the user with is replaced by any device.
+        let same = lingering_of(device).or_else(|| lingering_of(TAKEOVER));
         let count = held.len() - usize::from(same.is_some());
         if count >= MAX_SESSIONS as usize {
             return Err(Error::TooManySessions {
