@@ -59,6 +59,11 @@ pub struct Batch {
     pub items: Vec<u32>,
     /// Sessions the heartbeat timeout expired since the last tick: close them.
     pub expired: Vec<SessionId>,
+    /// Cluster mode only (empty otherwise): ascending indexes into `entries` of the owned
+    /// users whose presence the peers hosting their friends must be sent: those whose
+    /// presence changed, and those that gained a friend not owned here (whose node may not
+    /// mirror them yet). Route them with [`crate::Engine::for_each_remote_friend`].
+    pub outgoing: Vec<u32>,
     pub stats: TickStats,
 }
 

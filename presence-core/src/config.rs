@@ -30,6 +30,11 @@ pub struct Config {
     pub max_status_text: usize,
     /// Force a fan-out strategy instead of choosing by cost (for tests and benchmarks).
     pub fanout: FanoutPolicy,
+    /// Cluster mode: a user is owned here only once [`crate::Engine::take_users`] says so;
+    /// every other user is mirrored (its presence set by a peer, no state machine here), and
+    /// each tick lists the owned users' changes in [`crate::Batch::outgoing`] for the peers.
+    /// Off (the default), every user is owned and nothing of this costs anything.
+    pub cluster: bool,
 }
 
 /// How `tick` computes watchers' diffs.
@@ -56,6 +61,7 @@ impl Default for Config {
             max_sessions_per_user: 16,
             max_status_text: 140,
             fanout: FanoutPolicy::Auto,
+            cluster: false,
         }
     }
 }

@@ -5,6 +5,11 @@
 //! then one shard at a time; the interner is only ever taken alone. `connect` registers the
 //! session and reads its snapshot under the graph's read lock, and the tick publishes new
 //! states under the graph's write lock, so every snapshot sits exactly between two ticks.
+//!
+//! Cluster mode ([`Config::cluster`]) adds ownership: which users this node owns is a bitset
+//! under the graph's lock (what graph edits and the tick consult) mirrored by a flag on each
+//! user's record (what its shard consults); both change only in `take_users` and
+//! `release_users`, under the graph's write lock.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use crate::config::{Config, FanoutPolicy};
 use crate::error::{ConfigError, Error};
 use crate::graph::Graph;
 use crate::ids::{Interner, UserId};
-use crate::presence::{Change, Presence, Status};
+use crate::presence::{Change, Presence, State, Status};
 use crate::shard::{Disconnect, SessionId, Shard};
 use crate::sync::{Mutex, RwLock, RwLockReadGuard, downgrade, parallel_map};
 
@@ -96,6 +101,12 @@ impl Ticker {
     }
 }
 
+/// Whether bit `id` of a dense bitset is set.
+fn bit(bits: &[u64], id: u32) -> bool {
+    bits.get((id >> 6) as usize)
+        .is_some_and(|w| (w >> (id & 63)) & 1 == 1)
+}
+
 /// The presence engine. All methods take `&self` and may be called from many threads.
 pub struct Engine {
     cfg: Config,
@@ -107,11 +118,46 @@ pub struct Engine {
     device_hasher: DefaultHashBuilder,
 }
 
+/// What [`Engine::take_users`] and [`Engine::release_users`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Users whose ownership changed (those already in the wanted state are not counted).
+    pub users: usize,
+    /// Friendships added (take) or dropped (release).
+    pub edges: u64,
+}
+
 /// The graph plus the number of the last published tick, under one lock.
 #[derive(Debug, Default)]
 struct GraphState {
     graph: Graph,
     published_tick: u64,
+    /// Cluster mode only: bit `u` is set while user `u` is owned here. `None` on a single
+    /// node, where every user is owned.
+    owned: Option<Vec<u64>>,
+}
+
+impl GraphState {
+    fn owned(&self, id: u32) -> bool {
+        match &self.owned {
+            None => true,
+            Some(bits) => bit(bits, id),
+        }
+    }
+
+    fn set_owned(&mut self, id: u32, owned: bool) {
+        if let Some(bits) = &mut self.owned {
+            let word = (id >> 6) as usize;
+            if word >= bits.len() {
+                bits.resize(word + 1, 0);
+            }
+            if owned {
+                bits[word] |= 1 << (id & 63);
+            } else {
+                bits[word] &= !(1 << (id & 63));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,13 +174,24 @@ impl Engine {
         cfg.validate()?;
         let shard_bits = cfg.shards.trailing_zeros();
         let shards = (0..cfg.shards)
-            .map(|i| CachePadded::new(Mutex::new(Shard::new(i as u32, shard_bits, start))))
+            .map(|i| {
+                CachePadded::new(Mutex::new(Shard::new(
+                    i as u32,
+                    shard_bits,
+                    start,
+                    cfg.cluster,
+                )))
+            })
             .collect();
+        let graph = GraphState {
+            owned: cfg.cluster.then(Vec::new),
+            ..GraphState::default()
+        };
         Ok(Self {
             cfg,
             shard_bits,
             shards,
-            graph: RwLock::new(GraphState::default()),
+            graph: RwLock::new(graph),
             names: RwLock::new(Interner::new()),
             ticker: Mutex::new(Ticker::default()),
             device_hasher: DefaultHashBuilder::default(),
@@ -309,8 +366,236 @@ impl Engine {
         };
         self.shard(user.0)
             .lock()
-            .set_status(user.0, status, text, now, &self.cfg);
+            .set_status(user.0, status, text, now, &self.cfg)
+    }
+
+    // ---- cluster: owned and mirrored users -------------------------------------------------
+
+    /// Whether `user` is owned here (always, on a single node).
+    pub fn is_owned(&self, user: UserId) -> bool {
+        self.graph.read().owned(user.0)
+    }
+
+    /// Sets the presence of a user this node does not own, as its owner published it (the
+    /// owner has already applied invisibility). The next tick publishes it to the user's
+    /// friends here like a local change: once, and not at all if it is undone before then.
+    /// Refused for an owned user (`Owned`), and for a presence no owner could publish.
+    pub fn set_mirrored(&self, user: UserId, presence: &Presence, now: u64) -> Result<(), Error> {
+        self.apply_mirrored(&[(user, Some(presence.clone()))], now)
+    }
+
+    /// Forgets a mirrored user's presence (its owner's snapshot no longer lists it): it reads
+    /// as [`Presence::NEVER_SEEN`], offline and never seen, from the next tick on. A node whose
+    /// slot merely moved keeps the mirrored presence until the new owner overwrites it, which
+    /// spares friends a flap.
+    pub fn drop_mirrored(&self, user: UserId, now: u64) -> Result<(), Error> {
+        self.apply_mirrored(&[(user, None)], now)
+    }
+
+    /// [`Engine::set_mirrored`] (`Some`) and [`Engine::drop_mirrored`] (`None`) for a whole
+    /// peer frame, all or nothing: if any user is unknown or owned here, or any presence is
+    /// invalid, nothing changes. A user listed twice gets its last presence.
+    pub fn apply_mirrored(
+        &self,
+        updates: &[(UserId, Option<Presence>)],
+        now: u64,
+    ) -> Result<(), Error> {
+        let users = self.names.read().len();
+        let mut checked = Vec::with_capacity(updates.len());
+        for (user, presence) in updates {
+            if user.index() >= users {
+                return Err(Error::UnknownUser(*user));
+            }
+            let p = match presence {
+                Some(p) => self.normalize(p)?,
+                None => Presence::NEVER_SEEN,
+            };
+            checked.push((*user, p));
+        }
+        // Under the graph's read lock: no take or release can slip between check and apply.
+        let g = self.graph.read();
+        if let Some((user, _)) = checked.iter().find(|(u, _)| g.owned(u.0)) {
+            return Err(Error::Owned(*user));
+        }
+        for (user, p) in checked {
+            self.shard(user.0).lock().set_mirrored(user.0, p, now)?;
+        }
         Ok(())
+    }
+
+    /// A peer's presence as this engine would have published it, or why it cannot be one.
+    fn normalize(&self, p: &Presence) -> Result<Presence, Error> {
+        if let State::Idle(level) = p.state
+            && usize::from(level) >= self.cfg.idle_thresholds_ms.len()
+        {
+            return Err(Error::InvalidPresence(
+                "idle level beyond the configured thresholds",
+            ));
+        }
+        if p.state == State::Offline {
+            // Status and text are not shown while offline (see `Presence`'s equality).
+            return Ok(Presence {
+                last_active: p.last_active.filter(|&t| t != 0),
+                ..Presence::NEVER_SEEN
+            });
+        }
+        if p.status == Status::Invisible {
+            return Err(Error::InvalidPresence(
+                "an invisible user is published as offline",
+            ));
+        }
+        let text = match &p.text {
+            Some(t) if !t.is_empty() => {
+                let len = t.chars().count();
+                if len > self.cfg.max_status_text {
+                    return Err(Error::TextTooLong {
+                        len,
+                        max: self.cfg.max_status_text,
+                    });
+                }
+                Some(t.clone())
+            }
+            _ => None,
+        };
+        Ok(Presence {
+            state: p.state,
+            last_active: p.last_active.filter(|&t| t != 0),
+            status: p.status,
+            text,
+        })
+    }
+
+    /// Takes ownership of `users` (the node took their slot) and loads their friendships.
+    ///
+    /// Each newly owned user's state machine starts from its mirrored presence: last active,
+    /// status and text carry over, and a user that was present holds one lingering session
+    /// for the grace period, so its devices moving here in time show friends no flap (and a
+    /// device that never comes makes it offline when the grace runs out). A mirrored
+    /// presence does not say whether the user is invisible (the owner showed it as offline):
+    /// the node restores the custom status with [`Engine::set_status`] if it keeps it.
+    ///
+    /// `friendships` are validated as [`Engine::apply_friendships`] validates additions,
+    /// except that a pair may appear twice (in either order: it is one edge, as when each
+    /// user's list names the other); pairs between two users still not owned here are left
+    /// out. All or nothing: if anything is refused, nothing changes. Users already owned are
+    /// left as they are. Refused with `Owned` on a single node, where every user is owned.
+    pub fn take_users(
+        &self,
+        users: &[UserId],
+        friendships: &[(UserId, UserId)],
+        now: u64,
+    ) -> Result<Ownership, Error> {
+        let known = self.names.read().len();
+        if let Some(&u) = users.iter().find(|u| u.index() >= known) {
+            return Err(Error::UnknownUser(u));
+        }
+        let mut g = self.graph.write();
+        if g.owned.is_none() {
+            return Err(users
+                .first()
+                .map_or(Error::Owned(UserId(0)), |&u| Error::Owned(u)));
+        }
+        let mut taken: Vec<u32> = users.iter().map(|u| u.0).filter(|&u| !g.owned(u)).collect();
+        taken.sort_unstable();
+        taken.dedup();
+        for &u in &taken {
+            g.set_owned(u, true);
+        }
+        let mut pairs: Vec<(UserId, UserId)> = friendships
+            .iter()
+            .map(|&(a, b)| (a.min(b), a.max(b)))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let delta = match self.plan(&g, known, &pairs, &[]) {
+            Ok(delta) => delta,
+            Err(e) => {
+                for &u in &taken {
+                    g.set_owned(u, false);
+                }
+                return Err(e);
+            }
+        };
+        for &u in &taken {
+            self.shard(u).lock().take(u, now, &self.cfg);
+        }
+        let (edges, _) = Self::apply_to(&mut g.graph, &delta);
+        Ok(Ownership {
+            users: taken.len(),
+            edges,
+        })
+    }
+
+    /// Gives up ownership of `users` (their slot went to another node) and drops what this
+    /// node no longer needs of them: sessions, timers, custom status, and their friendships
+    /// with users not owned here (those with owned users stay: they route the released
+    /// users' mirrored changes to their owned friends).
+    ///
+    /// Refused with `HasSessions`, changing nothing, while any of them has a connected
+    /// session: the node tells those sessions `moved` and ends them first. A session that
+    /// merely lingers in its grace period is discarded, and a session past its heartbeat
+    /// timeout is reported in the next batch's `expired`. Each released user keeps, as its
+    /// mirrored presence, what it looked like at `now` (lingering sessions counting), so the
+    /// release shows friends nothing until the new owner says otherwise. Users already not
+    /// owned are left as they are. Refused with `Owned` on a single node.
+    pub fn release_users(&self, users: &[UserId], now: u64) -> Result<Ownership, Error> {
+        let known = self.names.read().len();
+        if let Some(&u) = users.iter().find(|u| u.index() >= known) {
+            return Err(Error::UnknownUser(u));
+        }
+        let mut g = self.graph.write();
+        if g.owned.is_none() {
+            return Err(users
+                .first()
+                .map_or(Error::Owned(UserId(0)), |&u| Error::Owned(u)));
+        }
+        let mut released: Vec<u32> = users.iter().map(|u| u.0).filter(|&u| g.owned(u)).collect();
+        released.sort_unstable();
+        released.dedup();
+        for &u in &released {
+            if self.shard(u).lock().has_connected_at(u, now, &self.cfg) {
+                return Err(Error::HasSessions(UserId(u)));
+            }
+        }
+        for &u in &released {
+            g.set_owned(u, false);
+            self.shard(u).lock().release(u, now, &self.cfg);
+        }
+        let mut edges = 0;
+        for &u in &released {
+            for f in g.graph.friends(u) {
+                if !g.owned(f) {
+                    edges += u64::from(g.graph.remove_edge(u, f));
+                }
+            }
+        }
+        Ok(Ownership {
+            users: released.len(),
+            edges,
+        })
+    }
+
+    /// Calls `f(user, friend)` for every friend of each of `users` that is not owned here,
+    /// under one lock: what the node maps to the peers a changed user's presence goes to (for
+    /// the users of [`Batch::outgoing`]). Nothing on a single node.
+    pub fn for_each_remote_friend(
+        &self,
+        users: impl IntoIterator<Item = UserId>,
+        mut f: impl FnMut(UserId, UserId),
+    ) {
+        let g = self.graph.read();
+        if g.owned.is_none() {
+            return;
+        }
+        for user in users {
+            if let Some(set) = g.graph.set(user.0) {
+                set.for_each(|friend| {
+                    if !g.owned(friend) {
+                        f(user, UserId(friend));
+                    }
+                });
+            }
+        }
     }
 
     // ---- queries ---------------------------------------------------------------------------
@@ -368,6 +653,10 @@ impl Engine {
     /// Applies edge additions and removals atomically: either every pair is valid and the
     /// whole request is applied, or nothing changes. Pairs already in the wanted state are not
     /// errors; they count as neither added nor removed. Returns (added, removed).
+    ///
+    /// In cluster mode, pairs of two users neither of which is owned here are left out the
+    /// same way: a node keeps its owned users' friendships only (the other end's owner keeps
+    /// the rest), so the counts and [`EdgeDelta`]s are this node's, not the cluster's.
     pub fn apply_friendships(
         &self,
         add: &[(UserId, UserId)],
@@ -393,7 +682,7 @@ impl Engine {
         let users = self.names.read().len();
         let mut g = self.graph.write();
         let effect = self
-            .plan(&g.graph, users, add, remove)
+            .plan(&g, users, add, remove)
             .map_err(ApplyError::Invalid)?;
         if effect.added.is_empty() && effect.removed.is_empty() {
             return Ok((0, 0));
@@ -414,7 +703,7 @@ impl Engine {
     ) -> Result<EdgeDelta, Error> {
         let users = self.names.read().len();
         let g = self.graph.read();
-        self.plan(&g.graph, users, add, remove)
+        self.plan(&g, users, add, remove)
     }
 
     /// Applies a change planned by [`Engine::plan_friendships`]; returns (added, removed).
@@ -435,11 +724,12 @@ impl Engine {
 
     fn plan(
         &self,
-        graph: &Graph,
+        g: &GraphState,
         users: usize,
         add: &[(UserId, UserId)],
         remove: &[(UserId, UserId)],
     ) -> Result<EdgeDelta, Error> {
+        let graph = &g.graph;
         let mut seen = hashbrown::HashSet::with_capacity(add.len() + remove.len());
         let mut delta: HashMap<u32, i64> = HashMap::new();
         let mut effect = EdgeDelta::default();
@@ -456,6 +746,9 @@ impl Engine {
                 let key = (a.0.min(b.0), a.0.max(b.0));
                 if !seen.insert(key) {
                     return Err(Error::DuplicateEdge(a, b));
+                }
+                if !g.owned(a.0) && !g.owned(b.0) {
+                    continue; // neither end is owned here: not this node's edge to keep
                 }
                 if adding != graph.are_friends(a.0, b.0) {
                     let sign = if adding { 1 } else { -1 };
@@ -596,7 +889,13 @@ impl Engine {
             }
         }
 
-        let edge_changes = self.announce_edges(&edge_events, &changed_ids, live, &mut batch);
+        if let Some(owned) = &g.owned {
+            batch.outgoing = (0..changed_ids.len() as u32)
+                .filter(|&i| bit(owned, changed_ids[i as usize]))
+                .collect();
+        }
+        let owned = g.owned.as_deref();
+        let edge_changes = self.announce_edges(&edge_events, &changed_ids, live, owned, &mut batch);
         drop(g);
 
         batch.stats = TickStats {
@@ -755,17 +1054,37 @@ impl Engine {
 
     /// Adds the net friend additions and removals since the last tick to live endpoints'
     /// diffs. Returns how many were announced.
+    ///
+    /// In cluster mode (`owned` given), an owned user that gained a friend not owned here is
+    /// also added to `batch.outgoing` with its presence: the friend's node may have no
+    /// mirror of it yet.
     fn announce_edges(
         &self,
         events: &[(u32, u32, bool)],
         changed: &[u32],
         live: &RoaringBitmap,
+        owned: Option<&[u64]>,
         batch: &mut Batch,
     ) -> usize {
         let mut extra: Vec<u64> = Vec::new();
         let mut added_idx: HashMap<u32, u32> = HashMap::new();
         let mut removed_idx: HashMap<u32, u32> = HashMap::new();
+        let mut gained = false;
         for &(w, f, now_friends) in events {
+            if let Some(owned) = owned
+                && now_friends
+                && !bit(owned, w)
+                && bit(owned, f)
+                && changed.binary_search(&f).is_err()
+            {
+                let item = *added_idx.entry(f).or_insert_with(|| {
+                    let p = self.shard(f).lock().published(f);
+                    batch.entries.push((UserId(f), Change::Presence(p)));
+                    (batch.entries.len() - 1) as u32
+                });
+                batch.outgoing.push(item);
+                gained = true;
+            }
             if !live.contains(w) {
                 continue;
             }
@@ -786,6 +1105,10 @@ impl Engine {
             };
             extra.push((u64::from(w) << 32) | u64::from(item));
         }
+        if gained {
+            batch.outgoing.sort_unstable();
+            batch.outgoing.dedup();
+        }
         let announced = extra.len();
         if announced > 0 {
             let mut pairs = batch.to_pairs();
@@ -798,9 +1121,13 @@ impl Engine {
     // ---- bulk load and accounting ----------------------------------------------------------
 
     /// Replaces the id table and friend graph wholesale (from a snapshot). Only valid before
-    /// any session exists; refuses otherwise.
+    /// any session exists, and on a single node (a cluster node owns no user yet, so it could
+    /// keep none of the edges); refuses otherwise.
     pub(crate) fn install(&self, names: Interner, graph: Graph) -> Result<(), Error> {
         let mut g = self.graph.write();
+        if g.owned.is_some() {
+            return Err(Error::NotOwned(UserId(0)));
+        }
         for shard in self.shards.iter() {
             if shard.lock().session_count() > 0 {
                 return Err(Error::NotEmpty);

@@ -29,6 +29,14 @@ pub enum Error {
     NotEmpty,
     #[error("too many users: dense ids are exhausted")]
     TooManyUsers,
+    #[error("user {0:?} is not owned by this node: its presence is mirrored from its owner")]
+    NotOwned(UserId),
+    #[error("user {0:?} is owned by this node: its presence comes from its sessions")]
+    Owned(UserId),
+    #[error("user {0:?} still has a connected session: end its sessions before releasing it")]
+    HasSessions(UserId),
+    #[error("mirrored presence is invalid: {0}")]
+    InvalidPresence(&'static str),
 }
 
 /// Why a configuration was refused.

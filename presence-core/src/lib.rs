@@ -61,6 +61,40 @@
 //! assert_eq!(drive(1_700_000_000_000).unwrap(), [State::Online, State::Offline]);
 //! ```
 
+//!
+//! # Clusters: owned and mirrored users
+//!
+//! With [`Config::cluster`] on, the engine runs the state machines of the users it owns
+//! only. [`Engine::take_users`] and [`Engine::release_users`] move users (a slot's worth)
+//! in and out of ownership, loading or dropping their friendships: a node keeps every edge
+//! of its owned users and no edge between two users it does not own. Every other user is
+//! *mirrored*: no sessions ([`Engine::connect`] answers [`Error::NotOwned`], which the node
+//! turns into `moved`), no timers, just the presence its owner publishes, set from a peer
+//! frame with [`Engine::apply_mirrored`] (or [`Engine::set_mirrored`] /
+//! [`Engine::drop_mirrored`]). The run loop is the same: frames received since the last
+//! tick go in as calls, and the next `tick` folds them into the same diffs as local changes,
+//! once per watcher, nothing for a change undone in between. What goes out is
+//! `batch.outgoing`: the entries of the owned users the peers must hear about, each routed
+//! to the nodes of its friends given by [`Engine::for_each_remote_friend`], one frame per peer.
+//!
+//! ```rust
+//! # use presence_core::{Config, Engine, Presence, State, Status};
+//! # fn main() -> Result<(), presence_core::Error> {
+//! let engine = Engine::new(Config { cluster: true, ..Config::default() }, 0).expect("config");
+//! let (alice, bob) = (engine.intern("alice")?, engine.intern("bob")?);
+//! engine.take_users(&[alice], &[(alice, bob)], 0)?; // alice's slot is ours; bob's is not
+//! let welcome = engine.connect(alice, "phone", 0)?;
+//! let online = Presence { state: State::Online, last_active: Some(0), status: Status::Busy, text: None };
+//! engine.set_mirrored(bob, &online, 0)?; // from bob's owner
+//! let batch = engine.tick(200);
+//! assert_eq!(batch.diff_of(alice).len(), 1); // alice sees bob come online
+//! let mut peers = Vec::new(); // alice came online too: bob's node must hear it
+//! let out = batch.outgoing.iter().map(|&i| batch.entry(i).0);
+//! engine.for_each_remote_friend(out, |user, friend| peers.push((user, friend)));
+//! assert_eq!(peers, [(alice, bob)]);
+//! # let _ = welcome; Ok(()) }
+//! ```
+
 mod batch;
 mod config;
 mod engine;
@@ -76,7 +110,7 @@ mod wheel;
 
 pub use batch::{Batch, Strategy, TickStats};
 pub use config::{Config, FanoutPolicy, MAX_DURATION_MS};
-pub use engine::{ApplyError, EdgeDelta, Engine, Footprint, Welcome};
+pub use engine::{ApplyError, EdgeDelta, Engine, Footprint, Ownership, Welcome};
 pub use error::{ConfigError, Error, SnapshotError};
 pub use graph::Graph;
 pub use ids::{Interner, MAX_USER_ID_LEN, UserId};

@@ -3,6 +3,10 @@
 //! Everything here runs under the shard's mutex and takes `now` as an argument. The hot path
 //! (`activity`, `heartbeat`) writes a timestamp and at most sets a dirty bit; deadlines it
 //! pushes later are re-armed lazily when the wheel reaches the old one.
+//!
+//! In cluster mode a user may instead be *mirrored* (flag `REMOTE`): owned by another node,
+//! it has no sessions, timers or state machine here; a peer sets its visible presence, which
+//! waits in `mirror` until the tick publishes it like any local change.
 
 use std::sync::Arc;
 
@@ -20,6 +24,10 @@ const DIRTY: u8 = 1;
 const HAS_EXT: u8 = 2;
 /// The user has a connected (not lingering) session.
 const LIVE: u8 = 4;
+/// The user is not owned here: its presence is mirrored from its owner (cluster mode).
+const REMOTE: u8 = 8;
+/// Device hash of the lingering session a taken user starts with (see `Shard::take`).
+const TAKEOVER_DEVICE: u64 = 0;
 
 const IN_USE: u32 = 1 << 31;
 const LINGERING: u32 = 1 << 30;
@@ -116,6 +124,11 @@ pub(crate) struct Shard {
     /// Flips of the users' `LIVE` flag since the last tick, handed to the tick (which keeps the global set).
     live_changes: Vec<(u32, bool)>,
     ext: HashMap<u32, Ext>,
+    /// Cluster mode: users start out mirrored (`REMOTE`) until taken.
+    cluster: bool,
+    /// Mirrored presence set by peers since the last tick, by local index (each user in it is
+    /// also dirty). Empty on a single node.
+    mirror: HashMap<u32, Presence>,
     /// Highest `now` seen: time never goes backwards inside a shard.
     clock: u64,
     fired: Vec<Entry>,
@@ -123,7 +136,7 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    pub fn new(index: u32, bits: u32, start: u64) -> Self {
+    pub fn new(index: u32, bits: u32, start: u64, cluster: bool) -> Self {
         Self {
             index,
             bits,
@@ -134,6 +147,8 @@ impl Shard {
             dirty: Vec::new(),
             live_changes: Vec::new(),
             ext: HashMap::new(),
+            cluster,
+            mirror: HashMap::new(),
             clock: start,
             fired: Vec::new(),
             expired: Vec::new(),
@@ -153,12 +168,23 @@ impl Shard {
         self.clock
     }
 
-    /// Makes room for users up to `global`.
+    /// Makes room for users up to `global` (mirrored ones in cluster mode).
     pub fn ensure(&mut self, global: u32) {
         let local = self.local(global);
         if local >= self.users.len() {
-            self.users.resize(local + 1, User::default());
+            let fresh = User {
+                flags: if self.cluster { REMOTE } else { 0 },
+                ..User::default()
+            };
+            self.users.resize(local + 1, fresh);
         }
+    }
+
+    /// Whether the user is mirrored from another node rather than owned here.
+    pub fn is_remote(&self, global: u32) -> bool {
+        self.users
+            .get(self.local(global))
+            .map_or(self.cluster, |u| u.flags & REMOTE != 0)
     }
 
     /// Reserves exactly enough room for `n` users (when the count is known, at snapshot load),
@@ -418,6 +444,9 @@ impl Shard {
         now: u64,
         cfg: &Config,
     ) -> Result<SessionId, Error> {
+        if self.is_remote(global) {
+            return Err(Error::NotOwned(crate::UserId(global)));
+        }
         let now = self.tick_clock(now);
         self.ensure(global);
         let local = self.local(global);
@@ -427,15 +456,25 @@ impl Shard {
         let mut slot = self.users[local].first;
         let mut count = 0u32;
         let mut lingering_same = None;
+        // The lingering session a take started the user with stands for whichever device
+        // comes back first (see `take`).
+        let mut takeover = None;
         while slot != NIL {
             let s = self.sessions[slot as usize];
             if s.tag & LINGERING != 0 && s.device == device && lingering_same.is_none() {
                 lingering_same = Some((prev, slot));
             } else {
+                if s.tag & LINGERING != 0 && s.device == TAKEOVER_DEVICE && takeover.is_none() {
+                    takeover = Some((prev, slot));
+                }
                 count += 1;
             }
             prev = slot;
             slot = s.next;
+        }
+        if lingering_same.is_none() && takeover.is_some() {
+            lingering_same = takeover;
+            count -= 1;
         }
         if count >= cfg.max_sessions_per_user {
             return Err(Error::TooManySessions {
@@ -551,7 +590,10 @@ impl Shard {
         text: Option<Arc<str>>,
         now: u64,
         cfg: &Config,
-    ) {
+    ) -> Result<(), Error> {
+        if self.is_remote(global) {
+            return Err(Error::NotOwned(crate::UserId(global)));
+        }
         let now = self.tick_clock(now);
         self.ensure(global);
         let local = self.local(global);
@@ -570,6 +612,115 @@ impl Shard {
         self.users[local].status = status as u8;
         self.mark_dirty(local);
         self.arm(local, now, cfg);
+        Ok(())
+    }
+
+    /// Sets a mirrored user's presence (validated and normalised by the engine); the next
+    /// tick publishes it if it differs from what was published. Refused for an owned user.
+    pub fn set_mirrored(&mut self, global: u32, presence: Presence, now: u64) -> Result<(), Error> {
+        if !self.is_remote(global) {
+            return Err(Error::Owned(crate::UserId(global)));
+        }
+        self.tick_clock(now);
+        self.ensure(global);
+        let local = self.local(global);
+        self.mirror.insert(local as u32, presence);
+        self.mark_dirty(local);
+        Ok(())
+    }
+
+    /// Whether the user holds a session that still counts as connected at `now` (what a
+    /// release refuses). Changes nothing.
+    pub fn has_connected_at(&self, global: u32, now: u64, cfg: &Config) -> bool {
+        let now = now.max(self.clock); // as `release` will see it
+        let Some(u) = self.users.get(self.local(global)) else {
+            return false;
+        };
+        let mut slot = u.first;
+        while slot != NIL {
+            let s = &self.sessions[slot as usize];
+            if s.tag & LINGERING == 0 && s.at.saturating_add(cfg.heartbeat_timeout_ms) > now {
+                return true;
+            }
+            slot = s.next;
+        }
+        false
+    }
+
+    /// Makes an owned user mirrored. The caller has checked [`Shard::has_connected_at`]:
+    /// sessions that timed out are reported as expired, lingering ones are discarded, and the
+    /// user's visible presence at `now` (lingering sessions still counting) becomes its
+    /// mirrored presence until a peer says otherwise, so the release itself shows friends no
+    /// flap. Returns false if the user was already mirrored.
+    pub fn release(&mut self, global: u32, now: u64, cfg: &Config) -> bool {
+        if self.is_remote(global) {
+            return false;
+        }
+        let now = self.tick_clock(now);
+        self.ensure(global);
+        let local = self.local(global);
+        self.expire_sessions(local, now, cfg);
+        let presence = self.evaluate(local, now, cfg);
+        while self.users[local].first != NIL {
+            let first = self.users[local].first;
+            self.free_session(local, NIL, first);
+        }
+        if !self.has_connected(local) {
+            self.set_live(global, false);
+        }
+        let u = &mut self.users[local];
+        u.last_active = 0;
+        u.status = Status::Available as u8;
+        u.armed = NO_DEADLINE; // what the wheel still holds for the user is stale now
+        u.flags |= REMOTE;
+        if let Some(ext) = self.ext.get_mut(&(local as u32)) {
+            ext.text = None;
+            ext.frozen_la = 0;
+        }
+        self.mirror.insert(local as u32, presence);
+        self.mark_dirty(local);
+        true
+    }
+
+    /// Makes a mirrored user owned, its state machine starting from its latest mirrored
+    /// presence (last active, status, text). A user that was present gets one lingering
+    /// session for the grace period, as if its device had just dropped: its sessions moving
+    /// here from the old owner within the grace period show friends no flap (the first to
+    /// connect replaces it, whatever its device), and otherwise it goes offline when the
+    /// grace runs out. Returns false if the user was already owned.
+    pub fn take(&mut self, global: u32, now: u64, cfg: &Config) -> bool {
+        if !self.is_remote(global) {
+            return false;
+        }
+        let now = self.tick_clock(now);
+        self.ensure(global);
+        let local = self.local(global);
+        let start = self
+            .mirror
+            .remove(&(local as u32))
+            .unwrap_or_else(|| self.published_local(local));
+        let u = &mut self.users[local];
+        u.flags &= !REMOTE;
+        u.last_active = start.last_active.unwrap_or(0);
+        u.status = start.status as u8;
+        if start.text.is_some() || u.flags & HAS_EXT != 0 {
+            u.flags |= HAS_EXT;
+            self.ext.entry(local as u32).or_default().text = start.text.clone();
+        }
+        if start.state != State::Offline {
+            let first = self.users[local].first;
+            let slot = self.alloc_session(Session {
+                device: TAKEOVER_DEVICE,
+                at: now.saturating_add(cfg.grace_ms),
+                next: first,
+                tag: 0,
+            });
+            self.sessions[slot as usize].tag |= LINGERING;
+            self.users[local].first = slot;
+        }
+        self.mark_dirty(local);
+        self.arm(local, now, cfg);
+        true
     }
 
     /// Fires due deadlines and publishes every dirty user whose visible state changed.
@@ -612,13 +763,21 @@ impl Shard {
             }
             let local = local as usize;
             self.users[local].flags &= !DIRTY;
-            let cur = self.evaluate(local, now, cfg);
+            let cur = if self.users[local].flags & REMOTE == 0 {
+                self.evaluate(local, now, cfg)
+            } else {
+                match self.mirror.remove(&(local as u32)) {
+                    Some(p) => p,
+                    None => continue, // nothing set since the last tick
+                }
+            };
             if cur != self.published_local(local) {
                 let u = &mut self.users[local];
                 u.pub_state = cur.state.code();
                 u.pub_la = cur.last_active.unwrap_or(0);
                 u.pub_status = cur.status as u8;
-                if u.flags & HAS_EXT != 0 {
+                if u.flags & HAS_EXT != 0 || cur.text.is_some() {
+                    u.flags |= HAS_EXT;
                     let ext = self.ext.entry(local as u32).or_default();
                     ext.pub_text = cur.text.clone();
                     if ext.text.is_none()
@@ -659,6 +818,7 @@ impl Shard {
             + self.wheel.heap_bytes()
             + self.live_changes.capacity() * 8
             + self.ext.capacity() * (std::mem::size_of::<(u32, Ext)>() + 1)
+            + self.mirror.capacity() * (std::mem::size_of::<(u32, Presence)>() + 1)
     }
 
     pub fn wheel_len(&self) -> usize {

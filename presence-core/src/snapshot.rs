@@ -122,6 +122,12 @@ pub fn load(
     bytes: &[u8],
     max_bytes: u64,
 ) -> Result<Engine, SnapshotError> {
+    if cfg.cluster {
+        return Err(invalid(
+            "a cluster node owns no user at start: it loads friendships slot by slot \
+             (Engine::take_users), not from a snapshot",
+        ));
+    }
     let snap = access(bytes, max_bytes)?;
     let users = snap.name_ends.len();
     if u32::try_from(users).is_err() {

@@ -179,3 +179,48 @@ fn edge_change_races_tick_and_connect() {
         }
     });
 }
+
+/// Cluster mode: a peer frame setting a mirrored friend's presence races a tick and a new
+/// session's connect; the session sees the mirrored change exactly once, from its snapshot or
+/// from a later diff, and a take racing the same tick keeps the engine whole.
+#[test]
+fn mirrored_change_races_tick_and_connect() {
+    explore(2, || {
+        let e = Arc::new(
+            Engine::new(
+                Config {
+                    cluster: true,
+                    ..cfg()
+                },
+                T0,
+            )
+            .expect("config"),
+        );
+        let a = e.intern("a").expect("id");
+        let m = e.intern("m").expect("id");
+        e.take_users(&[a], &[(a, m)], T0).expect("take");
+        let _ = e.tick(T0); // publishes the setup; its diffs are not under test
+
+        let e1 = e.clone();
+        let joiner = thread::spawn(move || e1.connect(a, "phone", T0 + 10).expect("connect"));
+        let e2 = e.clone();
+        let busy = Presence {
+            state: State::Online,
+            last_active: Some(T0),
+            status: Status::Busy,
+            text: None,
+        };
+        let peer = thread::spawn(move || e2.set_mirrored(m, &busy, T0 + 10).expect("mirror"));
+        let racing = e.tick(T0 + 10);
+        let welcome = joiner.join().expect("join");
+        peer.join().expect("join");
+        let last = e.tick(T0 + 20);
+
+        let mut view = View::from_welcome(&welcome);
+        view.apply(a, &racing);
+        view.apply(a, &last);
+        assert_eq!(view.friends, truth(&e, a));
+        assert_eq!(view.friends[&m].status, Status::Busy);
+        assert!(last.outgoing.is_empty() || racing.outgoing.is_empty());
+    });
+}

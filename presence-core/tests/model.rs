@@ -10,6 +10,15 @@
 //! - `presence_of`, `friends_presence` and `is_live` agree with the reference;
 //! - the three engines hand out the same diffs.
 //!
+//! Half of the cases run the engines in cluster mode: users `REMOTE_FROM..USERS` start out
+//! mirrored (the rest are taken at the start), peers set and drop their presence (one by one
+//! and in all-or-nothing frames), and users are taken and released at random. There the
+//! model also predicts `batch.outgoing` (owned users that changed or gained a friend not
+//! owned here, with their new presence), the refusals (sessions and status of mirrored
+//! users, presence set for owned ones, releases with connected sessions), and the friend
+//! lists (no edge between two users not owned). On a single node every cluster call is
+//! refused and `outgoing` stays empty.
+//!
 //! Between ticks, published presence (`presence_of`, `friends_presence`, `Welcome`) must stay
 //! what the last tick published, against the friend graph as of the last tick.
 //!
@@ -22,8 +31,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use presence_core::{
-    Batch, Change, Config, Disconnect, Engine, Error, FanoutPolicy, Presence, SessionId, State,
-    Status, Strategy as Fanout, UserId,
+    Batch, Change, Config, Disconnect, Engine, Error, FanoutPolicy, Ownership, Presence, SessionId,
+    State, Status, Strategy as Fanout, UserId,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -37,6 +46,32 @@ const GRACE: u64 = 500;
 const TIMEOUT: u64 = 4_500;
 const MAX_SESSIONS: u32 = 4;
 const TEXTS: [&str; 5] = ["", "lunch", "brb", "in a meeting", "🎧 focus"];
+/// In cluster mode, users from here on start out mirrored.
+const REMOTE_FROM: u8 = 18;
+/// Device of the lingering session a taken user starts with (never a real device).
+const TAKEOVER: u8 = u8::MAX;
+const BAD_LEVEL: &str = "idle level beyond the configured thresholds";
+
+/// Presences a peer may send: a small palette, so that changes often undo each other. Two
+/// entries differ only in what a watcher cannot see (the last one); one is invalid.
+fn palette(i: u8) -> Presence {
+    let p = |state, la: Option<u64>, status, text: Option<&str>| Presence {
+        state,
+        last_active: la,
+        status,
+        text: text.map(Arc::from),
+    };
+    match i % 8 {
+        0 => p(State::Online, Some(T0 + 100), Status::Available, None),
+        1 => p(State::Online, Some(T0 + 200), Status::Busy, Some("lunch")),
+        2 => p(State::Idle(0), Some(T0 - 1_000), Status::Available, None),
+        3 => p(State::Idle(3), Some(T0 - 20_000), Status::Dnd, Some("brb")),
+        4 => p(State::Offline, Some(T0 + 300), Status::Available, None),
+        5 => Presence::NEVER_SEEN,
+        6 => p(State::Idle(4), Some(T0), Status::Available, None), // no such level
+        _ => p(State::Online, Some(T0 + 999), Status::Available, None), // sees as 0
+    }
+}
 
 /// (fan-out, shards, threads) of each engine run side by side.
 const ENGINES: [(FanoutPolicy, usize, usize); 3] = [
@@ -45,8 +80,9 @@ const ENGINES: [(FanoutPolicy, usize, usize); 3] = [
     (FanoutPolicy::Auto, 2, 1),
 ];
 
-fn config(fanout: FanoutPolicy, shards: usize, threads: usize) -> Config {
+fn config(fanout: FanoutPolicy, shards: usize, threads: usize, cluster: bool) -> Config {
     Config {
+        cluster,
         idle_thresholds_ms: THRESHOLDS.to_vec(),
         grace_ms: GRACE,
         heartbeat_timeout_ms: TIMEOUT,
@@ -109,13 +145,26 @@ enum Op {
         user: u8,
         friends: Vec<u8>,
     },
+    /// A peer sets (`Some`, an index into `palette`) or drops (`None`) a user's presence.
+    Mirror {
+        user: u8,
+        presence: Option<u8>,
+    },
+    /// A whole peer frame, all or nothing.
+    Frame(Vec<(u8, Option<u8>)>),
+    /// The node takes the user's slot and loads these friendships.
+    Take {
+        user: u8,
+        pairs: Vec<(u8, u8)>,
+    },
+    Release(u8),
     Advance(u64),
     Tick,
 }
 
 /// Any user, with a bias towards a few hot ones so that devices and edges collide.
 fn user() -> impl Strategy<Value = u8> {
-    prop_oneof![3 => 0..USERS, 1 => 0..4u8]
+    prop_oneof![3 => 0..USERS, 1 => 0..4u8, 1 => REMOTE_FROM..REMOTE_FROM + 3]
 }
 
 fn pick() -> impl Strategy<Value = Pick> {
@@ -165,6 +214,13 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (prop::collection::vec(pair(), 0..4), prop::collection::vec(pair(), 0..4))
             .prop_map(|(add, remove)| Op::Apply { add, remove }),
         2 => replace(),
+        8 => (user(), prop::option::weighted(0.85, 0..8u8))
+            .prop_map(|(user, presence)| Op::Mirror { user, presence }),
+        2 => prop::collection::vec((user(), prop::option::weighted(0.85, 0..8u8)), 0..5)
+            .prop_map(Op::Frame),
+        2 => (user(), prop::collection::vec(pair(), 0..4))
+            .prop_map(|(user, pairs)| Op::Take { user, pairs }),
+        2 => user().prop_map(Op::Release),
         10 => (1..400u64).prop_map(Op::Advance),
         3 => (400..12_000u64).prop_map(Op::Advance),
         16 => Just(Op::Tick),
@@ -181,6 +237,10 @@ struct RefUser {
     text: Option<Arc<str>>,
     /// `last_active` when the user last became invisible.
     frozen: u64,
+    /// Cluster mode: not owned here.
+    remote: bool,
+    /// A mirrored presence set since the last tick (normalised).
+    pending: Option<Presence>,
 }
 
 #[derive(Debug)]
@@ -217,6 +277,7 @@ impl RefSession {
 
 #[derive(Debug, Default)]
 struct Model {
+    cluster: bool,
     users: Vec<RefUser>,
     friends: Vec<BTreeSet<u8>>,
     sessions: Vec<RefSession>,
@@ -233,9 +294,16 @@ fn nonzero(t: u64) -> Option<u64> {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(cluster: bool) -> Self {
+        let users = (0..USERS)
+            .map(|u| RefUser {
+                remote: cluster && u >= REMOTE_FROM,
+                ..RefUser::default()
+            })
+            .collect();
         Self {
-            users: vec![RefUser::default(); USERS as usize],
+            cluster,
+            users,
             friends: vec![BTreeSet::new(); USERS as usize],
             published: vec![Presence::NEVER_SEEN; USERS as usize],
             published_friends: vec![BTreeSet::new(); USERS as usize],
@@ -288,6 +356,9 @@ impl Model {
     }
 
     fn connect(&mut self, u: u8, device: u8, now: u64) -> Result<(), Error> {
+        if self.users[u as usize].remote {
+            return Err(Error::NotOwned(uid(u)));
+        }
         self.expire_user(u, now);
         // Newest first, as the engine walks them: a reconnect replaces the newest lingering
         // session of the same device.
@@ -295,9 +366,13 @@ impl Model {
             .sessions_of(u)
             .filter(|&i| self.sessions[i].held)
             .collect();
-        let same = held.iter().rev().copied().find(|&i| {
-            self.sessions[i].lingering_until.is_some() && self.sessions[i].device == device
-        });
+        let lingering_of = |d: u8| {
+            held.iter().rev().copied().find(|&i| {
+                self.sessions[i].lingering_until.is_some() && self.sessions[i].device == d
+            })
+        };
+        // The session a take started the user with is replaced by any device.
+        let same = lingering_of(device).or_else(|| lingering_of(TAKEOVER));
         let count = held.len() - usize::from(same.is_some());
         if count >= MAX_SESSIONS as usize {
             return Err(Error::TooManySessions {
@@ -359,13 +434,127 @@ impl Model {
         Ok(())
     }
 
-    fn set_status(&mut self, u: u8, status: Status, text: Option<&str>) {
+    fn set_status(&mut self, u: u8, status: Status, text: Option<&str>) -> Result<(), Error> {
         let user = &mut self.users[u as usize];
+        if user.remote {
+            return Err(Error::NotOwned(uid(u)));
+        }
         if status == Status::Invisible && user.status != Status::Invisible {
             user.frozen = user.last_active;
         }
         user.status = status;
         user.text = text.filter(|t| !t.is_empty()).map(Arc::from);
+        Ok(())
+    }
+
+    fn remote(&self, u: u8) -> bool {
+        self.users[u as usize].remote
+    }
+
+    /// A peer frame: every presence checked (in order), then ownership, then all applied.
+    fn mirror(&mut self, items: &[(u8, Option<u8>)]) -> Result<(), Error> {
+        let mut checked = Vec::new();
+        for &(u, p) in items {
+            let p = match p.map(palette) {
+                None => Presence::NEVER_SEEN,
+                Some(p) if matches!(p.state, State::Idle(l) if l as usize >= THRESHOLDS.len()) => {
+                    return Err(Error::InvalidPresence(BAD_LEVEL));
+                }
+                Some(p) => p,
+            };
+            checked.push((u, p));
+        }
+        if let Some(&(u, _)) = checked.iter().find(|(u, _)| !self.remote(*u)) {
+            return Err(Error::Owned(uid(u)));
+        }
+        for (u, p) in checked {
+            self.users[u as usize].pending = Some(p);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, u: u8, pairs: &[(u8, u8)], now: u64) -> Result<Ownership, Error> {
+        if !self.cluster {
+            return Err(Error::Owned(uid(u)));
+        }
+        let newly = self.remote(u);
+        let mut norm: Vec<(u8, u8)> = pairs.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+        norm.sort_unstable();
+        norm.dedup();
+        if let Some(&(a, _)) = norm.iter().find(|(a, b)| a == b) {
+            return Err(Error::SelfFriendship(uid(a)));
+        }
+        if newly {
+            let user = &mut self.users[u as usize];
+            let start = user
+                .pending
+                .take()
+                .unwrap_or_else(|| self.published[u as usize].clone());
+            user.remote = false;
+            user.last_active = start.last_active.unwrap_or(0);
+            user.status = start.status;
+            user.text = start.text.clone();
+            if start.state != State::Offline {
+                self.sessions.push(RefSession {
+                    user: u,
+                    device: TAKEOVER,
+                    contact: now,
+                    lingering_until: Some(now + GRACE),
+                    held: true,
+                    welcome_tick: self.tick,
+                    ids: Vec::new(),
+                    views: Vec::new(),
+                });
+            }
+        }
+        let mut edges = 0;
+        for (a, b) in norm {
+            if !(self.remote(a) && self.remote(b)) && self.friends[a as usize].insert(b) {
+                self.friends[b as usize].insert(a);
+                edges += 1;
+            }
+        }
+        Ok(Ownership {
+            users: usize::from(newly),
+            edges,
+        })
+    }
+
+    fn release(&mut self, u: u8, now: u64) -> Result<Ownership, Error> {
+        if !self.cluster {
+            return Err(Error::Owned(uid(u)));
+        }
+        if self.remote(u) {
+            return Ok(Ownership::default());
+        }
+        let connected = self.sessions_of(u).any(|i| {
+            let s = &self.sessions[i];
+            s.connected() && s.contact + TIMEOUT > now
+        });
+        if connected {
+            return Err(Error::HasSessions(uid(u)));
+        }
+        self.expire_user(u, now);
+        let p = self.evaluate(u, now);
+        for i in 0..self.sessions.len() {
+            if self.sessions[i].user == u {
+                self.sessions[i].held = false;
+            }
+        }
+        self.users[u as usize] = RefUser {
+            remote: true,
+            pending: Some(p),
+            ..RefUser::default()
+        };
+        let mut edges = 0;
+        for f in self.friends[u as usize].clone() {
+            if self.remote(f) {
+                self.friends[u as usize].remove(&f);
+                self.friends[f as usize].remove(&u);
+                edges += 1;
+            }
+        }
+        Ok(Ownership { users: 1, edges })
     }
 
     fn apply(&mut self, add: &[(u8, u8)], remove: &[(u8, u8)]) -> Result<(u64, u64), Error> {
@@ -380,6 +569,9 @@ impl Model {
         }
         let (mut added, mut removed) = (0, 0);
         for &(a, b) in add {
+            if self.remote(a) && self.remote(b) {
+                continue; // not this node's edge to keep
+            }
             if self.friends[a as usize].insert(b) {
                 self.friends[b as usize].insert(a);
                 added += 1;
@@ -453,13 +645,17 @@ fn policy(e: usize) -> FanoutPolicy {
 }
 
 impl Harness {
-    fn new() -> Self {
+    fn new(cluster: bool) -> Self {
         let engines: Vec<Engine> = ENGINES
             .iter()
             .map(|&(f, s, t)| {
-                let e = Engine::new(config(f, s, t), T0).unwrap();
+                let e = Engine::new(config(f, s, t, cluster), T0).unwrap();
                 for u in 0..USERS {
                     assert_eq!(e.intern(&format!("u{u}")).unwrap(), uid(u));
+                }
+                if cluster {
+                    let owned: Vec<UserId> = (0..REMOTE_FROM).map(uid).collect();
+                    e.take_users(&owned, &[], T0).unwrap();
                 }
                 e
             })
@@ -467,21 +663,27 @@ impl Harness {
         Self {
             by_id: vec![HashMap::new(); engines.len()],
             engines,
-            model: Model::new(),
+            model: Model::new(cluster),
             now: T0,
         }
     }
 
+    /// A session opened by `connect` (not one a take started with).
     fn resolve(&self, p: Pick) -> Option<usize> {
-        let connected: Vec<usize> = (0..self.model.sessions.len())
+        let opened: Vec<usize> = (0..self.model.sessions.len())
+            .filter(|&i| !self.model.sessions[i].ids.is_empty())
+            .collect();
+        let connected: Vec<usize> = opened
+            .iter()
+            .copied()
             .filter(|&i| self.model.sessions[i].connected())
             .collect();
         if p.connected && !connected.is_empty() {
             Some(connected[p.idx.index(connected.len())])
-        } else if self.model.sessions.is_empty() {
+        } else if opened.is_empty() {
             None
         } else {
-            Some(p.idx.index(self.model.sessions.len()))
+            Some(opened[p.idx.index(opened.len())])
         }
     }
 
@@ -589,14 +791,66 @@ impl Harness {
             }
             Op::SetStatus { user, status, text } => {
                 let text = text.map(|t| TEXTS[t as usize]);
-                self.model.set_status(user, status, text);
+                let want = self.model.set_status(user, status, text);
                 for (e, engine) in self.engines.iter().enumerate() {
                     check(
                         || format!("set_status ({:?})", policy(e)),
                         engine.set_status(uid(user), status, text, now),
-                        Ok(()),
+                        want.clone(),
                     )?;
                 }
+            }
+            Op::Mirror { user, presence } => {
+                let want = self.model.mirror(&[(user, presence)]);
+                for (e, engine) in self.engines.iter().enumerate() {
+                    let got = match presence {
+                        Some(i) => engine.set_mirrored(uid(user), &palette(i), now),
+                        None => engine.drop_mirrored(uid(user), now),
+                    };
+                    check(
+                        || format!("set/drop_mirrored ({:?})", policy(e)),
+                        got,
+                        want.clone(),
+                    )?;
+                }
+            }
+            Op::Frame(ref items) => {
+                let want = self.model.mirror(items);
+                let frame: Vec<(UserId, Option<Presence>)> = items
+                    .iter()
+                    .map(|&(u, p)| (uid(u), p.map(palette)))
+                    .collect();
+                for (e, engine) in self.engines.iter().enumerate() {
+                    check(
+                        || format!("apply_mirrored ({:?})", policy(e)),
+                        engine.apply_mirrored(&frame, now),
+                        want.clone(),
+                    )?;
+                }
+            }
+            Op::Take { user, ref pairs } => {
+                let want = self.model.take(user, pairs, now);
+                let ids: Vec<(UserId, UserId)> =
+                    pairs.iter().map(|&(a, b)| (uid(a), uid(b))).collect();
+                for (e, engine) in self.engines.iter().enumerate() {
+                    check(
+                        || format!("take_users ({:?})", policy(e)),
+                        engine.take_users(&[uid(user)], &ids, now),
+                        want.clone(),
+                    )?;
+                }
+                self.check_graph()?;
+            }
+            Op::Release(user) => {
+                let want = self.model.release(user, now);
+                for (e, engine) in self.engines.iter().enumerate() {
+                    check(
+                        || format!("release_users ({:?})", policy(e)),
+                        engine.release_users(&[uid(user)], now),
+                        want.clone(),
+                    )?;
+                }
+                self.check_graph()?;
             }
             Op::AddFriend(a, b) => {
                 let want = self.model.apply(&[(a, b)], &[]).map(|r| r.0 == 1);
@@ -703,7 +957,34 @@ impl Harness {
         }
         let mut expired = std::mem::take(&mut m.pending_expired);
         expired.sort_unstable();
-        let truth: Vec<Presence> = (0..USERS).map(|u| m.evaluate(u, now)).collect();
+        // A mirrored user is what its peer set last; the engine keeps the published entry when
+        // the new one looks the same to a watcher (a take starts from it).
+        let mut truth: Vec<Presence> = Vec::new();
+        for u in 0..USERS {
+            let published = m.published[u as usize].clone();
+            let cur = if m.remote(u) {
+                m.users[u as usize]
+                    .pending
+                    .take()
+                    .unwrap_or(published.clone())
+            } else {
+                m.evaluate(u, now)
+            };
+            truth.push(if cur == published { published } else { cur });
+        }
+        let outgoing: Vec<(UserId, Presence)> = (0..USERS)
+            .filter(|&u| {
+                let gained = || {
+                    m.friends[u as usize]
+                        .iter()
+                        .any(|&w| m.remote(w) && !m.published_friends[u as usize].contains(&w))
+                };
+                m.cluster
+                    && !m.remote(u)
+                    && (truth[u as usize] != m.published[u as usize] || gained())
+            })
+            .map(|u| (uid(u), truth[u as usize].clone()))
+            .collect();
         let live: Vec<bool> = (0..USERS)
             .map(|u| m.sessions_of(u).any(|i| m.sessions[i].connected()))
             .collect();
@@ -720,6 +1001,18 @@ impl Harness {
                 (FanoutPolicy::Push, s) => check(|| ctx("strategy"), s, Fanout::Push)?,
                 (FanoutPolicy::Pull, s) => check(|| ctx("strategy"), s, Fanout::Pull)?,
             }
+
+            // What goes to the peers.
+            let mut sent: Vec<(UserId, Presence)> = b
+                .outgoing
+                .iter()
+                .map(|&i| match b.entry(i) {
+                    (u, Change::Presence(p)) => (*u, p.clone()),
+                    (u, Change::Removed) => (*u, Presence::NEVER_SEEN),
+                })
+                .collect();
+            sent.sort_by_key(|(u, _)| *u);
+            check(|| ctx("outgoing, by user"), &sent, &outgoing)?;
 
             // Expired sessions.
             let mut got: Vec<usize> = Vec::new();
@@ -817,6 +1110,11 @@ impl Harness {
                     engine.is_live(uid(u)),
                     live[u as usize],
                 )?;
+                check(
+                    || ctx(&format!("is_owned of {u}")),
+                    engine.is_owned(uid(u)),
+                    !self.model.remote(u),
+                )?;
             }
         }
         for e in 1..diffs_by_engine.len() {
@@ -863,8 +1161,8 @@ fn apply_diff(view: &mut BTreeMap<u32, Presence>, b: &Batch, w: UserId) -> Resul
     Ok(())
 }
 
-fn run(initial: &[(u8, u8)], ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut h = Harness::new();
+fn run(initial: &[(u8, u8)], ops: &[Op], cluster: bool) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(cluster);
     // A starting graph, loaded in one request (self-pairs and duplicates dropped).
     let mut seen = BTreeSet::new();
     let add: Vec<(u8, u8)> = initial
@@ -917,8 +1215,9 @@ proptest! {
     fn engine_matches_reference_model(
         initial in prop::collection::vec(pair(), 0..120),
         ops in prop::collection::vec(op(), 1..300),
+        cluster in any::<bool>(),
     ) {
-        run(&initial, &ops)?;
+        run(&initial, &ops, cluster)?;
     }
 }
 
@@ -929,7 +1228,7 @@ proptest! {
 /// T0 + 4500), and then skips straight to `Idle(1)`, so friends never see `Idle(0)`.
 #[test]
 fn activity_after_idle_arms_the_next_idle_deadline() {
-    let e = Engine::new(config(FanoutPolicy::Auto, 4, 2), T0).unwrap();
+    let e = Engine::new(config(FanoutPolicy::Auto, 4, 2, false), T0).unwrap();
     let a = e.intern("a").unwrap();
     let b = e.intern("b").unwrap();
     e.add_friendship(a, b).unwrap();
