@@ -60,12 +60,17 @@ fn norm<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// Friendships by id, smaller first.
+type Pairs<'a> = Vec<(&'a str, &'a str)>;
+/// Friendships as owned ids, smaller first.
+type OwnedPairs = Vec<(String, String)>;
+
 /// Checks the ids of a request and normalises its pairs; refuses self-pairs and a pair given
 /// twice (in either list, in either direction).
 fn check_pairs<'a>(
     add: &[(&'a str, &'a str)],
     remove: &[(&'a str, &'a str)],
-) -> Result<(Vec<(&'a str, &'a str)>, Vec<(&'a str, &'a str)>), Error> {
+) -> Result<(Pairs<'a>, Pairs<'a>), Error> {
     let mut seen = HashSet::with_capacity(add.len() + remove.len());
     let mut check = |list: &[(&'a str, &'a str)]| -> Result<Vec<(&'a str, &'a str)>, Error> {
         let mut out = Vec::with_capacity(list.len());
@@ -123,7 +128,7 @@ async fn write_edges(
     tx: &Transaction<'_>,
     add: &[(&str, &str)],
     remove: &[(&str, &str)],
-) -> Result<(Vec<(String, String)>, Vec<(String, String)>), Error> {
+) -> Result<(OwnedPairs, OwnedPairs), Error> {
     let mut added = Vec::new();
     if !add.is_empty() {
         let rows = directed(add);
