@@ -34,16 +34,24 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call may succeed (deadlock or serialization failure: the
-    /// transaction was rolled back whole).
+    /// Whether retrying the same call may succeed: a deadlock or serialization failure rolled
+    /// the transaction back, or the connection closed under it (the store reopens it on the
+    /// next call). Retrying a write is safe: every write is idempotent in effect, so one that
+    /// did commit before the connection closed changes (and logs) nothing the second time.
     pub fn is_transient(&self) -> bool {
         use tokio_postgres::error::SqlState;
         match self {
-            Error::Db(e) => matches!(
-                e.code(),
-                Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            ),
+            Error::Closed => true,
+            Error::Db(e) => {
+                e.is_closed()
+                    || matches!(
+                        e.code(),
+                        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                            || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                            || *c == SqlState::ADMIN_SHUTDOWN
+                            || *c == SqlState::CRASH_SHUTDOWN
+                    )
+            }
             _ => false,
         }
     }

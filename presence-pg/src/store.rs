@@ -254,6 +254,24 @@ macro_rules! retry {
     }};
 }
 
+/// Runs a read, once more on a fresh connection if the connection closed under it.
+macro_rules! read {
+    ($self:ident, $client:ident => $body:expr) => {{
+        let mut attempt = 0;
+        loop {
+            let guard = $self.reader().await?;
+            let $client: &Client = &guard;
+            match $body.await.map_err(Error::from) {
+                Err(e) if e.is_transient() && attempt < 1 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "graph read failed; retrying");
+                }
+                r => break r,
+            }
+        }
+    }};
+}
+
 impl Store {
     /// Connects (`postgres://user@host:port/db`; no TLS) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Store, Error> {
@@ -533,8 +551,8 @@ impl Store {
         let sql = format!(
             "COPY (SELECT user_id, friend_id FROM edges WHERE slot IN ({list})) TO STDOUT BINARY"
         );
-        let client = self.reader().await?;
-        let stream = client.copy_out(sql.as_str()).await?;
+        // Retried only before the first row: a callback must not see an edge twice.
+        let stream = read!(self, client => client.copy_out(sql.as_str()))?;
         let rows = BinaryCopyOutStream::new(stream, &[Type::BYTEA, Type::BYTEA]);
         pin_mut!(rows);
         let mut n = 0;
@@ -551,29 +569,21 @@ impl Store {
     /// A user's friends, sorted by their bytes.
     pub async fn friends(&self, user: &str) -> Result<Vec<String>, Error> {
         check_id("user", user)?;
-        let client = self.reader().await?;
-        client
-            .query(
-                "SELECT friend_id FROM edges WHERE user_id = $1 ORDER BY friend_id",
-                &[&user.as_bytes()],
-            )
-            .await?
-            .iter()
-            .map(|r| id_from(r.try_get(0)?))
-            .collect()
+        let rows = read!(self, client => client.query(
+            "SELECT friend_id FROM edges WHERE user_id = $1 ORDER BY friend_id",
+            &[&user.as_bytes()],
+        ))?;
+        rows.iter().map(|r| id_from(r.try_get(0)?)).collect()
     }
 
     /// A group's members, in the order they were put; `None` if there is no such group.
     pub async fn group(&self, gid: &str) -> Result<Option<Vec<String>>, Error> {
         check_id("group", gid)?;
-        let client = self.reader().await?;
-        let Some(row) = client
-            .query_opt(
-                "SELECT members FROM groups WHERE gid = $1",
-                &[&gid.as_bytes()],
-            )
-            .await?
-        else {
+        let row = read!(self, client => client.query_opt(
+            "SELECT members FROM groups WHERE gid = $1",
+            &[&gid.as_bytes()],
+        ))?;
+        let Some(row) = row else {
             return Ok(None);
         };
         let members: Vec<Vec<u8>> = row.try_get(0)?;
@@ -584,11 +594,9 @@ impl Store {
 
     /// Every group with its members, sorted by gid.
     pub async fn groups(&self) -> Result<Vec<(String, Vec<String>)>, Error> {
-        let client = self.reader().await?;
-        client
-            .query("SELECT gid, members FROM groups ORDER BY gid", &[])
-            .await?
-            .iter()
+        let rows = read!(self, client =>
+            client.query("SELECT gid, members FROM groups ORDER BY gid", &[]))?;
+        rows.iter()
             .map(|r| {
                 let members: Vec<Vec<u8>> = r.try_get(1)?;
                 Ok((
@@ -601,32 +609,24 @@ impl Store {
 
     /// Up to `limit` changes with an id above `after`, in commit order.
     pub async fn changes_after(&self, after: i64, limit: u32) -> Result<Vec<Change>, Error> {
-        let client = self.reader().await?;
         let sql = format!("{} WHERE id > $1 ORDER BY id LIMIT $2", change::SELECT);
-        client
-            .query(sql.as_str(), &[&after, &i64::from(limit)])
-            .await?
-            .iter()
-            .map(Change::from_row)
-            .collect()
+        let rows = read!(self, client =>
+            client.query(sql.as_str(), &[&after, &i64::from(limit)]))?;
+        rows.iter().map(Change::from_row).collect()
     }
 
     /// The id of the last committed change (0 for none): read it before
     /// [`Store::load_slots`], then follow from it.
     pub async fn last_change_id(&self) -> Result<i64, Error> {
-        let client = self.reader().await?;
-        Ok(client
-            .query_one("SELECT coalesce(max(id), 0) FROM changes", &[])
-            .await?
-            .try_get(0)?)
+        let row = read!(self, client =>
+            client.query_one("SELECT coalesce(max(id), 0) FROM changes", &[]))?;
+        Ok(row.try_get(0)?)
     }
 
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i32, Error> {
-        let client = self.reader().await?;
-        Ok(client
-            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
-            .await?
-            .try_get(0)?)
+        let row = read!(self, client =>
+            client.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[]))?;
+        Ok(row.try_get(0)?)
     }
 }

@@ -34,7 +34,7 @@ fn postgres_graph_store() {
         migration_runs_once_under_concurrency,
         bad_input_is_refused_and_writes_nothing,
     ];
-    let pg = Postgres::start().expect("start PostgreSQL");
+    let mut pg = Postgres::start().expect("start PostgreSQL");
     let urls: Vec<String> = cases
         .iter()
         .map(|(name, _)| pg.create_database(name).expect("create a database"))
@@ -66,6 +66,57 @@ fn postgres_graph_store() {
         failed
     });
     assert!(failed.is_empty(), "failed cases:\n{}", failed.join("\n"));
+    durable_across_a_crash(&mut pg, &rt);
+}
+
+/// Last, alone on the server: committed writes survive `pg_ctl stop -m immediate` (no
+/// checkpoint; the restart replays the WAL), and the same `Store` and `Listener` carry on by
+/// reopening their connections.
+fn durable_across_a_crash(pg: &mut Postgres, rt: &tokio::runtime::Runtime) {
+    let url = pg.create_database("crash").expect("create a database");
+    let (s, mut l) = rt.block_on(async {
+        timeout(LIMIT, async {
+            let s = store(&url).await;
+            let mut l = Listener::start(&url).expect("listener");
+            assert_eq!(next_notice(&mut l).await, Notice::Listening);
+            s.apply_friendships(&[("a\0", "b"), ("b", "c")], &[])
+                .await
+                .expect("write");
+            s.put_group("g", &["a\0", "c"]).await.expect("group");
+            (s, l)
+        })
+        .await
+        .expect("bounded")
+    });
+    pg.stop_immediate().expect("crash");
+    pg.start_again().expect("restart");
+    rt.block_on(async {
+        timeout(LIMIT, async {
+            assert_eq!(
+                s.friends("b").await.expect("read after restart"),
+                ["a\0", "c"]
+            );
+            assert_eq!(
+                s.group("g").await.expect("group"),
+                Some(vec!["a\0".into(), "c".into()])
+            );
+            loop {
+                match next_notice(&mut l).await {
+                    Notice::Listening => break,
+                    Notice::Change(_) => {}
+                }
+            }
+            let id = s
+                .apply_friendships(&[("c", "d")], &[])
+                .await
+                .expect("write after restart")
+                .change;
+            assert_eq!(Some(next_notice(&mut l).await), id.map(Notice::Change));
+            assert_eq!(s.changes_after(0, 10).await.expect("log").len(), 3);
+        })
+        .await
+        .expect("bounded")
+    });
 }
 
 async fn store(url: &str) -> Store {
@@ -226,6 +277,12 @@ async fn ids_round_trip(url: String) {
     assert_eq!(
         s.group(&long_utf8).await.expect("group"),
         Some(ids.iter().map(|i| (*i).to_owned()).collect())
+    );
+    let bulk = [("\0\0", long_utf8.as_str()), ("\0\0", "al\0ice")];
+    assert_eq!(s.bulk_load(bulk).await.expect("bulk").added, 2);
+    assert_eq!(
+        s.friends("\0\0").await.expect("friends"),
+        ["al\0ice", long_utf8.as_str()]
     );
     let log = s.changes_after(0, 10).await.expect("log");
     let ChangeKind::Edges { added, .. } = &log[0].kind else {
