@@ -383,9 +383,10 @@ impl Connection {
                 crate::Vanished::new(q, false)
             }
             Inner::Quic(q) => {
-                let local = q.endpoint.local_addr().unwrap_or_else(|_| {
-                    SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
-                });
+                let local = q
+                    .endpoint
+                    .local_addr()
+                    .unwrap_or_else(|_| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)));
                 // Rebinding can fail only for a socket of the OS's; this one is not.
                 let silent = q
                     .endpoint

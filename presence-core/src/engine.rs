@@ -25,7 +25,7 @@ use crate::graph::Graph;
 use crate::ids::{Interner, UserId};
 use crate::presence::{Change, Presence, State, Status};
 use crate::shard::{Disconnect, SessionId, Shard};
-use crate::sync::{Mutex, RwLock, RwLockReadGuard, downgrade, parallel_map};
+use crate::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, downgrade, parallel_map};
 
 /// The edges a request really changes (pairs with the smaller id first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -485,19 +485,7 @@ impl Engine {
         friendships: &[(UserId, UserId)],
         now: u64,
     ) -> Result<Ownership, Error> {
-        let known = self.names.read().len();
-        if let Some(&u) = users.iter().find(|u| u.index() >= known) {
-            return Err(Error::UnknownUser(u));
-        }
-        let mut g = self.graph.write();
-        if g.owned.is_none() {
-            return Err(users
-                .first()
-                .map_or(Error::Owned(UserId(0)), |&u| Error::Owned(u)));
-        }
-        let mut taken: Vec<u32> = users.iter().map(|u| u.0).filter(|&u| !g.owned(u)).collect();
-        taken.sort_unstable();
-        taken.dedup();
+        let (known, mut g, taken) = self.ownership_changes(users, true)?;
         for &u in &taken {
             g.set_owned(u, true);
         }
@@ -526,6 +514,34 @@ impl Engine {
         })
     }
 
+    /// For [`Engine::take_users`] (`to_owned`) and [`Engine::release_users`]: the number of
+    /// known users, the graph under its write lock, and those of `users` whose ownership
+    /// changes (sorted, each once). Refuses unknown users, and any change on a single node.
+    fn ownership_changes(
+        &self,
+        users: &[UserId],
+        to_owned: bool,
+    ) -> Result<(usize, RwLockWriteGuard<'_, GraphState>, Vec<u32>), Error> {
+        let known = self.names.read().len();
+        if let Some(&u) = users.iter().find(|u| u.index() >= known) {
+            return Err(Error::UnknownUser(u));
+        }
+        let g = self.graph.write();
+        if g.owned.is_none() {
+            return Err(users
+                .first()
+                .map_or(Error::Owned(UserId(0)), |&u| Error::Owned(u)));
+        }
+        let mut changing: Vec<u32> = users
+            .iter()
+            .map(|u| u.0)
+            .filter(|&u| g.owned(u) != to_owned)
+            .collect();
+        changing.sort_unstable();
+        changing.dedup();
+        Ok((known, g, changing))
+    }
+
     /// Gives up ownership of `users` (their slot went to another node) and drops what this
     /// node no longer needs of them: sessions, timers, custom status, and their friendships
     /// with users not owned here (those with owned users stay: they route the released
@@ -539,19 +555,7 @@ impl Engine {
     /// release shows friends nothing until the new owner says otherwise. Users already not
     /// owned are left as they are. Refused with `Owned` on a single node.
     pub fn release_users(&self, users: &[UserId], now: u64) -> Result<Ownership, Error> {
-        let known = self.names.read().len();
-        if let Some(&u) = users.iter().find(|u| u.index() >= known) {
-            return Err(Error::UnknownUser(u));
-        }
-        let mut g = self.graph.write();
-        if g.owned.is_none() {
-            return Err(users
-                .first()
-                .map_or(Error::Owned(UserId(0)), |&u| Error::Owned(u)));
-        }
-        let mut released: Vec<u32> = users.iter().map(|u| u.0).filter(|&u| g.owned(u)).collect();
-        released.sort_unstable();
-        released.dedup();
+        let (_, mut g, released) = self.ownership_changes(users, false)?;
         for &u in &released {
             if self.shard(u).lock().has_connected_at(u, now, &self.cfg) {
                 return Err(Error::HasSessions(UserId(u)));

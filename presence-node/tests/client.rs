@@ -11,7 +11,6 @@ use presence_client::{
     Backoff, Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, Event,
     Inbox, QuicCert, QuicEndpoint, ServerMessage, Session, SessionOptions, State, Transport,
 };
-use serde_json::json;
 
 const SOON: Duration = Duration::from_secs(5);
 /// Long enough for something the node would send to arrive, on a shared 2-core machine.
@@ -76,16 +75,8 @@ fn bob_is(state: State) -> impl FnMut(ServerMessage) -> Option<()> {
 
 async fn welcome_presence_and_chat_are_typed(via: Via) {
     let node = Node::start(FAST);
-    let (status, v) = node
-        .admin(
-            "PUT",
-            "/v1/users/alice/friends",
-            Some(json!({"friends": ["bob"]})),
-        )
-        .await;
-    assert_eq!(status, 204, "{v}");
-    // Give the tick a moment to publish the edges before the snapshot.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Answered after publishing: the next welcome has it (read-your-writes).
+    node.befriend(&[("alice", "bob")]).await;
 
     let opts = options(&node, via, "alice").await.device("phone");
     let (mut alice, w) = Client::connect(&opts).await.expect("welcome");
@@ -130,15 +121,7 @@ async fn welcome_presence_and_chat_are_typed_quic() {
 async fn connections_share_a_quic_socket_and_fed_frames_leave_on_flush() {
     common::init();
     let node = Node::start(FAST);
-    let (status, v) = node
-        .admin(
-            "PUT",
-            "/v1/users/alice/friends",
-            Some(json!({"friends": ["bob"]})),
-        )
-        .await;
-    assert_eq!(status, 204, "{v}");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    node.befriend(&[("alice", "bob")]).await;
 
     let shared = QuicEndpoint::bind(([127, 0, 0, 1], 0).into()).expect("udp socket");
     let on_shared = |mut o: ConnectOptions| {
