@@ -42,17 +42,14 @@ pub struct ClusterAnswer {
 impl Topology {
     /// This node's own record.
     pub fn me(&self) -> &Member {
-        match self {
-            Topology::Single(m) => m,
-        }
+        let Topology::Single(m) = self;
+        m
     }
 
     /// Where `user`'s sessions belong now; `None` while no node surely owns its slot.
     pub fn route(&self, user: &str) -> Option<RouteAnswer> {
         let slot = slot_of(user.as_bytes());
-        let owner = match self {
-            Topology::Single(m) => m,
-        };
+        let Topology::Single(owner) = self;
         Some(RouteAnswer {
             user: user.to_owned(),
             slot: slot.get(),
@@ -65,18 +62,17 @@ impl Topology {
 
     /// Members and their slot counts, for operators and load balancers.
     pub fn cluster(&self) -> ClusterAnswer {
-        match self {
-            Topology::Single(m) => ClusterAnswer {
-                nodes: vec![ClusterNode {
-                    id: m.id.clone(),
-                    ws: m.ws.clone(),
-                    quic: m.quic.clone(),
-                    admin: m.admin.clone(),
-                    slots: usize::from(SLOTS),
-                }],
-                slots: SLOTS,
-                epoch: 0,
-            },
+        let Topology::Single(m) = self;
+        ClusterAnswer {
+            nodes: vec![ClusterNode {
+                id: m.id.clone(),
+                ws: m.ws.clone(),
+                quic: m.quic.clone(),
+                admin: m.admin.clone(),
+                slots: usize::from(SLOTS),
+            }],
+            slots: SLOTS,
+            epoch: 0,
         }
     }
 }
