@@ -265,6 +265,21 @@ fn messages_after_the_hello_are_answered_and_bad_ones_refused() {
     assert_eq!(code(out.only()), "bad_request");
     assert_eq!(out.only()["id"], "c1", "a refused send names its id");
     assert!(!out.closed());
+    // v1.1's big-group messages parse, and are refused as not served yet.
+    for m in [
+        json!({"type": "watch_group", "group": "g"}),
+        json!({"type": "unwatch_group", "group": "g"}),
+        json!({"type": "focus", "users": null}),
+    ] {
+        let out = h.send(&mut s, m, T0 + 7);
+        assert_eq!(code(out.only()), "bad_request");
+        assert!(
+            out.only()["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("not served"))
+        );
+        assert!(!out.closed());
+    }
     // Malformed JSON after the hello closes the connection.
     let fx = h.svc.on_received(&mut s, raw("{nope"), T0 + 8);
     let out = h.run(&mut s, fx, T0 + 8);

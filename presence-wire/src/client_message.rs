@@ -19,6 +19,9 @@ pub const CLIENT_TYPES: &[&str] = &[
     "edit",
     "delete",
     "history",
+    "watch_group",
+    "unwatch_group",
+    "focus",
 ];
 
 /// A message from a client.
@@ -82,6 +85,28 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// v1.1: `group_counts` for a group the user belongs to; with `members` (at most 200),
+    /// their presence as if they were friends.
+    WatchGroup {
+        group: String,
+        #[serde(default = "yes")]
+        counts: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<String>>,
+    },
+    /// v1.1: stop watching a group.
+    UnwatchGroup {
+        group: String,
+    },
+    /// v1.1: only these friends' presence from now on (at most 200); `None` (`null`): every
+    /// friend again.
+    Focus {
+        users: Option<Vec<String>>,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ClientMessage {
@@ -152,6 +177,11 @@ mod tests {
             r#"{"type":"read","msg_id":"m"}"#,
             r#"{"type":"edit","msg_id":"m","text":"t"}"#,
             r#"{"type":"delete","msg_id":"m"}"#,
+            r#"{"type":"watch_group","group":"g"}"#,
+            r#"{"type":"watch_group","group":"g","counts":false,"members":["1","2"]}"#,
+            r#"{"type":"unwatch_group","group":"g"}"#,
+            r#"{"type":"focus","users":["1"]}"#,
+            r#"{"type":"focus","users":null}"#,
         ];
         for f in ok {
             assert!(parse_client(f.as_bytes()).is_ok(), "{f}");

@@ -24,6 +24,7 @@ pub use error::{ERROR_CODES, ErrorCode, ProtocolError, error_frame};
 pub use framing::{ALPN, MAX_FRAME};
 pub use msg_id::{EPOCH_MS, MAX_NODE, MsgId, NODE_BITS, ParseMsgIdError, SEQ_BITS};
 pub use server_message::{
-    Error, History, HistoryMessage, Inbox, InboxKind, PONG, Presence, PresenceEntry, SERVER_TYPES,
-    Sent, ServerMessage, State, Status, Synced, Typing, Welcome, presence_frame, tag,
+    Error, GroupCount, GroupCounts, History, HistoryMessage, Inbox, InboxKind, PONG, Presence,
+    PresenceEntry, SERVER_TYPES, Sent, ServerMessage, State, Status, Synced, Typing, Welcome,
+    presence_frame, tag,
 };

@@ -13,7 +13,16 @@ use crate::{ErrorCode, MsgId};
 
 /// Every server message type.
 pub const SERVER_TYPES: &[&str] = &[
-    "welcome", "presence", "pong", "sent", "inbox", "typing", "error", "synced", "history",
+    "welcome",
+    "presence",
+    "pong",
+    "sent",
+    "inbox",
+    "typing",
+    "error",
+    "synced",
+    "history",
+    "group_counts",
 ];
 
 /// Zero-sized `"type"` tags: each message struct serializes its own type name, and checks
@@ -41,6 +50,7 @@ pub mod tag {
         Error = "error",
         Synced = "synced",
         History = "history",
+        GroupCounts = "group_counts",
     );
 }
 
@@ -233,6 +243,24 @@ pub struct Synced {
     pub tag: tag::Synced,
 }
 
+/// One watched group's counts in `group_counts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCount<'a> {
+    pub group: Cow<'a, str>,
+    pub online: u64,
+    pub idle: u64,
+    pub total: u64,
+}
+
+/// `group_counts` (v1.1): at most one a tick, for watched groups whose counts changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts<'a> {
+    #[serde(rename = "type", skip_deserializing)]
+    pub tag: tag::GroupCounts,
+    pub tick: u64,
+    pub groups: Vec<GroupCount<'a>>,
+}
+
 /// One message of a `history` page.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryMessage<'a> {
@@ -280,6 +308,7 @@ pub enum ServerMessage {
     Error(Error<'static>),
     Synced(Synced),
     History(History<'static>),
+    GroupCounts(GroupCounts<'static>),
     /// A type this version does not know (a newer node): ignore it.
     #[serde(other)]
     Unknown,
@@ -315,6 +344,7 @@ to_frame!(
     Typing,
     Error,
     History,
+    GroupCounts,
     PresenceEntry
 );
 
@@ -398,13 +428,15 @@ mod tests {
             r#"{"type":"error","code":"moved","message":"elsewhere","ws":"127.0.0.1:1"}"#,
             r#"{"after":0,"last":3,"more":false,"type":"synced"}"#,
             r#"{"messages":[{"from":"a","msg_id":"0553540624800000","text":"x","to":"b","ts":1}],"more":false,"type":"history","with":"b"}"#,
+            r#"{"type":"group_counts","tick":1,"groups":[{"group":"g","online":2,"idle":1,"total":9}]}"#,
         ];
+        assert_eq!(frames.len(), SERVER_TYPES.len());
         for (f, t) in frames.iter().zip(SERVER_TYPES) {
             let m = ServerMessage::parse(f.as_bytes()).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert_ne!(m, ServerMessage::Unknown, "{t}");
         }
         assert_eq!(
-            ServerMessage::parse(br#"{"type":"group_counts","tick":1,"groups":[]}"#).ok(),
+            ServerMessage::parse(br#"{"type":"read_receipts","tick":1}"#).ok(),
             Some(ServerMessage::Unknown)
         );
         assert!(ServerMessage::parse(b"{nope").is_err());

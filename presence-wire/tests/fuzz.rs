@@ -27,10 +27,10 @@ use std::fmt::Debug;
 use bytes::{Bytes, BytesMut};
 use presence_wire::framing::{quic_codec, quic_frame};
 use presence_wire::{
-    CLIENT_TYPES, ClientMessage, ERROR_CODES, Error, ErrorCode, History, HistoryMessage, Inbox,
-    InboxKind, MAX_FRAME, MsgId, PONG, Presence, PresenceEntry, ProtocolError, SERVER_TYPES, Sent,
-    ServerMessage, State, Status, Synced, Typing, Welcome, error_frame, parse_client,
-    parse_client_value, presence_frame,
+    CLIENT_TYPES, ClientMessage, ERROR_CODES, Error, ErrorCode, GroupCount, GroupCounts, History,
+    HistoryMessage, Inbox, InboxKind, MAX_FRAME, MsgId, PONG, Presence, PresenceEntry,
+    ProtocolError, SERVER_TYPES, Sent, ServerMessage, State, Status, Synced, Typing, Welcome,
+    error_frame, parse_client, parse_client_value, presence_frame,
 };
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
@@ -183,6 +183,22 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 before,
                 limit
             })
+            .boxed(),
+        (
+            s(),
+            any::<bool>(),
+            proptest::option::of(proptest::collection::vec(s(), 0..4))
+        )
+            .prop_map(|(group, counts, members)| ClientMessage::WatchGroup {
+                group,
+                counts,
+                members
+            })
+            .boxed(),
+        s().prop_map(|group| ClientMessage::UnwatchGroup { group })
+            .boxed(),
+        proptest::option::of(proptest::collection::vec(s(), 0..4))
+            .prop_map(|users| ClientMessage::Focus { users })
             .boxed(),
     ]
 }
@@ -612,6 +628,27 @@ fn server_frame() -> impl Strategy<Value = (Vec<u8>, ServerMessage)> {
                     ..History::default()
                 };
                 (h.to_frame(), ServerMessage::History(h))
+            })
+            .boxed(),
+        (
+            num(),
+            proptest::collection::vec((text(20), num(), num(), num()), 0..4),
+        )
+            .prop_map(|(tick, groups)| {
+                let g = GroupCounts {
+                    tick,
+                    groups: groups
+                        .into_iter()
+                        .map(|(group, online, idle, total)| GroupCount {
+                            group: cow(group),
+                            online,
+                            idle,
+                            total,
+                        })
+                        .collect(),
+                    ..GroupCounts::default()
+                };
+                (g.to_frame(), ServerMessage::GroupCounts(g))
             })
             .boxed(),
     ]

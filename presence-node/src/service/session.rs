@@ -795,6 +795,13 @@ impl Service {
                     limit: limit.map_or(0, |l| l as usize),
                 })
             }
+            // Protocol v1.1's big groups and partial subscriptions: understood, not served
+            // by this node yet.
+            ClientMessage::WatchGroup { .. }
+            | ClientMessage::UnwatchGroup { .. }
+            | ClientMessage::Focus { .. } => {
+                bad("watch_group, unwatch_group and focus are not served by this node yet")
+            }
         }
     }
 }
