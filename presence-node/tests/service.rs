@@ -608,3 +608,73 @@ fn bad_admin_writes_are_refused_before_anything_is_written() {
     h.write(h.svc.plan_delete_group("g"));
     assert!(h.svc.group("g").is_err());
 }
+
+/// Cluster mode: a hello is served only for a user whose slot this node serves; a user owned
+/// elsewhere is told `moved` with the owner's addresses, one whose slot nobody serves yet
+/// `unavailable`; both close.
+#[test]
+fn a_cluster_node_serves_its_slots_and_routes_the_rest() {
+    use presence_cluster::{Member, Owner, SlotMap, SlotTable, slot_of};
+    use presence_node::service::cluster::Routes;
+    let h = Harness::new(|_| {});
+    // Three users in three different slots: alice's is ours, bob's is b's, carol's nobody's.
+    let (alice, bob, carol) = ("alice", "bob", "carol");
+    let slots = [alice, bob, carol].map(|u| slot_of(u.as_bytes()));
+    assert!(slots[0] != slots[1] && slots[1] != slots[2] && slots[0] != slots[2]);
+    let member = |id: &str| Member {
+        id: id.into(),
+        ws: format!("{id}-ws:1"),
+        quic: format!("{id}-quic:2"),
+        lp: format!("http://{id}-lp:3"),
+        admin: String::new(),
+        peer: String::new(),
+        peer_cert: String::new(),
+        draining: false,
+    };
+    let mut map = SlotMap::new();
+    map.put_member(member("a"));
+    map.put_member(member("b"));
+    map.set_owner(
+        slots[0],
+        Some(Owner {
+            node: "a".into(),
+            epoch: 5,
+        }),
+    );
+    map.set_owner(
+        slots[1],
+        Some(Owner {
+            node: "b".into(),
+            epoch: 6,
+        }),
+    );
+    let map = std::sync::Arc::new(map);
+    let mut table = SlotTable::new("a");
+    let loads = table.on_view(&map, true);
+    assert_eq!(loads.load, [(slots[0], 5)]);
+    // Loading: not served yet.
+    h.svc.set_routes(Routes::new("a", &table, map.clone()));
+    let hello = |u: &str| frame(json!({"type": "hello", "token": h.token(u)}));
+    let out = h.refused(hello(alice), T0);
+    assert_eq!(code(out.only()), "unavailable");
+    assert!(out.closed());
+    // Loaded: served.
+    let _ = table.loaded(slots[0], 5);
+    h.svc.set_routes(Routes::new("a", &table, map.clone()));
+    let (_s, w) = h.hello(alice, "d", T0);
+    assert_eq!(w["user"], alice);
+    let out = h.refused(hello(bob), T0);
+    assert_eq!(code(out.only()), "moved");
+    assert_eq!(
+        (&out.only()["ws"], &out.only()["quic"], &out.only()["lp"]),
+        (
+            &json!("b-ws:1"),
+            &json!("b-quic:2"),
+            &json!("http://b-lp:3")
+        )
+    );
+    assert!(out.closed());
+    let out = h.refused(hello(carol), T0);
+    assert_eq!(code(out.only()), "unavailable");
+    assert_eq!(h.svc.session_count(), 1, "only alice's session");
+}

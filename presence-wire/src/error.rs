@@ -22,6 +22,9 @@ pub enum ErrorCode {
     Internal,
     /// v1.1: this user's sessions belong on another node.
     Moved,
+    /// Extension (cluster): no node can serve this user right now (its slot is being
+    /// assigned or loaded, or this node is cut off from etcd): reconnect with backoff.
+    Unavailable,
 }
 
 /// Every error code with its wire name and whether the node closes the connection after it.
@@ -35,6 +38,7 @@ pub const ERROR_TABLE: &[(ErrorCode, &str, bool)] = &[
     (ErrorCode::RateLimited, "rate_limited", false),
     (ErrorCode::Internal, "internal", false),
     (ErrorCode::Moved, "moved", true),
+    (ErrorCode::Unavailable, "unavailable", true),
 ];
 
 /// Every error code's wire name, in the order of [`ERROR_TABLE`].
@@ -48,6 +52,7 @@ pub const ERROR_CODES: &[&str] = &[
     "rate_limited",
     "internal",
     "moved",
+    "unavailable",
 ];
 
 impl ErrorCode {

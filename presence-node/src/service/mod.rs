@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod chat;
+pub mod cluster;
 pub mod session;
 
 // The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
@@ -67,6 +68,9 @@ pub struct Service {
     chat: Chat,
     groups: RwLock<Groups>,
     registry: Registry,
+    /// Cluster mode: the slots served here and where other users belong (`None`: a single
+    /// node, which serves everyone).
+    routes: RwLock<Option<Arc<cluster::Routes>>>,
 }
 
 impl Service {
@@ -123,6 +127,7 @@ impl Service {
             chat,
             groups: RwLock::new(groups),
             registry: Registry::default(),
+            routes: RwLock::new(None),
         })
     }
 
@@ -155,6 +160,17 @@ impl Service {
     pub fn admin_key_ok(&self, key: &str) -> bool {
         let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
         digest(key.as_bytes()).as_ref() == digest(self.admin_key.as_bytes()).as_ref()
+    }
+
+    /// Routes hellos by the cluster's slots from now on (cluster mode): users whose slot is
+    /// not served here are answered `moved` or `unavailable`.
+    pub fn set_routes(&self, routes: cluster::Routes) {
+        *self.routes.write() = Some(Arc::new(routes));
+    }
+
+    /// Where `user`'s sessions belong, if not here.
+    pub fn elsewhere(&self, user: &str) -> Option<cluster::Elsewhere> {
+        self.routes.read().as_ref()?.elsewhere(user)
     }
 
     /// Open sessions.

@@ -134,6 +134,39 @@ impl Effects {
         fx
     }
 
+    /// This user's sessions belong elsewhere (cluster mode): `moved` with the owner's
+    /// addresses, or `unavailable`; then the close.
+    fn elsewhere(self, e: super::cluster::Elsewhere) -> Self {
+        use super::cluster::Elsewhere;
+        let code = e.code();
+        metrics::counter!(m::ERRORS, "code" => code.as_str()).increment(1);
+        let (message, frame) = match e {
+            Elsewhere::Moved { node, ws, quic, lp } => {
+                let message = format!("this user's sessions belong on node {node}");
+                let frame = presence_wire::Error {
+                    code,
+                    message: message.as_str().into(),
+                    ws: Some(ws.into()),
+                    quic: Some(quic.into()),
+                    lp: Some(lp.into()),
+                    ..presence_wire::Error::default()
+                }
+                .to_frame();
+                (message, frame)
+            }
+            Elsewhere::Unavailable(why) => (
+                why.to_owned(),
+                presence_wire::error_frame(&ProtocolError::new(code, why)),
+            ),
+        };
+        let mut fx = self.frame(frame);
+        fx.end = Some(End {
+            close: Some(message),
+            how: Disconnect::Dropped,
+        });
+        fx
+    }
+
     fn dropped() -> Self {
         Effects {
             end: Some(End {
@@ -340,6 +373,9 @@ impl Service {
             Some(d) => d,
             None => crate::datadir::random_hex(8).unwrap_or_else(|_| "device".into()),
         };
+        if let Some(e) = self.elsewhere(&claims.sub) {
+            return Err(fx.elsewhere(e));
+        }
         let user = match self.engine.intern(&claims.sub) {
             Ok(u) => u,
             Err(e) => return Err(fx.fail(ErrorCode::Unauthorized, e.to_string())),
