@@ -38,6 +38,9 @@ pub enum ChatItem {
 pub enum CloseReason {
     HeartbeatTimeout,
     Shutdown,
+    /// Cluster mode: the user's slot is no longer served here; the session is told where it
+    /// belongs now (`moved`), unless the slot came back before it woke.
+    Moved,
 }
 
 #[derive(Default)]

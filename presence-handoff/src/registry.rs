@@ -133,6 +133,18 @@ impl Registry {
         }
     }
 
+    /// Every open session with its user's dense id (handles cloned out, so the caller can
+    /// take other locks afterwards without holding a stripe).
+    pub fn all(&self) -> Vec<(u32, Arc<SessionHandle>)> {
+        let mut out = Vec::new();
+        for stripe in &self.stripes {
+            for (&user, list) in stripe.lock().iter() {
+                out.extend(list.iter().map(|h| (user, h.clone())));
+            }
+        }
+        out
+    }
+
     /// Calls `f` on the open sessions of stripe `i` (mod [`SHARDS`]).
     pub fn for_each_in_stripe(&self, i: usize, mut f: impl FnMut(&SessionHandle)) {
         for list in self.stripes[i % SHARDS].lock().values() {

@@ -677,4 +677,40 @@ fn a_cluster_node_serves_its_slots_and_routes_the_rest() {
     let out = h.refused(hello(carol), T0);
     assert_eq!(code(out.only()), "unavailable");
     assert_eq!(h.svc.session_count(), 1, "only alice's session");
+
+    // alice's slot goes to b: her live session is told `moved` and ends.
+    let mut s = _s;
+    let mut moved = (*map).clone();
+    moved.set_owner(
+        slots[0],
+        Some(Owner {
+            node: "b".into(),
+            epoch: 9,
+        }),
+    );
+    let moved = std::sync::Arc::new(moved);
+    let evict = table.on_view(&moved, true);
+    assert_eq!(evict.evict, [slots[0]]);
+    assert_eq!(h.svc.set_routes(Routes::new("a", &table, moved.clone())), 1);
+    let out = h.wake(&mut s, T0 + 1);
+    assert_eq!(code(out.only()), "moved");
+    assert_eq!(out.only()["ws"], "b-ws:1");
+    assert!(out.closed());
+    h.svc.close(s, presence_core::Disconnect::Dropped, T0 + 1);
+    // Told to move but given back before it woke: it stays.
+    let (mut s2, _) = {
+        let _ = table.drained(slots[0]);
+        let _ = table.on_view(&map, true);
+        let _ = table.loaded(slots[0], 5);
+        h.svc.set_routes(Routes::new("a", &table, map.clone()));
+        h.hello(alice, "d2", T0 + 2)
+    };
+    let _ = table.on_view(&moved, true);
+    assert_eq!(h.svc.set_routes(Routes::new("a", &table, moved)), 1);
+    let _ = table.drained(slots[0]);
+    let _ = table.on_view(&map, true);
+    let _ = table.loaded(slots[0], 5);
+    h.svc.set_routes(Routes::new("a", &table, map));
+    let out = h.wake(&mut s2, T0 + 3);
+    assert!(out.frames.is_empty() && !out.closed(), "{:?}", out.frames);
 }

@@ -164,8 +164,25 @@ impl Service {
 
     /// Routes hellos by the cluster's slots from now on (cluster mode): users whose slot is
     /// not served here are answered `moved` or `unavailable`.
-    pub fn set_routes(&self, routes: cluster::Routes) {
-        *self.routes.write() = Some(Arc::new(routes));
+    ///
+    /// Live sessions of users no longer served here are told to close with `moved` (or
+    /// `unavailable`): they wake, say so and end. Returns how many were told.
+    pub fn set_routes(&self, routes: cluster::Routes) -> usize {
+        let routes = Arc::new(routes);
+        *self.routes.write() = Some(routes.clone());
+        // The registry's handles first, the names after: no stripe is held while the names
+        // are (a session registering holds its stripe while the engine reads the names).
+        let sessions = self.registry.all();
+        let mut told = 0;
+        self.engine.with_names(|name| {
+            for (user, h) in &sessions {
+                if name(UserId(*user)).is_some_and(|n| routes.elsewhere(n).is_some()) {
+                    h.outbox.close(CloseReason::Moved);
+                    told += 1;
+                }
+            }
+        });
+        told
     }
 
     /// Where `user`'s sessions belong, if not here.

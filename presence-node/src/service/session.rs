@@ -643,6 +643,11 @@ impl Service {
                 fx.end = shutting_down().end;
                 fx
             }
+            // Unless the slot came back meanwhile.
+            Some(CloseReason::Moved) => match self.elsewhere(&s.user) {
+                Some(e) => fx.elsewhere(e),
+                None => fx,
+            },
             None => fx,
         }
     }
