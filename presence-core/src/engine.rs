@@ -353,13 +353,7 @@ impl Engine {
         self.check_user(user)?;
         let text = match text {
             Some(t) if !t.is_empty() => {
-                let len = t.chars().count();
-                if len > self.cfg.max_status_text {
-                    return Err(Error::TextTooLong {
-                        len,
-                        max: self.cfg.max_status_text,
-                    });
-                }
+                self.check_status_text(t)?;
                 Some(Arc::from(t))
             }
             _ => None,
@@ -367,6 +361,18 @@ impl Engine {
         self.shard(user.0)
             .lock()
             .set_status(user.0, status, text, now, &self.cfg)
+    }
+
+    /// A custom status text within `max_status_text` characters.
+    fn check_status_text(&self, t: &str) -> Result<(), Error> {
+        let len = t.chars().count();
+        if len > self.cfg.max_status_text {
+            return Err(Error::TextTooLong {
+                len,
+                max: self.cfg.max_status_text,
+            });
+        }
+        Ok(())
     }
 
     // ---- cluster: owned and mirrored users -------------------------------------------------
@@ -446,13 +452,7 @@ impl Engine {
         }
         let text = match &p.text {
             Some(t) if !t.is_empty() => {
-                let len = t.chars().count();
-                if len > self.cfg.max_status_text {
-                    return Err(Error::TextTooLong {
-                        len,
-                        max: self.cfg.max_status_text,
-                    });
-                }
+                self.check_status_text(t)?;
                 Some(t.clone())
             }
             _ => None,
