@@ -650,11 +650,7 @@ async fn open_quic(
         .await
         .map_err(from_quic)?;
     let (send, recv) = conn.open_bi().await.map_err(from_quic)?;
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(opts.max_frame_in)
-        .new_codec();
+    let codec = presence_wire::framing::length_prefixed(opts.max_frame_in);
     Ok(Connection {
         inner: Inner::Quic(Box::new(QuicConn {
             send,

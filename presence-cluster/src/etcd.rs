@@ -90,18 +90,11 @@ impl Drop for Control {
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 impl Control {
     /// Connects, registers this node under a new lease, and returns once the slot map has
     /// been read (within `wait`).
     pub async fn join(opts: Options, wait: Duration) -> Result<Control, ClusterError> {
-        if !valid_id(&opts.member.id) {
+        if !crate::valid_node_id(&opts.member.id) {
             return Err(ClusterError::BadNodeId(opts.member.id.clone()));
         }
         let etcd_err = |source| ClusterError::Etcd {
@@ -363,7 +356,7 @@ async fn map_task(
         let watched = client
             .watch_client()
             .watch(
-                keys_prefix(&keys),
+                keys.prefix(),
                 Some(
                     WatchOptions::new()
                         .with_prefix()
@@ -413,16 +406,11 @@ async fn map_task(
     }
 }
 
-/// The prefix under which members, slots and the leader key live.
-fn keys_prefix(keys: &Keys) -> String {
-    keys.leader().trim_end_matches("leader").to_owned()
-}
-
 /// Reads members and slot owners at one revision.
 async fn list(client: &Client, keys: &Keys) -> Result<SlotMap, etcd_client::Error> {
     let resp = client
         .kv_client()
-        .get(keys_prefix(keys), Some(GetOptions::new().with_prefix()))
+        .get(keys.prefix(), Some(GetOptions::new().with_prefix()))
         .await?;
     let mut map = SlotMap::new();
     for kv in resp.kvs() {

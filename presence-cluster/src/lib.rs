@@ -21,3 +21,11 @@ pub use fence::{Fence, Sent};
 pub use map::{Keys, Member, Owner, Route, SlotMap, SlotRecord};
 pub use serve::{Actions, SlotState, SlotTable};
 pub use slot::{SLOTS, Slot, slot_of};
+
+/// A node name: 1-64 characters of `A-Z a-z 0-9 . _ -` (it goes into etcd keys and logs).
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

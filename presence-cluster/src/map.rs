@@ -196,6 +196,11 @@ impl Keys {
         Keys { prefix }
     }
 
+    /// Everything of this cluster: members, slots and the leader key.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `<prefix>members/`: one key per node, under its lease.
     pub fn members(&self) -> String {
         format!("{}members/", self.prefix)

@@ -227,14 +227,6 @@ impl FromStr for LogFormat {
     }
 }
 
-/// A node name: 1-64 characters of `A-Z a-z 0-9 . _ -` (it goes into etcd keys and logs).
-pub fn valid_node_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 // The resolvers of the table: `(flag, value read if any, default text) -> resolved value`.
 
 /// The value read, else the default parsed as a flag would be.
@@ -328,7 +320,7 @@ impl NodeConfig {
             bail!("chat-max-in-flight must be at least 1");
         }
         if let Some(id) = &cfg.node_id
-            && !valid_node_id(id)
+            && !presence_cluster::valid_node_id(id)
         {
             bail!("node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {id:?}");
         }

@@ -66,7 +66,7 @@ pub fn node_id(dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
     }
     let path = dir.join("node-id");
     match fs::read_to_string(&path) {
-        Ok(v) if crate::config::valid_node_id(v.trim()) => Ok(v.trim().to_owned()),
+        Ok(v) if presence_cluster::valid_node_id(v.trim()) => Ok(v.trim().to_owned()),
         Ok(v) => anyhow::bail!("{}: not a node name: {:?}", path.display(), v.trim()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = format!("node-{}", random_hex(4)?);

@@ -147,11 +147,7 @@ pub struct Link {
 }
 
 fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(MAX_PEER_FRAME)
-        .new_codec()
+    presence_wire::framing::length_prefixed(MAX_PEER_FRAME)
 }
 
 fn exported(conn: &quinn::Connection) -> Result<[u8; 32], LinkError> {
@@ -299,12 +295,10 @@ impl LinkSender {
 
     /// Sends one encoded frame.
     pub async fn send_encoded(&mut self, bytes: Bytes) -> Result<(), LinkError> {
-        let len = u32::try_from(bytes.len())
-            .ok()
-            .filter(|&n| n as usize <= MAX_PEER_FRAME)
+        let prefix = presence_wire::framing::length_prefix(bytes.len(), MAX_PEER_FRAME)
             .ok_or(FrameError::TooLarge(bytes.len()))?;
         self.send
-            .write_all_chunks(&mut [Bytes::copy_from_slice(&len.to_be_bytes()), bytes])
+            .write_all_chunks(&mut [Bytes::copy_from_slice(&prefix), bytes])
             .await
             .map_err(|e| LinkError::Io(e.into()))
     }

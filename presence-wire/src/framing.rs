@@ -10,22 +10,34 @@ pub const MAX_FRAME: usize = 64 * 1024;
 /// ALPN of client connections over QUIC.
 pub const ALPN: &[u8] = b"presence/1";
 
-/// The QUIC framing as a tokio-util codec: decodes frames of at most [`MAX_FRAME`] bytes (a
-/// longer length prefix is an error before anything is buffered) and encodes with the prefix.
-pub fn quic_codec() -> LengthDelimitedCodec {
+/// A 4-byte big-endian length, then the bytes, as a tokio-util codec that refuses frames over
+/// `max` (a longer length prefix is an error before anything is buffered). The framing of
+/// QUIC clients ([`quic_codec`]) and of the nodes' peer links, each with its own limit.
+pub fn length_prefixed(max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .length_field_length(4)
         .big_endian()
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(max)
         .new_codec()
+}
+
+/// The 4-byte prefix of a frame of `len` bytes (`None` over `max`).
+pub fn length_prefix(len: usize, max: usize) -> Option<[u8; 4]> {
+    (len <= max)
+        .then(|| u32::try_from(len).ok())
+        .flatten()
+        .map(u32::to_be_bytes)
+}
+
+/// The QUIC framing as a tokio-util codec: decodes frames of at most [`MAX_FRAME`] bytes and
+/// encodes with the prefix.
+pub fn quic_codec() -> LengthDelimitedCodec {
+    length_prefixed(MAX_FRAME)
 }
 
 /// The 4-byte prefix of a frame of `len` bytes (`None` over [`MAX_FRAME`]).
 pub fn quic_prefix(len: usize) -> Option<[u8; 4]> {
-    (len <= MAX_FRAME)
-        .then(|| u32::try_from(len).ok())
-        .flatten()
-        .map(u32::to_be_bytes)
+    length_prefix(len, MAX_FRAME)
 }
 
 /// One frame with its prefix, in one buffer (`None` over [`MAX_FRAME`]).
