@@ -13,11 +13,12 @@
 
 use std::time::{Duration, Instant};
 
+/// The part of each granted TTL the node does not count on (the two clocks' rates).
+const MARGIN: f64 = 0.1;
+
 /// The lease fence of one node.
 #[derive(Debug, Clone)]
 pub struct Fence {
-    /// The part of each granted TTL the node does not count on (clock rates; at least 5%).
-    margin_ppm: u32,
     /// Until when the lease is surely alive; `None`: never granted, or known lost.
     until: Option<Instant>,
     lost: bool,
@@ -39,7 +40,6 @@ impl Fence {
     /// A fence that holds nothing yet, with a 10% margin.
     pub fn new() -> Fence {
         Fence {
-            margin_ppm: 100_000,
             until: None,
             lost: false,
         }
@@ -62,7 +62,7 @@ impl Fence {
         if self.lost {
             return;
         }
-        let keep = ttl.mul_f64(1.0 - f64::from(self.margin_ppm) / 1e6);
+        let keep = ttl.mul_f64(1.0 - MARGIN);
         let until = sent.0 + keep;
         // Answers may come back out of order: the latest expiry wins.
         self.until = Some(self.until.map_or(until, |u| u.max(until)));
