@@ -308,14 +308,31 @@ async fn post_token(
     Ok(Json(json!({ "token": token })))
 }
 
-async fn healthz(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// `200 {"status": "ok", …}`; in a cluster also the lease, the slots served and the peer
+/// links, and `503 {"status": "fenced"}` while the lease is not surely alive (etcd out of
+/// reach: the node serves nothing it cannot prove is its own).
+async fn healthz(State(s): State<AdminState>) -> Response {
     let h = s.node.service().health();
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "users": h.users,
         "edges": h.edges,
         "sessions": h.sessions,
-    }))
+    });
+    let mut status = StatusCode::OK;
+    if let Some(c) = s.node.cluster_health() {
+        if !c.lease_held {
+            body["status"] = json!("fenced");
+            status = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        body["cluster"] = json!({
+            "node": s.topology.me().id,
+            "lease_held": c.lease_held,
+            "slots_served": c.slots_served,
+            "peers": c.peers,
+        });
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {

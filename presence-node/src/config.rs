@@ -90,6 +90,34 @@ settings! {
     log_format: LogFormat => LogFormat = value,
         "log-format", "PRESENCE_LOG_FORMAT", "text",
         "Log format";
+    cluster_etcd: String => Option<Vec<String>> = optional_list,
+        "cluster-etcd", "PRESENCE_CLUSTER_ETCD", "none (single node)",
+        "Comma-separated etcd endpoints: joins the cluster (needs --store, --secret, --admin-key)";
+    cluster_prefix: String => String = value,
+        "cluster-prefix", "PRESENCE_CLUSTER_PREFIX", "/presence",
+        "etcd key prefix of this cluster's records (clusters sharing an etcd differ here)";
+    peer_listen: SocketAddr => SocketAddr = value,
+        "peer-listen", "PRESENCE_PEER_LISTEN", "127.0.0.1:7403",
+        "QUIC listener for other nodes (cluster mode)";
+    lease_ttl: String => Duration = duration,
+        "lease-ttl", "PRESENCE_LEASE_TTL", "5s",
+        "The node's etcd lease: how long a dead node keeps its slots";
+    advertise_ws: String => Option<String> = optional,
+        "advertise-ws", "PRESENCE_ADVERTISE_WS", "the listen address",
+        "WebSocket address `moved` and /v1/route tell clients";
+    advertise_quic: String => Option<String> = optional,
+        "advertise-quic", "PRESENCE_ADVERTISE_QUIC", "the listen address",
+        "QUIC address `moved` and /v1/route tell clients";
+    advertise_lp: String => Option<String> = optional,
+        "advertise-lp", "PRESENCE_ADVERTISE_LP", "none",
+        "Long-poll base URL `moved` and /v1/route tell clients";
+    advertise_peer: String => Option<String> = optional,
+        "advertise-peer", "PRESENCE_ADVERTISE_PEER", "the listen address",
+        "Peer-link address other nodes dial";
+    #[secret]
+    store: String => Option<String> = optional,
+        "store", "PRESENCE_STORE", "the embedded stores in the data dir",
+        "postgres://…: graph and groups in PostgreSQL (required in a cluster)";
 }
 
 /// One `serve` setting as operators see it.
@@ -263,6 +291,20 @@ fn duration(name: &str, read: Option<String>, default: &str) -> anyhow::Result<D
     parse_duration(name, read.as_deref().unwrap_or(default))
 }
 
+/// A comma-separated list of non-empty items.
+fn optional_list(
+    name: &str,
+    read: Option<String>,
+    _default: &str,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let Some(s) = read else { return Ok(None) };
+    let list: Vec<String> = s.split(',').map(|p| p.trim().to_owned()).collect();
+    if list.iter().any(String::is_empty) {
+        bail!("{name}: empty item in {s:?}");
+    }
+    Ok(Some(list))
+}
+
 fn optional_duration(
     name: &str,
     read: Option<String>,
@@ -324,7 +366,42 @@ impl NodeConfig {
         {
             bail!("node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {id:?}");
         }
+        cfg.check_cluster()?;
         Ok(cfg)
+    }
+
+    /// Whether the node joins a cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster_etcd.is_some()
+    }
+
+    /// The cluster flags go together: a cluster needs its shared store and the secrets every
+    /// node must share (a token minted for one node works on all; the admin key too).
+    fn check_cluster(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.store
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!("store must be a postgres:// URL");
+        }
+        match (self.is_cluster(), self.store.is_some()) {
+            (true, false) => bail!("cluster-etcd needs --store postgres://…"),
+            (false, true) => {
+                bail!("store postgres://… is for a cluster: it needs --cluster-etcd")
+            }
+            _ => {}
+        }
+        if self.is_cluster() {
+            if self.secret.is_none() {
+                bail!("cluster-etcd needs --secret: every node must verify the same tokens");
+            }
+            if self.admin_key.is_none() {
+                bail!("cluster-etcd needs --admin-key: every node answers the admin API");
+            }
+            if !self.cluster_prefix.starts_with('/') {
+                bail!("cluster-prefix must start with /");
+            }
+        }
+        Ok(())
     }
 
     /// The core engine's configuration.
@@ -337,6 +414,7 @@ impl NodeConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_friends: self.max_friends,
             max_sessions_per_user: self.max_sessions_per_user,
+            cluster: self.is_cluster(),
             ..presence_core::Config::default()
         };
         cfg.validate().context("invalid presence settings")?;

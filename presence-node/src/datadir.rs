@@ -129,6 +129,9 @@ pub struct Ready {
     pub pid: u32,
     /// This node's name.
     pub node: String,
+    /// The peer link's address (cluster mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
 }
 
 pub fn ready_path(dir: &Path) -> PathBuf {

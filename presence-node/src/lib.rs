@@ -9,6 +9,7 @@
 //! `presence-wire` frames), [`token`], [`store`] (the graph store), [`topology`] (where users' sessions belong), [`datadir`], [`metrics`].
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod datadir;

@@ -30,6 +30,17 @@ pub const CHAT_ENTRIES_PUSHED: &str = "chat_entries_pushed_total";
 pub const CHAT_ENTRIES_LAGGING: &str = "chat_entries_left_to_store_total";
 pub const CHAT_ENTRIES_READ: &str = "chat_entries_read_back_total";
 pub const WEBHOOKS: &str = "chat_webhooks_total";
+pub const SLOTS_SERVED: &str = "cluster_slots_served";
+pub const LEASE_HELD: &str = "cluster_lease_held";
+pub const SLOT_LOAD_SECONDS: &str = "cluster_slot_load_seconds";
+pub const PEER_LINKS: &str = "cluster_peer_links";
+pub const PEER_FRAMES_SENT: &str = "cluster_peer_frames_sent_total";
+pub const PEER_BYTES_SENT: &str = "cluster_peer_bytes_sent_total";
+pub const PEER_OVERFLOWS: &str = "cluster_peer_queue_overflows_total";
+pub const PEER_APPLIED: &str = "cluster_peer_entries_applied_total";
+pub const PEER_STALE: &str = "cluster_peer_updates_stale_total";
+pub const PEER_RESYNCS: &str = "cluster_peer_resyncs_total";
+pub const PEER_REFUSED: &str = "cluster_peer_entries_refused_total";
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +168,57 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         WEBHOOKS,
         Kind::Counter,
         "message.undelivered webhook attempts, by result",
+    ),
+    (
+        SLOTS_SERVED,
+        Kind::Gauge,
+        "Cluster: slots this node serves now",
+    ),
+    (
+        LEASE_HELD,
+        Kind::Gauge,
+        "Cluster: 1 while the node's etcd lease is surely alive, else 0 (it serves nothing)",
+    ),
+    (
+        SLOT_LOAD_SECONDS,
+        Kind::Histogram,
+        "Cluster: time to load a batch of taken slots' friend lists from PostgreSQL",
+    ),
+    (PEER_LINKS, Kind::Gauge, "Cluster: peer links up"),
+    (
+        PEER_FRAMES_SENT,
+        Kind::Counter,
+        "Cluster: frames sent to peers",
+    ),
+    (
+        PEER_BYTES_SENT,
+        Kind::Counter,
+        "Cluster: bytes of frames sent to peers",
+    ),
+    (
+        PEER_OVERFLOWS,
+        Kind::Counter,
+        "Cluster: frames dropped on a full peer queue (their slots are sent again as snapshots)",
+    ),
+    (
+        PEER_APPLIED,
+        Kind::Counter,
+        "Cluster: mirrored presences set from peers",
+    ),
+    (
+        PEER_STALE,
+        Kind::Counter,
+        "Cluster: slot updates from peers dropped as stale (a former owner's, or waiting for a snapshot)",
+    ),
+    (
+        PEER_RESYNCS,
+        Kind::Counter,
+        "Cluster: snapshots asked of peers after a gap or a new epoch",
+    ),
+    (
+        PEER_REFUSED,
+        Kind::Counter,
+        "Cluster: peer entries refused (wrong slot, invalid presence, owned here)",
     ),
 ];
 

@@ -25,6 +25,14 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A cluster node's health, as `/healthz` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterHealth {
+    pub lease_held: bool,
+    pub slots_served: usize,
+    pub peers: usize,
+}
+
 /// What the connection tasks, the admin handlers and the threads share.
 pub struct Node {
     service: Arc<Service>,
@@ -37,6 +45,8 @@ pub struct Node {
     /// Serialises admin writes from plan to apply, so each plan still holds when it is
     /// applied (the service validates against the graph as it is).
     admin_writes: tokio::sync::Mutex<()>,
+    /// Cluster mode: the fence and the peer links, for the tick thread.
+    cluster: std::sync::OnceLock<crate::cluster::Hooks>,
 }
 
 impl Node {
@@ -48,6 +58,39 @@ impl Node {
             stopped: std::sync::atomic::AtomicBool::new(false),
             webhooks,
             admin_writes: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Cluster mode: from now on each tick folds in the peers' frames and sends its own.
+    pub fn set_cluster(&self, hooks: crate::cluster::Hooks) {
+        if self.cluster.set(hooks).is_err() {
+            warn!("cluster hooks set twice: keeping the first");
+        }
+    }
+
+    /// Cluster mode: the lease, the slots served and the links, for `/healthz`.
+    pub fn cluster_health(&self) -> Option<ClusterHealth> {
+        let c = self.cluster.get()?;
+        Some(ClusterHealth {
+            lease_held: c.may_send(),
+            slots_served: self.service().routes().map_or(0, |r| r.served().count()),
+            peers: c.peers.count(),
+        })
+    }
+
+    /// One tick: the service's, then its frames to the peers (cluster mode).
+    fn tick(&self, now: u64) -> u64 {
+        let svc = self.service();
+        match self.cluster.get() {
+            None => svc.on_tick(now).tick,
+            Some(c) => {
+                let report = svc.on_tick_with(now, c.may_send());
+                if !report.peer_frames.is_empty() {
+                    c.peers.send(self, report.peer_frames);
+                }
+                report.tick
+            }
         }
     }
 
@@ -116,8 +159,8 @@ impl Node {
                         std::thread::sleep((next - now).min(Duration::from_millis(50)));
                         continue;
                     }
-                    let report = svc.on_tick(now_ms());
-                    node.published.send_replace(report.tick);
+                    let tick = node.tick(now_ms());
+                    node.published.send_replace(tick);
                     ping_from = svc.ping_stripes(ping_from, per_tick);
                     next += period;
                     if next < Instant::now() {

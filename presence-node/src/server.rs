@@ -14,7 +14,7 @@ use crate::datadir::{self, Ready};
 use crate::node::{Node, now_ms};
 use crate::service::Service;
 use crate::topology::Topology;
-use crate::{admin, quic, webhook, ws};
+use crate::{admin, cluster, quic, webhook, ws};
 
 /// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
 fn raise_nofile() {
@@ -64,7 +64,7 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
     let webhook_task = webhook_job.map(|(uri, rx)| {
         tokio::spawn(webhook::run(
             uri,
-            secret.into(),
+            secret.clone().into(),
             rx,
             node.shutdown().clone(),
         ))
@@ -77,23 +77,61 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding admin on {}", cfg.admin_listen))?;
     let endpoint = quic::endpoint(cfg.quic_listen, certs, key, cfg.heartbeat_timeout)?;
-    let ready = Ready {
+    let mut ready = Ready {
         ws: ws_listener.local_addr()?,
         quic: endpoint.local_addr()?,
         admin: admin_listener.local_addr()?,
         pid: std::process::id(),
         node: cfg.node_id.clone().unwrap_or_default(),
+        peer: None,
     };
-    let topology = Arc::new(Topology::Single(presence_cluster::Member {
+    let advertise = |flag: &Option<String>, addr: std::net::SocketAddr| {
+        flag.clone().unwrap_or_else(|| addr.to_string())
+    };
+    let mut me = presence_cluster::Member {
         id: ready.node.clone(),
-        ws: ready.ws.to_string(),
-        quic: ready.quic.to_string(),
-        lp: String::new(),
+        ws: advertise(&cfg.advertise_ws, ready.ws),
+        quic: advertise(&cfg.advertise_quic, ready.quic),
+        lp: cfg.advertise_lp.clone().unwrap_or_default(),
         admin: ready.admin.to_string(),
         peer: String::new(),
         peer_cert: String::new(),
         draining: false,
-    }));
+    };
+    // Cluster mode: the peer link, the shared store, then the join (which returns once the
+    // slot map is known: ready.json is written after it).
+    let cluster = match (&cfg.cluster_etcd, &cfg.store) {
+        (Some(_), Some(url)) => {
+            let (peer_endpoint, identity) = cluster::peer_endpoint(&cfg)?;
+            let peer_addr = peer_endpoint.local_addr()?;
+            ready.peer = Some(peer_addr);
+            me.peer = advertise(&cfg.advertise_peer, peer_addr);
+            me.peer_cert = identity.pem().to_owned();
+            let store = presence_pg::Store::connect(url)
+                .await
+                .context("connecting to the PostgreSQL store")?;
+            info!("PostgreSQL store open");
+            Some(
+                cluster::Cluster::join(
+                    &cfg,
+                    &node,
+                    Arc::new(store),
+                    me.clone(),
+                    peer_endpoint,
+                    &secret,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
+    let topology = Arc::new(match &cluster {
+        Some(c) => Topology::Cluster {
+            me: me.clone(),
+            map: c.map(),
+        },
+        None => Topology::Single(me.clone()),
+    });
 
     // TCP_NODELAY: two small frames in a row to an idle client (an inbox entry after a
     // `sent`, two presence frames) would otherwise wait out the client's 40 ms delayed ACK.
@@ -144,6 +182,17 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
     );
 
     wait_for_signal().await;
+    if let Some(c) = &cluster {
+        // Hand the slots over first: their sessions are told `moved` as each slot goes, and
+        // reconnect to the new owners within the grace period, so no friend sees a flap.
+        info!("shutting down: handing slots over");
+        c.hand_over(&me.id, cfg.lease_ttl * 2 + Duration::from_secs(10))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while node.service().session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     info!("shutting down: closing sessions");
     node.service().close_all();
     node.shutdown().cancel();
@@ -164,6 +213,9 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     quic_task.abort();
+    if let Some(c) = cluster {
+        c.leave().await;
+    }
     datadir::remove_ready(&cfg.data_dir);
     info!("stopped");
     Ok(())

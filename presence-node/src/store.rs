@@ -56,6 +56,7 @@ impl GraphWrite {
 }
 
 /// What a store held at start.
+#[derive(Default)]
 pub struct Loaded {
     pub edges: u64,
     pub groups: Vec<(String, Vec<String>)>,

@@ -307,6 +307,11 @@ impl LinkSender {
     pub fn close(&self, why: &str) {
         self.conn.close(0u32.into(), why.as_bytes());
     }
+
+    /// The connection, to close it from elsewhere.
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
 }
 
 /// The receiving half of a [`Link`].

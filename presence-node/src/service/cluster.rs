@@ -12,7 +12,8 @@ use presence_wire::ErrorCode;
 #[derive(Debug, Clone)]
 pub struct Routes {
     me: String,
-    serving: Vec<bool>,
+    /// The epoch each slot is served under here, if it is.
+    serving: Vec<Option<i64>>,
     map: Arc<SlotMap>,
 }
 
@@ -44,7 +45,7 @@ impl Routes {
     pub fn new(me: &str, table: &SlotTable, map: Arc<SlotMap>) -> Routes {
         Routes {
             me: me.to_owned(),
-            serving: Slot::all().map(|s| table.serving(s).is_some()).collect(),
+            serving: Slot::all().map(|s| table.serving(s)).collect(),
             map,
         }
     }
@@ -53,14 +54,44 @@ impl Routes {
     pub fn none(me: &str) -> Routes {
         Routes {
             me: me.to_owned(),
-            serving: vec![false; usize::from(SLOTS)],
+            serving: vec![None; usize::from(SLOTS)],
             map: Arc::new(SlotMap::new()),
         }
     }
 
     /// Whether sessions of users in `slot` are served here now.
     pub fn serves(&self, slot: Slot) -> bool {
+        self.serving[slot.index()].is_some()
+    }
+
+    /// The epoch `slot` is served under here, if it is.
+    pub fn serving_epoch(&self, slot: Slot) -> Option<i64> {
         self.serving[slot.index()]
+    }
+
+    /// The slots served here, with their epochs.
+    pub fn served(&self) -> impl Iterator<Item = (Slot, i64)> + '_ {
+        Slot::all().filter_map(|s| Some((s, self.serving[s.index()]?)))
+    }
+
+    /// The node the map says owns `slot` (it may not serve it yet).
+    pub fn owner_of(&self, slot: Slot) -> Option<&str> {
+        self.map.owner(slot).map(|o| &*o.node)
+    }
+
+    /// The epoch of `slot`'s assignment in the map.
+    pub fn epoch_of(&self, slot: Slot) -> Option<i64> {
+        self.map.owner(slot).map(|o| o.epoch)
+    }
+
+    /// The map these routes follow.
+    pub fn map(&self) -> &Arc<SlotMap> {
+        &self.map
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> &str {
+        &self.me
     }
 
     /// `None` when `user`'s sessions belong here now; else where they go.
@@ -83,5 +114,115 @@ impl Routes {
                 Elsewhere::Unavailable("no node owns this user's slot right now: retry shortly")
             }
         })
+    }
+}
+
+/// Why a slot could not be released yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    /// A user of the slot still has a connected session (told `moved`, not yet gone).
+    #[error("user {0:?} of the slot still has a session")]
+    HasSessions(String),
+    /// The engine refused (a bug, or ids the store should not hold).
+    #[error("{0}")]
+    Engine(String),
+}
+
+impl super::Service {
+    /// The routes hellos follow now (cluster mode).
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        self.routes.read().clone()
+    }
+
+    /// Takes `slot`'s users, with `edges` (directed pairs `(user of the slot, friend)`, as
+    /// the store holds them): their state machines start here from what was mirrored.
+    /// Returns how many users were taken.
+    pub fn take_slot(
+        &self,
+        slot: Slot,
+        edges: &[(String, String)],
+        now: u64,
+    ) -> Result<usize, SlotError> {
+        let engine = self.engine();
+        let mut users = Vec::new();
+        let mut pairs = Vec::with_capacity(edges.len());
+        for (u, f) in edges {
+            let (Ok(a), Ok(b)) = (engine.intern(u), engine.intern(f)) else {
+                return Err(SlotError::Engine(format!(
+                    "ids in the store the node cannot hold: {u:?}, {f:?}"
+                )));
+            };
+            if slot_of(u.as_bytes()) != slot {
+                return Err(SlotError::Engine(format!(
+                    "the store lists {u:?} in slot {}, not {}",
+                    slot_of(u.as_bytes()).get(),
+                    slot.get()
+                )));
+            }
+            users.push(a);
+            pairs.push((a, b));
+        }
+        users.sort_unstable();
+        users.dedup();
+        engine
+            .take_users(&users, &pairs, now)
+            .map_err(|e| SlotError::Engine(e.to_string()))?;
+        self.replica.lock().owned(slot, users.iter().copied());
+        Ok(users.len())
+    }
+
+    /// Takes one user of a served slot that has no friend in the store (its hello came
+    /// first).
+    pub(crate) fn take_lone_user(&self, user: presence_core::UserId, name: &str, now: u64) {
+        if self.engine().is_owned(user) {
+            return;
+        }
+        if self.engine().take_users(&[user], &[], now).is_ok() {
+            self.replica
+                .lock()
+                .owned(slot_of(name.as_bytes()), std::iter::once(user));
+        }
+    }
+
+    /// Releases `slot`'s users once none has a connected session.
+    pub fn release_slot(&self, slot: Slot, now: u64) -> Result<usize, SlotError> {
+        let users: Vec<presence_core::UserId> = self.replica.lock().owned_in(slot);
+        match self.engine().release_users(&users, now) {
+            Ok(o) => {
+                self.replica.lock().released(slot);
+                Ok(o.users)
+            }
+            Err(presence_core::Error::HasSessions(u)) => Err(SlotError::HasSessions(
+                self.engine().name(u).unwrap_or_default(),
+            )),
+            Err(e) => Err(SlotError::Engine(e.to_string())),
+        }
+    }
+
+    /// `slot` is served from now on under a new epoch: peers get snapshots of it.
+    pub fn serving_slot(&self, slot: Slot) {
+        self.replica.lock().serving(slot);
+    }
+
+    /// A peer link is up.
+    pub fn peer_connected(&self, peer: &str) {
+        let routes = self.routes().unwrap_or_else(|| Arc::new(Routes::none("")));
+        self.replica.lock().connected(peer, &routes);
+    }
+
+    /// A peer link went down.
+    pub fn peer_disconnected(&self, peer: &str) {
+        let routes = self.routes().unwrap_or_else(|| Arc::new(Routes::none("")));
+        self.replica.lock().disconnected(peer, &routes);
+    }
+
+    /// A frame from a peer, for the next tick.
+    pub fn peer_frame(&self, peer: &str, frame: presence_peer::PeerFrame) {
+        self.replica.lock().received(peer.to_owned(), frame);
+    }
+
+    /// A peer's queue was full: these slots start again from snapshots.
+    pub fn peer_overflowed(&self, peer: &str, slots: impl IntoIterator<Item = u16>) {
+        self.replica.lock().overflowed(peer, slots);
     }
 }

@@ -23,6 +23,7 @@
 pub mod admin;
 pub mod chat;
 pub mod cluster;
+pub mod replicate;
 pub mod session;
 
 // The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
@@ -50,12 +51,14 @@ pub use session::{Effects, End, Read, ReadResult, Received, RecvError, Session};
 pub type Groups = HashMap<String, Arc<[String]>>;
 
 /// What one tick did, for the driver's bookkeeping.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TickReport {
     /// The tick handed out: a session that starts now follows it.
     pub tick: u64,
     /// Entries handed to sessions.
     pub handed: usize,
+    /// Cluster mode: the frames for peers (one `Tick` per peer, and snapshot requests).
+    pub peer_frames: Vec<(String, presence_peer::PeerFrame)>,
 }
 
 /// The node's state and rules.
@@ -71,6 +74,8 @@ pub struct Service {
     /// Cluster mode: the slots served here and where other users belong (`None`: a single
     /// node, which serves everyone).
     routes: RwLock<Option<Arc<cluster::Routes>>>,
+    /// Cluster mode: presence to and from peers.
+    replica: parking_lot::Mutex<replicate::Replica>,
 }
 
 impl Service {
@@ -86,9 +91,14 @@ impl Service {
         use anyhow::Context;
         let engine = Engine::new(cfg.engine_config()?, now)?;
         let store = Store::open(&cfg.data_dir.join("graph.redb"))?;
-        let loaded = store
-            .load_into(&engine)
-            .context("loading the friend graph")?;
+        // In a cluster the graph is PostgreSQL's, loaded slot by slot as they are taken.
+        let loaded = if cfg.is_cluster() {
+            crate::store::Loaded::default()
+        } else {
+            store
+                .load_into(&engine)
+                .context("loading the friend graph")?
+        };
         // Publish the loaded graph before any session can start: a welcome shows the graph as
         // of the last tick, so without this a client that reconnects before the first tick
         // would see no friends at all.
@@ -128,6 +138,7 @@ impl Service {
             groups: RwLock::new(groups),
             registry: Registry::default(),
             routes: RwLock::new(None),
+            replica: parking_lot::Mutex::new(replicate::Replica::new()),
         })
     }
 
@@ -235,8 +246,35 @@ impl Service {
 
     /// Runs one tick and hands its diffs to the sessions' outboxes.
     pub fn on_tick(&self, now: u64) -> TickReport {
+        self.on_tick_with(now, true)
+    }
+
+    /// [`Service::on_tick`], in cluster mode folding the peers' frames received since the
+    /// last tick into it first, and returning this tick's frames for the peers; `may_send`
+    /// is false while the lease is not surely held (a fenced node tells peers nothing).
+    pub fn on_tick_with(&self, now: u64, may_send: bool) -> TickReport {
         let started = Instant::now();
+        let routes = self.routes.read().clone();
+        let mut peer_frames = Vec::new();
+        if let Some(r) = &routes {
+            let (folded, replies) = self.replica.lock().fold(&self.engine, r, now);
+            peer_frames = replies;
+            metrics::counter!(m::PEER_APPLIED).increment(folded.applied as u64);
+            metrics::counter!(m::PEER_STALE).increment(folded.stale as u64);
+            metrics::counter!(m::PEER_RESYNCS).increment(folded.resyncs as u64);
+            if folded.refused > 0 {
+                metrics::counter!(m::PEER_REFUSED).increment(folded.refused as u64);
+                tracing::warn!(refused = folded.refused, "peer entries refused");
+            }
+        }
         let batch = self.engine.tick(now);
+        if let Some(r) = &routes {
+            peer_frames.extend(
+                self.replica
+                    .lock()
+                    .outgoing(&self.engine, r, &batch, may_send),
+            );
+        }
         let ecfg = self.engine.config();
         // Render each referenced entry once; every watcher shares the bytes.
         let rendered: Vec<Bytes> = self.engine.with_names(|name| {
@@ -256,6 +294,7 @@ impl Service {
         TickReport {
             tick: batch.tick,
             handed,
+            peer_frames,
         }
     }
 }

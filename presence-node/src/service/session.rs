@@ -380,6 +380,10 @@ impl Service {
             Ok(u) => u,
             Err(e) => return Err(fx.fail(ErrorCode::Unauthorized, e.to_string())),
         };
+        if self.routes.read().is_some() {
+            // A user of a served slot with no friend in the store was not taken with it.
+            self.take_lone_user(user, &claims.sub, now);
+        }
         let (handle, welcome) = match self.open_session(user, &device, now) {
             Ok(x) => x,
             Err(CoreError::TooManySessions { cap, .. }) => {

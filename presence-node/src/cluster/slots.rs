@@ -1,0 +1,226 @@
+//! The slot driver (cluster mode): feeds the slot map and the lease fence from etcd into a
+//! [`SlotTable`] and carries out what it decides — loads taken slots' friend lists from
+//! PostgreSQL into the engine, publishes the routes hellos follow (which tells the sessions
+//! of lost slots `moved`), and releases a lost slot's users once its sessions are gone.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use presence_cluster::etcd::LeaseState;
+use presence_cluster::{Actions, Slot, SlotMap, SlotState, SlotTable, slot_of};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::metrics as m;
+use crate::node::{Node, now_ms};
+use crate::service::cluster::{Routes, SlotError};
+
+/// How often slots being drained are checked for sessions still open.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// A finished load: the slots (with the epochs asked for) and their edges.
+type LoadResult = (
+    Vec<(Slot, i64)>,
+    Result<Vec<(String, String)>, presence_pg::Error>,
+);
+
+/// Runs until the node shuts down.
+pub async fn run(
+    node: Arc<Node>,
+    store: Arc<presence_pg::Store>,
+    me: String,
+    mut map: watch::Receiver<Arc<SlotMap>>,
+    mut lease: watch::Receiver<LeaseState>,
+) {
+    let mut table = SlotTable::new(&me);
+    let mut draining: BTreeSet<Slot> = BTreeSet::new();
+    let (loaded_tx, mut loaded_rx) = mpsc::channel::<LoadResult>(16);
+    let mut view = map.borrow_and_update().clone();
+    let mut fence = *lease.borrow_and_update();
+    let mut pending = Actions::default();
+    let mut published = -1;
+    loop {
+        let holds = fence.holds(Instant::now());
+        metrics::gauge!(m::LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
+        let mut actions = table.on_view(&view, holds);
+        actions.serve.append(&mut pending.serve);
+        carry_out(
+            &node,
+            &store,
+            &me,
+            &table,
+            &view,
+            actions,
+            &mut draining,
+            &loaded_tx,
+            &mut published,
+        );
+        drain(&node, &mut table, &mut draining);
+
+        let fence_falls = fence
+            .until
+            .filter(|_| holds)
+            .map(tokio::time::Instant::from_std);
+        let poll = (!draining.is_empty()).then(|| tokio::time::Instant::now() + DRAIN_POLL);
+        tokio::select! {
+            r = map.changed() => {
+                if r.is_err() { return }
+                view = map.borrow_and_update().clone();
+            }
+            r = lease.changed() => {
+                if r.is_err() { return }
+                fence = *lease.borrow_and_update();
+            }
+            Some((slots, result)) = loaded_rx.recv() => {
+                pending = on_loaded(&node, &mut table, slots, result, &store, &loaded_tx);
+            }
+            () = sleep_until(fence_falls) => {
+                warn!("the lease is no longer surely alive: serving nothing until it is");
+            }
+            () = sleep_until(poll) => {}
+            () = node.shutdown().cancelled() => return,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the loads, publishes the routes, tells peers of newly served slots, and marks
+/// lost slots for draining.
+#[allow(clippy::too_many_arguments)]
+fn carry_out(
+    node: &Arc<Node>,
+    store: &Arc<presence_pg::Store>,
+    me: &str,
+    table: &SlotTable,
+    view: &Arc<SlotMap>,
+    actions: Actions,
+    draining: &mut BTreeSet<Slot>,
+    loaded_tx: &mpsc::Sender<LoadResult>,
+    published: &mut i64,
+) {
+    if actions.is_empty() {
+        // The map may still have changed (members, others' slots): routes follow it.
+        if view.revision() != *published {
+            publish(node, me, table, view);
+            *published = view.revision();
+        }
+        return;
+    }
+    *published = view.revision();
+    draining.extend(actions.evict.iter().copied());
+    // Routes first: lost slots stop taking hellos and their sessions are told `moved`.
+    publish(node, me, table, view);
+    for &(slot, _) in &actions.serve {
+        node.service().serving_slot(slot);
+    }
+    if !actions.serve.is_empty() {
+        info!(
+            slots = actions.serve.len(),
+            served = table.served(),
+            "serving slots"
+        );
+    }
+    if !actions.load.is_empty() {
+        let store = store.clone();
+        let tx = loaded_tx.clone();
+        let slots = actions.load;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
+            let result = store.load_slots(&list).await;
+            metrics::histogram!(m::SLOT_LOAD_SECONDS).record(started.elapsed().as_secs_f64());
+            let _ = tx.send((slots, result)).await;
+        });
+    }
+}
+
+/// A load finished: take the slots' users and serve them (if they are still ours under the
+/// same epoch); returns the slots to serve. A failed load is tried again.
+fn on_loaded(
+    node: &Arc<Node>,
+    table: &mut SlotTable,
+    slots: Vec<(Slot, i64)>,
+    result: Result<Vec<(String, String)>, presence_pg::Error>,
+    store: &Arc<presence_pg::Store>,
+    loaded_tx: &mpsc::Sender<LoadResult>,
+) -> Actions {
+    let mut actions = Actions::default();
+    let edges = match result {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(
+                slots = slots.len(),
+                "loading slots failed, trying again: {e}"
+            );
+            let store = store.clone();
+            let tx = loaded_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
+                let result = store.load_slots(&list).await;
+                let _ = tx.send((slots, result)).await;
+            });
+            return actions;
+        }
+    };
+    let mut by_slot: HashMap<u16, Vec<(String, String)>> = HashMap::new();
+    for (u, f) in edges {
+        by_slot
+            .entry(slot_of(u.as_bytes()).get())
+            .or_default()
+            .push((u, f));
+    }
+    let now = now_ms();
+    for (slot, epoch) in slots {
+        if table.state(slot) != (SlotState::Loading { epoch }) {
+            continue;
+        }
+        let edges = by_slot.remove(&slot.get()).unwrap_or_default();
+        match node.service().take_slot(slot, &edges, now) {
+            Ok(_) => actions.serve.extend(table.loaded(slot, epoch).serve),
+            Err(e) => warn!(slot = slot.get(), "taking the slot failed: {e}"),
+        }
+    }
+    actions
+}
+
+/// Releases the users of drained slots whose sessions are all gone.
+fn drain(node: &Node, table: &mut SlotTable, draining: &mut BTreeSet<Slot>) {
+    let now = now_ms();
+    draining.retain(|&slot| {
+        if table.state(slot) != SlotState::Draining {
+            return false;
+        }
+        match node.service().release_slot(slot, now) {
+            Ok(_) => {
+                // The release the table asks for is the one just done.
+                let _ = table.drained(slot);
+                false
+            }
+            Err(SlotError::HasSessions(_)) => true,
+            Err(e) => {
+                warn!(slot = slot.get(), "releasing the slot failed: {e}");
+                true
+            }
+        }
+    });
+}
+
+/// Publishes the routes of `table` under `view`: hellos follow them, and live sessions of
+/// users no longer served here are told `moved`.
+fn publish(node: &Node, me: &str, table: &SlotTable, view: &Arc<SlotMap>) {
+    let told = node
+        .service()
+        .set_routes(Routes::new(me, table, view.clone()));
+    if told > 0 {
+        info!(sessions = told, "sessions told to move");
+    }
+    metrics::gauge!(m::SLOTS_SERVED).set(table.served() as f64);
+}

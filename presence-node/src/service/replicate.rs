@@ -1,0 +1,455 @@
+//! Presence between nodes (cluster mode), decided here, clock- and socket-free: how frames
+//! from peers fold into the engine before the tick that publishes them, and what each tick
+//! sends each peer.
+//!
+//! ```text
+//! peer link ──> Replica::received(peer, frame)         (queued until the next tick)
+//! tick:  Replica::fold(engine, routes)    ──> mirrored presence set; Resync asks to send
+//!        Engine::tick                     ──> Batch::outgoing (owned users that changed)
+//!        Replica::outgoing(engine, batch) ──> one PeerFrame::Tick per peer ──> peer link
+//! ```
+//!
+//! Each slot's updates to a peer form a chain under the slot's epoch ([`presence_peer::seq`]):
+//! a new connection, a newly served slot, a resync request or an overflowed queue start the
+//! slot again with a snapshot: every user of the slot with a friend on that peer. The
+//! receiver drops updates of an epoch older than the owner its map names.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use presence_cluster::{Slot, slot_of};
+use presence_core::{Batch, Change, Engine, Presence, State, Status, UserId};
+use presence_peer::{Inbound, Outbound, PeerEntry, PeerFrame, SlotUpdate, Verdict};
+
+use super::cluster::Routes;
+
+/// Counts for metrics and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Folded {
+    /// Mirrored presences set (or dropped).
+    pub applied: usize,
+    /// Slot updates dropped as stale (a former owner's, or duplicates).
+    pub stale: usize,
+    /// Snapshots asked for.
+    pub resyncs: usize,
+    /// Updates refused by the engine (a peer's bug, or a split view of ownership).
+    pub refused: usize,
+}
+
+/// The replication state of one node.
+#[derive(Debug)]
+pub struct Replica {
+    /// Connected peers and the chains of slots sent to each.
+    peers: HashMap<String, Outbound>,
+    inbound: Inbound,
+    /// Mirrored users by slot, as the last snapshot and updates listed them.
+    mirrored: HashMap<u16, HashSet<UserId>>,
+    /// Users owned here, by slot.
+    owned: HashMap<u16, HashSet<UserId>>,
+    /// Received, not yet folded.
+    queue: Vec<(String, PeerFrame)>,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica::new()
+    }
+}
+
+impl Replica {
+    pub fn new() -> Replica {
+        Replica {
+            peers: HashMap::new(),
+            inbound: Inbound::new(),
+            mirrored: HashMap::new(),
+            owned: HashMap::new(),
+            queue: Vec::new(),
+        }
+    }
+
+    /// A link to `peer` is up: every slot served here starts again with a snapshot.
+    pub fn connected(&mut self, peer: &str, routes: &Routes) {
+        let mut out = Outbound::new();
+        for (slot, _) in routes.served() {
+            out.resync(slot.get());
+        }
+        self.peers.insert(peer.to_owned(), out);
+    }
+
+    /// The link to `peer` broke: nothing goes there until it is back, and the slots it sent
+    /// wait for fresh snapshots.
+    pub fn disconnected(&mut self, peer: &str, routes: &Routes) {
+        self.peers.remove(peer);
+        self.inbound.forget(
+            Slot::all()
+                .filter(|&s| routes.owner_of(s) == Some(peer))
+                .map(Slot::get),
+        );
+    }
+
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// `slot` is served here from now on (a new slot, or a new epoch): peers get a snapshot.
+    pub fn serving(&mut self, slot: Slot) {
+        for out in self.peers.values_mut() {
+            out.resync(slot.get());
+        }
+    }
+
+    /// A peer's queue overflowed with these slots' updates in it: they start again.
+    pub fn overflowed(&mut self, peer: &str, slots: impl IntoIterator<Item = u16>) {
+        if let Some(out) = self.peers.get_mut(peer) {
+            for s in slots {
+                out.resync(s);
+            }
+        }
+    }
+
+    /// Users taken here (their slot's load).
+    pub fn owned(&mut self, slot: Slot, users: impl IntoIterator<Item = UserId>) {
+        self.owned.entry(slot.get()).or_default().extend(users);
+        // What was mirrored of them is now this node's own state.
+        self.mirrored.remove(&slot.get());
+        self.inbound.drop_slot(slot.get());
+    }
+
+    /// The users of `slot` owned here.
+    pub fn owned_in(&self, slot: Slot) -> Vec<UserId> {
+        self.owned
+            .get(&slot.get())
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The slot's users were released.
+    pub fn released(&mut self, slot: Slot) {
+        self.owned.remove(&slot.get());
+        for out in self.peers.values_mut() {
+            out.drop_slot(slot.get());
+        }
+    }
+
+    /// Queues a frame from `peer` for the next tick.
+    pub fn received(&mut self, peer: String, frame: PeerFrame) {
+        self.queue.push((peer, frame));
+    }
+
+    /// Folds the queued frames into the engine as mirrored presence (published by the next
+    /// tick), and returns the frames to send back (snapshot requests).
+    pub fn fold(
+        &mut self,
+        engine: &Engine,
+        routes: &Routes,
+        now: u64,
+    ) -> (Folded, Vec<(String, PeerFrame)>) {
+        let mut folded = Folded::default();
+        let mut replies = Vec::new();
+        for (peer, frame) in std::mem::take(&mut self.queue) {
+            match frame {
+                PeerFrame::Tick { slots, .. } => {
+                    for update in slots {
+                        self.fold_update(
+                            engine,
+                            routes,
+                            &peer,
+                            update,
+                            now,
+                            &mut folded,
+                            &mut replies,
+                        );
+                    }
+                }
+                PeerFrame::Resync { slot } => {
+                    if let Some(out) = self.peers.get_mut(&peer) {
+                        out.resync(slot);
+                    }
+                }
+                PeerFrame::Hello { .. } => {}
+            }
+        }
+        (folded, replies)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fold_update(
+        &mut self,
+        engine: &Engine,
+        routes: &Routes,
+        peer: &str,
+        update: SlotUpdate,
+        now: u64,
+        folded: &mut Folded,
+        replies: &mut Vec<(String, PeerFrame)>,
+    ) {
+        let Some(slot) = Slot::new(update.slot) else {
+            folded.refused += 1;
+            return;
+        };
+        // A former owner's update, older than the assignment this node knows: drop it.
+        if routes.epoch_of(slot).is_some_and(|e| update.epoch < e) || routes.serves(slot) {
+            folded.stale += 1;
+            return;
+        }
+        let verdict =
+            self.inbound
+                .on_update(update.slot, update.epoch, update.seq, update.snapshot);
+        match verdict {
+            Verdict::Apply | Verdict::Replace => {}
+            Verdict::Stale | Verdict::Waiting => {
+                folded.stale += 1;
+                return;
+            }
+            Verdict::Resync => {
+                folded.resyncs += 1;
+                replies.push((peer.to_owned(), PeerFrame::Resync { slot: update.slot }));
+                return;
+            }
+        }
+        let texts: HashMap<u32, &str> =
+            update.texts.iter().map(|(i, t)| (*i, t.as_str())).collect();
+        let mut changes: Vec<(UserId, Option<Presence>)> = Vec::with_capacity(update.entries.len());
+        for (i, e) in update.entries.iter().enumerate() {
+            // Users of another slot, or unknown ids, are a peer's bug: skip them.
+            if slot_of(e.user.as_bytes()) != slot {
+                folded.refused += 1;
+                continue;
+            }
+            let Ok(user) = engine.intern(&e.user) else {
+                folded.refused += 1;
+                continue;
+            };
+            if e.gone {
+                changes.push((user, None));
+                continue;
+            }
+            let text = u32::try_from(i).ok().and_then(|i| texts.get(&i)).copied();
+            match presence_of(e, text) {
+                Some(p) => changes.push((user, Some(p))),
+                None => folded.refused += 1,
+            }
+        }
+        let set = self.mirrored.entry(update.slot).or_default();
+        if verdict == Verdict::Replace {
+            let listed: HashSet<UserId> = changes.iter().map(|(u, _)| *u).collect();
+            for &gone in set.iter().filter(|u| !listed.contains(u)) {
+                changes.push((gone, None));
+            }
+        }
+        // One user at a time if the whole update is refused, so one bad entry costs one user.
+        let results: Vec<(UserId, bool)> = match engine.apply_mirrored(&changes, now) {
+            Ok(()) => changes.iter().map(|(u, p)| (*u, p.is_some())).collect(),
+            Err(_) => changes
+                .iter()
+                .filter_map(|(u, p)| {
+                    let ok = engine.apply_mirrored(&[(*u, p.clone())], now).is_ok();
+                    if !ok {
+                        folded.refused += 1;
+                    }
+                    ok.then_some((*u, p.is_some()))
+                })
+                .collect(),
+        };
+        for (u, present) in results {
+            folded.applied += 1;
+            if present {
+                set.insert(u);
+            } else {
+                set.remove(&u);
+            }
+        }
+    }
+
+    /// This tick's frames: for each connected peer, the changed users with a friend there,
+    /// and the snapshots owed to it, grouped by slot under the slot's epoch. Nothing while
+    /// the fence is down (`may_send` false): a node that cannot prove its lease says nothing.
+    pub fn outgoing(
+        &mut self,
+        engine: &Engine,
+        routes: &Routes,
+        batch: &Batch,
+        may_send: bool,
+    ) -> Vec<(String, PeerFrame)> {
+        if !may_send || self.peers.is_empty() {
+            return Vec::new();
+        }
+        // peer -> slot -> users
+        let mut plan: HashMap<&str, BTreeMap<u16, Vec<UserId>>> = HashMap::new();
+        let changed = batch.outgoing.iter().filter_map(|&i| {
+            let (u, c) = batch.entries.get(i as usize)?;
+            matches!(c, Change::Presence(_)).then_some(*u)
+        });
+        let names = |u: UserId| engine.name(u);
+        let mut slot_cache: HashMap<UserId, Slot> = HashMap::new();
+        let mut slot_of_user = |u: UserId| -> Option<Slot> {
+            if let Some(s) = slot_cache.get(&u) {
+                return Some(*s);
+            }
+            let s = slot_of(names(u)?.as_bytes());
+            slot_cache.insert(u, s);
+            Some(s)
+        };
+        let mut pairs = Vec::new();
+        engine.for_each_remote_friend(changed, |user, friend| pairs.push((user, friend)));
+        for (user, friend) in pairs {
+            let Some(fs) = slot_of_user(friend) else {
+                continue;
+            };
+            let Some(peer) = routes.owner_of(fs) else {
+                continue;
+            };
+            if !self.peers.contains_key(peer) {
+                continue;
+            }
+            let Some(us) = slot_of_user(user) else {
+                continue;
+            };
+            let list = plan.entry(peer).or_default().entry(us.get()).or_default();
+            if list.last() != Some(&user) {
+                list.push(user);
+            }
+        }
+        let mut frames = Vec::new();
+        let peers: Vec<String> = self.peers.keys().cloned().collect();
+        for peer in peers {
+            let mut slots: BTreeMap<u16, Vec<UserId>> =
+                plan.remove(peer.as_str()).unwrap_or_default();
+            let Some(out) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let due: Vec<u16> = out.due().collect();
+            for s in due {
+                slots.entry(s).or_default();
+            }
+            let mut updates = Vec::new();
+            for (s, mut users) in slots {
+                let Some(slot) = Slot::new(s) else { continue };
+                let Some(epoch) = routes.serving_epoch(slot) else {
+                    continue;
+                };
+                let next = out.next(s, epoch);
+                if next.snapshot {
+                    users = snapshot_users(&self.owned, engine, routes, slot, &peer);
+                }
+                users.sort_unstable();
+                users.dedup();
+                updates.push(update(engine, s, epoch, next.seq, next.snapshot, &users));
+            }
+            if !updates.is_empty() {
+                frames.push((
+                    peer,
+                    PeerFrame::Tick {
+                        tick: batch.tick,
+                        slots: updates,
+                    },
+                ));
+            }
+        }
+        frames
+    }
+}
+
+/// The users of `slot` owned here with a friend on `peer` (the users never seen are left
+/// out: the receiver reads a user not listed as never seen).
+fn snapshot_users(
+    owned: &HashMap<u16, HashSet<UserId>>,
+    engine: &Engine,
+    routes: &Routes,
+    slot: Slot,
+    peer: &str,
+) -> Vec<UserId> {
+    {
+        let Some(owned) = owned.get(&slot.get()) else {
+            return Vec::new();
+        };
+        let mut pairs = Vec::new();
+        engine.for_each_remote_friend(owned.iter().copied(), |u, f| pairs.push((u, f)));
+        let mut users: Vec<UserId> = pairs
+            .into_iter()
+            .filter(|&(_, f)| {
+                engine
+                    .name(f)
+                    .is_some_and(|n| routes.owner_of(slot_of(n.as_bytes())) == Some(peer))
+            })
+            .map(|(u, _)| u)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        users.retain(|&u| engine.presence(u) != Presence::NEVER_SEEN);
+        users
+    }
+}
+
+/// One slot's update with the current presence of `users`.
+fn update(
+    engine: &Engine,
+    slot: u16,
+    epoch: i64,
+    seq: u64,
+    snapshot: bool,
+    users: &[UserId],
+) -> SlotUpdate {
+    let presence = engine.presence_of(users);
+    let mut entries = Vec::with_capacity(users.len());
+    let mut texts = Vec::new();
+    engine.with_names(|name| {
+        for (u, p) in users.iter().zip(&presence) {
+            let Some(n) = name(*u) else { continue };
+            if let Some(t) = p.text.as_deref().filter(|_| p.state != State::Offline)
+                && let Ok(i) = u32::try_from(entries.len())
+            {
+                texts.push((i, t.to_owned()));
+            }
+            entries.push(entry(n, p));
+        }
+    });
+    SlotUpdate {
+        slot,
+        epoch,
+        seq,
+        snapshot,
+        entries,
+        texts,
+    }
+}
+
+/// A presence as the peer frame carries it.
+pub fn entry(user: &str, p: &Presence) -> PeerEntry {
+    PeerEntry {
+        last_active: p.last_active.unwrap_or(0),
+        user: user.to_owned(),
+        state: match p.state {
+            State::Offline => 0,
+            State::Online => 1,
+            State::Idle(l) => 2u8.saturating_add(l),
+        },
+        status: match p.status {
+            Status::Busy => 1,
+            Status::Dnd => 2,
+            // Invisible is published as offline, never as a status.
+            Status::Available | Status::Invisible => 0,
+        },
+        gone: false,
+    }
+}
+
+/// A peer entry as a presence; `None` for codes no owner sends.
+pub fn presence_of(e: &PeerEntry, text: Option<&str>) -> Option<Presence> {
+    let state = match e.state {
+        0 => State::Offline,
+        1 => State::Online,
+        n => State::Idle(n - 2),
+    };
+    let status = match e.status {
+        0 => Status::Available,
+        1 => Status::Busy,
+        2 => Status::Dnd,
+        _ => return None,
+    };
+    Some(Presence {
+        state,
+        last_active: (e.last_active != 0).then_some(e.last_active),
+        status,
+        text: text.map(Into::into),
+    })
+}
