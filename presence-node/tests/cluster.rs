@@ -17,6 +17,20 @@ const KEY: &str = "cluster-test-admin-key";
 /// The tick of these nodes (`common::FAST`).
 const TICK: Duration = Duration::from_millis(50);
 const LEASE: &str = "2s";
+/// Like `common::FAST`, with a grace long enough for a client to find its new node.
+const FAST: &[&str] = &[
+    "--tick",
+    "50ms",
+    "--idle-thresholds",
+    "400ms,800ms,1600ms",
+    "--grace",
+    "2s",
+    "--heartbeat-timeout",
+    "3s",
+];
+/// Heartbeat timeout + lease TTL + 5 s: the bound for every friend's view to
+/// converge after a node dies.
+const CONVERGE: Duration = Duration::from_secs(3 + 2 + 5);
 
 struct Cluster {
     _etcd: Etcd,
@@ -26,6 +40,13 @@ struct Cluster {
     prefix: String,
     nodes: BTreeMap<String, Node>,
     dirs: Vec<tempfile::TempDir>,
+}
+
+/// One cluster at a time: three nodes, etcd and PostgreSQL already fill two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cluster {
@@ -61,7 +82,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("admin_key"), KEY).expect("key");
         let etcd = self.etcd.join(",");
-        let mut args: Vec<&str> = common::FAST.to_vec();
+        let mut args: Vec<&str> = FAST.to_vec();
         args.extend([
             "--node-id",
             id,
@@ -114,8 +135,12 @@ impl Cluster {
                     .and_then(|n| n["slots"].as_u64());
                 let served = h["cluster"]["slots_served"].as_u64();
                 let peers = h["cluster"]["peers"].as_u64();
+                let every_node_has_slots = c["nodes"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|n| n["slots"].as_u64() > Some(0)));
                 if ids != want
                     || total != 1024
+                    || !every_node_has_slots
                     || mine != served
                     || peers != Some(want.len() as u64 - 1)
                 {
@@ -151,6 +176,7 @@ fn star(n: usize) -> (Vec<String>, Vec<(String, String)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_crosses_nodes_and_hellos_are_routed() {
+    let _serial = serial();
     let (users, pairs) = star(30);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
 
@@ -244,4 +270,201 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         f.expect_presence("hub", Duration::from_secs(5), |e| e["state"] == "offline")
             .await;
     }
+}
+
+/// Every pair of `n` users `m00`… is a friendship.
+fn mesh(n: usize) -> (Vec<String>, Vec<(String, String)>) {
+    let users: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
+    let mut pairs = Vec::new();
+    for (i, a) in users.iter().enumerate() {
+        for b in &users[i + 1..] {
+            pairs.push((a.clone(), b.clone()));
+        }
+    }
+    (users, pairs)
+}
+
+impl Cluster {
+    /// Connects `user` wherever the cluster routes it now, skipping `dead`: asks a live node
+    /// for the route until it names a live owner that takes the hello (bounded).
+    async fn reconnect(&self, user: &str, dead: &str, within: Duration) -> (Client, Value) {
+        let deadline = Instant::now() + within;
+        let asked = self.nodes.keys().find(|id| *id != dead).expect("a live node");
+        loop {
+            assert!(Instant::now() < deadline, "{user} found no node in {within:?}");
+            let (status, r) = self
+                .node(asked)
+                .admin("GET", &format!("/v1/route?user={user}"), None)
+                .await;
+            let owner = r["node"].as_str().unwrap_or_default();
+            if status != 200 || owner == dead || !self.nodes.contains_key(owner) {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
+            let node = self.node(owner);
+            let token = node.token(user).await;
+            let mut c = Client::open(node, Via::Quic).await;
+            c.send(serde_json::json!({"type": "hello", "token": token, "device": "d"}))
+                .await;
+            match c.recv_within(Duration::from_secs(2)).await {
+                Ok(Some(w)) if w["type"] == "welcome" => return (c, w),
+                _ => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+}
+
+/// Waits until `c` (welcomed with `welcome`) sees `user` online: in the welcome, or in a
+/// presence frame soon after.
+async fn sees_online(c: &mut Client, welcome: &Value, user: &str) {
+    let listed = welcome["friends"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["user"] == user))
+        .is_some_and(|e| e["state"] == "online");
+    if !listed {
+        c.expect_presence(user, Duration::from_secs(5), |e| e["state"] == "online")
+            .await;
+    }
+}
+
+/// What an observer saw: (when, user, state) for each presence entry, in order.
+type Seen = Vec<(Instant, String, String)>;
+
+/// Reads `c`'s presence frames until `until`, recording every entry.
+async fn observe(mut c: Client, until: Instant) -> (Client, Seen) {
+    let mut seen = Vec::new();
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match c.recv_within(left).await {
+            Ok(Some(v)) if v["type"] == "presence" => {
+                for e in v["changes"].as_array().into_iter().flatten() {
+                    seen.push((
+                        Instant::now(),
+                        e["user"].as_str().unwrap_or_default().to_owned(),
+                        e["state"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("an observer's connection closed"),
+            Err(()) => break,
+        }
+    }
+    (c, seen)
+}
+
+/// The users of `users` owned by `node`, and one observer on each other node.
+async fn placed(c: &Cluster, users: &[String], node: &str) -> (Vec<String>, Vec<String>) {
+    let mut on_node = Vec::new();
+    let mut observers: BTreeMap<String, String> = BTreeMap::new();
+    for u in users {
+        let owner = c.owner(node, u).await;
+        if owner == node {
+            on_node.push(u.clone());
+        } else {
+            observers.entry(owner).or_insert_with(|| u.clone());
+        }
+    }
+    (on_node, observers.into_values().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
+    let _serial = serial();
+    let (users, pairs) = mesh(24);
+    let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
+    let (on_victim, observers) = placed(&c, &users, "n2").await;
+    assert!(on_victim.len() >= 2, "n2 owns two of the users: {on_victim:?}");
+    assert_eq!(observers.len(), 2, "{observers:?}");
+    let (mover, ghost) = (on_victim[0].clone(), on_victim[1].clone());
+
+    let (m, _) = Client::hello(c.node("n2"), Via::Quic, &mover, "d").await;
+    let (g, _) = Client::hello(c.node("n2"), Via::Quic, &ghost, "d").await;
+    let mut watching = Vec::new();
+    for o in &observers {
+        let owner = c.owner("n1", o).await;
+        let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
+        for u in [&mover, &ghost] {
+            sees_online(&mut oc, &w, u).await;
+        }
+        watching.push(oc);
+    }
+
+    // kill -9: no goodbye, no revoke; the lease runs out on its own.
+    let mut c = c;
+    let mut victim = c.nodes.remove("n2").expect("n2");
+    let killed = Instant::now();
+    victim.kill9();
+    m.abandon();
+    g.abandon();
+    let until = killed + CONVERGE + Duration::from_secs(2);
+    let tasks: Vec<_> = watching
+        .into_iter()
+        .map(|oc| tokio::spawn(observe(oc, until)))
+        .collect();
+    // The mover's device finds its new node (the Rust client does this with backoff).
+    let (_m2, w) = c.reconnect(&mover, "n2", CONVERGE).await;
+    let moved_at = killed.elapsed();
+    assert_eq!(w["type"], "welcome");
+    c.settled(CONVERGE).await;
+
+    for t in tasks {
+        let (_oc, seen) = t.await.expect("observer");
+        let ghost_off = seen
+            .iter()
+            .find(|(_, u, s)| *u == ghost && s == "offline")
+            .map(|(at, ..)| at.duration_since(killed));
+        let ghost_off = ghost_off.unwrap_or_else(|| panic!("{ghost} stayed online: {seen:?}"));
+        assert!(ghost_off <= CONVERGE, "{ghost} offline after {ghost_off:?}");
+        let flaps: Vec<_> = seen
+            .iter()
+            .filter(|(_, u, s)| *u == mover && s == "offline")
+            .collect();
+        assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
+        eprintln!(
+            "killed n2: {ghost} offline after {ghost_off:?}, {mover} back after {moved_at:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_hands_slots_over_without_a_flap() {
+    let _serial = serial();
+    let (users, pairs) = mesh(24);
+    let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
+    let (on_leaver, observers) = placed(&c, &users, "n3").await;
+    assert!(!on_leaver.is_empty() && observers.len() == 2);
+    let mover = on_leaver[0].clone();
+    let (mut m, _) = Client::hello(c.node("n3"), Via::Quic, &mover, "d").await;
+    let mut watching = Vec::new();
+    for o in &observers {
+        let owner = c.owner("n1", o).await;
+        let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
+        sees_online(&mut oc, &w, &mover).await;
+        watching.push(oc);
+    }
+    let mut c = c;
+    let mut leaver = c.nodes.remove("n3").expect("n3");
+    let stopping = Instant::now();
+    let until = stopping + Duration::from_secs(8);
+    let tasks: Vec<_> = watching
+        .into_iter()
+        .map(|oc| tokio::spawn(observe(oc, until)))
+        .collect();
+    let stop = tokio::task::spawn_blocking(move || leaver.stop());
+    // The mover's session is told `moved`, with its new node's address.
+    let e = m.expect("error", Duration::from_secs(15)).await;
+    assert_eq!(e["code"], "moved", "{e}");
+    let (_m2, _) = c.reconnect(&mover, "n3", Duration::from_secs(10)).await;
+    let status = stop.await.expect("stop");
+    assert!(status.success(), "the stopped node exited with {status}");
+    c.settled(Duration::from_secs(10)).await;
+    for t in tasks {
+        let (_oc, seen) = t.await.expect("observer");
+        let flaps: Vec<_> = seen
+            .iter()
+            .filter(|(_, u, s)| *u == mover && s == "offline")
+            .collect();
+        assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
+    }
+    eprintln!("graceful stop took {:?}", stopping.elapsed());
 }

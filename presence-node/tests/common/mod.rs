@@ -67,7 +67,10 @@ impl Node {
             .args(["--quic-listen", quic])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("PRESENCE_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn presence-node");
