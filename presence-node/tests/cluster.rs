@@ -17,12 +17,11 @@ const KEY: &str = "cluster-test-admin-key";
 /// The tick of these nodes (`common::FAST`).
 const TICK: Duration = Duration::from_millis(50);
 const LEASE: &str = "2s";
-/// Like `common::FAST`, with a grace long enough for a client to find its new node.
+/// Like `common::FAST`, with a grace long enough for a client to find its new node, and
+/// the default idle thresholds (a silent test client stays online).
 const FAST: &[&str] = &[
     "--tick",
     "50ms",
-    "--idle-thresholds",
-    "400ms,800ms,1600ms",
     "--grace",
     "2s",
     "--heartbeat-timeout",
@@ -314,17 +313,36 @@ impl Cluster {
     }
 }
 
-/// Waits until `c` (welcomed with `welcome`) sees `user` online: in the welcome, or in a
-/// presence frame soon after.
-async fn sees_online(c: &mut Client, welcome: &Value, user: &str) {
-    let listed = welcome["friends"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["user"] == user))
-        .is_some_and(|e| e["state"] == "online");
-    if !listed {
-        c.expect_presence(user, Duration::from_secs(5), |e| e["state"] == "online")
-            .await;
+/// Waits until `c` (welcomed with `welcome`) has seen each of `users` online: in the
+/// welcome, or in presence frames soon after. Returns those never seen.
+async fn sees_online(c: &mut Client, welcome: &Value, users: &[&str]) -> Vec<String> {
+    let online = |e: &Value| e["state"] == "online";
+    let mut missing: Vec<String> = users
+        .iter()
+        .filter(|u| {
+            !welcome["friends"]
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["user"] == **u))
+                .is_some_and(online)
+        })
+        .map(|u| u.to_string())
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Ok(Some(v)) if v["type"] == "presence" => {
+                for e in v["changes"].as_array().into_iter().flatten() {
+                    if online(e) {
+                        missing.retain(|u| e["user"] != u.as_str());
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(()) => break,
+        }
     }
+    missing
 }
 
 /// What an observer saw: (when, user, state) for each presence entry, in order.
@@ -383,9 +401,8 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
     for o in &observers {
         let owner = c.owner("n1", o).await;
         let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
-        for u in [&mover, &ghost] {
-            sees_online(&mut oc, &w, u).await;
-        }
+        let missing = sees_online(&mut oc, &w, &[&mover, &ghost]).await;
+        assert!(missing.is_empty(), "{o} on {owner} never saw {missing:?} online");
         watching.push(oc);
     }
 
@@ -439,7 +456,8 @@ async fn a_graceful_stop_hands_slots_over_without_a_flap() {
     for o in &observers {
         let owner = c.owner("n1", o).await;
         let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
-        sees_online(&mut oc, &w, &mover).await;
+        let missing = sees_online(&mut oc, &w, &[&mover]).await;
+        assert!(missing.is_empty(), "{o} never saw {mover} online");
         watching.push(oc);
     }
     let mut c = c;
