@@ -45,7 +45,9 @@ struct Cluster {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Cluster {
@@ -169,7 +171,10 @@ impl Cluster {
 /// Users named so that each of the three nodes owns some: `u00`… and the hub `hub`.
 fn star(n: usize) -> (Vec<String>, Vec<(String, String)>) {
     let users: Vec<String> = (0..n).map(|i| format!("u{i:02}")).collect();
-    let pairs = users.iter().map(|u| ("hub".to_owned(), u.clone())).collect();
+    let pairs = users
+        .iter()
+        .map(|u| ("hub".to_owned(), u.clone()))
+        .collect();
     (users, pairs)
 }
 
@@ -288,9 +293,16 @@ impl Cluster {
     /// for the route until it names a live owner that takes the hello (bounded).
     async fn reconnect(&self, user: &str, dead: &str, within: Duration) -> (Client, Value) {
         let deadline = Instant::now() + within;
-        let asked = self.nodes.keys().find(|id| *id != dead).expect("a live node");
+        let asked = self
+            .nodes
+            .keys()
+            .find(|id| *id != dead)
+            .expect("a live node");
         loop {
-            assert!(Instant::now() < deadline, "{user} found no node in {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{user} found no node in {within:?}"
+            );
             let (status, r) = self
                 .node(asked)
                 .admin("GET", &format!("/v1/route?user={user}"), None)
@@ -391,7 +403,10 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
     let (users, pairs) = mesh(24);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
     let (on_victim, observers) = placed(&c, &users, "n2").await;
-    assert!(on_victim.len() >= 2, "n2 owns two of the users: {on_victim:?}");
+    assert!(
+        on_victim.len() >= 2,
+        "n2 owns two of the users: {on_victim:?}"
+    );
     assert_eq!(observers.len(), 2, "{observers:?}");
     let (mover, ghost) = (on_victim[0].clone(), on_victim[1].clone());
 
@@ -402,7 +417,10 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
         let owner = c.owner("n1", o).await;
         let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
         let missing = sees_online(&mut oc, &w, &[&mover, &ghost]).await;
-        assert!(missing.is_empty(), "{o} on {owner} never saw {missing:?} online");
+        assert!(
+            missing.is_empty(),
+            "{o} on {owner} never saw {missing:?} online"
+        );
         watching.push(oc);
     }
 
@@ -485,4 +503,85 @@ async fn a_graceful_stop_hands_slots_over_without_a_flap() {
         assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
     }
     eprintln!("graceful stop took {:?}", stopping.elapsed());
+}
+
+fn signal(node: &Node, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &node.ready.pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_past_its_lease_serves_nothing_when_it_wakes() {
+    let _serial = serial();
+    let (users, pairs) = mesh(24);
+    let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
+    let (on_paused, observers) = placed(&c, &users, "n2").await;
+    assert!(!on_paused.is_empty() && observers.len() == 2);
+    let stuck = on_paused[0].clone();
+    let (mut s, _) = Client::hello(c.node("n2"), Via::Quic, &stuck, "d").await;
+    let mut watching = Vec::new();
+    for o in &observers {
+        let owner = c.owner("n1", o).await;
+        let (mut oc, w) = Client::hello(c.node(&owner), Via::Quic, o, "d").await;
+        let missing = sees_online(&mut oc, &w, &[&stuck]).await;
+        assert!(missing.is_empty(), "{o} never saw {stuck} online");
+        watching.push(oc);
+    }
+
+    // SIGSTOP past the lease: the others take its slots; its device, stuck with it, is seen
+    // going offline once the new owner's grace runs out.
+    signal(c.node("n2"), "-STOP");
+    let paused = Instant::now();
+    for oc in &mut watching {
+        oc.expect_presence(&stuck, CONVERGE, |e| e["state"] == "offline")
+            .await;
+    }
+    eprintln!("{stuck} offline {:?} after the pause", paused.elapsed());
+
+    // SIGCONT: the woken node must not serve under its old epochs. Its stuck session is
+    // told to move (or cut), and no friend sees the user online again.
+    signal(c.node("n2"), "-CONT");
+    let woke = Instant::now();
+    let until = woke + Duration::from_secs(4);
+    let tasks: Vec<_> = watching
+        .into_iter()
+        .map(|oc| tokio::spawn(observe(oc, until)))
+        .collect();
+    // Its stuck session ends: told `moved` or `unavailable`, or expired (its client's
+    // keep-alives went unanswered while the node slept): whichever the node reaches first.
+    let mut last = Value::Null;
+    loop {
+        match s.recv_within(Duration::from_secs(4)).await {
+            Ok(Some(v)) => {
+                if v["type"] == "error" {
+                    let code = v["code"].as_str().unwrap_or_default();
+                    assert!(
+                        ["moved", "unavailable", "protocol"].contains(&code),
+                        "the woken node told its session {v}"
+                    );
+                }
+                last = v;
+            }
+            Ok(None) => break,
+            Err(()) => panic!("the woken node kept the stuck session open; last: {last}"),
+        }
+    }
+    assert_eq!(
+        last["type"], "error",
+        "the session ended without saying why: {last}"
+    );
+    for t in tasks {
+        let (_oc, seen) = t.await.expect("observer");
+        let back: Vec<_> = seen
+            .iter()
+            .filter(|(_, u, st)| *u == stuck && st != "offline")
+            .collect();
+        assert!(
+            back.is_empty(),
+            "{stuck} seen again after the wake: {seen:?}"
+        );
+    }
 }

@@ -41,8 +41,14 @@ pub async fn run(
     let mut pending = Actions::default();
     let mut published = -1;
     loop {
-        let holds = fence.holds(Instant::now());
+        let now = Instant::now();
+        let holds = fence.holds(now);
         metrics::gauge!(m::LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
+        // The same deadline on the wall clock `now_ms` reads, for the hello path.
+        let left = fence.until.filter(|_| holds).map(|u| u.duration_since(now));
+        node.service().set_fence(left.map_or(0, |d| {
+            now_ms().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }));
         let mut actions = table.on_view(&view, holds);
         actions.serve.append(&mut pending.serve);
         carry_out(

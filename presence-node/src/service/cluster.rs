@@ -129,6 +129,18 @@ pub enum SlotError {
 }
 
 impl super::Service {
+    /// Until when (ms since the epoch, `now`'s clock) this node surely holds its lease; 0
+    /// when it does not.
+    pub fn set_fence(&self, until: u64) {
+        self.fence_until
+            .store(until, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the lease may have run out at `now`: then no session starts here.
+    pub fn fenced(&self, now: u64) -> bool {
+        now >= self.fence_until.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The routes hellos follow now (cluster mode).
     pub fn routes(&self) -> Option<Arc<Routes>> {
         self.routes.read().clone()

@@ -76,6 +76,9 @@ pub struct Service {
     routes: RwLock<Option<Arc<cluster::Routes>>>,
     /// Cluster mode: presence to and from peers.
     replica: parking_lot::Mutex<replicate::Replica>,
+    /// Cluster mode: until when (ms since the epoch) the lease surely holds; no hello is
+    /// taken from then on, even before the slot driver has withdrawn the routes.
+    fence_until: std::sync::atomic::AtomicU64,
 }
 
 impl Service {
@@ -139,6 +142,7 @@ impl Service {
             registry: Registry::default(),
             routes: RwLock::new(None),
             replica: parking_lot::Mutex::new(replicate::Replica::new()),
+            fence_until: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
     }
 

@@ -373,6 +373,11 @@ impl Service {
             Some(d) => d,
             None => crate::datadir::random_hex(8).unwrap_or_else(|_| "device".into()),
         };
+        if self.fenced(now) {
+            return Err(fx.elsewhere(super::cluster::Elsewhere::Unavailable(
+                "this node cannot prove its etcd lease right now: retry shortly",
+            )));
+        }
         if let Some(e) = self.elsewhere(&claims.sub) {
             return Err(fx.elsewhere(e));
         }
