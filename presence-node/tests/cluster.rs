@@ -42,13 +42,8 @@ struct Cluster {
 }
 
 /// One cluster at a time: three nodes, etcd and PostgreSQL already fill two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+/// (A tokio mutex: a test that failed holding it does not poison the others.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Cluster {
     /// etcd, PostgreSQL with `pairs` loaded as friendships, and nodes `ids`.
@@ -180,7 +175,7 @@ fn star(n: usize) -> (Vec<String>, Vec<(String, String)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_crosses_nodes_and_hellos_are_routed() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (users, pairs) = star(30);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
 
@@ -399,7 +394,7 @@ async fn placed(c: &Cluster, users: &[String], node: &str) -> (Vec<String>, Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (users, pairs) = mesh(24);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
     let (on_victim, observers) = placed(&c, &users, "n2").await;
@@ -463,7 +458,7 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_hands_slots_over_without_a_flap() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (users, pairs) = mesh(24);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
     let (on_leaver, observers) = placed(&c, &users, "n3").await;
@@ -515,7 +510,7 @@ fn signal(node: &Node, sig: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_past_its_lease_serves_nothing_when_it_wakes() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let (users, pairs) = mesh(24);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
     let (on_paused, observers) = placed(&c, &users, "n2").await;
