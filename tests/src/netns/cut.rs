@@ -26,6 +26,7 @@ pub struct Cut {
     everything: bool,
     hosts: Vec<IpAddr>,
     sockets: Vec<SocketAddr>,
+    own_ports: Vec<u16>,
     reject: bool,
 }
 
@@ -59,6 +60,14 @@ impl Cut {
         self
     }
 
+    /// TCP and UDP with the namespace's own port `port` (a listener inside, e.g. a node's peer
+    /// port): whoever connects to it, from wherever, while the namespace's other ports (e.g.
+    /// its client port) stay reachable.
+    pub fn own_port(mut self, port: u16) -> Cut {
+        self.own_ports.push(port);
+        self
+    }
+
     /// Refuse instead of dropping (TCP reset, ICMP admin-prohibited otherwise): connections
     /// fail at once rather than hang. A partition drops silently; this is for tests that want
     /// the fast failure.
@@ -86,6 +95,12 @@ impl Cut {
             for proto in ["tcp", "udp"] {
                 input.push(format!("{family} saddr {ip} {proto} sport {port} "));
                 output.push(format!("{family} daddr {ip} {proto} dport {port} "));
+            }
+        }
+        for port in &self.own_ports {
+            for proto in ["tcp", "udp"] {
+                input.push(format!("{proto} dport {port} "));
+                output.push(format!("{proto} sport {port} "));
             }
         }
         let mut s = heal_script();
