@@ -498,14 +498,17 @@ fn wait_output(
     limit: Duration,
 ) -> Result<Output, NetnsError> {
     let deadline = Instant::now() + limit;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        // Small scripts: they fit the pipe, so this does not block on a stuck reader.
-        stdin
-            .write_all(input)
-            .map_err(NetnsError::io(format!("write the input of `{shown}`")))?;
-    }
+    // Readers first: a child that writes before it has read all its input cannot block us.
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        // Small scripts: they fit the pipe, so this does not block on a stuck reader.
+        if let Err(e) = stdin.write_all(input) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(NetnsError::io(format!("write the input of `{shown}`"))(e));
+        }
+    }
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
