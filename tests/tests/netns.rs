@@ -352,6 +352,12 @@ fn a_cut_drops_silently_what_it_names_and_heal_restores_it() {
         .expect("the stalled echo arrives after heal");
     assert_eq!(&buf, b"during");
 
+    // Its own listening port cut: nobody reaches it, while it reaches the root.
+    ns.cut(&Cut::new().own_port(inside.port()))
+        .expect("cut its own port");
+    assert_hangs(None, inside_addr, "root -> inside, its port cut");
+    reaches(Some(&ns), other_addr).expect("inside -> root, its port cut");
+
     ns.cut(&Cut::everything()).expect("cut everything");
     assert_hangs(Some(&ns), other_addr, "inside -> root, everything cut");
     assert_hangs(None, inside_addr, "root -> inside, everything cut");
@@ -474,9 +480,9 @@ async fn postgres_answers_a_namespace_until_it_is_cut_off() {
         .await
         .expect("bounded")
         .expect("connect from the namespace");
-    let one: i32 = client
-        .query_one("SELECT 1", &[])
+    let one: i32 = tokio::time::timeout(limit, client.query_one("SELECT 1", &[]))
         .await
+        .expect("bounded")
         .expect("query")
         .get(0);
     assert_eq!(one, 1);
@@ -496,9 +502,9 @@ async fn postgres_answers_a_namespace_until_it_is_cut_off() {
         .await
         .expect("bounded")
         .expect("connect after heal");
-    let three: i32 = client
-        .query_one("SELECT 3", &[])
+    let three: i32 = tokio::time::timeout(limit, client.query_one("SELECT 3", &[]))
         .await
+        .expect("bounded")
         .expect("query after heal")
         .get(0);
     assert_eq!(three, 3);
@@ -552,11 +558,14 @@ fn a_killed_runs_leftovers_are_swept() {
     let Some(live) = netns("a_killed_runs_leftovers_are_swept") else {
         return;
     };
-    // A pid that no longer runs (pids are not reused for a long while).
-    let mut t = Command::new("true").spawn().expect("spawn true");
-    let dead = t.id();
-    t.wait().expect("wait");
-    let name = format!("{PREFIX}{dead}-0");
+    // The run that is killed: a process that owns the namespace while it is set up (so that
+    // no sweep of a parallel test process takes it for stale half-way), then dies.
+    let mut owner = Command::new("sleep")
+        .arg("60")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the owner");
+    let name = format!("{PREFIX}{}-0", owner.id());
     assert!(ip(&["netns", "add", &name]).0, "make a stale namespace");
     // Links with indexes from the top of the range down, skipping those in use.
     let mut free_links = (0..16384u32).rev().map(|i| format!("{LINK_PREFIX}{i}"));
@@ -593,6 +602,10 @@ fn a_killed_runs_leftovers_are_swept() {
         "a table left inside"
     );
 
+    owner.kill().expect("kill -9 the owner");
+    owner.wait().expect("reap the owner");
+    // (pids are not reused for a long while: its pid stays dead for this test's life)
+
     let removed = netns::sweep().expect("sweep");
     eprintln!("swept: {removed:?}");
     assert_gone(&name, &stale_link);
@@ -612,4 +625,31 @@ fn a_killed_runs_leftovers_are_swept() {
         SocketAddr::from((live.host_addr(), root.port())),
     )
     .expect("the live namespace still works");
+}
+
+/// A `tokio::process::Child` inside: spawned within `Netns::run` with the runtime entered; its
+/// pid is inside, and tokio's kill and wait work on it as on any.
+#[tokio::test]
+async fn a_tokio_child_runs_inside() {
+    let Some(ns) = netns("a_tokio_child_runs_inside") else {
+        return;
+    };
+    let rt = tokio::runtime::Handle::current();
+    let mut cmd = tokio::process::Command::new("sleep");
+    cmd.arg("60").stdin(Stdio::null()).kill_on_drop(true);
+    let mut child = ns
+        .run(|| {
+            let _rt = rt.enter();
+            cmd.spawn()
+        })
+        .expect("enter the namespace")
+        .expect("spawn sleep inside");
+    let pid = child.id().expect("running");
+    assert!(ns.pids().expect("pids").contains(&pid));
+    child.start_kill().expect("kill -9");
+    let status = tokio::time::timeout(OK, child.wait())
+        .await
+        .expect("bounded")
+        .expect("wait");
+    assert!(!status.success());
 }
