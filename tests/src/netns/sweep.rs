@@ -10,7 +10,9 @@ use std::sync::Once;
 /// fails must not fail the test that happened to create the first namespace).
 pub(super) fn once(tools: &Tools) {
     static SWEPT: Once = Once::new();
-    SWEPT.call_once(|| match sweep_with(tools) {
+    // Before this process's first namespace, one named with its pid is a dead run's whose
+    // pid was reused (and would make `ip netns add` fail with "File exists").
+    SWEPT.call_once(|| match sweep_with(tools, true) {
         Ok(removed) if !removed.is_empty() => {
             eprintln!("netns: removed what earlier runs left: {removed:?}");
         }
@@ -25,15 +27,17 @@ pub(super) fn once(tools: &Tools) {
 /// this one included, are left alone, so it is safe while other tests run. Returns what it
 /// removed.
 pub fn sweep() -> Result<Vec<String>, NetnsError> {
-    sweep_with(&Tools::find()?)
+    sweep_with(&Tools::find()?, false)
 }
 
-fn sweep_with(tools: &Tools) -> Result<Vec<String>, NetnsError> {
+fn sweep_with(tools: &Tools, mine_too: bool) -> Result<Vec<String>, NetnsError> {
+    let me = std::process::id();
     let mut removed = Vec::new();
     let list = run_tool(tools.ip().args(["netns", "list"]))?;
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
         let Some(pid) = owner(name) else { continue };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        let stale = (mine_too && pid == me) || !Path::new(&format!("/proc/{pid}")).exists();
+        if !stale {
             continue;
         }
         let links = links_into(tools, name)?;
