@@ -2,11 +2,11 @@
 //! ports, and the process faults the cluster's tests need (graceful stop, `kill -9`, SIGSTOP
 //! pause, restart on the same data).
 
-use super::{START_ATTEMPTS, ServiceError, free_ports, log_tail, on_path};
+use super::{Listen, START_ATTEMPTS, ServiceError, free_ports, log_tail, on_path};
 use rustix::process::{Pid, Signal, kill_process};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ pub struct Etcd {
     dir: TempDir,
     client_port: u16,
     peer_port: u16,
+    listen: Listen,
     child: Option<Child>,
 }
 
@@ -43,8 +44,14 @@ impl Etcd {
         })
     }
 
-    /// Starts etcd and waits until it reports itself healthy.
+    /// Starts etcd on loopback and waits until it reports itself healthy.
     pub fn start() -> Result<Etcd, ServiceError> {
+        Self::start_listening(Listen::Loopback)
+    }
+
+    /// Starts etcd with its client port on `listen` (the peer port stays on loopback) and waits
+    /// until it reports itself healthy.
+    pub fn start_listening(listen: Listen) -> Result<Etcd, ServiceError> {
         let bin = Self::binary()?;
         let mut attempt = 0;
         loop {
@@ -59,6 +66,7 @@ impl Etcd {
                 dir,
                 client_port,
                 peer_port,
+                listen,
                 child: None,
             };
             match etcd.spawn_and_wait() {
@@ -77,6 +85,16 @@ impl Etcd {
 
     pub fn client_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    /// The client URLs at another address of this machine: with [`Listen::Any`], a network
+    /// namespace's `host_addr()` gives the URLs for processes inside it.
+    pub fn endpoints_at(&self, ip: IpAddr) -> Vec<String> {
+        vec![format!("http://{}", self.client_addr_at(ip))]
+    }
+
+    pub fn client_addr_at(&self, ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, self.client_port)
     }
 
     /// The process id while it runs.
@@ -173,11 +191,12 @@ impl Etcd {
             .try_clone()
             .map_err(ServiceError::io("open etcd's log"))?;
         let client = format!("http://127.0.0.1:{}", self.client_port);
+        let listen = format!("http://{}:{}", self.listen.ip(), self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new(&self.bin)
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))

@@ -11,6 +11,29 @@ mod postgres;
 pub use etcd::Etcd;
 pub use postgres::Postgres;
 
+/// Where a server listens (its default: [`Listen::Loopback`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Listen {
+    /// `127.0.0.1` only: processes of the root network namespace.
+    #[default]
+    Loopback,
+    /// `0.0.0.0`: also processes in the network namespaces of [`crate::netns`], which reach it
+    /// at their [`host_addr`](crate::netns::Netns::host_addr) (`endpoints_at`, `url_at`).
+    /// PostgreSQL then trusts clients from [`crate::netns::NETWORK`] as it trusts loopback
+    /// (nobody else); etcd has no authentication, so it answers anyone who can reach this
+    /// machine's addresses for the life of the test.
+    Any,
+}
+
+impl Listen {
+    fn ip(self) -> &'static str {
+        match self {
+            Listen::Loopback => "127.0.0.1",
+            Listen::Any => "0.0.0.0",
+        }
+    }
+}
+
 use std::ffi::OsStr;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::TcpListener;

@@ -2,9 +2,10 @@
 //! loopback only, a free port, a private socket folder, and one fresh database. PostgreSQL refuses
 //! to run as root, so when the test runs as root (CI) its tools run as the `postgres` user.
 
-use super::{START_ATTEMPTS, ServiceError, free_ports, log_tail, run};
+use super::{Listen, START_ATTEMPTS, ServiceError, free_ports, log_tail, run};
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tempfile::TempDir;
@@ -23,6 +24,7 @@ pub struct Postgres {
     bin: PathBuf,
     dir: TempDir,
     port: u16,
+    listen: Listen,
     /// `Some("postgres")` when this process is root: the server's tools run as that user.
     run_as: Option<&'static str>,
     running: bool,
@@ -50,8 +52,13 @@ impl Postgres {
         Ok(dir)
     }
 
-    /// Creates a cluster, starts it, creates the database [`DATABASE`].
+    /// Creates a cluster listening on loopback, starts it, creates the database [`DATABASE`].
     pub fn start() -> Result<Postgres, ServiceError> {
+        Self::start_listening(Listen::Loopback)
+    }
+
+    /// [`Postgres::start`] with the server listening on `listen`.
+    pub fn start_listening(listen: Listen) -> Result<Postgres, ServiceError> {
         let bin = Self::bin_dir()?;
         let root = rustix::process::geteuid().is_root();
         let run_as = root.then_some(USER);
@@ -68,6 +75,7 @@ impl Postgres {
             bin,
             dir,
             port: 0,
+            listen,
             run_as,
             running: false,
         };
@@ -88,6 +96,9 @@ impl Postgres {
             .args(["--auth=trust", "--username", USER])
             .args(["--encoding=UTF8", "--locale=C", "--no-sync"]);
         run(&mut initdb)?;
+        if listen == Listen::Any {
+            pg.trust_namespaces()?;
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -112,6 +123,12 @@ impl Postgres {
 
     pub fn url_for(&self, database: &str) -> String {
         format!("postgres://{USER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The URL at another address of this machine: with [`Listen::Any`], a network namespace's
+    /// `host_addr()` gives the URL for processes inside it.
+    pub fn url_at(&self, ip: IpAddr) -> String {
+        format!("postgres://{USER}@{ip}:{}/{DATABASE}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -200,12 +217,29 @@ impl Postgres {
             .map_err(ServiceError::io(format!("open {}", conf.display())))?;
         writeln!(
             f,
-            "\n# presence-tests\nlisten_addresses = '127.0.0.1'\nport = {}\n\
+            "\n# presence-tests\nlisten_addresses = '{}'\nport = {}\n\
              unix_socket_directories = '{}'\nfsync = on\n",
+            self.listen.ip(),
             self.port,
             self.socket_dir().display()
         )
         .map_err(ServiceError::io(format!("write {}", conf.display())))
+    }
+
+    /// Trusts clients from the test namespaces' range as initdb's file trusts loopback.
+    fn trust_namespaces(&self) -> Result<(), ServiceError> {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&hba)
+            .map_err(ServiceError::io(format!("open {}", hba.display())))?;
+        writeln!(
+            f,
+            "\n# presence-tests: the network namespaces of presence_tests::netns\n\
+             host all all {} trust",
+            crate::netns::NETWORK
+        )
+        .map_err(ServiceError::io(format!("write {}", hba.display())))
     }
 
     /// A server tool, run as the `postgres` user when this process is root.
