@@ -457,6 +457,56 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!((c.secret, c.admin_key, c.webhook_url), (None, None, None));
         assert_eq!((c.tls_cert, c.tls_key), (None, None));
+        assert_eq!((c.cluster_etcd, c.store), (None, None));
+        assert_eq!(c.peer_listen.to_string(), "127.0.0.1:7403");
+        assert_eq!(c.lease_ttl, Duration::from_secs(5));
+        assert_eq!(c.cluster_prefix, "/presence");
+    }
+
+    #[test]
+    fn cluster_flags_go_together() {
+        let pg = "--store=postgres://u@127.0.0.1/db";
+        let c = parse(&[
+            "--cluster-etcd=http://127.0.0.1:2379, http://127.0.0.1:2380",
+            pg,
+            "--secret=s",
+            "--admin-key=k",
+        ])
+        .expect("a cluster node");
+        assert!(c.is_cluster());
+        assert_eq!(
+            c.cluster_etcd.as_deref(),
+            Some(
+                &[
+                    "http://127.0.0.1:2379".to_owned(),
+                    "http://127.0.0.1:2380".to_owned()
+                ][..]
+            )
+        );
+        assert!(c.engine_config().expect("engine").cluster);
+        for (argv, message) in [
+            (
+                &["--cluster-etcd=http://e:2379"][..],
+                "cluster-etcd needs --store",
+            ),
+            (&[pg][..], "it needs --cluster-etcd"),
+            (
+                &["--cluster-etcd=http://e:2379", pg, "--admin-key=k"][..],
+                "cluster-etcd needs --secret",
+            ),
+            (
+                &["--cluster-etcd=http://e:2379", pg, "--secret=s"][..],
+                "cluster-etcd needs --admin-key",
+            ),
+            (
+                &["--cluster-etcd=http://e:2379", "--store=mysql://x"][..],
+                "store must be a postgres:// URL",
+            ),
+            (&["--cluster-etcd=a,,b"][..], "cluster-etcd: empty item"),
+        ] {
+            let err = parse(argv).expect_err(message);
+            assert!(format!("{err:#}").contains(message), "{err:#}");
+        }
     }
 
     /// `serve`'s flags as clap parses them, environment variables included.
