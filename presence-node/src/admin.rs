@@ -27,8 +27,8 @@ use crate::topology::Topology;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 #[derive(Clone)]
-struct AdminState {
-    node: Arc<Node>,
+pub(crate) struct AdminState {
+    pub(crate) node: Arc<Node>,
     topology: Arc<Topology>,
     metrics: PrometheusHandle,
 }
@@ -39,17 +39,33 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
         topology,
         metrics,
     };
-    let mut graph = Router::new()
-        .route("/v1/users/{id}/friends", put(put_friends).get(get_friends))
-        .route("/v1/friendships", post(post_friendships))
-        .route(
-            "/v1/groups/{gid}",
-            put(put_group).delete(delete_group).get(get_group),
-        )
-        .route("/v1/presence", get(get_presence));
-    if matches!(*state.topology, Topology::Cluster { .. }) {
-        graph = graph.route_layer(middleware::from_fn(not_in_a_cluster_yet));
-    }
+    // In a cluster the graph and the groups are PostgreSQL's (`cluster::admin`).
+    let graph = if matches!(*state.topology, Topology::Cluster { .. }) {
+        use crate::cluster::admin as c;
+        Router::new()
+            .route(
+                "/v1/users/{id}/friends",
+                put(c::put_friends).get(c::get_friends),
+            )
+            .route("/v1/friendships", post(c::post_friendships))
+            .route(
+                "/v1/groups/{gid}",
+                put(c::put_group).delete(c::delete_group).get(c::get_group),
+            )
+            .route(
+                "/v1/presence",
+                get(get_presence).route_layer(middleware::from_fn(not_in_a_cluster_yet)),
+            )
+    } else {
+        Router::new()
+            .route("/v1/users/{id}/friends", put(put_friends).get(get_friends))
+            .route("/v1/friendships", post(post_friendships))
+            .route(
+                "/v1/groups/{gid}",
+                put(put_group).delete(delete_group).get(get_group),
+            )
+            .route("/v1/presence", get(get_presence))
+    };
     let api = Router::new()
         .merge(graph)
         .route("/v1/tokens", post(post_token))
@@ -65,23 +81,22 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
         .with_state(state)
 }
 
-/// Graph, group and presence calls in cluster mode: the graph lives in PostgreSQL and each
-/// node holds only its slots' part, so answering from this node's engine would be wrong.
-/// Until these calls go through the store (and reach the owners of both ends), they are
-/// refused with 501 rather than answered wrongly; load the graph into the store instead.
+/// The presence query in cluster mode: each node knows the presence of its own users and of
+/// its users' friends only, so answering from this node's engine would be wrong for the
+/// rest. Until the query asks each user's owner, it is refused with 501 rather than
+/// answered wrongly.
 async fn not_in_a_cluster_yet(_req: Request, _next: Next) -> Response {
     ApiError(
         StatusCode::NOT_IMPLEMENTED,
-        "not available in cluster mode yet: friends, groups and presence queries go through \
-         PostgreSQL in a cluster, which this version does not do (load friendships into the \
-         store with presence-pg's bulk load)"
+        "not available in cluster mode yet: a presence query would have to ask each user's \
+         owner, which this version does not do"
             .into(),
     )
     .into_response()
 }
 
 /// A refusal: status and message, as `{"error": "…"}`.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -104,7 +119,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 /// Parses a JSON body whatever its content type (curl users forget the header).
-fn body<T: serde::de::DeserializeOwned>(b: Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(b: Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(&b).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 

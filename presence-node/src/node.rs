@@ -69,6 +69,11 @@ impl Node {
         }
     }
 
+    /// Cluster mode: what the cluster's driver gave the node.
+    pub fn cluster_hooks(&self) -> Option<&crate::cluster::Hooks> {
+        self.cluster.get()
+    }
+
     /// Cluster mode: the lease, the slots served and the links, for `/healthz`.
     pub fn cluster_health(&self) -> Option<ClusterHealth> {
         let c = self.cluster.get()?;

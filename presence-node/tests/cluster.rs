@@ -580,3 +580,120 @@ async fn a_paused_node_past_its_lease_serves_nothing_when_it_wakes() {
         );
     }
 }
+
+/// Hellos `user` on its owner until its welcome lists (or no longer lists) `friend`, bounded:
+/// the other ends' owners apply a write from the change log within a moment of it.
+async fn welcome_until(c: &Cluster, user: &str, friend: &str, listed: bool) -> (Client, Value) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let owner = c.owner("n1", user).await;
+        let (cl, w) = Client::hello(c.node(&owner), Via::Quic, user, "d").await;
+        let has = w["friends"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["user"] == friend));
+        if has == listed {
+            return (cl, w);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user}'s welcome on {owner} still {} {friend}: {w}",
+            if listed { "lacks" } else { "lists" }
+        );
+        cl.close().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_writes_work_on_any_node_and_reach_both_ends() {
+    let _serial = SERIAL.lock().await;
+    let (users, pairs) = star(30);
+    let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
+    // Two users owned by two different nodes, and a third node to write on.
+    let mut by_node: BTreeMap<String, String> = BTreeMap::new();
+    for u in &users {
+        by_node
+            .entry(c.owner("n1", u).await)
+            .or_insert_with(|| u.clone());
+    }
+    let ids: Vec<String> = by_node.keys().cloned().collect();
+    assert_eq!(ids.len(), 3, "{by_node:?}");
+    let (x, y, writer) = (&by_node[&ids[0]], &by_node[&ids[1]], c.node(&ids[2]));
+
+    let (status, v) = writer
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(serde_json::json!({"add": [[x, y]]})),
+        )
+        .await;
+    assert_eq!((status, v["added"].as_u64()), (200, Some(1)), "{v}");
+    // The same write again changes nothing; a bad one is refused and changes nothing.
+    let (_, v) = writer
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(serde_json::json!({"add": [[y, x]]})),
+        )
+        .await;
+    assert_eq!(v["added"], 0, "{v}");
+    let (status, v) = writer
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(serde_json::json!({"add": [[x, x]]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    for id in &ids {
+        let (_, f) = c
+            .node(id)
+            .admin("GET", &format!("/v1/users/{x}/friends"), None)
+            .await;
+        let list: Vec<&str> = f["friends"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(list, vec!["hub", y.as_str()], "on {id}: {f}");
+    }
+
+    // Both ends' owners have the friendship: each welcome lists the other, and presence
+    // crosses.
+    let (mut xc, _) = welcome_until(&c, x, y, true).await;
+    let (_yc, _) = welcome_until(&c, y, x, true).await;
+    xc.expect_presence(y, Duration::from_secs(5), |e| e["state"] == "online")
+        .await;
+
+    // Removed on yet another node: x's live session hears it.
+    let (status, v) = c
+        .node(&ids[1])
+        .admin(
+            "POST",
+            "/v1/friendships",
+            Some(serde_json::json!({"remove": [[x, y]]})),
+        )
+        .await;
+    assert_eq!((status, v["removed"].as_u64()), (200, Some(1)), "{v}");
+    xc.expect_presence(y, Duration::from_secs(5), |e| e["removed"] == true)
+        .await;
+
+    // Groups: written on one node, read on every other.
+    let (status, _) = c
+        .node("n1")
+        .admin(
+            "PUT",
+            "/v1/groups/g1",
+            Some(serde_json::json!({"members": [x, y, "hub"]})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    for id in ["n2", "n3"] {
+        let (status, g) = c.node(id).admin("GET", "/v1/groups/g1", None).await;
+        assert_eq!(status, 200, "{g}");
+        assert_eq!(g["members"].as_array().map(Vec::len), Some(3), "{g}");
+    }
+    let (status, _) = c.node("n3").admin("DELETE", "/v1/groups/g1", None).await;
+    assert_eq!(status, 204);
+    let (status, _) = c.node("n2").admin("GET", "/v1/groups/g1", None).await;
+    assert_eq!(status, 404);
+}

@@ -9,6 +9,8 @@
 //! peers ── frames ─────> Service::peer_frame ──> (next tick) ──> peer frames ──> peers
 //! ```
 
+pub(crate) mod admin;
+pub mod follow;
 pub mod peers;
 pub mod slots;
 
@@ -30,10 +32,14 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// Longest wait for the first slot map when joining.
 const JOIN_WAIT: Duration = Duration::from_secs(30);
 
-/// What the tick thread needs of the cluster: the fence and the links.
+/// What the tick thread and the admin API need of the cluster.
 pub struct Hooks {
     pub lease: watch::Receiver<LeaseState>,
     pub peers: Arc<Peers>,
+    /// The graph and groups (the admin API writes and reads them here).
+    pub store: Arc<presence_pg::Store>,
+    /// The id of the last change-log entry this node has applied.
+    pub applied: watch::Receiver<i64>,
 }
 
 impl Hooks {
@@ -81,6 +87,18 @@ impl Cluster {
         secret: &[u8],
     ) -> anyhow::Result<Cluster> {
         let endpoints = cfg.cluster_etcd.clone().unwrap_or_default();
+        // The change log's position before any slot is loaded, and the groups as of then:
+        // the follower applies every later change.
+        let cursor = store
+            .last_change_id()
+            .await
+            .context("reading the change log")?;
+        for (gid, members) in store.groups().await.context("reading the groups")? {
+            node.service().put_group_from_store(&gid, &members);
+        }
+        let (applied_tx, applied) = watch::channel(cursor);
+        let (rewind_tx, rewind_rx) = tokio::sync::mpsc::unbounded_channel();
+        let url = cfg.store.clone().unwrap_or_default();
         let me = member.id.clone();
         let control = Control::join(
             Options {
@@ -104,14 +122,25 @@ impl Cluster {
         node.set_cluster(Hooks {
             lease: control.lease(),
             peers: peers.clone(),
+            store: store.clone(),
+            applied,
         });
         let tasks = vec![
+            tokio::spawn(follow::run(
+                node.clone(),
+                store.clone(),
+                url,
+                cursor,
+                applied_tx,
+                rewind_rx,
+            )),
             tokio::spawn(slots::run(
                 node.clone(),
                 store,
                 me.clone(),
                 control.map(),
                 control.lease(),
+                rewind_tx,
             )),
             tokio::spawn(peers::accept_loop(peers.clone(), node.clone())),
             tokio::spawn(peers::dial_loop(peers.clone(), node.clone(), control.map())),

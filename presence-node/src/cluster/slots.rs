@@ -19,11 +19,30 @@ use crate::service::cluster::{Routes, SlotError};
 /// How often slots being drained are checked for sessions still open.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
-/// A finished load: the slots (with the epochs asked for) and their edges.
+/// A finished load: the slots (with the epochs asked for), the change-log id read before it,
+/// and their edges.
 type LoadResult = (
     Vec<(Slot, i64)>,
+    i64,
     Result<Vec<(String, String)>, presence_pg::Error>,
 );
+
+/// Reads the change-log position, then the slots' edges: a change after that position may
+/// or may not be in the load, so the follower applies it again once the slots are taken.
+async fn load(
+    store: &presence_pg::Store,
+    slots: &[(Slot, i64)],
+) -> (i64, Result<Vec<(String, String)>, presence_pg::Error>) {
+    let started = Instant::now();
+    let before = match store.last_change_id().await {
+        Ok(id) => id,
+        Err(e) => return (0, Err(e)),
+    };
+    let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
+    let result = store.load_slots(&list).await;
+    metrics::histogram!(m::SLOT_LOAD_SECONDS).record(started.elapsed().as_secs_f64());
+    (before, result)
+}
 
 /// Runs until the node shuts down.
 pub async fn run(
@@ -32,6 +51,7 @@ pub async fn run(
     me: String,
     mut map: watch::Receiver<Arc<SlotMap>>,
     mut lease: watch::Receiver<LeaseState>,
+    rewind: super::follow::Rewind,
 ) {
     let mut table = SlotTable::new(&me);
     let mut draining: BTreeSet<Slot> = BTreeSet::new();
@@ -78,8 +98,11 @@ pub async fn run(
                 if r.is_err() { return }
                 fence = *lease.borrow_and_update();
             }
-            Some((slots, result)) = loaded_rx.recv() => {
+            Some((slots, before, result)) = loaded_rx.recv() => {
                 pending = on_loaded(&node, &mut table, slots, result, &store, &loaded_tx);
+                if !pending.serve.is_empty() {
+                    let _ = rewind.send(before);
+                }
             }
             () = sleep_until(fence_falls) => {
                 warn!("the lease is no longer surely alive: serving nothing until it is");
@@ -138,11 +161,8 @@ fn carry_out(
         let tx = loaded_tx.clone();
         let slots = actions.load;
         tokio::spawn(async move {
-            let started = Instant::now();
-            let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
-            let result = store.load_slots(&list).await;
-            metrics::histogram!(m::SLOT_LOAD_SECONDS).record(started.elapsed().as_secs_f64());
-            let _ = tx.send((slots, result)).await;
+            let (before, result) = load(&store, &slots).await;
+            let _ = tx.send((slots, before, result)).await;
         });
     }
 }
@@ -169,9 +189,8 @@ fn on_loaded(
             let tx = loaded_tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
-                let result = store.load_slots(&list).await;
-                let _ = tx.send((slots, result)).await;
+                let (before, result) = load(&store, &slots).await;
+                let _ = tx.send((slots, before, result)).await;
             });
             return actions;
         }

@@ -238,3 +238,53 @@ impl super::Service {
         self.replica.lock().overflowed(peer, slots);
     }
 }
+
+impl super::Service {
+    /// A friendship change from the store's log: the pairs with an end owned here are
+    /// applied (an end in a served slot that is not owned yet is taken first: its first
+    /// friendship came after its slot's load). Idempotent: pairs already in the wanted state
+    /// are left out.
+    pub fn apply_store_edges(
+        &self,
+        added: &[(String, String)],
+        removed: &[(String, String)],
+        now: u64,
+    ) -> Result<(u64, u64), String> {
+        let Some(routes) = self.routes() else {
+            return Ok((0, 0));
+        };
+        let engine = self.engine();
+        let ids = |list: &[(String, String)]| -> Result<Vec<_>, String> {
+            list.iter()
+                .map(|(a, b)| {
+                    let mut pair = [presence_core::UserId(0); 2];
+                    for (i, n) in [a, b].into_iter().enumerate() {
+                        let id = engine.intern(n).map_err(|e| e.to_string())?;
+                        if routes.serves(slot_of(n.as_bytes())) {
+                            self.take_lone_user(id, n, now);
+                        }
+                        pair[i] = id;
+                    }
+                    Ok((pair[0], pair[1]))
+                })
+                .collect()
+        };
+        let add = ids(added)?;
+        let remove = ids(removed)?;
+        engine
+            .apply_friendships(&add, &remove)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A group created or replaced, from the store's log.
+    pub fn put_group_from_store(&self, gid: &str, members: &[String]) {
+        self.groups
+            .write()
+            .insert(gid.to_owned(), members.to_vec().into());
+    }
+
+    /// A group removed, from the store's log.
+    pub fn delete_group_from_store(&self, gid: &str) {
+        self.groups.write().remove(gid);
+    }
+}
