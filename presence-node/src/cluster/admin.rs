@@ -12,7 +12,9 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::Hooks;
-use crate::admin::{AdminState, ApiError, FriendsBody, FriendshipsBody, GroupBody, body};
+use crate::admin::{
+    AdminState, ApiError, FriendsBody, FriendshipsBody, GroupBody, PresenceQuery, body,
+};
 use crate::service::admin::check_id;
 
 /// Longest an answer waits for this node to apply its own write from the log.
@@ -167,4 +169,104 @@ pub(crate) async fn delete_group(
         .map_err(store_error)?;
     applied(&s, change).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Marks a presence query one node forwards to another: answered from the receiver's engine,
+/// never forwarded again.
+const FORWARDED: &str = "x-presence-forwarded";
+
+/// The presence query: each user's presence from its owner (this node's engine for its own
+/// users, the owner's admin API for the others, one request per owner).
+pub(crate) async fn get_presence(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    q: Result<axum::extract::Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let names: Vec<&str> = q.users.split(',').filter(|u| !u.is_empty()).collect();
+    let svc = s.node.service();
+    // The same checks as on one node, before anything is asked of another node.
+    let local = svc.presence(&names)?;
+    let routes = svc.routes();
+    if headers.contains_key(FORWARDED) {
+        return Ok(Json(json!({ "presence": local })));
+    }
+    let Some(routes) = routes else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node has not joined its cluster yet".into(),
+        ));
+    };
+    let mut entries: Vec<serde_json::Value> = local
+        .into_iter()
+        .map(|e| serde_json::to_value(e).unwrap_or_default())
+        .collect();
+    // owner's admin address -> positions
+    let mut remote: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, n) in names.iter().enumerate() {
+        match routes.map().route(n.as_bytes()) {
+            Some(r) if r.node.id == routes.me() => {}
+            Some(r) => remote.entry(r.node.admin.clone()).or_default().push(i),
+            None => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no node owns user {n:?} right now: retry shortly"),
+                ));
+            }
+        }
+    }
+    for (admin, positions) in remote {
+        let users: Vec<&str> = positions.iter().map(|&i| names[i]).collect();
+        let answer = forward(&admin, svc.admin_key(), &users.join(",")).await?;
+        let list = answer["presence"].as_array().cloned().unwrap_or_default();
+        if list.len() != positions.len() {
+            return Err(ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("node at {admin} answered {} of {} users", list.len(), positions.len()),
+            ));
+        }
+        for (i, e) in positions.into_iter().zip(list) {
+            entries[i] = e;
+        }
+    }
+    Ok(Json(json!({ "presence": entries })))
+}
+
+/// `GET /v1/presence?users=…` on another node's admin API.
+async fn forward(admin: &str, key: &str, users: &str) -> Result<serde_json::Value, ApiError> {
+    use http_body_util::BodyExt;
+    let gateway = |e: &dyn std::fmt::Display| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("asking the node at {admin}: {e}"),
+        )
+    };
+    let query = serde_urlencoded::to_string([("users", users)]).map_err(|e| gateway(&e))?;
+    let req = hyper::Request::get(format!("http://{admin}/v1/presence?{query}"))
+        .header(axum::http::header::AUTHORIZATION, format!("Bearer {key}"))
+        .header(FORWARDED, "1")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .map_err(|e| gateway(&e))?;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| gateway(&"no answer in 5 s"))?
+        .map_err(|e| gateway(&e))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| gateway(&e))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(gateway(&format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| gateway(&e))
 }

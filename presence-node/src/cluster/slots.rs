@@ -81,8 +81,9 @@ pub async fn run(
             &mut draining,
             &loaded_tx,
             &mut published,
+            holds,
         );
-        drain(&node, &mut table, &mut draining);
+        drain(&node, &mut table, &mut draining, !holds);
 
         let fence_falls = fence
             .until
@@ -133,11 +134,12 @@ fn carry_out(
     draining: &mut BTreeSet<Slot>,
     loaded_tx: &mpsc::Sender<LoadResult>,
     published: &mut i64,
+    holds: bool,
 ) {
     if actions.is_empty() {
         // The map may still have changed (members, others' slots): routes follow it.
         if view.revision() != *published {
-            publish(node, me, table, view);
+            publish(node, me, table, view, holds);
             *published = view.revision();
         }
         return;
@@ -145,7 +147,7 @@ fn carry_out(
     *published = view.revision();
     draining.extend(actions.evict.iter().copied());
     // Routes first: lost slots stop taking hellos and their sessions are told `moved`.
-    publish(node, me, table, view);
+    publish(node, me, table, view, holds);
     for &(slot, _) in &actions.serve {
         node.service().serving_slot(slot);
     }
@@ -217,13 +219,13 @@ fn on_loaded(
 }
 
 /// Releases the users of drained slots whose sessions are all gone.
-fn drain(node: &Node, table: &mut SlotTable, draining: &mut BTreeSet<Slot>) {
+fn drain(node: &Node, table: &mut SlotTable, draining: &mut BTreeSet<Slot>, fenced: bool) {
     let now = now_ms();
     draining.retain(|&slot| {
         if table.state(slot) != SlotState::Draining {
             return false;
         }
-        match node.service().release_slot(slot, now) {
+        match node.service().release_slot(slot, now, fenced) {
             Ok(_) => {
                 // The release the table asks for is the one just done.
                 let _ = table.drained(slot);
@@ -240,10 +242,10 @@ fn drain(node: &Node, table: &mut SlotTable, draining: &mut BTreeSet<Slot>) {
 
 /// Publishes the routes of `table` under `view`: hellos follow them, and live sessions of
 /// users no longer served here are told `moved`.
-fn publish(node: &Node, me: &str, table: &SlotTable, view: &Arc<SlotMap>) {
+fn publish(node: &Node, me: &str, table: &SlotTable, view: &Arc<SlotMap>, holds: bool) {
     let told = node
         .service()
-        .set_routes(Routes::new(me, table, view.clone()));
+        .set_routes(Routes::with_lease(me, table, view.clone(), holds));
     if told > 0 {
         info!(sessions = told, "sessions told to move");
     }

@@ -288,6 +288,11 @@ impl Service {
             .collect())
     }
 
+    /// The admin key, for calls this node makes to other nodes of its cluster.
+    pub(crate) fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
     /// A client token for `user` (development and tests).
     pub fn mint_token(
         &self,

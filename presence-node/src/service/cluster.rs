@@ -15,6 +15,8 @@ pub struct Routes {
     /// The epoch each slot is served under here, if it is.
     serving: Vec<Option<i64>>,
     map: Arc<SlotMap>,
+    /// Whether this node's lease surely held when these routes were made.
+    lease_held: bool,
 }
 
 /// Why a user's session does not start here.
@@ -43,10 +45,17 @@ impl Elsewhere {
 impl Routes {
     /// The view of node `me` after `table` took in `map`.
     pub fn new(me: &str, table: &SlotTable, map: Arc<SlotMap>) -> Routes {
+        Routes::with_lease(me, table, map, true)
+    }
+
+    /// [`Routes::new`], saying whether the lease surely holds (when it does not, users the
+    /// map gives this node are told so, not that their slot is being taken).
+    pub fn with_lease(me: &str, table: &SlotTable, map: Arc<SlotMap>, lease_held: bool) -> Routes {
         Routes {
             me: me.to_owned(),
             serving: Slot::all().map(|s| table.serving(s)).collect(),
             map,
+            lease_held,
         }
     }
 
@@ -56,6 +65,7 @@ impl Routes {
             me: me.to_owned(),
             serving: vec![None; usize::from(SLOTS)],
             map: Arc::new(SlotMap::new()),
+            lease_held: false,
         }
     }
 
@@ -107,6 +117,9 @@ impl Routes {
                 quic: r.node.quic.clone(),
                 lp: r.node.lp.clone(),
             },
+            Some(_) if !self.lease_held => Elsewhere::Unavailable(
+                "this node cannot prove its etcd lease right now: retry shortly",
+            ),
             Some(_) => {
                 Elsewhere::Unavailable("this node is taking this user's slot: retry shortly")
             }
@@ -197,11 +210,40 @@ impl super::Service {
     }
 
     /// Releases `slot`'s users once none has a connected session.
-    pub fn release_slot(&self, slot: Slot, now: u64) -> Result<usize, SlotError> {
+    ///
+    /// `fenced`: the slot went because this node could not prove its lease, so the others
+    /// took it over while this node's view of its users went stale (its links may have been
+    /// down too). The released users are then shown offline here, not as they last were: a
+    /// node that gets the slot back later must not bring back users who left meanwhile. (A
+    /// slot handed over while the lease holds keeps their last presence: no flap for anyone.)
+    pub fn release_slot(&self, slot: Slot, now: u64, fenced: bool) -> Result<usize, SlotError> {
         let users: Vec<presence_core::UserId> = self.replica.lock().owned_in(slot);
         match self.engine().release_users(&users, now) {
             Ok(o) => {
                 self.replica.lock().released(slot);
+                if fenced {
+                    let gone: Vec<_> = users
+                        .iter()
+                        .map(|&u| {
+                            let was = self.engine().presence(u);
+                            let last = match was.state {
+                                presence_core::State::Offline => was.last_active,
+                                _ => Some(now),
+                            };
+                            (
+                                u,
+                                Some(presence_core::Presence {
+                                    state: presence_core::State::Offline,
+                                    last_active: last,
+                                    ..presence_core::Presence::NEVER_SEEN
+                                }),
+                            )
+                        })
+                        .collect();
+                    if let Err(e) = self.engine().apply_mirrored(&gone, now) {
+                        tracing::warn!(slot = slot.get(), "marking released users offline: {e}");
+                    }
+                }
                 Ok(o.users)
             }
             Err(presence_core::Error::HasSessions(u)) => Err(SlotError::HasSessions(
