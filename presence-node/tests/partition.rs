@@ -678,3 +678,138 @@ async fn a_node_cut_off_from_etcd_and_its_peers_fences_hands_over_and_rejoins() 
 async fn a_rejoined_node_lists_nobody_online_who_is_not() {
     cut_off_and_heal("a_rejoined_node_lists_nobody_online_who_is_not", true).await;
 }
+
+/// Case 2: only the peer link between n1 and n2 is cut; etcd stays in reach of all three.
+/// Ownership is etcd's: no slot moves and nobody is fenced. n1's friends of n2's users see
+/// a stale mirror meanwhile (or none, once the link is found dead); after heal the new link's
+/// snapshots bring them to the truth, in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_peer_link_moves_no_slot_and_presence_resyncs_after_heal() {
+    let _serial = SERIAL.lock().await;
+    let test_started = Instant::now();
+    let (users, pairs) = mesh(24);
+    let Some(c) = Cluster::start(
+        "a_cut_peer_link_moves_no_slot_and_presence_resyncs_after_heal",
+        &pairs,
+    )
+    .await
+    else {
+        return;
+    };
+    let owners = by_owner(&c, &users, "n1").await;
+    assert!(owners["n2"].len() >= 2, "{owners:?}");
+    let (u, q) = (owners["n2"][0].clone(), owners["n2"][1].clone());
+    let (o1, o3) = (owners["n1"][0].clone(), owners["n3"][0].clone());
+    let (mut uc, _) = Client::hello(c.node("n2"), Via::Quic, &u, "d").await;
+    let (qc, _) = Client::hello(c.node("n2"), Via::Ws, &q, "d").await;
+    let (mut o1c, w) = Client::hello(c.node("n1"), Via::Quic, &o1, "d").await;
+    assert!(sees_online(&mut o1c, &w, &[&u, &q]).await.is_empty());
+    let (mut o3c, w) = Client::hello(c.node("n3"), Via::Quic, &o3, "d").await;
+    assert!(sees_online(&mut o3c, &w, &[&u, &q]).await.is_empty());
+    let slots_before = c.slots("n1").await;
+
+    // The cut: n2 <-> n1's peer socket only (n1 dials n2 from it; n2 answers to it).
+    c.cut(Cut::new().socket(c.peer("n1"))).await;
+    let cut_at = Instant::now();
+    let o1_until = cut_at + Duration::from_secs(24);
+    let o1_task = tokio::spawn(observe(o1c, o1_until));
+    // Changes on n2 during the cut: u goes dnd, q leaves.
+    uc.send(serde_json::json!({"type": "status", "status": "dnd", "text": "cut"}))
+        .await;
+    qc.close().await;
+    // n3's link still works: o3 sees both.
+    o3c.expect_presence(&u, Duration::from_secs(3), |e| e["status"] == "dnd")
+        .await;
+    o3c.expect_presence(&q, CONVERGE, |e| e["state"] == "offline")
+        .await;
+    let o3_saw = cut_at.elapsed();
+
+    // Until n1 and n2 find their link dead (QUIC idle timeout): nobody fenced, no slot moved.
+    let link_down = loop {
+        let (s2, h2) = healthz(c.node("n2")).await;
+        assert_eq!(s2, 200, "n2 fenced with etcd in reach: {h2}");
+        for id in ["n1", "n2", "n3"] {
+            assert_eq!(
+                c.slots(id).await,
+                slots_before,
+                "slots moved on a peer-link cut"
+            );
+        }
+        let (_, h1) = healthz(c.node("n1")).await;
+        if h1["cluster"]["peers"] == 1 && h2["cluster"]["peers"] == 1 {
+            break cut_at.elapsed();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(16),
+            "the n1-n2 link still counted up: {h1} {h2}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for user in [&u, &q] {
+        assert_eq!(c.owner("n1", user).await, "n2");
+        assert_eq!(c.owner("n2", user).await, "n2");
+    }
+
+    c.heal().await;
+    let healed_at = Instant::now();
+    let relinked = loop {
+        let (_, h1) = healthz(c.node("n1")).await;
+        if h1["cluster"]["peers"] == 2 {
+            break healed_at.elapsed();
+        }
+        assert!(
+            healed_at.elapsed() < CONVERGE,
+            "n1 did not link n2 again: {h1}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(c.slots("n1").await, slots_before, "slots moved after heal");
+
+    let (mut o1c, seen, end) = o1_task.await.expect("observer");
+    assert_eq!(end, None, "{o1}'s session ended: {end:?}");
+    let during: Vec<_> = seen
+        .iter()
+        .filter(|(at, ..)| *at < healed_at)
+        .map(|(at, _, e)| (at.duration_since(cut_at), e.to_string()))
+        .collect();
+    let after = |user: &str| {
+        seen.iter()
+            .filter(|(at, who, _)| *at >= healed_at && who == user)
+            .map(|(at, _, e)| (at.duration_since(healed_at), e.clone()))
+            .collect::<Vec<_>>()
+    };
+    // After heal: n1's mirror is the truth again (u online and dnd, q offline).
+    let last = |user: &str| {
+        seen.iter()
+            .rev()
+            .find(|(_, who, _)| who == user)
+            .map(|(at, _, e)| (*at, e.clone()))
+    };
+    let (u_at, u_last) = last(&u).unwrap_or_else(|| panic!("{o1} never heard of {u}: {seen:?}"));
+    assert!(
+        u_last["state"] == "online" && u_last["status"] == "dnd",
+        "{o1} last saw {u} as {u_last}: {seen:?}"
+    );
+    let q_last = last(&q).map(|(_, e)| e);
+    assert!(
+        q_last.as_ref().is_some_and(|e| e["state"] == "offline"),
+        "{o1} last saw {q} as {q_last:?}: {seen:?}"
+    );
+    let u_right = u_at.saturating_duration_since(healed_at);
+    // And n1 -> n2 again.
+    o1c.send(serde_json::json!({"type": "status", "status": "busy", "text": "healed"}))
+        .await;
+    let sent = Instant::now();
+    uc.expect_presence(&o1, Duration::from_secs(3), |e| e["status"] == "busy")
+        .await;
+    let back = sent.elapsed();
+    eprintln!(
+        "n1-n2 peer link cut: o3 saw n2's changes within {o3_saw:?}; link found down after \
+         {link_down:?} (no fence, no slot moved); {o1} on n1 saw during the cut {during:?}; \
+         after heal: relinked {relinked:?}, {o1} saw {:?} / {:?}, {u} right after \
+         {u_right:?}, n1->n2 change in {back:?}; total {:?}",
+        after(&u),
+        after(&q),
+        test_started.elapsed()
+    );
+}
