@@ -388,7 +388,7 @@ async fn try_hello(node: &Node, minter: &Node, user: &str) -> Value {
 }
 
 /// Case 1: n2 cut off from etcd and both peers (not from clients), then healed.
-/// `strict`: n2's first welcomes after heal must list nobody online who is not.
+/// `strict`: no welcome on any node after heal may list anybody online who is not.
 async fn cut_off_and_heal(test: &str, strict: bool) {
     let _serial = SERIAL.lock().await;
     let test_started = Instant::now();
