@@ -30,6 +30,9 @@ pub struct Ready {
     pub admin: SocketAddr,
     pub pid: u32,
     pub node: String,
+    /// The peer link's address (cluster mode).
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 pub struct Node {
@@ -58,6 +61,18 @@ impl Node {
 
     /// Starts a node on an existing data folder with its client listeners on `ws` and `quic`.
     pub fn start_at(dir: &Path, args: &[&str], ws: &str, quic: &str) -> Node {
+        Self::start_spawned(dir, args, [ws, quic, "127.0.0.1:0"], |cmd| cmd.spawn())
+    }
+
+    /// Starts a node on an existing data folder with its ws, QUIC and admin listeners on
+    /// `listen`, its process started by `spawn` (e.g. inside a network namespace).
+    pub fn start_spawned(
+        dir: &Path,
+        args: &[&str],
+        listen: [&str; 3],
+        spawn: impl FnOnce(&mut Command) -> std::io::Result<Child>,
+    ) -> Node {
+        let [ws, quic, admin] = listen;
         let _ = std::fs::remove_file(dir.join("ready.json"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_presence-node"));
         cmd.arg("serve")
@@ -65,7 +80,7 @@ impl Node {
             .arg(dir)
             .args(["--ws-listen", ws])
             .args(["--quic-listen", quic])
-            .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", admin])
             .args(args)
             .env(
                 "RUST_LOG",
@@ -73,7 +88,7 @@ impl Node {
             )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn presence-node");
+        let mut child = spawn(&mut cmd).expect("spawn presence-node");
         let deadline = Instant::now() + Duration::from_secs(30);
         let ready: Ready = loop {
             if let Ok(bytes) = std::fs::read(dir.join("ready.json"))
