@@ -672,10 +672,6 @@ async fn a_node_cut_off_from_etcd_and_its_peers_fences_hands_over_and_rejoins() 
 /// The same, holding n2 to "no user seen online that is not" from its first welcome after
 /// heal on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "node bug: when a slot goes back to a node that rejoins after a partition, that node \
-            serves its pre-cut presence of the slot's users again: a user whose session it ended \
-            when it fenced (offline cluster-wide meanwhile) is online on every node again, with \
-            its pre-cut last_active, until its grace runs out (~2 s)"]
 async fn a_rejoined_node_lists_nobody_online_who_is_not() {
     cut_off_and_heal("a_rejoined_node_lists_nobody_online_who_is_not", true).await;
 }

@@ -223,7 +223,11 @@ pub(crate) async fn get_presence(
         if list.len() != positions.len() {
             return Err(ApiError(
                 StatusCode::BAD_GATEWAY,
-                format!("node at {admin} answered {} of {} users", list.len(), positions.len()),
+                format!(
+                    "node at {admin} answered {} of {} users",
+                    list.len(),
+                    positions.len()
+                ),
             ));
         }
         for (i, e) in positions.into_iter().zip(list) {
