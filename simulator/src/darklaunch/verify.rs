@@ -182,6 +182,18 @@ impl Oracle {
         }
     }
 
+    /// The node holding the session died (`kill -9`) at `at`: as a vanished device, the
+    /// session ends on the truth's heartbeat expiry, but the cluster may show it until
+    /// `decided` (heartbeat timeout + lease TTL + grace after the kill, plus the session's
+    /// connect slack): the friend is undecidable until then.
+    pub fn lost(&mut self, user: u32, dev: u8, at: u64, decided: u64) {
+        if self.sessions[user as usize][dev as usize].take().is_some() {
+            let slack = self.slack[user as usize][dev as usize];
+            let hi = decided.saturating_add(if slack == u64::MAX { 0 } else { slack });
+            self.push_end(user, at, hi.saturating_sub(at));
+        }
+    }
+
     fn push_end(&mut self, user: u32, at: u64, slack: u64) {
         let b = &mut self.end_bound[user as usize];
         b.0 = b.0.max(at);
