@@ -442,7 +442,6 @@ impl<'a> Driver<'a> {
         replies: mpsc::UnboundedReceiver<(usize, Reply)>,
         tokens: Vec<String>,
         quic_salt: u64,
-        nodes: usize,
     ) -> Self {
         let users = tokens.len() as u32;
         Driver {
@@ -477,7 +476,7 @@ impl<'a> Driver<'a> {
                 ..ChatOut::default()
             },
             chat_stopped: false,
-            node_alive: vec![true; nodes.max(1)],
+            node_alive: vec![true],
             kill: None,
             moves: 0,
         }
@@ -988,8 +987,8 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         hosts.replies,
         tokens.tokens,
         quic_salt,
-        target.addrs.len(),
     );
+    d.node_alive = vec![true; target.addrs.len().max(1)];
     d.wait_ready().await?;
 
     let result = drive(&mut d, &mut model, &mut target, probe_rate).await;
