@@ -177,7 +177,9 @@ impl Oracle {
             let now = self.now();
             let last = self.last_msg[user as usize][dev as usize];
             let exp = last + self.timing.heartbeat_timeout_ms;
-            let slack = self.slack[user as usize][dev as usize] + now.saturating_sub(last);
+            // Still u64::MAX while the welcome has not arrived: unbounded, not an overflow.
+            let slack =
+                self.slack[user as usize][dev as usize].saturating_add(now.saturating_sub(last));
             self.push_end(user, exp, slack);
         }
     }
