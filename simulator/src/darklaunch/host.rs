@@ -853,7 +853,10 @@ pub async fn run_host(
             Cmd::Flush { seq } => {
                 clients.retain(|_, c| !c.tx.is_closed());
                 let mut acks = Vec::with_capacity(clients.len());
-                for c in clients.values() {
+                // A client still connecting has put nothing on the wire yet (and in a
+                // cluster may be retrying for seconds while a dead node's slots move): it
+                // would hold the check until the flush timeout.
+                for c in clients.values().filter(|c| c.state.live.load(Relaxed)) {
                     let (tx, rx) = oneshot::channel();
                     if c.tx.send(ClientCmd::Flush(tx)).is_ok() {
                         acks.push(rx);
