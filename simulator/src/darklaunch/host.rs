@@ -288,7 +288,8 @@ fn apply_entries(
             status: status_code(e.status),
             text: e.text.as_deref().map(Box::from),
             probe_seen: 0,
-            changed_us: now,
+            // A welcome is no change seen: 0 until a presence frame changes the state.
+            changed_us: if welcome { 0 } else { now },
         };
         let prev = pos.ok().map(|i| &view.friends[i].1);
         entry.probe_seen = prev.map_or(0, |p| p.probe_seen);
@@ -571,6 +572,9 @@ impl Dialer {
     }
 }
 
+/// One connect attempt in a cluster (then another node is tried).
+const CLUSTER_ATTEMPT: Duration = Duration::from_secs(3);
+
 /// Most `moved` one connect follows in a row.
 const MAX_MOVES: u32 = 4;
 
@@ -592,7 +596,18 @@ async fn open(
     let mut backoff = Duration::from_millis(50);
     let mut jitter = sp.cid.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     loop {
-        let err = match Client::connect(&dialer.connect_options(sp, transport.clone())).await {
+        let opts = dialer.connect_options(sp, transport.clone());
+        // In a cluster one attempt may not take the whole deadline: a QUIC hello to a killed
+        // node's address meets silence, not a refusal.
+        let attempt = if dialer.cluster {
+            match tokio::time::timeout(CLUSTER_ATTEMPT, Client::connect(&opts)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout("cluster connect attempt")),
+            }
+        } else {
+            Client::connect(&opts).await
+        };
+        let err = match attempt {
             Ok((conn, welcome)) => {
                 sh.welcome_entries
                     .fetch_add(welcome.friends.len() as u64, Relaxed);
