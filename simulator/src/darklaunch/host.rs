@@ -16,14 +16,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::FutureExt;
 use hdrhistogram::Histogram;
 use presence_client::{
-    Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, InboxKind,
+    Client, ClientError, ClientMessage, ConnectOptions, Connection, ErrorCode, InboxKind, Moved,
     PresenceEntry, QuicCert, QuicEndpoint, ServerMessage, State, Status, Transport,
     TransportOptions,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::proto::{Cmd, ConnectSpec, HistOut, HostInit, HostStats, Reply, ViewOut};
+use super::proto::{Cmd, ConnectSpec, HistOut, HostInit, HostStats, NodeAddrs, Reply, ViewOut};
 
 /// Connect, handshake, hello and welcome must all happen within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -63,6 +63,8 @@ pub fn hist_merge(into: &mut Histogram<u64>, from: &HistOut) {
 struct Hists {
     connect: Option<Histogram<u64>>,
     probe: Option<Histogram<u64>>,
+    /// Probes from a sender on another node than the receiver.
+    probe_cross: Option<Histogram<u64>>,
     chat_sent: Option<Histogram<u64>>,
     chat_inbox: Option<Histogram<u64>>,
     /// send → `sent` since the last stats request (the report's per-second series).
@@ -87,6 +89,7 @@ struct Shared {
     duplicates: AtomicU64,
     unknown_users: AtomicU64,
     probe_receipts: AtomicU64,
+    probe_cross_receipts: AtomicU64,
     chat_sent: AtomicU64,
     chat_inbox: AtomicU64,
     chat_device_acks: AtomicU64,
@@ -139,6 +142,7 @@ impl Shared {
             duplicates: g(&self.duplicates),
             unknown_users: g(&self.unknown_users),
             probe_receipts: g(&self.probe_receipts),
+            probe_cross_receipts: g(&self.probe_cross_receipts),
             chat_sent: g(&self.chat_sent),
             chat_inbox: g(&self.chat_inbox),
             chat_device_acks: g(&self.chat_device_acks),
@@ -162,6 +166,7 @@ impl Shared {
             let out = |h: &Option<Histogram<u64>>| h.as_ref().map(hist_out).unwrap_or_default();
             s.connect_us = out(&h.connect);
             s.probe_us = out(&h.probe);
+            s.probe_cross_us = out(&h.probe_cross);
             s.chat_sent_us = out(&h.chat_sent);
             s.chat_inbox_us = out(&h.chat_inbox);
         }
@@ -177,6 +182,8 @@ struct Entry {
     text: Option<Box<str>>,
     /// Highest probe sequence number already received about this friend.
     probe_seen: u64,
+    /// When this friend's state last changed in this view (µs since the epoch).
+    changed_us: u64,
 }
 
 /// A client's view, sorted by friend id.
@@ -186,6 +193,8 @@ struct View {
     /// When the welcome arrived: only probes scheduled after it are receipts (an old probe
     /// text shown again when its owner comes back online is not).
     since_us: u64,
+    /// The node this client is connected to (an index into the host's node list).
+    node: usize,
 }
 
 struct ClientState {
@@ -232,11 +241,15 @@ fn state_code(e: &PresenceEntry<'_>, thresholds: &[u64]) -> u8 {
     }
 }
 
-/// `pr:<seq>:<scheduled µs>`: a latency probe's status text.
-pub fn parse_probe(text: &str) -> Option<(u64, u64)> {
+/// `pr:<seq>:<scheduled µs>[:<sender's node>]`: a latency probe's status text.
+pub fn parse_probe(text: &str) -> Option<(u64, u64, Option<usize>)> {
     let rest = text.strip_prefix("pr:")?;
-    let (seq, us) = rest.split_once(':')?;
-    Some((seq.parse().ok()?, us.parse().ok()?))
+    let (seq, rest) = rest.split_once(':')?;
+    let (us, node) = match rest.split_once(':') {
+        Some((us, n)) => (us, Some(n.parse().ok()?)),
+        None => (rest, None),
+    };
+    Some((seq.parse().ok()?, us.parse().ok()?, node))
 }
 
 /// `chat:<seq>:<scheduled µs>`: a chat message's client id and text.
@@ -275,16 +288,29 @@ fn apply_entries(
             status: status_code(e.status),
             text: e.text.as_deref().map(Box::from),
             probe_seen: 0,
+            // A welcome is no change seen: 0 until a presence frame changes the state.
+            changed_us: if welcome { 0 } else { now },
         };
-        let prev_seen = pos.ok().map_or(0, |i| view.friends[i].1.probe_seen);
-        entry.probe_seen = prev_seen;
-        if let Some((seq, at)) = e.text.as_deref().and_then(parse_probe)
-            && seq > prev_seen
+        let prev = pos.ok().map(|i| &view.friends[i].1);
+        entry.probe_seen = prev.map_or(0, |p| p.probe_seen);
+        if let Some(p) = prev
+            && p.state == entry.state
+        {
+            entry.changed_us = p.changed_us;
+        }
+        if let Some((seq, at, from)) = e.text.as_deref().and_then(parse_probe)
+            && seq > entry.probe_seen
         {
             entry.probe_seen = seq;
             if !welcome && at >= view.since_us {
+                let us = now.saturating_sub(at);
                 sh.probe_receipts.fetch_add(1, Relaxed);
-                record(&mut sh.hists.lock().probe, now.saturating_sub(at));
+                let mut h = sh.hists.lock();
+                record(&mut h.probe, us);
+                if from.is_some_and(|n| n != view.node) {
+                    sh.probe_cross_receipts.fetch_add(1, Relaxed);
+                    record(&mut h.probe_cross, us);
+                }
             }
         }
         match pos {
@@ -435,8 +461,11 @@ impl AckPacer {
 /// How the host's clients reach the node: the WebSocket and QUIC addresses, the source
 /// addresses WebSocket clients take in turn, and the UDP sockets QUIC clients share.
 struct Dialer {
-    ws: Transport,
-    quic: Transport,
+    /// Each node's WebSocket and QUIC transports (one entry for one node).
+    nodes: Vec<(Transport, Transport)>,
+    cert: QuicCert,
+    /// Dial other nodes after a failure, and follow `moved` (a cluster).
+    cluster: bool,
     source_ips: Vec<Ipv4Addr>,
     next_ip: AtomicU64,
     endpoints: Vec<QuicEndpoint>,
@@ -466,36 +495,76 @@ impl Dialer {
                 .context("binding a UDP socket for QUIC clients")?;
             endpoints.push(ep);
         }
+        let cert = QuicCert::Pem(init.cert_pem.clone());
+        let addrs = if init.nodes.is_empty() {
+            vec![NodeAddrs {
+                ws: init.ws,
+                quic: init.quic,
+            }]
+        } else {
+            init.nodes.clone()
+        };
         Ok(Self {
-            ws: Transport::ws(init.ws.to_string()),
-            quic: Transport::quic(
-                init.quic.to_string(),
-                "localhost",
-                QuicCert::Pem(init.cert_pem.clone()),
-            ),
+            nodes: addrs
+                .iter()
+                .map(|n| {
+                    (
+                        Transport::ws(n.ws.to_string()),
+                        Transport::quic(n.quic.to_string(), "localhost", cert.clone()),
+                    )
+                })
+                .collect(),
+            cert,
+            cluster: init.nodes.len() > 1,
             source_ips: init.source_ips.clone(),
             next_ip: AtomicU64::new(0),
             endpoints,
         })
     }
 
-    /// The hello and the way of one client: QUIC on its own socket (or on a shared one chosen
-    /// by its id), or WebSocket from the next source address.
-    fn connect_options(&self, sp: &ConnectSpec) -> ConnectOptions {
+    /// Node `i`'s transport of the kind the client uses.
+    fn transport(&self, i: usize, quic: bool) -> Transport {
+        let (ws, q) = &self.nodes[i % self.nodes.len()];
+        if quic { q.clone() } else { ws.clone() }
+    }
+
+    /// Where a `moved` points (same kind of transport), and the index of that node when it is
+    /// one of ours.
+    fn follow(&self, m: &Moved, quic: bool) -> Option<(Transport, Option<usize>)> {
+        let addr = if quic {
+            m.quic.as_deref()?
+        } else {
+            m.ws.as_deref()?
+        };
+        let addr = addr.strip_prefix("ws://").unwrap_or(addr);
+        let addr = addr.strip_suffix("/v1/ws").unwrap_or(addr);
+        let known = self.nodes.iter().position(|(w, q)| {
+            let t = if quic { q } else { w };
+            match t {
+                Transport::Ws(a) | Transport::Quic { addr: a, .. } => a == addr,
+            }
+        });
+        let t = match known {
+            Some(i) => self.transport(i, quic),
+            None if quic => Transport::quic(addr, "localhost", self.cert.clone()),
+            None => Transport::ws(addr),
+        };
+        Some((t, known))
+    }
+
+    /// The hello and the way of one client to `transport`: QUIC on its own socket (or on a
+    /// shared one chosen by its id), or WebSocket from the next source address.
+    fn connect_options(&self, sp: &ConnectSpec, transport: Transport) -> ConnectOptions {
         let mut transport_options = transport_options();
-        let transport = if sp.quic {
+        if sp.quic {
             if !self.endpoints.is_empty() {
                 let i = (sp.cid % self.endpoints.len() as u64) as usize;
                 transport_options.quic_endpoint = self.endpoints.get(i).cloned();
             }
-            self.quic.clone()
-        } else {
-            if !self.source_ips.is_empty() {
-                let i = self.next_ip.fetch_add(1, Relaxed) as usize % self.source_ips.len();
-                transport_options.local_ip = Some(IpAddr::V4(self.source_ips[i]));
-            }
-            self.ws.clone()
-        };
+        } else if !self.source_ips.is_empty() {
+            let i = self.next_ip.fetch_add(1, Relaxed) as usize % self.source_ips.len();
+            transport_options.local_ip = Some(IpAddr::V4(self.source_ips[i]));
+        }
         let mut opts = ConnectOptions::new(transport, sp.token.clone()).device(&sp.device);
         opts.hello_timeout = CONNECT_TIMEOUT;
         opts.transport_options = transport_options;
@@ -503,18 +572,84 @@ impl Dialer {
     }
 }
 
-/// Connects, says hello, and builds the client's view from its welcome.
+/// One connect attempt in a cluster (then another node is tried).
+const CLUSTER_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// Most `moved` one connect follows in a row.
+const MAX_MOVES: u32 = 4;
+
+/// Connects, says hello (following `moved` to the user's owner, and in a cluster trying the
+/// other nodes with jittered backoff while the owner is unreachable), and builds the client's
+/// view from its welcome. Returns the connection, the node that welcomed it (when known) and
+/// the `moved` followed.
 async fn open(
     dialer: &Dialer,
     sp: &ConnectSpec,
     st: &ClientState,
     sh: &Shared,
-) -> Result<Connection, ClientError> {
-    let (conn, welcome) = Client::connect(&dialer.connect_options(sp)).await?;
-    sh.welcome_entries
-        .fetch_add(welcome.friends.len() as u64, Relaxed);
-    apply_entries(&mut st.view.lock(), &welcome.friends, sh, true, now_us());
-    Ok(conn)
+) -> Result<(Connection, usize, u32), ClientError> {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let mut node = sp.node % dialer.nodes.len();
+    let mut at = Some(node);
+    let mut transport = dialer.transport(node, sp.quic);
+    let (mut moves, mut total_moves) = (0u32, 0u32);
+    let mut backoff = Duration::from_millis(50);
+    let mut jitter = sp.cid.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    loop {
+        let opts = dialer.connect_options(sp, transport.clone());
+        // In a cluster one attempt may not take the whole deadline: a QUIC hello to a killed
+        // node's address meets silence, not a refusal.
+        let attempt = if dialer.cluster {
+            match tokio::time::timeout(CLUSTER_ATTEMPT, Client::connect(&opts)).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Timeout("cluster connect attempt")),
+            }
+        } else {
+            Client::connect(&opts).await
+        };
+        let err = match attempt {
+            Ok((conn, welcome)) => {
+                sh.welcome_entries
+                    .fetch_add(welcome.friends.len() as u64, Relaxed);
+                let mut v = st.view.lock();
+                v.node = at.unwrap_or(node);
+                apply_entries(&mut v, &welcome.friends, sh, true, now_us());
+                return Ok((conn, at.unwrap_or(node), total_moves));
+            }
+            Err(e) => e,
+        };
+        if let ClientError::Moved(m) = &err
+            && moves < MAX_MOVES
+            && let Some((t, i)) = dialer.follow(m, sp.quic)
+        {
+            moves += 1;
+            total_moves += 1;
+            transport = t;
+            at = i;
+            continue;
+        }
+        let fatal = matches!(
+            err,
+            ClientError::Config(_)
+                | ClientError::Refused {
+                    code: ErrorCode::Unauthorized | ErrorCode::Protocol,
+                    ..
+                }
+        );
+        if !dialer.cluster || fatal || tokio::time::Instant::now() + backoff >= deadline {
+            return Err(err);
+        }
+        // The owner is down or the slot is between owners: another node, after a jittered
+        // pause (50 ms doubling to 1 s, ±50%).
+        jitter = jitter.rotate_left(17) ^ 0x2545_f491_4f6c_dd1d;
+        let pause = backoff.mul_f64(0.5 + (jitter % 1000) as f64 / 1000.0);
+        tokio::time::sleep(pause).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+        node = (node + 1) % dialer.nodes.len();
+        at = Some(node);
+        transport = dialer.transport(node, sp.quic);
+        moves = 0;
+    }
 }
 
 async fn client(
@@ -531,7 +666,7 @@ async fn client(
         let _permit = sem.acquire().await;
         open(&dialer, &sp, &st, &sh).await
     };
-    let conn = match opened {
+    let (conn, node, moves) = match opened {
         Ok(c) => c,
         Err(e) => {
             sh.connect_failures.fetch_add(1, Relaxed);
@@ -553,7 +688,11 @@ async fn client(
     sh.connects.fetch_add(1, Relaxed);
     sh.open.fetch_add(1, Relaxed);
     st.live.store(true, Relaxed);
-    let _ = replies.send(Reply::Connected { cid: sp.cid });
+    let _ = replies.send(Reply::Connected {
+        cid: sp.cid,
+        node,
+        moves,
+    });
     let ended = run_conn(conn, &sp, &mut rx, &st, &sh).await;
     st.live.store(false, Relaxed);
     sh.open.fetch_sub(1, Relaxed);
@@ -729,7 +868,10 @@ pub async fn run_host(
             Cmd::Flush { seq } => {
                 clients.retain(|_, c| !c.tx.is_closed());
                 let mut acks = Vec::with_capacity(clients.len());
-                for c in clients.values() {
+                // A client still connecting has put nothing on the wire yet (and in a
+                // cluster may be retrying for seconds while a dead node's slots move): it
+                // would hold the check until the flush timeout.
+                for c in clients.values().filter(|c| c.state.live.load(Relaxed)) {
                     let (tx, rx) = oneshot::channel();
                     if c.tx.send(ClientCmd::Flush(tx)).is_ok() {
                         acks.push(rx);
@@ -764,6 +906,7 @@ pub async fn run_host(
                                 (*f, e.state, e.status, e.text.as_deref().map(String::from))
                             })
                             .collect(),
+                        changed_us: v.friends.iter().map(|(_, e)| e.changed_us).collect(),
                     });
                 }
                 let _ = replies.send(Reply::Views { seq, views });

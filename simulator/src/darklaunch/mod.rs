@@ -3,11 +3,14 @@
 //! client's view against the truth at quiescent points, and measures end-to-end latency.
 //!
 //! - [`node`]: start or attach to the node, the admin API client, `/proc` readings.
+//! - [`cluster`]: `--cluster N`, several nodes on a private etcd and PostgreSQL, and
+//!   `--kill-node-at`.
 //! - [`host`]: the clients (in this process, and in `dark-launch-worker` processes for
 //!   WebSocket clients beyond one process's open-file limit).
 //! - [`verify`]: the truth engine and the comparison rule.
 //! - [`out`]: the report.
 
+pub mod cluster;
 pub mod host;
 pub mod node;
 pub mod out;
@@ -64,6 +67,22 @@ pub struct DarkLaunchArgs {
     /// Start this presence-node binary (on free loopback ports) ...
     #[arg(long, conflicts_with = "node_dir")]
     pub node_bin: Option<PathBuf>,
+    /// ... as a cluster of N nodes on a private etcd and PostgreSQL started here (the graph
+    /// bulk-loaded into PostgreSQL); clients dial any node and follow `moved`.
+    #[arg(long, requires = "node_bin", conflicts_with = "data_dir")]
+    pub cluster: Option<usize>,
+    /// The cluster nodes' lease TTL.
+    #[arg(long, default_value = "2s", value_parser = parse_duration_ms)]
+    pub lease_ttl: u64,
+    /// `kill -9` one cluster node this long into the run, and measure the convergence.
+    #[arg(long, requires = "cluster", value_parser = parse_duration_ms)]
+    pub kill_node_at: Option<u64>,
+    /// The node to kill (n1, n2, …; default: the one with the most sessions).
+    #[arg(long, requires = "kill_node_at")]
+    pub kill_node: Option<String>,
+    /// Share of the killed node's users whose devices reconnect (the others stay away).
+    #[arg(long, default_value_t = 0.5)]
+    pub kill_reconnect_share: f64,
     /// ... with this data folder (default: a fresh temporary one, removed at the end).
     #[arg(long, requires = "node_bin")]
     pub data_dir: Option<PathBuf>,
@@ -183,6 +202,17 @@ impl DarkLaunchArgs {
         }
         if !(0.0..=1.0).contains(&self.quic_share) {
             bail!("--quic-share must be in [0, 1], got {}", self.quic_share);
+        }
+        if self.cluster.is_some_and(|n| !(2..=16).contains(&n)) {
+            bail!("--cluster: 2 to 16 nodes");
+        }
+        if !(0.0..=1.0).contains(&self.kill_reconnect_share) {
+            bail!("--kill-reconnect-share must be in [0, 1]");
+        }
+        if let (Some(n), Some(k)) = (self.cluster, &self.kill_node)
+            && !(1..=n).any(|i| *k == format!("n{i}"))
+        {
+            bail!("--kill-node {k:?}: the nodes are n1 to n{n}");
         }
         if self.users == Some(0) {
             bail!("--users must be at least 1");
@@ -344,6 +374,8 @@ struct CidInfo {
     user: u32,
     dev: u8,
     welcomed: bool,
+    /// The node that welcomed it.
+    node: usize,
 }
 
 struct Driver<'a> {
@@ -373,6 +405,11 @@ struct Driver<'a> {
     probes: ProbeOut,
     chat: ChatOut,
     chat_stopped: bool,
+    /// Per cluster node: not killed (one entry for one node).
+    node_alive: Vec<bool>,
+    kill: Option<cluster::KillTrack>,
+    /// `moved` followed by the clients before their welcome.
+    moves: u64,
 }
 
 /// A client message as the text a host sends (`Cmd::Send` carries text between processes).
@@ -439,6 +476,9 @@ impl<'a> Driver<'a> {
                 ..ChatOut::default()
             },
             chat_stopped: false,
+            node_alive: vec![true],
+            kill: None,
+            moves: 0,
         }
     }
 
@@ -492,6 +532,7 @@ impl Driver<'_> {
         let ui = u as usize;
         match ev.kind {
             EventKind::Connect { device: d } => {
+                self.cancel_reconnect(u, d);
                 if self.open >= self.a.max_sessions {
                     self.sess.capped += 1;
                     return Ok(());
@@ -513,6 +554,7 @@ impl Driver<'_> {
                     quic,
                     token: self.tokens[ui].clone(),
                     first,
+                    node: self.first_node(cid),
                 }))?;
                 self.sess.connects_sent += 1;
                 self.connecting.insert(cid, (u, d, verify::now_ms()));
@@ -523,6 +565,7 @@ impl Driver<'_> {
                         user: u,
                         dev: d,
                         welcomed: false,
+                        node: 0,
                     },
                 );
                 self.open += 1;
@@ -537,6 +580,7 @@ impl Driver<'_> {
             }
             EventKind::Disconnect { device: d, how } => {
                 let Some(l) = self.live[ui][d as usize].take() else {
+                    self.cancel_reconnect(u, d);
                     return Ok(());
                 };
                 self.end_session(l);
@@ -620,7 +664,14 @@ impl Driver<'_> {
             }
             self.probe_busy[u as usize] = now + (2 * self.timing.tick_ms + 100) * 1000;
             self.probes.sent += 1;
-            let text = format!("pr:{}:{scheduled_us}", self.probes.sent);
+            let text = match self.cids.get(&l.cid) {
+                // In a cluster the sender's node rides along: receipts on other nodes are
+                // cross-node latency.
+                Some(c) if self.node_alive.len() > 1 => {
+                    format!("pr:{}:{scheduled_us}:{}", self.probes.sent, c.node)
+                }
+                _ => format!("pr:{}:{scheduled_us}", self.probes.sent),
+            };
             let s = self.status[u as usize];
             self.oracle.status(u, d, s, Some(&text));
             let expected: u64 = self
@@ -663,9 +714,11 @@ impl Driver<'_> {
     /// Handles a reply that is not the answer to a pending request.
     fn on_reply(&mut self, host: usize, r: Reply) -> Result<()> {
         match r {
-            Reply::Connected { cid } => {
+            Reply::Connected { cid, node, moves } => {
+                self.moves += u64::from(moves);
                 let current = if let Some(c) = self.cids.get_mut(&cid) {
                     c.welcomed = true;
+                    c.node = node;
                     true
                 } else {
                     false
@@ -673,7 +726,12 @@ impl Driver<'_> {
                 if let Some((u, dev, at)) = self.connecting.remove(&cid) {
                     self.oracle.connected(u, at, current.then_some(dev));
                 }
+                if current {
+                    self.on_welcomed(cid, node)?;
+                }
             }
+            Reply::ConnectFailed { cid, .. } | Reply::Closed { cid, .. }
+                if self.kill.as_ref().is_some_and(|k| k.ignores(cid)) => {}
             Reply::ConnectFailed { cid, reason } | Reply::Closed { cid, reason } => {
                 if let Some((u, _, at)) = self.connecting.remove(&cid) {
                     self.oracle.connected(u, at, None);
@@ -761,7 +819,14 @@ impl Driver<'_> {
             .request(|_, seq| Cmd::Stats { seq, full }, Duration::from_secs(30))
             .await?;
         let mut t = HostStats::default();
-        let mut hists = [new_hist(), new_hist(), new_hist(), new_hist(), new_hist()];
+        let mut hists = [
+            new_hist(),
+            new_hist(),
+            new_hist(),
+            new_hist(),
+            new_hist(),
+            new_hist(),
+        ];
         for r in rs {
             if let Reply::Stats { stats: s, .. } = r {
                 t.open += s.open;
@@ -775,6 +840,7 @@ impl Driver<'_> {
                 t.duplicates += s.duplicates;
                 t.unknown_users += s.unknown_users;
                 t.probe_receipts += s.probe_receipts;
+                t.probe_cross_receipts += s.probe_cross_receipts;
                 t.chat_sent += s.chat_sent;
                 t.chat_inbox += s.chat_inbox;
                 t.chat_device_acks += s.chat_device_acks;
@@ -791,15 +857,17 @@ impl Driver<'_> {
                 hist_merge(&mut hists[2], &s.chat_sent_us);
                 hist_merge(&mut hists[3], &s.chat_inbox_us);
                 hist_merge(&mut hists[4], &s.chat_sent_interval_us);
+                hist_merge(&mut hists[5], &s.probe_cross_us);
             }
         }
-        let [a, b, c, d, e] = hists;
+        let [a, b, c, d, e, f] = hists;
         t.chat_sent_interval_us = host::hist_out(&e);
         if full {
             t.connect_us = host::hist_out(&a);
             t.probe_us = host::hist_out(&b);
             t.chat_sent_us = host::hist_out(&c);
             t.chat_inbox_us = host::hist_out(&d);
+            t.probe_cross_us = host::hist_out(&f);
         }
         Ok(t)
     }
@@ -863,6 +931,7 @@ impl Driver<'_> {
         let bad = self
             .oracle
             .check(&views, &connecting, self.a.margin, &mut self.verify);
+        self.after_check(&views, bad);
         tracing::info!(
             views = views.len(),
             bad,
@@ -892,10 +961,23 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
     let graph = load_graph(a, &timing)?;
     let (mut model, quic_salt) = activity_model(a, graph.users)?;
     check_fd_budget(a, &model, graph.users, quic_salt)?;
-    let mut target = start_node(a, &timing).await?;
-    let friendships = load_friendships(a, &mut target.admin, graph.edges).await?;
-    let tokens = mint_tokens(&target.node, graph.users, a.duration).await?;
-    let hosts = open_hosts(a, &target.node, &timing)?;
+    let (mut target, friendships) = match (a.cluster, &a.node_bin) {
+        (Some(n), Some(bin)) => {
+            let c = cluster::Cluster::start(a, bin, &timing, n, &graph.edges).await?;
+            let f = Friendships {
+                batches: 1,
+                seconds: c.load_seconds,
+            };
+            (Target::of_cluster(c)?, f)
+        }
+        _ => {
+            let mut t = start_node(a, &timing).await?;
+            let f = load_friendships(a, &mut t.admin, graph.edges).await?;
+            (t, f)
+        }
+    };
+    let tokens = mint_tokens(target.admin_addr, &target.key, graph.users, a.duration).await?;
+    let hosts = open_hosts(a, &target, &timing)?;
     let probe_rate = a.probe_rate.unwrap_or(f64::from(graph.users) * 0.01);
     let mut d = Driver::new(
         a,
@@ -906,9 +988,10 @@ async fn run(a: &DarkLaunchArgs) -> Result<DarkReport> {
         tokens.tokens,
         quic_salt,
     );
+    d.node_alive = vec![true; target.addrs.len().max(1)];
     d.wait_ready().await?;
 
-    let result = drive(&mut d, &mut model, &mut target.node, probe_rate).await;
+    let result = drive(&mut d, &mut model, &mut target, probe_rate).await;
     let stopped = stop(&mut d, &mut target, result).await?;
 
     let run = RunFacts {
@@ -1028,9 +1111,84 @@ fn check_fd_budget(
 /// The node under test: its process (or the attached one), its admin API, and how the report
 /// names it.
 struct Target {
-    node: Node,
+    /// The node (one node), or none in a cluster.
+    node: Option<Node>,
+    cluster: Option<cluster::Cluster>,
+    /// A node's admin API (the first node's in a cluster), and its key.
     admin: Admin,
+    admin_addr: std::net::SocketAddr,
+    key: String,
+    /// Every node's client addresses, and their certificates (one PEM bundle).
+    addrs: Vec<proto::NodeAddrs>,
+    cert_pem: String,
     desc: String,
+}
+
+impl Target {
+    fn of_node(node: Node, admin: Admin, desc: String) -> Target {
+        Target {
+            admin_addr: node.ready.admin,
+            key: node.key.clone(),
+            addrs: vec![proto::NodeAddrs {
+                ws: node.ready.ws,
+                quic: node.ready.quic,
+            }],
+            cert_pem: node.cert_pem.clone(),
+            node: Some(node),
+            cluster: None,
+            admin,
+            desc,
+        }
+    }
+
+    fn of_cluster(c: cluster::Cluster) -> Result<Target> {
+        let first = &c
+            .members
+            .first()
+            .ok_or_else(|| anyhow!("a cluster without nodes"))?
+            .node;
+        Ok(Target {
+            admin: Admin::new(first.ready.admin, &first.key),
+            admin_addr: first.ready.admin,
+            key: first.key.clone(),
+            addrs: c.addrs(),
+            cert_pem: c.cert_pem(),
+            desc: c.desc(),
+            node: None,
+            cluster: Some(c),
+        })
+    }
+
+    /// CPU and RSS of the node, or of the cluster's nodes summed.
+    fn sample(&mut self) -> Option<node::ProcSample> {
+        match (&self.node, &mut self.cluster) {
+            (Some(n), _) => n.pid().and_then(proc_sample),
+            (None, Some(c)) => Some(c.sample()),
+            (None, None) => None,
+        }
+    }
+
+    /// Why a node stopped on its own, if one did.
+    fn exited(&mut self) -> Option<String> {
+        if let Some(n) = self.node.as_mut() {
+            return n.exited().map(|s| {
+                format!(
+                    "the node exited during the run ({s}); see its log in {}",
+                    n.dir.display()
+                )
+            });
+        }
+        self.cluster.as_mut()?.exited()
+    }
+
+    fn stop(&mut self) {
+        if let Some(n) = self.node.as_mut() {
+            n.stop();
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.stop();
+        }
+    }
 }
 
 /// Starts the node (or attaches to a running one) and checks that it is healthy and that
@@ -1070,7 +1228,7 @@ async fn start_node(a: &DarkLaunchArgs, timing: &NodeTiming) -> Result<Target> {
             "the node already holds friendships: views are compared with this graph only"
         );
     }
-    Ok(Target { node, admin, desc })
+    Ok(Target::of_node(node, admin, desc))
 }
 
 /// What loading the friendships took.
@@ -1113,13 +1271,18 @@ struct Tokens {
 }
 
 /// Mints a token per driven user through the node's admin API, several requests in flight.
-async fn mint_tokens(node: &Node, users: u32, duration_ms: u64) -> Result<Tokens> {
+async fn mint_tokens(
+    admin: std::net::SocketAddr,
+    key: &str,
+    users: u32,
+    duration_ms: u64,
+) -> Result<Tokens> {
     let t_tok = Instant::now();
     let ttl = duration_ms / 1000 + 3600;
     let conns = 8u32;
     let mut tasks = Vec::new();
     for k in 0..conns {
-        let (addr, key) = (node.ready.admin, node.key.clone());
+        let (addr, key) = (admin, key.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut ad = Admin::new(addr, &key);
             let mut out = Vec::new();
@@ -1158,14 +1321,23 @@ struct Hosts {
 
 /// Starts the client hosts: this process (QUIC, and WebSocket without workers), then the
 /// workers, each with its own source addresses.
-fn open_hosts(a: &DarkLaunchArgs, node: &Node, timing: &NodeTiming) -> Result<Hosts> {
+fn open_hosts(a: &DarkLaunchArgs, target: &Target, timing: &NodeTiming) -> Result<Hosts> {
     let (rep_tx, rep_rx) = mpsc::unbounded_channel::<(usize, Reply)>();
     let ip = |i: usize| Ipv4Addr::new(127, 0, 0, 2 + i as u8);
     let mut source_ips_all = Vec::new();
+    let first = *target
+        .addrs
+        .first()
+        .ok_or_else(|| anyhow!("no node addresses"))?;
     let mk_init = |ips: Vec<Ipv4Addr>| HostInit {
-        ws: node.ready.ws,
-        quic: node.ready.quic,
-        cert_pem: node.cert_pem.clone(),
+        ws: first.ws,
+        quic: first.quic,
+        cert_pem: target.cert_pem.clone(),
+        nodes: if target.addrs.len() > 1 {
+            target.addrs.clone()
+        } else {
+            Vec::new()
+        },
         source_ips: ips,
         quic_endpoints: a.quic_endpoints,
         connect_parallel: a.connect_parallel,
@@ -1215,6 +1387,7 @@ struct Stopped {
     drive: DriveOut,
     stats: HostStats,
     node_chat: node::NodeChat,
+    cluster: Option<cluster::ClusterOut>,
 }
 
 /// Stops everything, even after an error: the final counters first (when the schedule ran to
@@ -1253,13 +1426,24 @@ async fn stop(
     } else {
         node::NodeChat::default()
     };
-    target.node.stop();
+    let wall = result.as_ref().map_or(0.0, |r| r.active_s);
+    let kill = d.kill.take().map(cluster::KillTrack::report);
+    let cluster = match target.cluster.as_mut() {
+        Some(c) => {
+            c.read_metrics(false).await;
+            c.sample();
+            Some(c.report(wall, kill))
+        }
+        None => None,
+    };
+    target.stop();
     let drive = result?;
     let stats = finals.ok_or_else(|| anyhow!("no final statistics"))??;
     Ok(Stopped {
         drive,
         stats,
         node_chat,
+        cluster,
     })
 }
 
@@ -1283,7 +1467,14 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
         drive: dr,
         stats: st,
         node_chat,
+        cluster,
     } = stopped;
+    let cluster = cluster.map(|mut c| {
+        c.cross_node_probe_receipts = st.probe_cross_receipts;
+        c.cross_node_probe_latency = lat(&st.probe_cross_us);
+        c.moves_followed = d.moves;
+        c
+    });
     let mut sess = std::mem::take(&mut d.sess);
     sess.connects = st.connects;
     sess.connect_latency = lat(&st.connect_us);
@@ -1389,6 +1580,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
         verify_rule: verify::RULE.to_string(),
         wall_seconds: run.t_start.elapsed().as_secs_f64(),
         series: dr.series,
+        cluster,
     }
 }
 
@@ -1411,7 +1603,7 @@ fn driver_cpu(pids: &[u32]) -> Option<(f64, f64)> {
 async fn drive(
     d: &mut Driver<'_>,
     model: &mut ActivityModel,
-    node: &mut Node,
+    target: &mut Target,
     probe_rate: f64,
 ) -> Result<DriveOut> {
     let a = d.a;
@@ -1423,8 +1615,12 @@ async fn drive(
     let probe_iv = (probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / probe_rate));
     let chat_iv = (a.chat_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / a.chat_rate));
     let (mut next_probe, mut next_chat) = (start, start);
-    let pid = node.pid();
-    let first = pid.and_then(proc_sample);
+    if let Some(c) = target.cluster.as_mut() {
+        c.read_metrics(true).await;
+    }
+    let kill_at = a.kill_node_at.map(|t| start + Duration::from_millis(t));
+    let mut killed = false;
+    let first = target.sample();
     let driver_pids: Vec<u32> = std::iter::once(std::process::id())
         .chain(d.hosts.iter().filter_map(|h| h.child.as_ref()?.id()))
         .collect();
@@ -1444,16 +1640,37 @@ async fn drive(
         if now >= end {
             break;
         }
-        if let Some(s) = node.exited() {
-            bail!(
-                "the node exited during the run ({s}); see its log in {}",
-                node.dir.display()
-            );
+        if let Some(why) = target.exited() {
+            bail!("{why}");
         }
+        if let (Some(at), Some(c)) = (kill_at, target.cluster.as_mut())
+            && !killed
+            && now >= at
+        {
+            killed = true;
+            let victim = match &a.kill_node {
+                Some(id) => c
+                    .members
+                    .iter()
+                    .position(|m| m.id == *id)
+                    .ok_or_else(|| anyhow!("no node {id}"))?,
+                None => d.busiest_node(),
+            };
+            c.kill(victim)?;
+            let id = c.members[victim].id.clone();
+            d.on_kill(victim, id, c.lease_ms, (now - start).as_secs_f64())?;
+        }
+        d.reconnects_due()?;
         if a.verify && now >= next_check {
             d.check().await?;
             let after = Instant::now();
-            next_check = after + check_every;
+            // After a kill, a check a second until the views converge.
+            next_check = after
+                + if d.converging() {
+                    check_every.min(Duration::from_secs(1))
+                } else {
+                    check_every
+                };
             // A deliberate pause is no lag: probes and chat resume from now.
             next_probe = next_probe.max(after);
             next_chat = next_chat.max(after);
@@ -1489,7 +1706,7 @@ async fn drive(
             let s = d.stats(false).await?;
             let t = Instant::now();
             let dt = (t - prev_t).as_secs_f64().max(1e-6);
-            let p = pid.and_then(proc_sample);
+            let p = target.sample();
             let cpu = match (p, prev_proc) {
                 (Some(p), Some(q)) => (p.cpu_s() - q.cpu_s()) / dt * 100.0,
                 _ => 0.0,
@@ -1530,7 +1747,7 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let wall = start.elapsed().as_secs_f64();
-    let last = pid.and_then(proc_sample);
+    let last = target.sample();
     let driver = match (driver_first, driver_cpu(&driver_pids)) {
         (Some((u0, s0)), Some((u1, s1))) => DriverOut {
             measured: true,

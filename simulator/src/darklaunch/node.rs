@@ -203,6 +203,14 @@ impl Node {
         }
     }
 
+    /// `kill -9` of a node started here (no goodbye: its lease runs out on its own).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Stops a node started here: SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -418,7 +426,7 @@ pub struct NodeChat {
 }
 
 /// The value of an unlabelled counter or gauge line `name value`.
-fn counter_value(text: &str, name: &str) -> Option<f64> {
+pub fn counter_value(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
         rest.trim().parse().ok()

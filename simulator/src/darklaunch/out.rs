@@ -218,6 +218,9 @@ pub struct DarkReport {
     pub verify_rule: String,
     pub wall_seconds: f64,
     pub series: Vec<SampleOut>,
+    /// `--cluster`: per node, the peer traffic, cross-node latency and the kill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<super::cluster::ClusterOut>,
 }
 
 fn lat_row(s: &mut String, name: &str, l: &Latency) {
@@ -465,6 +468,9 @@ pub fn table(r: &DarkReport) -> String {
                 "every compared view equals the truth"
             }
         );
+    }
+    if let Some(c) = &r.cluster {
+        super::cluster::table(c, &mut s);
     }
     let _ = writeln!(s, "wall time {:.1} s", r.wall_seconds);
     s

@@ -55,6 +55,17 @@ pub struct HostInit {
     /// How long a vanished client's socket is held (past the node's heartbeat timeout).
     #[serde(default)]
     pub vanish_hold_ms: u64,
+    /// Every node of a cluster (`ws`, `quic` above are the first): a client dials one of them
+    /// and follows `moved` to its user's owner. Empty: one node.
+    #[serde(default)]
+    pub nodes: Vec<NodeAddrs>,
+}
+
+/// One node's client addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddrs {
+    pub ws: SocketAddr,
+    pub quic: SocketAddr,
 }
 
 /// One client to open (the fields of `Cmd::Connect`).
@@ -66,6 +77,9 @@ pub struct ConnectSpec {
     pub token: String,
     /// A message to send right after the welcome (a login's status).
     pub first: Option<String>,
+    /// The node to dial first (an index into `HostInit::nodes`; round robin by the driver).
+    #[serde(default)]
+    pub node: usize,
 }
 
 /// Driver → host.
@@ -112,6 +126,10 @@ pub enum Cmd {
 pub struct ViewOut {
     pub cid: u64,
     pub entries: Vec<(u32, u8, u8, Option<String>)>,
+    /// Per entry: when the client last saw that friend's state change (µs since the epoch;
+    /// the welcome counts as a change).
+    #[serde(default)]
+    pub changed_us: Vec<u64>,
 }
 
 /// A histogram as (value, count) pairs (microseconds).
@@ -133,6 +151,9 @@ pub struct HostStats {
     /// Entries about a user id the host could not parse.
     pub unknown_users: u64,
     pub probe_receipts: u64,
+    /// Probe receipts whose sender was on another node than the receiver (a cluster).
+    #[serde(default)]
+    pub probe_cross_receipts: u64,
     pub chat_sent: u64,
     pub chat_inbox: u64,
     /// `ack` frames the devices sent for the inbox entries they received.
@@ -147,6 +168,8 @@ pub struct HostStats {
     pub chat_disabled_message: Option<String>,
     pub connect_us: HistOut,
     pub probe_us: HistOut,
+    #[serde(default)]
+    pub probe_cross_us: HistOut,
     pub chat_sent_us: HistOut,
     pub chat_inbox_us: HistOut,
     /// send → `sent` of the answers received since the previous stats request (every
@@ -164,6 +187,12 @@ pub enum Reply {
     },
     Connected {
         cid: u64,
+        /// The node that welcomed the client (an index into `HostInit::nodes`, 0 for one
+        /// node), and how many `moved` it followed to get there.
+        #[serde(default)]
+        node: usize,
+        #[serde(default)]
+        moves: u32,
     },
     ConnectFailed {
         cid: u64,

@@ -177,8 +177,22 @@ impl Oracle {
             let now = self.now();
             let last = self.last_msg[user as usize][dev as usize];
             let exp = last + self.timing.heartbeat_timeout_ms;
-            let slack = self.slack[user as usize][dev as usize] + now.saturating_sub(last);
+            // Still u64::MAX while the welcome has not arrived: unbounded, not an overflow.
+            let slack =
+                self.slack[user as usize][dev as usize].saturating_add(now.saturating_sub(last));
             self.push_end(user, exp, slack);
+        }
+    }
+
+    /// The node holding the session died (`kill -9`) at `at`: as a vanished device, the
+    /// session ends on the truth's heartbeat expiry, but the cluster may show it until
+    /// `decided` (heartbeat timeout + lease TTL + grace after the kill, plus the session's
+    /// connect slack): the friend is undecidable until then.
+    pub fn lost(&mut self, user: u32, dev: u8, at: u64, decided: u64) {
+        if self.sessions[user as usize][dev as usize].take().is_some() {
+            let slack = self.slack[user as usize][dev as usize];
+            let hi = decided.saturating_add(if slack == u64::MAX { 0 } else { slack });
+            self.push_end(user, at, hi.saturating_sub(at));
         }
     }
 
