@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::cluster::{CLUSTER_FAST as FAST, CONVERGE, mesh, sees_online};
 use common::{Client, Node, Via};
 use presence_tests::services::{Etcd, Postgres};
 use serde_json::Value;
@@ -17,19 +18,6 @@ const KEY: &str = "cluster-test-admin-key";
 /// The tick of these nodes (`common::FAST`).
 const TICK: Duration = Duration::from_millis(50);
 const LEASE: &str = "2s";
-/// Like `common::FAST`, with a grace long enough for a client to find its new node, and
-/// the default idle thresholds (a silent test client stays online).
-const FAST: &[&str] = &[
-    "--tick",
-    "50ms",
-    "--grace",
-    "2s",
-    "--heartbeat-timeout",
-    "3s",
-];
-/// Heartbeat timeout + lease TTL + 5 s: the bound for every friend's view to
-/// converge after a node dies.
-const CONVERGE: Duration = Duration::from_secs(3 + 2 + 5);
 
 struct Cluster {
     _etcd: Etcd,
@@ -271,18 +259,6 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
     }
 }
 
-/// Every pair of `n` users `m00`… is a friendship.
-fn mesh(n: usize) -> (Vec<String>, Vec<(String, String)>) {
-    let users: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
-    let mut pairs = Vec::new();
-    for (i, a) in users.iter().enumerate() {
-        for b in &users[i + 1..] {
-            pairs.push((a.clone(), b.clone()));
-        }
-    }
-    (users, pairs)
-}
-
 impl Cluster {
     /// Connects `user` wherever the cluster routes it now, skipping `dead`: asks a live node
     /// for the route until it names a live owner that takes the hello (bounded).
@@ -318,38 +294,6 @@ impl Cluster {
             }
         }
     }
-}
-
-/// Waits until `c` (welcomed with `welcome`) has seen each of `users` online: in the
-/// welcome, or in presence frames soon after. Returns those never seen.
-async fn sees_online(c: &mut Client, welcome: &Value, users: &[&str]) -> Vec<String> {
-    let online = |e: &Value| e["state"] == "online";
-    let mut missing: Vec<String> = users
-        .iter()
-        .filter(|u| {
-            !welcome["friends"]
-                .as_array()
-                .and_then(|a| a.iter().find(|e| e["user"] == **u))
-                .is_some_and(online)
-        })
-        .map(|u| u.to_string())
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !missing.is_empty() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await {
-            Ok(Some(v)) if v["type"] == "presence" => {
-                for e in v["changes"].as_array().into_iter().flatten() {
-                    if online(e) {
-                        missing.retain(|u| e["user"] != u.as_str());
-                    }
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(()) => break,
-        }
-    }
-    missing
 }
 
 /// What an observer saw: (when, user, state) for each presence entry, in order.

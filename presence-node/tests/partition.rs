@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::cluster::{CLUSTER_FAST as FAST, CONVERGE, mesh, sees_online};
 use common::{Client, Node, Via};
 use presence_tests::netns::{Cut, Netns};
 use presence_tests::services::{Etcd, Listen, Postgres};
@@ -29,19 +30,6 @@ const SECRET: &str = "partition-test-token-secret";
 const KEY: &str = "partition-test-admin-key";
 const LEASE: &str = "2s";
 const LEASE_TTL: Duration = Duration::from_secs(2);
-/// As cluster.rs: a grace long enough for a client to find its new node, and the default
-/// idle thresholds (a silent test client stays online).
-const FAST: &[&str] = &[
-    "--tick",
-    "50ms",
-    "--grace",
-    "2s",
-    "--heartbeat-timeout",
-    "3s",
-];
-/// Heartbeat timeout + lease TTL + 5 s: the bound for every friend's view to
-/// converge after a node is gone.
-const CONVERGE: Duration = Duration::from_secs(3 + 2 + 5);
 /// How long after a cut the node must report itself fenced: its lease TTL, and the
 /// scheduling of three nodes, etcd and PostgreSQL on two cores.
 const FENCE_WITHIN: Duration = Duration::from_millis(2000 + 1500);
@@ -269,18 +257,6 @@ async fn healthz(n: &Node) -> (u16, Value) {
     common::http(n.ready.admin, "GET", "/healthz", None, None).await
 }
 
-/// Every pair of `n` users `m00`… is a friendship.
-fn mesh(n: usize) -> (Vec<String>, Vec<(String, String)>) {
-    let users: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
-    let mut pairs = Vec::new();
-    for (i, a) in users.iter().enumerate() {
-        for b in &users[i + 1..] {
-            pairs.push((a.clone(), b.clone()));
-        }
-    }
-    (users, pairs)
-}
-
 /// Users of `users` by owner, as `asked` routes them.
 async fn by_owner(c: &Cluster, users: &[String], asked: &str) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -290,38 +266,6 @@ async fn by_owner(c: &Cluster, users: &[String], asked: &str) -> BTreeMap<String
             .push(u.clone());
     }
     out
-}
-
-/// Waits until `c` (welcomed with `welcome`) has seen each of `users` online: in the
-/// welcome, or in presence frames within 5 s. Returns those never seen.
-async fn sees_online(c: &mut Client, welcome: &Value, users: &[&str]) -> Vec<String> {
-    let online = |e: &Value| e["state"] == "online";
-    let mut missing: Vec<String> = users
-        .iter()
-        .filter(|u| {
-            !welcome["friends"]
-                .as_array()
-                .and_then(|a| a.iter().find(|e| e["user"] == **u))
-                .is_some_and(online)
-        })
-        .map(|u| u.to_string())
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !missing.is_empty() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await {
-            Ok(Some(v)) if v["type"] == "presence" => {
-                for e in v["changes"].as_array().into_iter().flatten() {
-                    if online(e) {
-                        missing.retain(|u| e["user"] != u.as_str());
-                    }
-                }
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(()) => break,
-        }
-    }
-    missing
 }
 
 /// One presence entry an observer saw: when, whose, and the entry.
