@@ -37,7 +37,7 @@ use crate::rng::{Alias, Rng, mix64};
 /// One row in this many is kept whole to estimate the share of duplicate edges.
 pub const SAMPLE_EVERY: u64 = 256;
 /// Edges per chunk handed to the sink.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1 << 18;
 const SAMPLE_SALT: u64 = 0xD0B5_A3F1_7C2E_9B45;
 
 /// What the partitioned generator did.

@@ -57,12 +57,15 @@ pub fn presence_of(e: &PeerEntry, text: Option<&str>) -> Result<Presence> {
     })
 }
 
+/// One slot's queued entries and their status texts (index into the entries, text).
+type SlotQueue = (Vec<PeerEntry>, Vec<(u32, String)>);
+
 /// Builds one tick's frames from one sender, one frame per receiving node.
 #[derive(Debug)]
 pub struct Frames {
     nodes: u8,
     /// Per receiving node: slot -> (entries, texts).
-    pending: Vec<BTreeMap<u16, (Vec<PeerEntry>, Vec<(u32, String)>)>>,
+    pending: Vec<BTreeMap<u16, SlotQueue>>,
     /// Next sequence number per (receiver, slot).
     seq: Vec<u64>,
 }
