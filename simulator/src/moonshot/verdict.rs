@@ -66,7 +66,11 @@ pub struct Projected {
     pub socket_cores: f64,
     pub peer_in_bytes_per_s: f64,
     pub peer_out_bytes_per_s: f64,
+    /// Smallest node count whose per-node memory fits (0: none does), from the measured
+    /// per-known-user and per-friend-entry bytes.
     pub machines_for_memory: u64,
+    /// Memory every node needs whatever the node count: the users it knows.
+    pub known_users_bytes: f64,
     pub machines_for_cpu: u64,
     pub memory_ok: bool,
     pub tick_ok: bool,
@@ -92,15 +96,41 @@ pub fn project(pr: &Projection, p: &MoonParams, load: &LoadOut, run: &RunOut) ->
     let tick_ok = tick_p99_ms <= p.run.tick_ms as f64;
     let cpu_ok = engine_cores + socket_cores <= pr.machine_cores * 0.8;
     let nodes = pr.target_nodes as f64;
-    let machines_for_memory = (nodes * memory / budget).ceil() as u64;
+    // How many nodes it would take. A node interns and keeps a record for every user it
+    // knows (owned, or friend of an owned user: nearly everyone at 130 friends), so part of
+    // its memory does not shrink as nodes are added; the rest (friend-list entries, sessions)
+    // does. Both parts are measured here, with the allocator's overhead as measured.
+    let fp = &load.footprint;
+    let engine_bytes = (fp.graph_bytes + fp.state_bytes + fp.interner_bytes).max(1) as f64;
+    let overhead = (node_mem / engine_bytes).max(1.0);
+    let users = f64::from(load.users.max(1));
+    let slot_bytes = 16.0 * users;
+    let per_known = (fp.state_bytes + fp.interner_bytes) as f64 + slot_bytes;
+    let per_known = per_known / users * overhead;
+    let entries = 2.0 * load.edges_held.max(1) as f64;
+    let per_entry = ((fp.graph_bytes as f64 - slot_bytes).max(0.0) / entries) * overhead;
+    let n_measured = f64::from(p.nodes);
+    let degree = entries / owned / (2.0 - 1.0 / n_measured);
+    let target = pr.target_users as f64;
+    let per_session = pr.session_kib * 1024.0 + session_state / run.sessions_peak.max(1) as f64;
+    let sessions_total = sessions * nodes;
+    let engine_total = engine_cores * nodes;
+    let memory_at = |n: f64| {
+        target * per_known
+            + target / n * degree * (2.0 - 1.0 / n) * per_entry
+            + sessions_total / n * per_session
+    };
+    let fits = |n: u64| memory_at(n as f64) <= budget;
+    let machines_for_memory = (1..=4096u64).find(|&n| fits(n)).unwrap_or(0);
+    let usable_cores = pr.machine_cores * 0.8;
     let machines_for_cpu =
-        (nodes * (engine_cores + socket_cores) / (pr.machine_cores * 0.8)).ceil() as u64;
+        ((engine_total + sessions_total * pr.session_cpu_us * 1e-6) / usable_cores).ceil() as u64;
     let ok = memory_ok && tick_ok && cpu_ok;
     let verdict = format!(
         "{} {} machines of {} cores and {:.0} GiB {} {} M users at {:.0}% online: per node {:.1} GiB \
          of {:.1} GiB usable ({:.1} GiB engine and graph, {:.1} GiB for {} sockets), tick p99 \
-         {:.0} ms of {} ms, {:.2} cores of {:.0} ({:.2} engine, {:.2} sockets); about {} machines \
-         for memory and {} for CPU",
+         {:.0} ms of {} ms, {:.2} cores of {:.0} ({:.2} engine, {:.2} sockets); {} for memory \
+         ({:.1} GiB a node for the users every node knows) and about {} machines for CPU",
         if ok { "YES:" } else { "NO:" },
         pr.target_nodes,
         pr.machine_cores,
@@ -119,8 +149,13 @@ pub fn project(pr: &Projection, p: &MoonParams, load: &LoadOut, run: &RunOut) ->
         pr.machine_cores,
         engine_cores,
         socket_cores,
-        machines_for_memory.max(pr.target_nodes),
-        machines_for_cpu.max(pr.target_nodes),
+        if machines_for_memory == 0 {
+            "no number of nodes fits".to_string()
+        } else {
+            format!("{machines_for_memory} machines")
+        },
+        gib((target * per_known) as u64),
+        machines_for_cpu.max(1),
     );
     Projected {
         scale,
@@ -139,6 +174,7 @@ pub fn project(pr: &Projection, p: &MoonParams, load: &LoadOut, run: &RunOut) ->
         peer_in_bytes_per_s: run.incoming.bytes as f64 / per_s * scale,
         peer_out_bytes_per_s: run.outgoing.bytes as f64 / per_s * scale,
         machines_for_memory,
+        known_users_bytes: target * per_known,
         machines_for_cpu,
         memory_ok,
         tick_ok,
