@@ -61,7 +61,7 @@ pub const USERS_PER_COUNTRY: u32 = 50_000;
 const STREAM_LAYOUT: u64 = 1;
 const STREAM_WEIGHTS: u64 = 2;
 const STREAM_COMMUNITY: u64 = 3;
-const STREAM_TOPUP: u64 = 4;
+pub(crate) const STREAM_TOPUP: u64 = 4;
 const STREAM_SAMPLE: u64 = 5;
 
 const CHUNK_EDGES: usize = 4 << 20;
@@ -339,16 +339,16 @@ impl Generated {
 }
 
 /// Everything the per-community workers read.
-struct Shared<'a> {
-    layout: &'a Layout,
-    w: &'a [f32],
-    prefix: &'a [f64],
-    alias: &'a Alias,
-    seed: u64,
+pub(crate) struct Shared<'a> {
+    pub(crate) layout: &'a Layout,
+    pub(crate) w: &'a [f32],
+    pub(crate) prefix: &'a [f64],
+    pub(crate) alias: &'a Alias,
+    pub(crate) seed: u64,
 }
 
 /// Samples an index in `lo..hi` proportionally to the weights behind `prefix`.
-fn sample_prefix(prefix: &[f64], lo: usize, hi: usize, rng: &mut Rng) -> usize {
+pub(crate) fn sample_prefix(prefix: &[f64], lo: usize, hi: usize, rng: &mut Rng) -> usize {
     let (a, b) = (prefix[lo], prefix[hi]);
     if b <= a {
         return lo + rng.below((hi - lo) as u64) as usize;
@@ -360,7 +360,7 @@ fn sample_prefix(prefix: &[f64], lo: usize, hi: usize, rng: &mut Rng) -> usize {
 
 /// Per-worker scratch space, reused across communities.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     adj: Vec<Vec<u32>>,
     loc: Vec<f64>,
     cum: Vec<f64>,
@@ -391,7 +391,7 @@ fn random_local(adj: &mut [Vec<u32>], cum: &[f64], i: usize, rng: &mut Rng) -> b
 }
 
 /// Generates the edges initiated inside community `c` and appends them to `out`.
-fn community_edges(sh: &Shared<'_>, c: usize, sc: &mut Scratch, out: &mut Vec<u64>) {
+pub(crate) fn community_edges(sh: &Shared<'_>, c: usize, sc: &mut Scratch, out: &mut Vec<u64>) {
     let (s, e) = sh.layout.community_range(c);
     let n = (e - s) as usize;
     let mut rng = Rng::derive(sh.seed, STREAM_COMMUNITY, c as u64);
@@ -478,7 +478,7 @@ fn community_edges(sh: &Shared<'_>, c: usize, sc: &mut Scratch, out: &mut Vec<u6
 }
 
 #[inline]
-fn pack(a: u32, b: u32) -> u64 {
+pub(crate) fn pack(a: u32, b: u32) -> u64 {
     (u64::from(a.min(b)) << 32) | u64::from(a.max(b))
 }
 

@@ -10,12 +10,15 @@
 //! - [`policies`]: the counts of the other fan-out policies, on a thread of their own.
 //! - [`darklaunch`]: drives a real running node with many WebSocket and QUIC clients moved
 //!   by the same activity model, verifies their views and measures end-to-end latency.
+//! - [`moonshot`]: one node of a cluster run for real on its share of a graph too big for
+//!   one machine, with the peer traffic it would send and receive.
 //! - [`report`]: the table, JSON and self-contained HTML (inline SVG) reports.
 
 pub mod activity;
 pub mod darklaunch;
 pub mod graphgen;
 pub mod hugepages;
+pub mod moonshot;
 pub mod policies;
 pub mod replay;
 pub mod report;

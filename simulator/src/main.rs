@@ -4,6 +4,7 @@
 //! simulator graph  --users 1000000 --avg-friends 130 --seed 1 --out graph.rkyv
 //! simulator replay --graph graph.rkyv --duration 1h --peak-online 0.3 --tick 200ms \
 //!                  --verify --policies --json report.json --html report.html
+//! simulator moonshot --users 70000000 --nodes 4 --node 0 --duration 10m --json moon.json
 //! ```
 //!
 //! Exit status: 0 on success, 1 on bad input or failure, 2 on a usage error (clap), 3 when
@@ -43,6 +44,8 @@ enum Cmd {
     Graph(GraphArgs),
     /// Replay activity against the engine at accelerated virtual time.
     Replay(ReplayArgs),
+    /// Run one node of an N-node cluster on its share of a graph too big for one machine.
+    Moonshot(MoonArgs),
     /// Drive a real running node with many WebSocket and QUIC clients, verify and measure.
     DarkLaunch(Box<simulator::darklaunch::DarkLaunchArgs>),
     /// Internal: a client host process of `dark-launch` (JSON lines on stdin/stdout).
@@ -139,6 +142,56 @@ struct ReplayArgs {
     no_huge_pages: bool,
 }
 
+#[derive(Args, Debug)]
+struct MoonArgs {
+    /// Users of the whole graph.
+    #[arg(long, default_value_t = 70_000_000)]
+    users: u32,
+    #[arg(long, default_value_t = 130.0, allow_negative_numbers = true)]
+    avg_friends: f64,
+    #[arg(long, default_value_t = 5000)]
+    max_friends: u32,
+    /// Nodes of the cluster (named n0, n1, ...).
+    #[arg(long, default_value_t = 4)]
+    nodes: u8,
+    /// The node run for real.
+    #[arg(long, default_value_t = 0)]
+    node: u8,
+    /// Virtual time measured after the warm-up.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_ms, allow_hyphen_values = true)]
+    duration: u64,
+    /// Virtual time before measuring (logins of the users online at the start).
+    #[arg(long, default_value = "2m", value_parser = parse_duration_ms, allow_hyphen_values = true)]
+    warmup: u64,
+    /// The node's tick (virtual).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration_ms, allow_hyphen_values = true)]
+    tick: u64,
+    /// Share of users online at the evening peak.
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
+    peak_online: f64,
+    #[arg(long, default_value_t = 20.0)]
+    peak_hour: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads for generation and the engine's tick.
+    #[arg(long, default_value_t = simulator::util::cores())]
+    threads: usize,
+    #[arg(long, default_value_t = 16)]
+    shards: usize,
+    /// Decode every outgoing frame again and check it.
+    #[arg(long)]
+    verify: bool,
+    /// Stop once the node is loaded (memory figures only).
+    #[arg(long)]
+    load_only: bool,
+    /// Project to this many users of the whole graph.
+    #[arg(long, default_value_t = 70_000_000)]
+    target_users: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Replay(a) = &cli.cmd
@@ -157,6 +210,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Graph(a) => graph(a, progress),
         Cmd::Replay(a) => replay_cmd(a, progress),
+        Cmd::Moonshot(a) => moonshot_cmd(a, progress),
         Cmd::DarkLaunch(a) => simulator::darklaunch::main(*a),
         Cmd::DarkLaunchWorker => {
             simulator::darklaunch::host::worker_main().map(|()| ExitCode::SUCCESS)
@@ -330,6 +384,47 @@ fn replay_cmd(a: ReplayArgs, progress: bool) -> Result<ExitCode> {
     if rep.verify.as_ref().is_some_and(|v| v.failed()) {
         eprintln!("error: --verify found views that differ from the truth (see above)");
         return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn moonshot_cmd(a: MoonArgs, progress: bool) -> Result<ExitCode> {
+    use simulator::moonshot::{self, verdict};
+    let start_hour = (a.peak_hour - (a.warmup + a.duration) as f64 / 7_200_000.0).rem_euclid(24.0);
+    let params = moonshot::MoonParams {
+        graph: GraphParams {
+            users: a.users,
+            avg_friends: a.avg_friends,
+            max_friends: a.max_friends,
+            seed: a.seed,
+            threads: a.threads,
+        },
+        nodes: a.nodes,
+        node: a.node,
+        run: moonshot::run::RunParams {
+            warmup_ms: a.warmup,
+            duration_ms: a.duration,
+            tick_ms: a.tick,
+            peak_online: a.peak_online,
+            start_hour,
+            peak_hour: a.peak_hour,
+            seed: a.seed,
+            verify: a.verify,
+        },
+        threads: a.threads,
+        shards: a.shards,
+        load_only: a.load_only,
+        progress,
+        projection: verdict::Projection {
+            target_users: a.target_users,
+            target_nodes: u64::from(a.nodes),
+            ..verdict::Projection::default()
+        },
+    };
+    let rep = moonshot::main(&params)?;
+    print!("{}", verdict::table(&rep));
+    if let Some(path) = &a.json {
+        write_out(path, &serde_json::to_string_pretty(&rep)?)?;
     }
     Ok(ExitCode::SUCCESS)
 }
