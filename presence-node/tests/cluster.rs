@@ -608,6 +608,17 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
     xc.expect_presence(y, Duration::from_secs(5), |e| e["state"] == "online")
         .await;
 
+    // The presence query on the third node asks each user's owner.
+    let (status, p) = writer
+        .admin("GET", &format!("/v1/presence?users={x},{y},hub"), None)
+        .await;
+    assert_eq!(status, 200, "{p}");
+    let states: Vec<&str> = p["presence"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["state"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(states, ["online", "online", "offline"], "{p}");
+
     // Removed on yet another node: x's live session hears it.
     let (status, v) = c
         .node(&ids[1])
