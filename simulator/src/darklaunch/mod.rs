@@ -392,6 +392,8 @@ struct Driver<'a> {
     connecting: HashMap<u64, (u32, u8, u64)>,
     status: Vec<Status>,
     pending_status: Vec<Option<Status>>,
+    /// The status sent with a connect's hello, until its welcome (or failure).
+    first_status: HashMap<u64, Status>,
     probe_busy: Vec<u64>,
     next_cid: u64,
     seq: u64,
@@ -457,6 +459,7 @@ impl<'a> Driver<'a> {
             connecting: HashMap::new(),
             status: vec![Status::Available; users as usize],
             pending_status: vec![None; users as usize],
+            first_status: HashMap::new(),
             probe_busy: vec![0; users as usize],
             next_cid: 1,
             seq: 0,
@@ -544,10 +547,15 @@ impl Driver<'_> {
                 if !self.oracle.connect(u, d, DEVICE_NAMES[d as usize]) {
                     return Ok(());
                 }
-                let first = self.pending_status[ui].take().map(|s| {
-                    self.oracle.status(u, d, s, None);
-                    status_msg(s, None)
-                });
+                // A status the user set while no device was connected goes with the hello; the
+                // truth takes it once the welcome arrives (`Reply::Connected`), as the node
+                // does: a connect that takes a while (a cluster's failover) must not show the
+                // truth a status the node cannot have yet.
+                let first_status = self.pending_status[ui].take();
+                let first = first_status.map(|s| status_msg(s, None));
+                if let Some(s) = first_status {
+                    self.first_status.insert(cid, s);
+                }
                 self.hosts[host].send(Cmd::Connect(ConnectSpec {
                     cid,
                     device: DEVICE_NAMES[d as usize].to_string(),
@@ -725,6 +733,14 @@ impl Driver<'_> {
                 };
                 if let Some((u, dev, at)) = self.connecting.remove(&cid) {
                     self.oracle.connected(u, at, current.then_some(dev));
+                    if let Some(s) = self.first_status.remove(&cid) {
+                        // Not current: the model ended this device before its welcome, but the
+                        // node got the status with it all the same; the truth, with no session
+                        // to take it on, can no longer follow this user.
+                        if !(current && self.oracle.status(u, dev, s, None)) {
+                            self.oracle.taint(u);
+                        }
+                    }
                 }
                 if current {
                     self.on_welcomed(cid, node)?;
@@ -735,6 +751,11 @@ impl Driver<'_> {
             Reply::ConnectFailed { cid, reason } | Reply::Closed { cid, reason } => {
                 if let Some((u, _, at)) = self.connecting.remove(&cid) {
                     self.oracle.connected(u, at, None);
+                    // The node never saw the status sent with the hello: the next connect
+                    // sends it again.
+                    if let Some(s) = self.first_status.remove(&cid) {
+                        self.pending_status[u as usize].get_or_insert(s);
+                    }
                 }
                 let failed_connect = !self.cids.get(&cid).is_some_and(|c| c.welcomed);
                 if failed_connect {
