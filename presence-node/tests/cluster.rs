@@ -98,38 +98,14 @@ impl Cluster {
     /// node serving (loaded) all of its slots.
     async fn settled(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        let want: Vec<&String> = self.nodes.keys().collect();
+        let want: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
         loop {
             let mut ok = true;
             let mut last = Value::Null;
             for (id, n) in &self.nodes {
-                let (_, c) = n.admin("GET", "/v1/cluster", None).await;
-                let (_, h) = common::http(n.ready.admin, "GET", "/healthz", None, None).await;
-                let ids: Vec<&str> = c["nodes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|n| n["id"].as_str()).collect())
-                    .unwrap_or_default();
-                let total: u64 = c["nodes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|n| n["slots"].as_u64()).sum())
-                    .unwrap_or(0);
-                let mine = c["nodes"]
-                    .as_array()
-                    .and_then(|a| a.iter().find(|n| n["id"] == id.as_str()))
-                    .and_then(|n| n["slots"].as_u64());
-                let served = h["cluster"]["slots_served"].as_u64();
-                let peers = h["cluster"]["peers"].as_u64();
-                let every_node_has_slots = c["nodes"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(|n| n["slots"].as_u64() > Some(0)));
-                if ids != want
-                    || total != 1024
-                    || !every_node_has_slots
-                    || mine != served
-                    || peers != Some(want.len() as u64 - 1)
-                {
+                if let Err(seen) = common::cluster::settled_on(id, n, &want).await {
                     ok = false;
-                    last = serde_json::json!({"node": id, "cluster": c, "health": h});
+                    last = seen;
                 }
             }
             if ok {
@@ -142,12 +118,7 @@ impl Cluster {
 
     /// The node that owns `user` now, by `/v1/route` on `asked`.
     async fn owner(&self, asked: &str, user: &str) -> String {
-        let (status, r) = self
-            .node(asked)
-            .admin("GET", &format!("/v1/route?user={user}"), None)
-            .await;
-        assert_eq!(status, 200, "{r}");
-        r["node"].as_str().expect("node").to_owned()
+        common::cluster::route(self.node(asked), user).await
     }
 }
 

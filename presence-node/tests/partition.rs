@@ -146,25 +146,9 @@ impl Cluster {
             let mut ok = true;
             let mut last = Value::Null;
             for id in ids {
-                let n = self.node(id);
-                let (_, c) = n.admin("GET", "/v1/cluster", None).await;
-                let (_, h) = healthz(n).await;
-                let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-                let members: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
-                let total: u64 = nodes.iter().filter_map(|n| n["slots"].as_u64()).sum();
-                let mine = nodes
-                    .iter()
-                    .find(|n| n["id"] == *id)
-                    .and_then(|n| n["slots"].as_u64());
-                let every_one_owns = nodes.iter().all(|n| n["slots"].as_u64() > Some(0));
-                if members != ids
-                    || total != 1024
-                    || !every_one_owns
-                    || mine != h["cluster"]["slots_served"].as_u64()
-                    || h["cluster"]["peers"].as_u64() != Some(ids.len() as u64 - 1)
-                {
+                if let Err(seen) = common::cluster::settled_on(id, self.node(id), ids).await {
                     ok = false;
-                    last = serde_json::json!({"node": id, "cluster": c, "health": h});
+                    last = seen;
                 }
             }
             if ok {
@@ -180,12 +164,7 @@ impl Cluster {
 
     /// The node that owns `user` now, by `/v1/route` on `asked`.
     async fn owner(&self, asked: &str, user: &str) -> String {
-        let (status, r) = self
-            .node(asked)
-            .admin("GET", &format!("/v1/route?user={user}"), None)
-            .await;
-        assert_eq!(status, 200, "{r}");
-        r["node"].as_str().expect("node").to_owned()
+        common::cluster::route(self.node(asked), user).await
     }
 
     /// Slots per node, as `asked` sees the map.

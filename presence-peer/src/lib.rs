@@ -8,6 +8,7 @@
 //! epochs and overflows turn into snapshots of the slot ([`seq`]).
 
 pub mod auth;
+mod entry;
 pub mod frame;
 pub mod link;
 pub mod seq;

@@ -116,26 +116,7 @@ pub(crate) async fn put_group(
     b: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let b: GroupBody = body(b)?;
-    // The same checks as on one node (`Service::plan_put_group`).
-    let mut members = b.members;
-    check_id("group id", &gid)?;
-    let max = s.node.service().config().max_group;
-    if members.len() > max {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("a group has at most {max} members (--max-group)"),
-        ));
-    }
-    for m in &members {
-        check_id("member", m)?;
-    }
-    members.sort();
-    if let Some(w) = members.windows(2).find(|w| w[0] == w[1]) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("member {:?} listed twice", w[0]),
-        ));
-    }
+    let members = s.node.service().check_group(&gid, b.members)?;
     let list: Vec<&str> = members.iter().map(String::as_str).collect();
     let change = hooks(&s)?
         .store
@@ -237,6 +218,20 @@ pub(crate) async fn get_presence(
     Ok(Json(json!({ "presence": entries })))
 }
 
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
+/// One HTTP client for every forwarded query: its pool keeps connections to the other nodes.
+fn peer_admin() -> &'static HttpClient {
+    static CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http()
+    })
+}
+
 /// `GET /v1/presence?users=…` on another node's admin API.
 async fn forward(admin: &str, key: &str, users: &str) -> Result<serde_json::Value, ApiError> {
     use http_body_util::BodyExt;
@@ -252,10 +247,7 @@ async fn forward(admin: &str, key: &str, users: &str) -> Result<serde_json::Valu
         .header(FORWARDED, "1")
         .body(http_body_util::Full::new(Bytes::new()))
         .map_err(|e| gateway(&e))?;
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(5), peer_admin().request(req))
         .await
         .map_err(|_| gateway(&"no answer in 5 s"))?
         .map_err(|e| gateway(&e))?;

@@ -108,15 +108,7 @@ async fn apply(node: &Node, store: &presence_pg::Store, change: &presence_pg::Ch
             }
             match store.load_slots(&served).await {
                 Ok(edges) => {
-                    let mut by_slot: std::collections::HashMap<u16, Vec<(String, String)>> =
-                        std::collections::HashMap::new();
-                    for (u, f) in edges {
-                        by_slot
-                            .entry(presence_cluster::slot_of(u.as_bytes()).get())
-                            .or_default()
-                            .push((u, f));
-                    }
-                    for (s, edges) in by_slot {
+                    for (s, edges) in super::slots::by_slot(edges) {
                         let Some(slot) = presence_cluster::Slot::new(s) else {
                             continue;
                         };

@@ -197,13 +197,7 @@ fn on_loaded(
             return actions;
         }
     };
-    let mut by_slot: HashMap<u16, Vec<(String, String)>> = HashMap::new();
-    for (u, f) in edges {
-        by_slot
-            .entry(slot_of(u.as_bytes()).get())
-            .or_default()
-            .push((u, f));
-    }
+    let mut by_slot = by_slot(edges);
     let now = now_ms();
     for (slot, epoch) in slots {
         if table.state(slot) != (SlotState::Loading { epoch }) {
@@ -216,6 +210,17 @@ fn on_loaded(
         }
     }
     actions
+}
+
+/// A load's edges `(user, friend)` by the slot of their user.
+pub fn by_slot(edges: Vec<(String, String)>) -> HashMap<u16, Vec<(String, String)>> {
+    let mut out: HashMap<u16, Vec<(String, String)>> = HashMap::new();
+    for (u, f) in edges {
+        out.entry(slot_of(u.as_bytes()).get())
+            .or_default()
+            .push((u, f));
+    }
+    out
 }
 
 /// Releases the users of drained slots whose sessions are all gone.

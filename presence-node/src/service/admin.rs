@@ -224,8 +224,25 @@ impl Service {
     pub fn plan_put_group(
         &self,
         gid: &str,
-        mut members: Vec<String>,
+        members: Vec<String>,
     ) -> Result<GraphWrite, AdminError> {
+        let members = self.check_group(gid, members)?;
+        for mbr in &members {
+            self.engine.intern(mbr).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(GraphWrite::PutGroup {
+            gid: gid.to_owned(),
+            members,
+        })
+    }
+
+    /// A group as the admin API accepts it, on one node or in a cluster: valid ids, at most
+    /// `--max-group` members, none twice. Returns the members sorted.
+    pub fn check_group(
+        &self,
+        gid: &str,
+        mut members: Vec<String>,
+    ) -> Result<Vec<String>, AdminError> {
         check_id("group id", gid)?;
         // The chat relay refuses sends to a larger group: refuse to make one.
         let max = self.cfg.max_group;
@@ -241,13 +258,7 @@ impl Service {
         if let Some(w) = members.windows(2).find(|w| w[0] == w[1]) {
             return Err(bad(format!("member {:?} listed twice", w[0])));
         }
-        for mbr in &members {
-            self.engine.intern(mbr).map_err(|e| bad(e.to_string()))?;
-        }
-        Ok(GraphWrite::PutGroup {
-            gid: gid.to_owned(),
-            members,
-        })
+        Ok(members)
     }
 
     /// A group's members.

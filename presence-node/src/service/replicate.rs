@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use presence_cluster::{Slot, slot_of};
-use presence_core::{Batch, Change, Engine, Presence, State, Status, UserId};
+use presence_core::{Batch, Change, Engine, Presence, State, UserId};
 use presence_peer::{Inbound, Outbound, PeerEntry, PeerFrame, SlotUpdate, Verdict};
 
 use super::cluster::Routes;
@@ -224,7 +224,7 @@ impl Replica {
                 continue;
             }
             let text = u32::try_from(i).ok().and_then(|i| texts.get(&i)).copied();
-            match presence_of(e, text) {
+            match e.presence(text) {
                 Some(p) => changes.push((user, Some(p))),
                 None => folded.refused += 1,
             }
@@ -279,31 +279,23 @@ impl Replica {
             let (u, c) = batch.entries.get(i as usize)?;
             matches!(c, Change::Presence(_)).then_some(*u)
         });
-        let names = |u: UserId| engine.name(u);
-        let mut slot_cache: HashMap<UserId, Slot> = HashMap::new();
-        let mut slot_of_user = |u: UserId| -> Option<Slot> {
-            if let Some(s) = slot_cache.get(&u) {
-                return Some(*s);
-            }
-            let s = slot_of(names(u)?.as_bytes());
-            slot_cache.insert(u, s);
-            Some(s)
-        };
         let mut pairs = Vec::new();
         engine.for_each_remote_friend(changed, |user, friend| pairs.push((user, friend)));
-        for (user, friend) in pairs {
-            let Some(fs) = slot_of_user(friend) else {
-                continue;
-            };
+        // Each pair's slots under one hold of the names (no name copied).
+        let slotted: Vec<(UserId, Slot, Slot)> = engine.with_names(|name| {
+            let slot = |u: UserId| name(u).map(|n| slot_of(n.as_bytes()));
+            pairs
+                .iter()
+                .filter_map(|&(user, friend)| Some((user, slot(user)?, slot(friend)?)))
+                .collect()
+        });
+        for (user, us, fs) in slotted {
             let Some(peer) = routes.owner_of(fs) else {
                 continue;
             };
             if !self.peers.contains_key(peer) {
                 continue;
             }
-            let Some(us) = slot_of_user(user) else {
-                continue;
-            };
             let list = plan.entry(peer).or_default().entry(us.get()).or_default();
             if list.last() != Some(&user) {
                 list.push(user);
@@ -364,15 +356,15 @@ fn snapshot_users(
         };
         let mut pairs = Vec::new();
         engine.for_each_remote_friend(owned.iter().copied(), |u, f| pairs.push((u, f)));
-        let mut users: Vec<UserId> = pairs
-            .into_iter()
-            .filter(|&(_, f)| {
-                engine
-                    .name(f)
-                    .is_some_and(|n| routes.owner_of(slot_of(n.as_bytes())) == Some(peer))
-            })
-            .map(|(u, _)| u)
-            .collect();
+        let mut users: Vec<UserId> = engine.with_names(|name| {
+            pairs
+                .into_iter()
+                .filter(|&(_, f)| {
+                    name(f).is_some_and(|n| routes.owner_of(slot_of(n.as_bytes())) == Some(peer))
+                })
+                .map(|(u, _)| u)
+                .collect()
+        });
         users.sort_unstable();
         users.dedup();
         users.retain(|&u| engine.presence(u) != Presence::NEVER_SEEN);
@@ -400,7 +392,7 @@ fn update(
             {
                 texts.push((i, t.to_owned()));
             }
-            entries.push(entry(n, p));
+            entries.push(PeerEntry::from_presence(n.to_owned(), p));
         }
     });
     SlotUpdate {
@@ -411,45 +403,4 @@ fn update(
         entries,
         texts,
     }
-}
-
-/// A presence as the peer frame carries it.
-pub fn entry(user: &str, p: &Presence) -> PeerEntry {
-    PeerEntry {
-        last_active: p.last_active.unwrap_or(0),
-        user: user.to_owned(),
-        state: match p.state {
-            State::Offline => 0,
-            State::Online => 1,
-            State::Idle(l) => 2u8.saturating_add(l),
-        },
-        status: match p.status {
-            Status::Busy => 1,
-            Status::Dnd => 2,
-            // Invisible is published as offline, never as a status.
-            Status::Available | Status::Invisible => 0,
-        },
-        gone: false,
-    }
-}
-
-/// A peer entry as a presence; `None` for codes no owner sends.
-pub fn presence_of(e: &PeerEntry, text: Option<&str>) -> Option<Presence> {
-    let state = match e.state {
-        0 => State::Offline,
-        1 => State::Online,
-        n => State::Idle(n - 2),
-    };
-    let status = match e.status {
-        0 => Status::Available,
-        1 => Status::Busy,
-        2 => Status::Dnd,
-        _ => return None,
-    };
-    Some(Presence {
-        state,
-        last_active: (e.last_active != 0).then_some(e.last_active),
-        status,
-        text: text.map(Into::into),
-    })
 }

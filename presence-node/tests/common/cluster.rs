@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::Client;
+use super::{Client, Node};
 
 /// Like `FAST`, with a grace long enough for a client to find its new node, and the default
 /// idle thresholds (a silent test client stays online).
@@ -64,4 +64,38 @@ pub async fn sees_online(c: &mut Client, welcome: &Value, users: &[&str]) -> Vec
         }
     }
     missing
+}
+
+/// Whether node `id` sees exactly `ids` as members, every slot owned by one of them, each
+/// owning some, itself serving (loaded) all of its own and linked to the others; `Err` with
+/// what it sees otherwise.
+pub async fn settled_on(id: &str, n: &Node, ids: &[&str]) -> Result<(), Value> {
+    let (_, c) = n.admin("GET", "/v1/cluster", None).await;
+    let (_, h) = super::http(n.ready.admin, "GET", "/healthz", None, None).await;
+    let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+    let members: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
+    let total: u64 = nodes.iter().filter_map(|n| n["slots"].as_u64()).sum();
+    let mine = nodes
+        .iter()
+        .find(|n| n["id"] == id)
+        .and_then(|n| n["slots"].as_u64());
+    let every_one_owns = nodes.iter().all(|n| n["slots"].as_u64() > Some(0));
+    if members != ids
+        || total != 1024
+        || !every_one_owns
+        || mine != h["cluster"]["slots_served"].as_u64()
+        || h["cluster"]["peers"].as_u64() != Some(ids.len() as u64 - 1)
+    {
+        return Err(serde_json::json!({"node": id, "cluster": c, "health": h}));
+    }
+    Ok(())
+}
+
+/// The node that owns `user` now, by `/v1/route` on `asked`.
+pub async fn route(asked: &Node, user: &str) -> String {
+    let (status, r) = asked
+        .admin("GET", &format!("/v1/route?user={user}"), None)
+        .await;
+    assert_eq!(status, 200, "{r}");
+    r["node"].as_str().expect("node").to_owned()
 }

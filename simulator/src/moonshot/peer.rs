@@ -6,55 +6,26 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
-use presence_core::{Presence, State, Status};
+use presence_core::Presence;
 use presence_peer::{PeerEntry, PeerFrame, SlotUpdate};
 
 /// The epoch every simulated slot assignment has (nothing moves during a run).
 pub const EPOCH: i64 = 1;
 
-/// A presence as its owner puts it on the wire.
+/// A presence as its owner puts it on the wire, with its status text.
 pub fn entry_of(user: String, p: &Presence) -> (PeerEntry, Option<String>) {
-    let state = match p.state {
-        State::Offline => 0,
-        State::Online => 1,
-        State::Idle(l) => 2 + l,
-    };
-    let status = match p.status {
-        Status::Available | Status::Invisible => 0,
-        Status::Busy => 1,
-        Status::Dnd => 2,
-    };
     (
-        PeerEntry {
-            last_active: p.last_active.unwrap_or(0),
-            user,
-            state,
-            status,
-            gone: false,
-        },
+        PeerEntry::from_presence(user, p),
         p.text.as_ref().map(|t| t.to_string()),
     )
 }
 
 /// The presence a receiver reads from an entry.
 pub fn presence_of(e: &PeerEntry, text: Option<&str>) -> Result<Presence> {
-    let state = match e.state {
-        0 => State::Offline,
-        1 => State::Online,
-        s => State::Idle(s - 2),
-    };
-    let status = match e.status {
-        0 => Status::Available,
-        1 => Status::Busy,
-        2 => Status::Dnd,
-        s => bail!("status {s} of {} is not one a peer sends", e.user),
-    };
-    Ok(Presence {
-        state,
-        last_active: (e.last_active != 0).then_some(e.last_active),
-        status,
-        text: text.map(Into::into),
-    })
+    match e.presence(text) {
+        Some(p) => Ok(p),
+        None => bail!("status {} of {} is not one a peer sends", e.status, e.user),
+    }
 }
 
 /// One slot's queued entries and their status texts (index into the entries, text).
@@ -132,6 +103,7 @@ impl Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use presence_core::{State, Status};
 
     #[test]
     fn presences_survive_the_wire() {
