@@ -19,6 +19,9 @@ pub enum Error {
     /// A slot number past the last slot.
     #[error("slot {0} is past the last slot")]
     BadSlot(u16),
+    /// A custom status the store does not know.
+    #[error("status must be available, busy, dnd or invisible, got {0:?}")]
+    BadStatus(String),
     /// The database was migrated by a newer build.
     #[error("the database's schema version {found} is newer than this build's {known}")]
     SchemaTooNew { found: i32, known: i32 },

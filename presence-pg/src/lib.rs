@@ -13,6 +13,9 @@
 //!   friendship, `slot` = the slot of `user_id`; primary key `(user_id, friend_id)`, index on
 //!   `slot`, so loading a set of slots is one indexed query.
 //! - `groups (gid bytea primary key, members bytea[])`.
+//! - `statuses (user_id bytea primary key, slot, status, text bytea)`: custom statuses other
+//!   than a plain `available`, loaded with a slot so that its new owner shows what the user
+//!   set (invisible above all) after a failover or handover.
 //! - `changes (id bigserial, kind, slots smallint[], …)`: one row per write. Appends are
 //!   serialised by an advisory lock held until commit, so ids follow commit order and a
 //!   follower's cursor never skips a change that commits later.
@@ -83,4 +86,4 @@ pub use change::{Change, ChangeKind};
 pub use error::{Error, MAX_ID_BYTES};
 pub use listener::{Listener, Notice};
 pub use schema::CHANNEL;
-pub use store::{Applied, Store};
+pub use store::{Applied, StatusRow, Store};

@@ -42,6 +42,17 @@ pub const MIGRATIONS: &[&str] = &[
          gid     bytea,
          members bytea[]
      );",
+    // 2: users' custom statuses, so that a slot's new owner (after a failover or a handover)
+    // shows friends what the user set, invisible above all. Only statuses other than
+    // `available` with no text have a row. The text is UTF-8 in `bytea`, as ids are: a
+    // client may send a NUL, which PostgreSQL's `text` refuses.
+    "CREATE TABLE statuses (
+         user_id bytea    PRIMARY KEY CHECK (octet_length(user_id) BETWEEN 1 AND 128),
+         slot    smallint NOT NULL CHECK (slot BETWEEN 0 AND 1023),
+         status  text     NOT NULL CHECK (status IN ('available', 'busy', 'dnd', 'invisible')),
+         text    bytea    CHECK (octet_length(text) <= 1024)
+     );
+     CREATE INDEX statuses_slot ON statuses (slot);",
 ];
 
 /// The schema version this build writes.

@@ -32,6 +32,18 @@ pub struct Applied {
     pub change: Option<i64>,
 }
 
+/// The statuses a [`Store`] knows.
+const STATUSES: [&str; 4] = ["available", "busy", "dnd", "invisible"];
+
+/// One user's custom status, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    pub user: String,
+    /// `available`, `busy`, `dnd` or `invisible`.
+    pub status: String,
+    pub text: Option<String>,
+}
+
 /// The graph and groups of a cluster, in PostgreSQL.
 pub struct Store {
     config: Config,
@@ -510,6 +522,54 @@ impl Store {
         })
     }
 
+    /// Records users' custom statuses (`(user, status, text)`, one per user, the latest):
+    /// `available` with no text deletes the row. One transaction, rows locked in id order.
+    pub async fn put_statuses(&self, rows: &[StatusRow]) -> Result<(), Error> {
+        // The latest of a user's rows first, then the others dropped.
+        let mut rows: Vec<&StatusRow> = rows.iter().rev().collect();
+        for r in &rows {
+            check_id("user", &r.user)?;
+            if !STATUSES.contains(&r.status.as_str()) {
+                return Err(Error::BadStatus(r.status.clone()));
+            }
+        }
+        rows.sort_by(|a, b| a.user.cmp(&b.user));
+        rows.dedup_by(|a, b| a.user == b.user);
+        let (set, clear): (Vec<&StatusRow>, Vec<&StatusRow>) = rows
+            .into_iter()
+            .partition(|r| r.status != "available" || r.text.is_some());
+        let users: Vec<&[u8]> = set.iter().map(|r| r.user.as_bytes()).collect();
+        let slots: Vec<i16> = set.iter().map(|r| slot16(&r.user)).collect();
+        let statuses: Vec<&str> = set.iter().map(|r| r.status.as_str()).collect();
+        let texts: Vec<Option<&[u8]>> = set
+            .iter()
+            .map(|r| r.text.as_deref().map(str::as_bytes))
+            .collect();
+        let cleared: Vec<&[u8]> = clear.iter().map(|r| r.user.as_bytes()).collect();
+        retry!(self, client => async {
+            let tx = client.transaction().await?;
+            if !users.is_empty() {
+                tx.execute(
+                    "INSERT INTO statuses (user_id, slot, status, text)
+                     SELECT * FROM unnest($1::bytea[], $2::smallint[], $3::text[], $4::bytea[])
+                     ON CONFLICT (user_id)
+                     DO UPDATE SET status = excluded.status, text = excluded.text",
+                    &[&users, &slots, &statuses, &texts],
+                )
+                .await?;
+            }
+            if !cleared.is_empty() {
+                tx.execute(
+                    "DELETE FROM statuses WHERE user_id = ANY($1::bytea[])",
+                    &[&cleared],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<(), Error>(())
+        })
+    }
+
     /// Drops change-log rows up to and including `id` (every owner has followed past it);
     /// returns how many.
     pub async fn prune_changes(&self, id: i64) -> Result<u64, Error> {
@@ -564,6 +624,37 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The custom statuses of the users in `slots` (users with none are `available`).
+    pub async fn load_statuses(&self, slots: &[u16]) -> Result<Vec<StatusRow>, Error> {
+        if let Some(&bad) = slots.iter().find(|&&s| s >= SLOTS) {
+            return Err(Error::BadSlot(bad));
+        }
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<i16> = slots
+            .iter()
+            .map(|&s| i16::try_from(s).unwrap_or(i16::MAX))
+            .collect();
+        let rows = read!(self, client => client.query(
+            "SELECT user_id, status, text FROM statuses WHERE slot = ANY($1::smallint[])",
+            &[&list]))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let text: Option<Vec<u8>> = r.try_get(2)?;
+            out.push(StatusRow {
+                user: id_from(r.try_get(0)?)?,
+                status: r.try_get(1)?,
+                text: text
+                    .map(|t| {
+                        String::from_utf8(t).map_err(|_| Error::BadStatus("text not UTF-8".into()))
+                    })
+                    .transpose()?,
+            });
+        }
+        Ok(out)
     }
 
     /// A user's friends, sorted by their bytes.

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use presence_cluster::slot_of;
-use presence_pg::{Applied, ChangeKind, Error, Listener, Notice, Store, schema};
+use presence_pg::{Applied, ChangeKind, Error, Listener, Notice, StatusRow, Store, schema};
 use presence_tests::services::Postgres;
 use tokio::time::timeout;
 
@@ -33,6 +33,7 @@ fn postgres_graph_store() {
         notify_reaches_a_listener_across_reconnects,
         migration_runs_once_under_concurrency,
         bad_input_is_refused_and_writes_nothing,
+        statuses_round_trip_by_slot,
     ];
     let mut pg = Postgres::start().expect("start PostgreSQL");
     let urls: Vec<String> = cases
@@ -629,4 +630,67 @@ async fn bad_input_is_refused_and_writes_nothing(url: String) {
         .await
         .expect("bulk after a refused bulk");
     assert_eq!(r.added, 1);
+}
+
+/// Statuses are kept by slot, the latest of a user's rows wins, a plain `available` removes
+/// the row, texts keep every byte (NUL included), and a bad status refuses the whole batch.
+async fn statuses_round_trip_by_slot(url: String) {
+    let s = store(&url).await;
+    let row = |u: &str, st: &str, t: Option<&str>| StatusRow {
+        user: u.into(),
+        status: st.into(),
+        text: t.map(String::from),
+    };
+    s.put_statuses(&[
+        row("a", "busy", Some("in a meeting")),
+        row("b", "invisible", None),
+        row("c", "dnd", Some("nul\0inside")),
+        row("a", "dnd", None),
+        row("d", "available", Some("here")),
+    ])
+    .await
+    .expect("put");
+    let mut all = s.load_statuses(&all_slots()).await.expect("load");
+    all.sort_by(|x, y| x.user.cmp(&y.user));
+    assert_eq!(
+        all,
+        vec![
+            row("a", "dnd", None),
+            row("b", "invisible", None),
+            row("c", "dnd", Some("nul\0inside")),
+            row("d", "available", Some("here")),
+        ]
+    );
+    // Only the slot asked for.
+    let only_b = s.load_statuses(&slots_of(["b"])).await.expect("load b");
+    assert!(only_b.contains(&row("b", "invisible", None)), "{only_b:?}");
+    assert!(
+        only_b
+            .iter()
+            .all(|r| slots_of([r.user.as_str()]) == slots_of(["b"]))
+    );
+    // Back to a plain `available`: the row goes.
+    s.put_statuses(&[row("b", "available", None)])
+        .await
+        .expect("clear");
+    let all = s.load_statuses(&all_slots()).await.expect("load");
+    assert!(all.iter().all(|r| r.user != "b"), "{all:?}");
+    assert!(matches!(
+        s.put_statuses(&[row("e", "busy", None), row("f", "away", None)])
+            .await,
+        Err(Error::BadStatus(st)) if st == "away"
+    ));
+    assert!(matches!(
+        s.put_statuses(&[row("", "busy", None)]).await,
+        Err(Error::BadId { .. })
+    ));
+    let all = s.load_statuses(&all_slots()).await.expect("load");
+    assert!(
+        all.iter().all(|r| r.user != "e"),
+        "nothing of a refused batch: {all:?}"
+    );
+    assert!(matches!(
+        s.load_statuses(&[1024]).await,
+        Err(Error::BadSlot(1024))
+    ));
 }
