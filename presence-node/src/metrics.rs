@@ -41,6 +41,8 @@ pub const PEER_APPLIED: &str = "cluster_peer_entries_applied_total";
 pub const PEER_STALE: &str = "cluster_peer_updates_stale_total";
 pub const PEER_RESYNCS: &str = "cluster_peer_resyncs_total";
 pub const PEER_REFUSED: &str = "cluster_peer_entries_refused_total";
+pub const STATUS_WRITES: &str = "cluster_status_writes_total";
+pub const STATUS_WRITE_FAILURES: &str = "cluster_status_write_failures_total";
 
 /// What kind of metric a name is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +221,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         PEER_REFUSED,
         Kind::Counter,
         "Cluster: peer entries refused (wrong slot, invalid presence, owned here)",
+    ),
+    (
+        STATUS_WRITES,
+        Kind::Counter,
+        "Cluster: custom statuses written to the store (for the next owner of their slot)",
+    ),
+    (
+        STATUS_WRITE_FAILURES,
+        Kind::Counter,
+        "Cluster: status writes that failed and wait to be tried again",
     ),
 ];
 

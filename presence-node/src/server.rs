@@ -186,6 +186,12 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         // Hand the slots over first: their sessions are told `moved` as each slot goes, and
         // reconnect to the new owners within the grace period, so no friend sees a flap.
         info!("shutting down: handing slots over");
+        // Statuses set here go to the store before the slots do: their next owners load them.
+        if let Some(h) = node.cluster_hooks()
+            && let Err(e) = crate::cluster::statuses::flush(&node, &h.store).await
+        {
+            warn!("writing the last statuses before the handover failed: {e}");
+        }
         c.hand_over(&me.id, cfg.lease_ttl * 2 + Duration::from_secs(10))
             .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -267,8 +267,8 @@ impl Cluster {
     }
 }
 
-/// What an observer saw: (when, user, state) for each presence entry, in order.
-type Seen = Vec<(Instant, String, String)>;
+/// What an observer saw: (when, user, state, status, text) for each presence entry, in order.
+type Seen = Vec<(Instant, String, String, String, String)>;
 
 /// Reads `c`'s presence frames until `until`, recording every entry.
 async fn observe(mut c: Client, until: Instant) -> (Client, Seen) {
@@ -277,10 +277,13 @@ async fn observe(mut c: Client, until: Instant) -> (Client, Seen) {
         match c.recv_within(left).await {
             Ok(Some(v)) if v["type"] == "presence" => {
                 for e in v["changes"].as_array().into_iter().flatten() {
+                    let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
                     seen.push((
                         Instant::now(),
-                        e["user"].as_str().unwrap_or_default().to_owned(),
-                        e["state"].as_str().unwrap_or_default().to_owned(),
+                        field("user"),
+                        field("state"),
+                        field("status"),
+                        field("text"),
                     ));
                 }
             }
@@ -314,14 +317,42 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
     let (on_victim, observers) = placed(&c, &users, "n2").await;
     assert!(
-        on_victim.len() >= 2,
-        "n2 owns two of the users: {on_victim:?}"
+        on_victim.len() >= 3,
+        "n2 owns three of the users: {on_victim:?}"
     );
     assert_eq!(observers.len(), 2, "{observers:?}");
     let (mover, ghost) = (on_victim[0].clone(), on_victim[1].clone());
+    // Invisible on n2; after the kill it reconnects to the new owner without saying so again.
+    let hider = on_victim[2].clone();
 
-    let (m, _) = Client::hello(c.node("n2"), Via::Quic, &mover, "d").await;
+    let (mut m, _) = Client::hello(c.node("n2"), Via::Quic, &mover, "d").await;
+    m.send(serde_json::json!({"type": "status", "status": "busy", "text": "on a train"}))
+        .await;
     let (g, _) = Client::hello(c.node("n2"), Via::Quic, &ghost, "d").await;
+    let (mut h, _) = Client::hello(c.node("n2"), Via::Quic, &hider, "d").await;
+    h.send(serde_json::json!({"type": "status", "status": "invisible"}))
+        .await;
+    // Both statuses reached the store (the next owner loads them from there).
+    let store = presence_pg::Store::connect(&c.url).await.expect("store");
+    let stored = Instant::now();
+    loop {
+        let rows = store
+            .load_statuses(&(0..1024).collect::<Vec<u16>>())
+            .await
+            .expect("statuses");
+        if rows.iter().any(|r| r.user == mover && r.status == "busy")
+            && rows
+                .iter()
+                .any(|r| r.user == hider && r.status == "invisible")
+        {
+            break;
+        }
+        assert!(
+            stored.elapsed() < Duration::from_secs(10),
+            "statuses not stored: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut watching = Vec::new();
     for o in &observers {
         let owner = c.owner("n1", o).await;
@@ -341,6 +372,7 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
     victim.kill9();
     m.abandon();
     g.abandon();
+    h.abandon();
     let until = killed + CONVERGE + Duration::from_secs(2);
     let tasks: Vec<_> = watching
         .into_iter()
@@ -350,21 +382,58 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
     let (_m2, w) = c.reconnect(&mover, "n2", CONVERGE).await;
     let moved_at = killed.elapsed();
     assert_eq!(w["type"], "welcome");
+    let (_h2, w) = c.reconnect(&hider, "n2", CONVERGE).await;
+    assert_eq!(w["type"], "welcome");
     c.settled(CONVERGE).await;
+    // A friend arriving now sees both as they set themselves on the dead node.
+    let late = &observers[0];
+    let owner = c.owner("n1", late).await;
+    let (_l, w) = Client::hello(c.node(&owner), Via::Quic, late, "late").await;
+    let entry = |u: &str| {
+        w["friends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["user"] == u)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let (me, he) = (entry(&mover), entry(&hider));
+    assert!(
+        me["state"] != "offline" && me["status"] == "busy" && me["text"] == "on a train",
+        "{mover} in a late welcome: {me}"
+    );
+    assert_eq!(
+        he["state"], "offline",
+        "invisible {hider} in a late welcome: {he}"
+    );
 
     for t in tasks {
         let (_oc, seen) = t.await.expect("observer");
         let ghost_off = seen
             .iter()
-            .find(|(_, u, s)| *u == ghost && s == "offline")
+            .find(|(_, u, s, ..)| *u == ghost && s == "offline")
             .map(|(at, ..)| at.duration_since(killed));
         let ghost_off = ghost_off.unwrap_or_else(|| panic!("{ghost} stayed online: {seen:?}"));
         assert!(ghost_off <= CONVERGE, "{ghost} offline after {ghost_off:?}");
         let flaps: Vec<_> = seen
             .iter()
-            .filter(|(_, u, s)| *u == mover && s == "offline")
+            .filter(|(_, u, s, ..)| *u == mover && s == "offline")
             .collect();
         assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
+        // The new owner shows what the users set on the dead one.
+        let last = seen.iter().rev().find(|(_, u, ..)| *u == mover);
+        if let Some((_, _, state, status, text)) = last {
+            assert!(
+                state != "offline" && status == "busy" && text == "on a train",
+                "{mover} lost its status: {seen:?}"
+            );
+        }
+        let shown: Vec<_> = seen
+            .iter()
+            .filter(|(_, u, s, ..)| *u == hider && s != "offline")
+            .collect();
+        assert!(shown.is_empty(), "invisible {hider} was shown: {seen:?}");
         eprintln!(
             "killed n2: {ghost} offline after {ghost_off:?}, {mover} back after {moved_at:?}"
         );
@@ -408,7 +477,7 @@ async fn a_graceful_stop_hands_slots_over_without_a_flap() {
         let (_oc, seen) = t.await.expect("observer");
         let flaps: Vec<_> = seen
             .iter()
-            .filter(|(_, u, s)| *u == mover && s == "offline")
+            .filter(|(_, u, s, ..)| *u == mover && s == "offline")
             .collect();
         assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
     }
@@ -487,7 +556,7 @@ async fn a_paused_node_past_its_lease_serves_nothing_when_it_wakes() {
         let (_oc, seen) = t.await.expect("observer");
         let back: Vec<_> = seen
             .iter()
-            .filter(|(_, u, st)| *u == stuck && st != "offline")
+            .filter(|(_, u, st, ..)| *u == stuck && st != "offline")
             .collect();
         assert!(
             back.is_empty(),

@@ -13,6 +13,7 @@ pub(crate) mod admin;
 pub mod follow;
 pub mod peers;
 pub mod slots;
+pub mod statuses;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,9 +135,10 @@ impl Cluster {
                 applied_tx,
                 rewind_rx,
             )),
+            tokio::spawn(statuses::run(node.clone(), store.clone())),
             tokio::spawn(slots::run(
                 node.clone(),
-                store,
+                store.clone(),
                 me.clone(),
                 control.map(),
                 control.lease(),

@@ -19,27 +19,38 @@ use crate::service::cluster::{Routes, SlotError};
 /// How often slots being drained are checked for sessions still open.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
-/// A finished load: the slots (with the epochs asked for), the change-log id read before it,
-/// and their edges.
-type LoadResult = (
-    Vec<(Slot, i64)>,
-    i64,
-    Result<Vec<(String, String)>, presence_pg::Error>,
-);
+/// What a slot load read from the store.
+struct Loaded {
+    /// Directed pairs `(user of a loaded slot, friend)`.
+    edges: Vec<(String, String)>,
+    /// Custom statuses of the loaded slots' users.
+    statuses: Vec<presence_pg::StatusRow>,
+}
 
-/// Reads the change-log position, then the slots' edges: a change after that position may
-/// or may not be in the load, so the follower applies it again once the slots are taken.
+/// A finished load: the slots (with the epochs asked for), the change-log id read before it,
+/// and what it read.
+type LoadResult = (Vec<(Slot, i64)>, i64, Result<Loaded, presence_pg::Error>);
+
+/// Reads the change-log position, then the slots' edges and statuses: a change after that
+/// position may or may not be in the load, so the follower applies it again once the slots
+/// are taken.
 async fn load(
     store: &presence_pg::Store,
     slots: &[(Slot, i64)],
-) -> (i64, Result<Vec<(String, String)>, presence_pg::Error>) {
+) -> (i64, Result<Loaded, presence_pg::Error>) {
     let started = Instant::now();
     let before = match store.last_change_id().await {
         Ok(id) => id,
         Err(e) => return (0, Err(e)),
     };
     let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
-    let result = store.load_slots(&list).await;
+    let result = async {
+        Ok(Loaded {
+            edges: store.load_slots(&list).await?,
+            statuses: store.load_statuses(&list).await?,
+        })
+    }
+    .await;
     metrics::histogram!(m::SLOT_LOAD_SECONDS).record(started.elapsed().as_secs_f64());
     (before, result)
 }
@@ -175,12 +186,12 @@ fn on_loaded(
     node: &Arc<Node>,
     table: &mut SlotTable,
     slots: Vec<(Slot, i64)>,
-    result: Result<Vec<(String, String)>, presence_pg::Error>,
+    result: Result<Loaded, presence_pg::Error>,
     store: &Arc<presence_pg::Store>,
     loaded_tx: &mpsc::Sender<LoadResult>,
 ) -> Actions {
     let mut actions = Actions::default();
-    let edges = match result {
+    let loaded = match result {
         Ok(e) => e,
         Err(e) => {
             warn!(
@@ -197,7 +208,14 @@ fn on_loaded(
             return actions;
         }
     };
-    let mut by_slot = by_slot(edges);
+    let mut by_slot = by_slot(loaded.edges);
+    let mut statuses: HashMap<u16, Vec<presence_pg::StatusRow>> = HashMap::new();
+    for r in loaded.statuses {
+        statuses
+            .entry(slot_of(r.user.as_bytes()).get())
+            .or_default()
+            .push(r);
+    }
     let now = now_ms();
     for (slot, epoch) in slots {
         if table.state(slot) != (SlotState::Loading { epoch }) {
@@ -205,7 +223,12 @@ fn on_loaded(
         }
         let edges = by_slot.remove(&slot.get()).unwrap_or_default();
         match node.service().take_slot(slot, &edges, now) {
-            Ok(_) => actions.serve.extend(table.loaded(slot, epoch).serve),
+            Ok(_) => {
+                // Before the slot is served: the first tick under this owner shows them.
+                let rows = statuses.remove(&slot.get()).unwrap_or_default();
+                node.service().restore_statuses(slot, &rows, now);
+                actions.serve.extend(table.loaded(slot, epoch).serve);
+            }
             Err(e) => warn!(slot = slot.get(), "taking the slot failed: {e}"),
         }
     }

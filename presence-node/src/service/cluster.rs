@@ -209,6 +209,43 @@ impl super::Service {
         }
     }
 
+    /// Sets the custom statuses the store holds for users of `slot`, just taken and not yet
+    /// served, so that a user who set one shows it (or stays invisible) from the first tick
+    /// under this owner. A user with no friend yet is taken alone first. Returns how many
+    /// were set; rows the engine refuses (a bad text, a user of another slot) are skipped
+    /// with a warning.
+    pub fn restore_statuses(&self, slot: Slot, rows: &[presence_pg::StatusRow], now: u64) -> usize {
+        let mut set = 0;
+        for r in rows {
+            let (Some(status), true) = (
+                presence_core::Status::parse(&r.status),
+                slot_of(r.user.as_bytes()) == slot,
+            ) else {
+                tracing::warn!(slot = slot.get(), user = %r.user, "a status row that is not this slot's");
+                continue;
+            };
+            let Ok(id) = self.engine().intern(&r.user) else {
+                continue;
+            };
+            self.take_lone_user(id, &r.user, now);
+            match self.engine().set_status(id, status, r.text.as_deref(), now) {
+                Ok(()) => set += 1,
+                Err(e) => tracing::warn!(user = %r.user, "restoring a status: {e}"),
+            }
+        }
+        set
+    }
+
+    /// The statuses set here since the last call, for the store (cluster mode).
+    pub fn take_statuses(&self) -> Vec<presence_pg::StatusRow> {
+        self.statuses.take()
+    }
+
+    /// Statuses whose write failed, to be written again (unless newer ones came since).
+    pub fn requeue_statuses(&self, rows: Vec<presence_pg::StatusRow>) {
+        self.statuses.requeue(rows);
+    }
+
     /// Releases `slot`'s users once none has a connected session.
     ///
     /// `fenced`: the slot went because this node could not prove its lease, so the others

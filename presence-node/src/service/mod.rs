@@ -25,6 +25,7 @@ pub mod chat;
 pub mod cluster;
 pub mod replicate;
 pub mod session;
+pub mod statuses;
 
 // The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
 pub use presence_handoff::{outbox, registry};
@@ -79,6 +80,8 @@ pub struct Service {
     /// Cluster mode: until when (ms since the epoch) the lease surely holds; no hello is
     /// taken from then on, even before the slot driver has withdrawn the routes.
     fence_until: std::sync::atomic::AtomicU64,
+    /// Cluster mode: statuses set here, for the store.
+    statuses: statuses::StatusLog,
 }
 
 impl Service {
@@ -143,6 +146,7 @@ impl Service {
             routes: RwLock::new(None),
             replica: parking_lot::Mutex::new(replicate::Replica::new()),
             fence_until: std::sync::atomic::AtomicU64::new(u64::MAX),
+            statuses: statuses::StatusLog::default(),
         })
     }
 

@@ -764,7 +764,12 @@ impl Service {
                 // A status change is also activity: the person is there.
                 let uid = presence_core::UserId(sid.user);
                 match self.engine.set_status(uid, status, text.as_deref(), now) {
-                    Ok(()) => engine_result(self.engine.activity(sid, now)),
+                    Ok(()) => {
+                        if self.cfg.is_cluster() {
+                            self.statuses.record(user, status, text.as_deref());
+                        }
+                        engine_result(self.engine.activity(sid, now))
+                    }
                     Err(e) => engine_result(Err(e)),
                 }
             }
