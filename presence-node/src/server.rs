@@ -109,7 +109,8 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
             me.peer_cert = identity.pem().to_owned();
             let store = presence_pg::Store::connect(url)
                 .await
-                .context("connecting to the PostgreSQL store")?;
+                .context("connecting to the PostgreSQL store")?
+                .with_max_friends(cfg.max_friends);
             info!("PostgreSQL store open");
             Some(
                 cluster::Cluster::join(

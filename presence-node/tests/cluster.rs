@@ -629,6 +629,18 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
         )
         .await;
     assert_eq!(status, 400, "{v}");
+    // Over the nodes' friend cap (`--max-friends`, 5,000 by default): refused by the store,
+    // so no owner is ever handed a change its engine must refuse.
+    let many: Vec<String> = (0..5_001).map(|i| format!("fan{i}")).collect();
+    let (status, v) = writer
+        .admin(
+            "PUT",
+            &format!("/v1/users/{x}/friends"),
+            Some(serde_json::json!({ "friends": many })),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("over the cap of 5000"), "{v}");
     for id in &ids {
         let (_, f) = c
             .node(id)

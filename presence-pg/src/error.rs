@@ -19,6 +19,13 @@ pub enum Error {
     /// A slot number past the last slot.
     #[error("slot {0} is past the last slot")]
     BadSlot(u16),
+    /// A write would give a user more friends than the cluster's cap (`--max-friends`).
+    #[error("user {user:?} would have {would_have} friends, over the cap of {cap}")]
+    TooManyFriends {
+        user: String,
+        would_have: u64,
+        cap: u32,
+    },
     /// A custom status the store does not know.
     #[error("status must be available, busy, dnd or invisible, got {0:?}")]
     BadStatus(String),

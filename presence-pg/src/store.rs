@@ -49,6 +49,8 @@ pub struct Store {
     config: Config,
     reader: Mutex<Option<Arc<Client>>>,
     writer: Mutex<Option<Client>>,
+    /// Most friends a user may have ([`Store::with_max_friends`]); writes over it are refused.
+    max_friends: Option<u32>,
 }
 
 /// Opens a connection whose `Connection` future a spawned task drives until it ends.
@@ -132,6 +134,70 @@ fn forward_pairs(rows: &[tokio_postgres::Row]) -> Result<Vec<(String, String)>, 
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Takes a transaction-scoped advisory lock per user, in key order (every writer takes its
+/// users' locks before any row lock, then the change-log lock: one order, no deadlock), so
+/// two writes adding friends to one user count them one after the other.
+async fn lock_users<'a>(
+    tx: &Transaction<'_>,
+    users: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let keys: BTreeSet<i64> = users.into_iter().map(user_lock).collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<i64> = keys.into_iter().collect();
+    tx.execute(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest($1::bigint[]) AS k ORDER BY k) s",
+        &[&keys],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A user's advisory lock key: FNV-1a of the id in a key space of its own (the top byte),
+/// apart from [`CHANGE_LOCK`] and the migrations'.
+fn user_lock(id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.as_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(((h >> 8) | (0x55 << 56)).to_ne_bytes())
+}
+
+/// Refuses the write (the caller drops the transaction) if one of `users` now has more
+/// than `cap` friends.
+async fn check_cap<'a>(
+    tx: &Transaction<'_>,
+    cap: Option<u32>,
+    users: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let Some(cap) = cap else { return Ok(()) };
+    let users: Vec<&[u8]> = users
+        .into_iter()
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .map(str::as_bytes)
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    let over = tx
+        .query(
+            "SELECT user_id, count(*) FROM edges WHERE user_id = ANY($1::bytea[])
+             GROUP BY user_id HAVING count(*) > $2 LIMIT 1",
+            &[&users, &i64::from(cap)],
+        )
+        .await?;
+    match over.first() {
+        None => Ok(()),
+        Some(r) => Err(Error::TooManyFriends {
+            user: id_from(r.try_get(0)?)?,
+            would_have: u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+            cap,
+        }),
+    }
 }
 
 /// Inserts and deletes both directions of each pair; returns the pairs actually added and
@@ -292,12 +358,23 @@ impl Store {
             config,
             reader: Mutex::new(None),
             writer: Mutex::new(None),
+            max_friends: None,
         };
         {
             let mut w = store.writer().await?;
             schema::migrate(&mut w).await?;
         }
         Ok(store)
+    }
+
+    /// Refuses, from now on, any write that would give a user more than `cap` friends (the
+    /// nodes' `--max-friends`, which their engines hold to: a change they could not apply
+    /// must not be committed). Concurrent friendship writes to the same users are serialised,
+    /// so the cap holds exactly among them; a bulk load checks the users it touched as of its
+    /// own commit.
+    pub fn with_max_friends(mut self, cap: u32) -> Store {
+        self.max_friends = Some(cap);
+        self
     }
 
     /// The write connection, reopened if it broke.
@@ -335,9 +412,12 @@ impl Store {
         remove: &[(&str, &str)],
     ) -> Result<Applied, Error> {
         let (add, remove) = check_pairs(add, remove)?;
+        let cap = self.max_friends;
         retry!(self, client => async {
             let tx = client.transaction().await?;
+            lock_users(&tx, add.iter().flat_map(|&(a, b)| [a, b])).await?;
             let (added, removed) = write_edges(&tx, &add, &remove).await?;
+            check_cap(&tx, cap, added.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()])).await?;
             let change = log_edges(&tx, &added, &removed).await?;
             tx.commit().await?;
             Ok::<_, Error>(Applied { added: added.len() as u64, removed: removed.len() as u64, change })
@@ -351,8 +431,10 @@ impl Store {
         let wanted: Vec<(&str, &str)> = friends.iter().map(|&f| (user, f)).collect();
         check_pairs(&wanted, &[])?;
         let wanted: HashSet<&str> = friends.iter().copied().collect();
+        let cap = self.max_friends;
         retry!(self, client => async {
             let tx = client.transaction().await?;
+            lock_users(&tx, wanted.iter().copied().chain([user])).await?;
             let rows = tx
                 .query(
                     "SELECT friend_id FROM edges WHERE user_id = $1 FOR UPDATE",
@@ -374,6 +456,7 @@ impl Store {
                 .map(|f| norm(user, f))
                 .collect();
             let (added, removed) = write_edges(&tx, &add, &remove).await?;
+            check_cap(&tx, cap, added.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()])).await?;
             let change = log_edges(&tx, &added, &removed).await?;
             tx.commit().await?;
             Ok::<_, Error>(Applied { added: added.len() as u64, removed: removed.len() as u64, change })
@@ -501,6 +584,27 @@ impl Store {
             .await?;
         let added: i64 = row.try_get(0)?;
         let slots: Vec<i16> = row.try_get(1)?;
+        if let Some(cap) = self.max_friends
+            && added > 0
+        {
+            // Every user the load touched, by the slots that gained edges (one pass).
+            let over = tx
+                .query(
+                    "SELECT user_id, count(*) FROM edges
+                     WHERE slot = ANY($1::smallint[])
+                       AND user_id IN (SELECT user_id FROM bulk_edges)
+                     GROUP BY user_id HAVING count(*) > $2 LIMIT 1",
+                    &[&slots, &i64::from(cap)],
+                )
+                .await?;
+            if let Some(r) = over.first() {
+                return Err(Error::TooManyFriends {
+                    user: id_from(r.try_get(0)?)?,
+                    would_have: u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+                    cap,
+                });
+            }
+        }
         let change = if added > 0 {
             let log = LogRow {
                 kind: "reload",

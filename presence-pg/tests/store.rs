@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use presence_cluster::slot_of;
@@ -34,6 +35,7 @@ fn postgres_graph_store() {
         migration_runs_once_under_concurrency,
         bad_input_is_refused_and_writes_nothing,
         statuses_round_trip_by_slot,
+        the_friend_cap_holds_under_concurrent_writers,
     ];
     let mut pg = Postgres::start().expect("start PostgreSQL");
     let urls: Vec<String> = cases
@@ -693,4 +695,69 @@ async fn statuses_round_trip_by_slot(url: String) {
         s.load_statuses(&[1024]).await,
         Err(Error::BadSlot(1024))
     ));
+}
+
+/// With a cap of 5, every kind of write that would pass it is refused whole, and 20 writers on
+/// four stores (four connections, as four nodes) racing to befriend one hub leave it with
+/// exactly 5 friends.
+async fn the_friend_cap_holds_under_concurrent_writers(url: String) {
+    let s = Arc::new(store(&url).await.with_max_friends(5));
+    s.apply_friendships(&[("hub", "f1"), ("hub", "f2"), ("hub", "f3")], &[])
+        .await
+        .expect("three");
+    let over = s
+        .apply_friendships(&[("hub", "f4"), ("hub", "f5"), ("hub", "f6")], &[])
+        .await;
+    assert!(
+        matches!(&over, Err(Error::TooManyFriends { user, would_have: 6, cap: 5 }) if user == "hub"),
+        "{over:?}"
+    );
+    assert_eq!(
+        s.friends("hub").await.expect("friends").len(),
+        3,
+        "nothing of it written"
+    );
+    let over = s
+        .replace_friends("hub", &["f1", "f2", "f3", "f4", "f5", "f6"])
+        .await;
+    assert!(
+        matches!(over, Err(Error::TooManyFriends { .. })),
+        "{over:?}"
+    );
+    let over = s
+        .bulk_load((1..=6).map(|i| ("hub".to_string(), format!("f{i}"))))
+        .await;
+    assert!(
+        matches!(over, Err(Error::TooManyFriends { .. })),
+        "{over:?}"
+    );
+    // Removing makes room within the same write.
+    s.replace_friends("hub", &["f4", "f5", "f6", "f7", "f8"])
+        .await
+        .expect("replace within the cap");
+    s.replace_friends("hub", &[]).await.expect("clear");
+    // One store writes on one connection; nodes are several stores, so the race is theirs.
+    let mut stores = vec![s.clone()];
+    for _ in 0..3 {
+        stores.push(Arc::new(store(&url).await.with_max_friends(5)));
+    }
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let s = Arc::clone(&stores[i % stores.len()]);
+            tokio::spawn(async move {
+                let f = format!("racer{i}");
+                s.apply_friendships(&[("hub", f.as_str())], &[]).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for w in writers {
+        match w.await.expect("writer") {
+            Ok(_) => ok += 1,
+            Err(Error::TooManyFriends { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(s.friends("hub").await.expect("friends").len(), 5);
 }

@@ -34,9 +34,11 @@ fn hooks(s: &AdminState) -> Result<&Hooks, ApiError> {
 fn store_error(e: presence_pg::Error) -> ApiError {
     use presence_pg::Error as E;
     match e {
-        E::BadId { .. } | E::SelfFriendship(_) | E::DuplicatePair(..) => {
-            ApiError(StatusCode::BAD_REQUEST, e.to_string())
-        }
+        E::BadId { .. }
+        | E::SelfFriendship(_)
+        | E::DuplicatePair(..)
+        | E::TooManyFriends { .. }
+        | E::BadStatus(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
         e if e.is_transient() => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => {
             tracing::error!("admin: {e}");
