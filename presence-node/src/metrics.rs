@@ -42,6 +42,7 @@ pub const PEER_STALE: &str = "cluster_peer_updates_stale_total";
 pub const PEER_RESYNCS: &str = "cluster_peer_resyncs_total";
 pub const PEER_REFUSED: &str = "cluster_peer_entries_refused_total";
 pub const STATUS_WRITES: &str = "cluster_status_writes_total";
+pub const ADMIN_PEERS_BEHIND: &str = "cluster_admin_writes_peers_behind_total";
 pub const STATUS_WRITE_FAILURES: &str = "cluster_status_write_failures_total";
 
 /// What kind of metric a name is.
@@ -231,6 +232,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         STATUS_WRITE_FAILURES,
         Kind::Counter,
         "Cluster: status writes that failed and wait to be tried again",
+    ),
+    (
+        ADMIN_PEERS_BEHIND,
+        Kind::Counter,
+        "Cluster: admin writes answered before every linked peer had applied them (a peer paused or cut off)",
     ),
 ];
 

@@ -90,10 +90,13 @@ impl Node {
         match self.cluster.get() {
             None => svc.on_tick(now).tick,
             Some(c) => {
+                // Changes applied by now are published by this tick.
+                let applied = *c.applied.borrow();
                 let report = svc.on_tick_with(now, c.may_send());
                 if !report.peer_frames.is_empty() {
                     c.peers.send(self, report.peer_frames);
                 }
+                c.peers.announce(self, applied);
                 report.tick
             }
         }

@@ -565,27 +565,22 @@ async fn a_paused_node_past_its_lease_serves_nothing_when_it_wakes() {
     }
 }
 
-/// Hellos `user` on its owner until its welcome lists (or no longer lists) `friend`, bounded:
-/// the other ends' owners apply a write from the change log within a moment of it.
-async fn welcome_until(c: &Cluster, user: &str, friend: &str, listed: bool) -> (Client, Value) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let owner = c.owner("n1", user).await;
-        let (cl, w) = Client::hello(c.node(&owner), Via::Quic, user, "d").await;
-        let has = w["friends"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|e| e["user"] == friend));
-        if has == listed {
-            return (cl, w);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{user}'s welcome on {owner} still {} {friend}: {w}",
-            if listed { "lacks" } else { "lists" }
-        );
-        cl.close().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Hellos `user` on its owner: its welcome must list (or not list) `friend` at once. An admin
+/// write is answered only once every node has applied and published it, so a session that
+/// starts anywhere after the answer sees it.
+async fn welcome_on_owner(c: &Cluster, user: &str, friend: &str, listed: bool) -> (Client, Value) {
+    let owner = c.owner("n1", user).await;
+    let (cl, w) = Client::hello(c.node(&owner), Via::Quic, user, "d").await;
+    let has = w["friends"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["user"] == friend));
+    assert_eq!(
+        has,
+        listed,
+        "{user}'s first welcome on {owner} after the answer {} {friend}: {w}",
+        if listed { "lacks" } else { "lists" }
+    );
+    (cl, w)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,6 +599,19 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
     assert_eq!(ids.len(), 3, "{by_node:?}");
     let (x, y, writer) = (&by_node[&ids[0]], &by_node[&ids[1]], c.node(&ids[2]));
 
+    // y's owner is paused (well within its lease) while the write is made on a third node:
+    // the answer waits until it has woken and applied the write, so y's first welcome after
+    // the answer lists x.
+    let slow = c.node(&ids[1]);
+    signal(slow, "-STOP");
+    let pid = slow.ready.pid;
+    let wake = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        let st = std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "SIGCONT {pid}");
+    });
     let (status, v) = writer
         .admin(
             "POST",
@@ -611,7 +619,10 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
             Some(serde_json::json!({"add": [[x, y]]})),
         )
         .await;
+    wake.join().expect("waker");
     assert_eq!((status, v["added"].as_u64()), (200, Some(1)), "{v}");
+    let (yc0, _) = welcome_on_owner(&c, y, x, true).await;
+    yc0.close().await;
     // The same write again changes nothing; a bad one is refused and changes nothing.
     let (_, v) = writer
         .admin(
@@ -655,21 +666,29 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
 
     // Both ends' owners have the friendship: each welcome lists the other, and presence
     // crosses.
-    let (mut xc, _) = welcome_until(&c, x, y, true).await;
-    let (_yc, _) = welcome_until(&c, y, x, true).await;
-    xc.expect_presence(y, Duration::from_secs(5), |e| e["state"] == "online")
-        .await;
+    let (mut xc, xw) = welcome_on_owner(&c, x, y, true).await;
+    let (_yc, _) = welcome_on_owner(&c, y, x, true).await;
+    let missing = sees_online(&mut xc, &xw, &[y]).await;
+    assert!(missing.is_empty(), "{x} never saw {y} online");
 
-    // The presence query on the third node asks each user's owner.
-    let (status, p) = writer
-        .admin("GET", &format!("/v1/presence?users={x},{y},hub"), None)
-        .await;
-    assert_eq!(status, 200, "{p}");
-    let states: Vec<&str> = p["presence"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|e| e["state"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(states, ["online", "online", "offline"], "{p}");
+    // The presence query on the third node asks each user's owner (which publishes a
+    // session's start with its next tick).
+    let asked = Instant::now();
+    loop {
+        let (status, p) = writer
+            .admin("GET", &format!("/v1/presence?users={x},{y},hub"), None)
+            .await;
+        assert_eq!(status, 200, "{p}");
+        let states: Vec<&str> = p["presence"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["state"].as_str()).collect())
+            .unwrap_or_default();
+        if states == ["online", "online", "offline"] {
+            break;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(2), "{p}");
+        tokio::time::sleep(TICK).await;
+    }
 
     // Removed on yet another node: x's live session hears it.
     let (status, v) = c
@@ -683,6 +702,7 @@ async fn admin_writes_work_on_any_node_and_reach_both_ends() {
     assert_eq!((status, v["removed"].as_u64()), (200, Some(1)), "{v}");
     xc.expect_presence(y, Duration::from_secs(5), |e| e["removed"] == true)
         .await;
+    let (_y2, _) = welcome_on_owner(&c, y, x, false).await;
 
     // Groups: written on one node, read on every other.
     let (status, _) = c

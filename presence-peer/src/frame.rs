@@ -20,6 +20,10 @@ pub enum PeerFrame {
     /// The receiver lost track of a slot (a gap, or an epoch it has not seen the start of):
     /// the owner answers with a snapshot of it.
     Resync { slot: u16 },
+    /// The sender has applied the graph's change log up to `change` and published it in a
+    /// tick: a session that starts on the sender from now on sees those changes. An admin
+    /// write is answered once every linked node says so (read-your-writes on any node).
+    Applied { change: i64 },
 }
 
 /// Changes of one slot's users, under the sender's epoch for the slot.
@@ -131,6 +135,7 @@ mod tests {
                 proof: [9; 32],
             },
             PeerFrame::Resync { slot: 1023 },
+            PeerFrame::Applied { change: 42 },
         ] {
             let bytes = f.encode().expect("encode");
             assert_eq!(PeerFrame::decode(&bytes), Ok(f));

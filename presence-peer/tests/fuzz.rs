@@ -49,6 +49,7 @@ fn frame() -> impl Strategy<Value = PeerFrame> {
         (support::text(64), any::<[u8; 32]>())
             .prop_map(|(node, proof)| PeerFrame::Hello { node, proof }),
         any::<u16>().prop_map(|slot| PeerFrame::Resync { slot }),
+        any::<i64>().prop_map(|change| PeerFrame::Applied { change }),
     ]
 }
 

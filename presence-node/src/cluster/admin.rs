@@ -1,7 +1,7 @@
 //! The admin API's graph and group calls on a cluster node: they read and write PostgreSQL
 //! (the cluster's graph), and a write is answered once this node's change follower has
-//! applied it and a tick has published it, so every welcome on this node after the answer
-//! has it; the owners of the other ends apply it from the log within their next poll.
+//! applied it and a tick has published it, and every linked peer has said the same of
+//! itself (`PeerFrame::Applied`), so every welcome on any node after the answer has it.
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use crate::service::admin::check_id;
 
 /// Longest an answer waits for this node to apply its own write from the log.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
+/// Longest it then waits for the linked peers to apply it (a peer that is paused or cut off
+/// keeps its link for a few seconds: the write is durable, and answered without it).
+const PEER_WAIT: Duration = Duration::from_secs(3);
 
 fn hooks(s: &AdminState) -> Result<&Hooks, ApiError> {
     s.node.cluster_hooks().ok_or_else(|| {
@@ -47,7 +50,9 @@ fn store_error(e: presence_pg::Error) -> ApiError {
     }
 }
 
-/// Waits until this node has applied change `id` and a tick after it has been handed out.
+/// Waits until this node has applied change `id` and a tick after it has been handed out,
+/// then until every linked peer says the same of itself (at most [`PEER_WAIT`]): a session
+/// that starts on any node after the answer sees the write.
 async fn applied(s: &AdminState, id: Option<i64>) {
     let Some(id) = id else { return };
     let Ok(h) = hooks(s) else { return };
@@ -60,6 +65,15 @@ async fn applied(s: &AdminState, id: Option<i64>) {
     }
     let tick = s.node.service().engine().published_tick() + 1;
     s.node.published(tick).await;
+    let behind = h.peers.applied_everywhere(id, PEER_WAIT).await;
+    if !behind.is_empty() {
+        metrics::counter!(crate::metrics::ADMIN_PEERS_BEHIND).increment(1);
+        tracing::warn!(
+            change = id,
+            ?behind,
+            "answering a write that these peers have not applied yet"
+        );
+    }
 }
 
 pub(crate) async fn put_friends(

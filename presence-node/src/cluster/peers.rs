@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -43,6 +43,10 @@ pub struct Peers {
     endpoint: quinn::Endpoint,
     links: Mutex<HashMap<String, LinkHandle>>,
     next_id: AtomicU64,
+    /// The change-log id each peer says it has applied and published.
+    confirmed: watch::Sender<HashMap<String, i64>>,
+    /// The change-log id this node last told its peers it has applied and published.
+    announced: AtomicI64,
 }
 
 impl Peers {
@@ -52,7 +56,61 @@ impl Peers {
             endpoint,
             links: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            confirmed: watch::Sender::new(HashMap::new()),
+            announced: AtomicI64::new(0),
         })
+    }
+
+    /// From the tick thread, after a tick: every change up to `change` (read before the
+    /// tick) is published here now; peers hear of it when it moved on.
+    pub fn announce(&self, node: &Node, change: i64) {
+        if self.announced.fetch_max(change, Ordering::AcqRel) >= change {
+            return;
+        }
+        let frames = self
+            .links
+            .lock()
+            .keys()
+            .map(|p| (p.clone(), PeerFrame::Applied { change }))
+            .collect();
+        self.send(node, frames);
+    }
+
+    /// Peer `peer` says it has applied and published the change log up to `change`.
+    fn confirm(&self, peer: &str, change: i64) {
+        self.confirmed.send_if_modified(|m| {
+            let at = m.entry(peer.to_owned()).or_insert(i64::MIN);
+            let moved = change > *at;
+            *at = (*at).max(change);
+            moved
+        });
+    }
+
+    /// Waits (at most `wait`) until every linked peer has applied and published change
+    /// `change`; returns the peers that had not by then.
+    pub async fn applied_everywhere(&self, change: i64, wait: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.confirmed.subscribe();
+        loop {
+            let behind: Vec<String> = {
+                let confirmed = rx.borrow_and_update();
+                self.links
+                    .lock()
+                    .keys()
+                    .filter(|p| confirmed.get(*p).is_none_or(|&c| c < change))
+                    .cloned()
+                    .collect()
+            };
+            if behind.is_empty() || tokio::time::Instant::now() >= deadline {
+                return behind;
+            }
+            // A link that goes away does not change the map: look again now and then.
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                rx.changed(),
+            )
+            .await;
+        }
     }
 
     /// Queues this tick's frames (from the tick thread). A full queue drops the frame and
@@ -123,6 +181,9 @@ impl Peers {
         metrics::gauge!(m::PEER_LINKS).set(self.links.lock().len() as f64);
         // The service resets what it sent this peer: every slot starts with a snapshot.
         node.service().peer_connected(&peer);
+        // And the peer learns how far this node has applied the change log.
+        let change = self.announced.load(Ordering::Acquire);
+        self.send(node, vec![(peer.clone(), PeerFrame::Applied { change })]);
         info!(peer, "peer link up");
         let span = info_span!("peer", peer = %peer);
         tokio::spawn(write_loop(sender, rx).instrument(span.clone()));
@@ -130,7 +191,7 @@ impl Peers {
         let node = node.clone();
         tokio::spawn(
             async move {
-                read_loop(&node, receiver).await;
+                read_loop(&node, &peers, receiver).await;
                 peers.unregister(&node, &peer, id);
             }
             .instrument(span),
@@ -161,7 +222,7 @@ async fn write_loop(mut sender: LinkSender, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
-async fn read_loop(node: &Node, mut receiver: LinkReceiver) {
+async fn read_loop(node: &Node, peers: &Peers, mut receiver: LinkReceiver) {
     loop {
         match receiver.recv_encoded().await {
             Ok(Some(bytes)) => match PeerFrame::decode(&bytes) {
@@ -170,6 +231,7 @@ async fn read_loop(node: &Node, mut receiver: LinkReceiver) {
                     warn!("peer sent a second hello: link closed");
                     return;
                 }
+                Ok(PeerFrame::Applied { change }) => peers.confirm(receiver.peer(), change),
                 Ok(frame) => node.service().peer_frame(receiver.peer(), frame),
                 Err(e) => {
                     receiver.close("bad frame");

@@ -165,7 +165,8 @@ impl Replica {
                         out.resync(slot);
                     }
                 }
-                PeerFrame::Hello { .. } => {}
+                // The links handle these themselves.
+                PeerFrame::Hello { .. } | PeerFrame::Applied { .. } => {}
             }
         }
         (folded, replies)
