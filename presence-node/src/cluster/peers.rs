@@ -155,6 +155,14 @@ impl Peers {
         self.links.lock().contains_key(peer)
     }
 
+    /// Closes the link to `peer`, if there is one (its reader then unregisters it).
+    fn close_link(&self, peer: &str, why: &str) {
+        if let Some(h) = self.links.lock().get(peer) {
+            info!(peer, "closing the link: {why}");
+            h.close(why);
+        }
+    }
+
     /// Closes every link (shutdown).
     pub fn close_all(&self) {
         for h in self.links.lock().drain().map(|(_, h)| h) {
@@ -266,8 +274,17 @@ pub async fn accept_loop(peers: Arc<Peers>, node: Arc<Node>) {
 /// Keeps a link up to every member with a larger id than ours, as the map lists them.
 pub async fn dial_loop(peers: Arc<Peers>, node: Arc<Node>, mut map: watch::Receiver<Arc<SlotMap>>) {
     let mut backoff: HashMap<String, (Duration, tokio::time::Instant)> = HashMap::new();
+    let mut members: Vec<String> = Vec::new();
     loop {
         let view = map.borrow_and_update().clone();
+        // A member that left (its lease ended: killed, or cut off and fenced) has its link
+        // closed now, not at the connection's idle timeout: nothing waits on it meanwhile
+        // (an admin write's answer, a snapshot). Only those seen leaving: a node that just
+        // joined may dial before this node's map shows it.
+        for gone in members.iter().filter(|id| view.member(id).is_none()) {
+            peers.close_link(gone, "the peer left the cluster");
+        }
+        members = view.members().map(|m| m.id.clone()).collect();
         let now = tokio::time::Instant::now();
         let mut next_try: Option<tokio::time::Instant> = None;
         for member in view.members() {

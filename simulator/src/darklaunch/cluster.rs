@@ -189,55 +189,8 @@ impl Cluster {
     /// them, each serves all of its slots, and each has a peer link to every other.
     pub async fn settled(&mut self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
-        let want: Vec<String> = self
-            .live()
-            .map(|i| self.members[i].id.clone())
-            .collect::<Vec<_>>();
         loop {
-            let mut why = None;
-            for i in self.live().collect::<Vec<_>>() {
-                let mut ad = self.admin(i);
-                let id = self.members[i].id.clone();
-                let c: serde_json::Value = match ad.ok("GET", "/v1/cluster", None).await {
-                    Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
-                    Err(e) => {
-                        why = Some(format!("{id}: {e:#}"));
-                        continue;
-                    }
-                };
-                let h: serde_json::Value = match ad.ok("GET", "/healthz", None).await {
-                    Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
-                    Err(e) => {
-                        why = Some(format!("{id}: {e:#}"));
-                        continue;
-                    }
-                };
-                let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
-                let mut ids: Vec<String> = nodes
-                    .iter()
-                    .filter_map(|n| n["id"].as_str().map(str::to_owned))
-                    .collect();
-                ids.sort();
-                let total: u64 = nodes.iter().filter_map(|n| n["slots"].as_u64()).sum();
-                let mine = nodes
-                    .iter()
-                    .find(|n| n["id"] == id.as_str())
-                    .and_then(|n| n["slots"].as_u64());
-                let served = h["cluster"]["slots_served"].as_u64();
-                let peers = h["cluster"]["peers"].as_u64();
-                let all_have = nodes.iter().all(|n| n["slots"].as_u64() > Some(0));
-                let mut w = want.clone();
-                w.sort();
-                if ids != w
-                    || total != SLOTS
-                    || !all_have
-                    || mine != served
-                    || peers != Some(want.len() as u64 - 1)
-                {
-                    why = Some(format!("{id}: cluster {c} health {h}"));
-                }
-            }
-            let Some(why) = why else {
+            let Some(why) = self.unsettled().await else {
                 return Ok(());
             };
             if Instant::now() > deadline {
@@ -245,6 +198,74 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether the live nodes serve every slot between them (a killed node's slots taken
+    /// over and loaded), by their `/healthz`.
+    pub async fn all_served(&mut self) -> bool {
+        let mut served = 0;
+        for i in self.live().collect::<Vec<_>>() {
+            let mut ad = self.admin(i);
+            let Ok(t) = ad.ok("GET", "/healthz", None).await else {
+                return false;
+            };
+            let h: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+            served += h["cluster"]["slots_served"].as_u64().unwrap_or(0);
+        }
+        served >= SLOTS
+    }
+
+    /// One look at the live nodes: `None` when settled (as [`Cluster::settled`] waits for),
+    /// else what one of them sees.
+    pub async fn unsettled(&mut self) -> Option<String> {
+        let want: Vec<String> = self
+            .live()
+            .map(|i| self.members[i].id.clone())
+            .collect::<Vec<_>>();
+        let mut why = None;
+        for i in self.live().collect::<Vec<_>>() {
+            let mut ad = self.admin(i);
+            let id = self.members[i].id.clone();
+            let c: serde_json::Value = match ad.ok("GET", "/v1/cluster", None).await {
+                Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
+                Err(e) => {
+                    why = Some(format!("{id}: {e:#}"));
+                    continue;
+                }
+            };
+            let h: serde_json::Value = match ad.ok("GET", "/healthz", None).await {
+                Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
+                Err(e) => {
+                    why = Some(format!("{id}: {e:#}"));
+                    continue;
+                }
+            };
+            let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+            let mut ids: Vec<String> = nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_owned))
+                .collect();
+            ids.sort();
+            let total: u64 = nodes.iter().filter_map(|n| n["slots"].as_u64()).sum();
+            let mine = nodes
+                .iter()
+                .find(|n| n["id"] == id.as_str())
+                .and_then(|n| n["slots"].as_u64());
+            let served = h["cluster"]["slots_served"].as_u64();
+            let peers = h["cluster"]["peers"].as_u64();
+            let all_have = nodes.iter().all(|n| n["slots"].as_u64() > Some(0));
+            let mut w = want.clone();
+            w.sort();
+            if ids != w
+                || total != SLOTS
+                || !all_have
+                || mine != served
+                || peers != Some(want.len() as u64 - 1)
+            {
+                why = Some(format!("{id}: cluster {c} health {h}"));
+            }
+        }
+        why
     }
 
     /// Every node's client addresses, in member order.
@@ -487,6 +508,8 @@ pub struct KillOut {
     /// Kill → first check with no mismatch, every lost session decided and no reconnect
     /// pending (at check granularity: checks run every second after a kill).
     pub converged_after_s: Option<f64>,
+    /// Kill → the live nodes seen serving every slot again.
+    pub taken_over_after_s: Option<f64>,
     pub checks_before_convergence: u64,
     pub mismatches_before_convergence: u64,
     pub checks_after_convergence: u64,
@@ -515,6 +538,10 @@ pub struct KillTrack {
     /// Reconnect connects not yet welcomed.
     pending: HashSet<u64>,
     abandoned: HashSet<u32>,
+    /// Users whose sessions died with the node.
+    lost_users: HashSet<u32>,
+    /// When the live nodes were first seen serving every slot again (ms since the epoch).
+    taken_ms: Option<u64>,
     reconnect_ms: Vec<f64>,
     out: KillOut,
     converged: bool,
@@ -594,6 +621,8 @@ impl Driver<'_> {
             queue: HashMap::new(),
             pending: HashSet::new(),
             abandoned: HashSet::new(),
+            lost_users: HashSet::new(),
+            taken_ms: None,
             reconnect_ms: Vec::new(),
             out: KillOut {
                 node: id,
@@ -601,7 +630,9 @@ impl Driver<'_> {
                 decided_after_s: (decided_ms - at_ms) as f64 / 1000.0,
                 note: "lost sessions are undecidable for the truth until heartbeat timeout + \
                     lease TTL + grace (+ their connect slack) after the kill, as a vanished \
-                    device is until its expiry; reconnecting devices dial a live node after a \
+                    device is until its expiry, and until one grace (+ a tick) after every \
+                    slot is served again if the takeover took longer; convergence needs both; \
+                    reconnecting devices dial a live node after a \
                     pause uniform in [0, client heartbeat] and follow `moved`, retrying with \
                     jittered backoff while the slot has no live owner"
                     .into(),
@@ -631,6 +662,7 @@ impl Driver<'_> {
         };
         let (u, d) = (c.user, c.dev);
         k.lost_cids.insert(cid);
+        k.lost_users.insert(u);
         k.out.sessions_lost += 1;
         let (at_ms, decided_ms) = (k.at_ms, k.decided_ms);
         // Whole users reconnect or stay away, decided by the seed.
@@ -661,6 +693,32 @@ impl Driver<'_> {
     /// A kill happened and the checks have not seen the cluster converge yet.
     pub(super) fn converging(&self) -> bool {
         self.kill.as_ref().is_some_and(|k| !k.converged)
+    }
+
+    /// A kill happened and the live nodes have not been seen serving every slot yet.
+    pub(super) fn awaiting_takeover(&self) -> bool {
+        self.kill.as_ref().is_some_and(|k| k.taken_ms.is_none())
+    }
+
+    /// The live nodes serve every slot again (first seen at `at_ms`). A lost user the new
+    /// owner took from its mirror stays as it was for one grace period after the take (the
+    /// no-flap rule for devices moving over), and its friends elsewhere keep the dead node's
+    /// last word until then: the truth cannot decide a lost session before that, however
+    /// long the takeover took. (The report's convergence time still counts from the kill.)
+    pub(super) fn taken_over(&mut self, at_ms: u64) {
+        let until = at_ms + self.a.grace + self.timing.tick_ms;
+        let Some(k) = self.kill.as_mut() else {
+            return;
+        };
+        k.taken_ms = Some(at_ms);
+        k.out.taken_over_after_s = Some(at_ms.saturating_sub(k.at_ms) as f64 / 1000.0);
+        if until > k.decided_ms {
+            k.decided_ms = until;
+            k.out.decided_after_s = (until - k.at_ms) as f64 / 1000.0;
+            for &u in &k.lost_users {
+                self.oracle.widen_end(u, until);
+            }
+        }
     }
 
     /// Dispatches the reconnects that are due.
@@ -736,7 +794,12 @@ impl Driver<'_> {
             k.out.checks_before_convergence += 1;
             k.out.mismatches_before_convergence += bad;
             k.pending.retain(|cid| self.connecting.contains_key(cid));
-            if bad == 0 && now >= k.decided_ms && k.pending.is_empty() && k.queue.is_empty() {
+            if bad == 0
+                && k.taken_ms.is_some()
+                && now >= k.decided_ms
+                && k.pending.is_empty()
+                && k.queue.is_empty()
+            {
                 k.converged = true;
                 k.out.converged_after_s = Some(k.at.elapsed().as_secs_f64());
             }
@@ -818,7 +881,9 @@ pub fn table(c: &ClusterOut, s: &mut String) {
         );
         let _ = writeln!(
             s,
-            "  converged after {} (truth decides after {:.1} s); mismatches before {} in {} checks, after {} in {} checks",
+            "  every slot served again after {}; converged after {} (truth decides after {:.1} s); mismatches before {} in {} checks, after {} in {} checks",
+            k.taken_over_after_s
+                .map_or("NEVER".to_owned(), |v| format!("{v:.1} s")),
             k.converged_after_s
                 .map_or("NEVER".to_owned(), |v| format!("{v:.1} s")),
             k.decided_after_s,

@@ -1683,6 +1683,12 @@ async fn drive(
         }
         d.reconnects_due()?;
         if a.verify && now >= next_check {
+            if d.awaiting_takeover()
+                && let Some(c) = target.cluster.as_mut()
+                && c.all_served().await
+            {
+                d.taken_over(verify::now_ms());
+            }
             d.check().await?;
             let after = Instant::now();
             // After a kill, a check a second until the views converge.

@@ -196,6 +196,13 @@ impl Oracle {
         }
     }
 
+    /// The latest moment `user`'s sessions that already ended may still show is `until`
+    /// (or later, if it already said so).
+    pub fn widen_end(&mut self, user: u32, until: u64) {
+        let b = &mut self.end_bound[user as usize];
+        b.1 = b.1.max(until);
+    }
+
     fn push_end(&mut self, user: u32, at: u64, slack: u64) {
         let b = &mut self.end_bound[user as usize];
         b.0 = b.0.max(at);
