@@ -441,7 +441,7 @@ async fn a_killed_node_leaves_no_ghost_and_its_clients_move_without_a_flap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_hands_slots_over_without_a_flap() {
+async fn a_graceful_stop_hands_slots_over_and_a_rejoin_takes_them_back_without_a_flap() {
     let _serial = SERIAL.lock().await;
     let (users, pairs) = mesh(24);
     let c = Cluster::start(&["n1", "n2", "n3"], &pairs).await;
@@ -469,19 +469,70 @@ async fn a_graceful_stop_hands_slots_over_without_a_flap() {
     // The mover's session is told `moved`, with its new node's address.
     let e = m.expect("error", Duration::from_secs(15)).await;
     assert_eq!(e["code"], "moved", "{e}");
-    let (_m2, _) = c.reconnect(&mover, "n3", Duration::from_secs(10)).await;
+    let (mut m2, _) = c.reconnect(&mover, "n3", Duration::from_secs(10)).await;
     let status = stop.await.expect("stop");
     assert!(status.success(), "the stopped node exited with {status}");
     c.settled(Duration::from_secs(10)).await;
+    let mut watching = Vec::new();
+    for t in tasks {
+        let (oc, seen) = t.await.expect("observer");
+        let flaps: Vec<_> = seen
+            .iter()
+            .filter(|(_, u, s, ..)| *u == mover && s == "offline")
+            .collect();
+        assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
+        watching.push(oc);
+    }
+    eprintln!("graceful stop took {:?}", stopping.elapsed());
+
+    // n3 comes back under its id: the slots rendezvous hashing gives it return to it, and
+    // only those (no slot moves between n1 and n2); the mover is told `moved` again and
+    // follows with no flap.
+    let names: Vec<String> = (0..300).map(|i| format!("probe{i}")).collect();
+    let mut before = Vec::new();
+    for u in &names {
+        before.push(c.owner("n1", u).await);
+    }
+    let rejoining = Instant::now();
+    let until = rejoining + Duration::from_secs(10);
+    let tasks: Vec<_> = watching
+        .into_iter()
+        .map(|oc| tokio::spawn(observe(oc, until)))
+        .collect();
+    c.add("n3");
+    let e = m2.expect("error", Duration::from_secs(15)).await;
+    assert_eq!(e["code"], "moved", "{e}");
+    let (_m3, _) = c.reconnect(&mover, "", Duration::from_secs(10)).await;
+    assert_eq!(c.owner("n1", &mover).await, "n3");
+    c.settled(Duration::from_secs(20)).await;
+    let mut moved = 0;
+    for (u, was) in names.iter().zip(&before) {
+        let now = c.owner("n1", u).await;
+        if &now != was {
+            assert_eq!(
+                now, "n3",
+                "{u} moved from {was} to {now}, not to the rejoined node"
+            );
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "no probe moved back to n3");
     for t in tasks {
         let (_oc, seen) = t.await.expect("observer");
         let flaps: Vec<_> = seen
             .iter()
             .filter(|(_, u, s, ..)| *u == mover && s == "offline")
             .collect();
-        assert!(flaps.is_empty(), "{mover} flapped offline: {seen:?}");
+        assert!(
+            flaps.is_empty(),
+            "{mover} flapped offline on the rejoin: {seen:?}"
+        );
     }
-    eprintln!("graceful stop took {:?}", stopping.elapsed());
+    eprintln!(
+        "rejoin: {moved} of {} probes moved back to n3, settled after {:?}",
+        names.len(),
+        rejoining.elapsed()
+    );
 }
 
 fn signal(node: &Node, sig: &str) {
