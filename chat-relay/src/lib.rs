@@ -89,6 +89,6 @@ pub use relay::{
 };
 pub use store::{
     AckRow, ChatStore, DedupeRow, FjallStore, RedbStore, StoreError, StoreKind, TrimCounts,
-    WriteBatch,
+    WriteBatch, dedupe_key,
 };
 pub use types::{Conversation, EntryKind, InboxEntry, MAX_ID_LEN, StoredMessage, Target};

@@ -77,12 +77,14 @@
 //! ```
 
 mod change;
+pub mod chat;
 mod error;
 mod listener;
 pub mod schema;
 mod store;
 
 pub use change::{Change, ChangeKind};
+pub use chat::PgChatStore;
 pub use error::{Error, MAX_ID_BYTES};
 pub use listener::{Listener, Notice};
 pub use schema::CHANNEL;

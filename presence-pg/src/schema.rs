@@ -53,6 +53,48 @@ pub const MIGRATIONS: &[&str] = &[
          text    bytea    CHECK (octet_length(text) <= 1024)
      );
      CREATE INDEX statuses_slot ON statuses (slot);",
+    // 3: chat (`chat::PgChatStore`): messages with their conversation's history key, inbox
+    // logs keyed by (owner, seq), dedupe keyed by (sender, client id), device acks. Message
+    // ids are bigint with the top bit flipped (their u64 order).
+    "CREATE TABLE chat_messages (
+         msg_id      bigint   PRIMARY KEY,
+         sender      bytea    NOT NULL,
+         target_kind smallint NOT NULL CHECK (target_kind IN (0, 1)),
+         target      bytea    NOT NULL,
+         conv        bytea    NOT NULL,
+         text        bytea    NOT NULL,
+         ts          bigint   NOT NULL,
+         edited_ts   bigint,
+         deleted     boolean  NOT NULL,
+         client_id   bytea    NOT NULL
+     );
+     CREATE INDEX chat_messages_conv ON chat_messages (conv, msg_id);
+     CREATE INDEX chat_messages_ts ON chat_messages (ts);
+     CREATE TABLE chat_inbox (
+         owner       bytea    NOT NULL,
+         seq         bigint   NOT NULL CHECK (seq > 0),
+         kind        smallint NOT NULL CHECK (kind BETWEEN 0 AND 3),
+         msg_id      bigint   NOT NULL,
+         sender      bytea    NOT NULL,
+         target_kind smallint NOT NULL CHECK (target_kind IN (0, 1)),
+         target      bytea    NOT NULL,
+         text        bytea,
+         ts          bigint   NOT NULL,
+         PRIMARY KEY (owner, seq)
+     );
+     CREATE TABLE chat_dedupe (
+         sender    bytea  NOT NULL,
+         client_id bytea  NOT NULL,
+         msg_id    bigint NOT NULL,
+         ts        bigint NOT NULL,
+         PRIMARY KEY (sender, client_id)
+     );
+     CREATE TABLE chat_acks (
+         owner  bytea  NOT NULL,
+         device bytea  NOT NULL,
+         seq    bigint NOT NULL,
+         PRIMARY KEY (owner, device)
+     );",
 ];
 
 /// The schema version this build writes.

@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub use fjall_store::FjallStore;
 pub use redb_store::RedbStore;
 
+/// The bytes [`ChatStore::dedupe_keys`] hands out for `(sender, client_id)`: what a store
+/// that keeps the two apart (a database's columns) builds them from.
+pub use crate::codec::dedupe_key;
+
 use crate::codec::{self, Corrupt};
 use crate::ids::MsgId;
 use crate::types::{Conversation, InboxEntry, StoredMessage};

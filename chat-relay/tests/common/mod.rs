@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod cases;
+
 use chat_relay::{ChatStore, Directory, FjallStore, IdGen, Limits, RedbStore, Relay, WriteBatch};
 
 pub const T0: u64 = 1_750_000_000_000;
