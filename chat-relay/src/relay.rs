@@ -288,6 +288,10 @@ pub struct Relay {
     used_ids: BloomFilter,
     typing: HashMap<(String, Target), u64>,
     typing_floor: usize,
+    /// Other relays write the same store (a cluster's nodes): the store numbers inbox entries
+    /// at commit ([`ChatStore::commit_numbered`]), no head is cached, and every send asks the
+    /// store whether its client id was used (`used_ids` knows only this relay's).
+    shared: bool,
 }
 
 fn check_id(id: &str, what: &'static str) -> Result<(), ChatError> {
@@ -341,7 +345,45 @@ impl Relay {
             used_ids,
             typing: HashMap::new(),
             typing_floor: 1024,
+            shared: false,
         })
+    }
+
+    /// A relay over a store that other relays write too (a cluster's nodes on one
+    /// database): inbox entries leave it with seq 0 and the store numbers them in the commit
+    /// (commit batches with [`ChatStore::commit_numbered`]); the store's dedupe rows are not
+    /// loaded (each send reads its own).
+    pub fn shared(
+        store: Arc<dyn ChatStore>,
+        mut ids: IdGen,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        if let Some(last) = store.last_msg_id()? {
+            ids.observe(last);
+        }
+        Ok(Self {
+            reader: Reader { store, limits },
+            ids,
+            heads: HashMap::new(),
+            pending: WriteBatch {
+                id: 1,
+                ..WriteBatch::default()
+            },
+            pending_msgs: HashMap::new(),
+            unsettled_acks: HashMap::new(),
+            pending_acks: 0,
+            unsettled_msgs: HashMap::new(),
+            unsettled_dedupe: HashMap::new(),
+            used_ids: BloomFilter::with_false_pos(0.01).expected_items(1),
+            typing: HashMap::new(),
+            typing_floor: 1024,
+            shared: true,
+        })
+    }
+
+    /// Whether other relays write this relay's store ([`Relay::shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// The store, for the driver's commits.
@@ -385,6 +427,10 @@ impl Relay {
 
     /// The head of `user`'s inbox including pending appends, loading it on first touch.
     fn head(&mut self, user: &str) -> Result<u64, StoreError> {
+        if self.shared {
+            // Numbered by the store: its durable head is all there is.
+            return self.reader.store.inbox_head(user);
+        }
         if let Some(h) = self.heads.get(user) {
             return Ok(h.seq);
         }
@@ -396,6 +442,14 @@ impl Relay {
     /// Loads every owner's head first (the only fallible step), then appends one entry to
     /// each inbox. Infallible once the heads are loaded, so a store error changes nothing.
     fn append_all(&mut self, owners: &[String], entry: &InboxEntry) -> Result<(), StoreError> {
+        if self.shared {
+            // Seq 0: the store numbers them in the commit.
+            self.pending.inbox.reserve(owners.len());
+            for owner in owners {
+                self.pending.inbox.push((owner.clone(), entry.clone()));
+            }
+            return Ok(());
+        }
         let mut heads = Vec::with_capacity(owners.len());
         for o in owners {
             heads.push(self.head(o)?);
@@ -483,7 +537,7 @@ impl Relay {
             });
         }
         let dedupe_key = codec::dedupe_key(from, client_id);
-        if self.used_ids.contains(&dedupe_key[..])
+        if (self.shared || self.used_ids.contains(&dedupe_key[..]))
             && let Some((msg_id, ts)) = self.reader.store.dedupe(from, client_id)?
         {
             return Ok(SendOutcome::Duplicate {
@@ -523,8 +577,10 @@ impl Relay {
             }
         };
         // Load the heads before minting anything: a store error leaves no trace.
-        for o in &owners {
-            self.head(o)?;
+        if !self.shared {
+            for o in &owners {
+                self.head(o)?;
+            }
         }
         let msg_id = self.ids.next(now_ms);
         let entry = InboxEntry {

@@ -297,7 +297,79 @@ fn write_batch(tx: &mut Transaction<'_>, b: &WriteBatch) -> Result<(), postgres:
     Ok(())
 }
 
+/// Gives the batch's seq-0 inbox entries their inboxes' next seqs, in batch order, from
+/// `chat_heads` (a missing head starts at the inbox's last seq). The head rows are locked in
+/// owner order, so concurrent commits wait for each other and never deadlock.
+fn number(tx: &mut Transaction<'_>, batch: &mut WriteBatch) -> Result<(), postgres::Error> {
+    let mut counts: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for (owner, e) in &batch.inbox {
+        if e.seq == 0 {
+            *counts.entry(owner.as_str()).or_default() += 1;
+        }
+    }
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let owners: Vec<&[u8]> = counts.keys().map(|o| o.as_bytes()).collect();
+    let ns: Vec<i64> = counts.values().copied().collect();
+    tx.execute(
+        "INSERT INTO chat_heads (owner, head)
+         SELECT o, coalesce((SELECT max(seq) FROM chat_inbox i WHERE i.owner = o), 0)
+         FROM unnest($1::bytea[]) AS o ORDER BY o
+         ON CONFLICT (owner) DO NOTHING",
+        &[&owners],
+    )?;
+    tx.execute(
+        "SELECT 1 FROM chat_heads WHERE owner = ANY($1::bytea[]) ORDER BY owner FOR UPDATE",
+        &[&owners],
+    )?;
+    let rows = tx.query(
+        "UPDATE chat_heads h SET head = h.head + t.n
+         FROM unnest($1::bytea[], $2::bigint[]) AS t(o, n)
+         WHERE h.owner = t.o
+         RETURNING h.owner, h.head",
+        &[&owners, &ns],
+    )?;
+    // The first seq of each owner's run in this batch.
+    let mut next: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    for r in rows {
+        let owner: Vec<u8> = r.try_get(0)?;
+        let head: i64 = r.try_get(1)?;
+        let n = std::str::from_utf8(&owner)
+            .ok()
+            .and_then(|o| counts.get(o))
+            .copied()
+            .unwrap_or(0);
+        next.insert(owner, u64_of(head - n + 1));
+    }
+    for (owner, e) in &mut batch.inbox {
+        if e.seq == 0
+            && let Some(s) = next.get_mut(owner.as_bytes())
+        {
+            e.seq = *s;
+            *s += 1;
+        }
+    }
+    Ok(())
+}
+
 impl ChatStore for PgChatStore {
+    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // On failure nothing is written, and the relay drops the batch (`Relay::reset`).
+        self.with_writer(|c| {
+            let mut tx = c.transaction().map_err(backend)?;
+            number(&mut tx, batch).map_err(backend)?;
+            if batch.inbox.iter().any(|(_, e)| e.seq == 0) {
+                return Err(backend("an inbox entry was left without a seq"));
+            }
+            write_batch(&mut tx, batch).map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+    }
+
     fn inbox_head(&self, user: &str) -> Result<u64, StoreError> {
         self.with_reader(|c| {
             let r = c

@@ -54,8 +54,9 @@ pub const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX statuses_slot ON statuses (slot);",
     // 3: chat (`chat::PgChatStore`): messages with their conversation's history key, inbox
-    // logs keyed by (owner, seq), dedupe keyed by (sender, client id), device acks. Message
-    // ids are bigint with the top bit flipped (their u64 order).
+    // logs keyed by (owner, seq), dedupe keyed by (sender, client id), device acks, and the
+    // inbox heads a commit numbers entries from when several nodes write (`chat_heads`).
+    // Message ids are bigint with the top bit flipped (their u64 order).
     "CREATE TABLE chat_messages (
          msg_id      bigint   PRIMARY KEY,
          sender      bytea    NOT NULL,
@@ -94,6 +95,10 @@ pub const MIGRATIONS: &[&str] = &[
          device bytea  NOT NULL,
          seq    bigint NOT NULL,
          PRIMARY KEY (owner, device)
+     );
+     CREATE TABLE chat_heads (
+         owner bytea  PRIMARY KEY,
+         head  bigint NOT NULL
      );",
 ];
 

@@ -79,8 +79,20 @@ fn the_relay_cases_pass_over_postgres() {
             failed.push(*name);
         }
     }
-    if std::panic::catch_unwind(a_second_writer_cannot_reuse_a_seq_or_a_client_id).is_err() {
-        failed.push("a_second_writer_cannot_reuse_a_seq_or_a_client_id");
+    let own: &[(&str, fn())] = &[
+        (
+            "a_second_writer_cannot_reuse_a_seq_or_a_client_id",
+            a_second_writer_cannot_reuse_a_seq_or_a_client_id,
+        ),
+        (
+            "shared_relays_on_two_threads_keep_every_inbox_gap_free",
+            shared_relays_on_two_threads_keep_every_inbox_gap_free,
+        ),
+    ];
+    for (name, case) in own {
+        if std::panic::catch_unwind(case).is_err() {
+            failed.push(*name);
+        }
     }
     // The server goes before any assertion can unwind past it.
     drop(SERVER.lock().unwrap_or_else(|e| e.into_inner()).take());
@@ -147,5 +159,121 @@ fn a_second_writer_cannot_reuse_a_seq_or_a_client_id() {
     assert_eq!(
         a.dedupe("alice", "c1").unwrap(),
         Some((MsgId(1001), common::T0))
+    );
+}
+
+/// Two shared relays on two stores (two nodes) on two threads, each sending for its own senders to the same
+/// recipients and a group of all, committing with `commit_numbered` at once: every inbox is
+/// 1, 2, 3, … with no gap, each message in each of its inboxes exactly once, each sender's
+/// messages in the order sent; a retry of a send on the other relay is answered as the
+/// duplicate it is, from the database.
+fn shared_relays_on_two_threads_keep_every_inbox_gap_free() {
+    use chat_relay::{IdGen, Limits, Relay, SendOutcome, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_pg(dir.path());
+    let users: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let mut friends: Vec<(&str, &str)> = Vec::new();
+    for a in &users {
+        for b in &users {
+            if a < b {
+                friends.push((a, b));
+            }
+        }
+    }
+    let members: Vec<&str> = users.iter().map(String::as_str).collect();
+    let d = common::Dir::new(&friends, &[("all", &members)]);
+    const SENDS: usize = 150;
+    let workers: Vec<_> = (0..2u32)
+        .map(|node| {
+            // A store each: two connections, as two nodes.
+            let (store, d, users) = (open_pg(dir.path()), d.clone(), users.clone());
+            std::thread::spawn(move || {
+                let mut r = Relay::shared(
+                    store.clone(),
+                    IdGen::new(node + 1).unwrap(),
+                    Limits::default(),
+                )
+                .unwrap();
+                for i in 0..SENDS {
+                    // Node 0 sends for p0..p3, node 1 for p4..p7.
+                    let from = &users[node as usize * 4 + i % 4];
+                    let to = if i % 5 == 0 {
+                        Target::Group("all".into())
+                    } else {
+                        Target::User(users[(i * 3 + 1) % 8].clone())
+                    };
+                    if to == Target::User(from.clone()) {
+                        continue;
+                    }
+                    let text = format!("{from}:{i}");
+                    let out = r
+                        .send(
+                            common::T0 + i as u64,
+                            from,
+                            &format!("c{i}"),
+                            &to,
+                            &text,
+                            &d,
+                        )
+                        .unwrap();
+                    assert!(matches!(out, SendOutcome::New { .. }));
+                    if i % 7 == 0 {
+                        let mut b = r.take_batch().unwrap();
+                        store.commit_numbered(&mut b).unwrap();
+                        assert!(b.inbox.iter().all(|(_, e)| e.seq > 0));
+                        r.committed(b.id);
+                    }
+                }
+                while let Some(mut b) = r.take_batch() {
+                    store.commit_numbered(&mut b).unwrap();
+                    r.committed(b.id);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut total = 0;
+    for u in &users {
+        let entries = store.read_inbox(u, 0, 10_000).unwrap();
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        let want: Vec<u64> = (1..=entries.len() as u64).collect();
+        assert_eq!(seqs, want, "{u}'s inbox is not 1..n");
+        let mut ids: Vec<_> = entries.iter().map(|e| e.msg_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), entries.len(), "{u}: a message twice");
+        // Each sender's messages in the order sent.
+        for s in &users {
+            let order: Vec<usize> = entries
+                .iter()
+                .filter(|e| e.from == *s)
+                .filter_map(|e| e.text.as_deref()?.split(':').nth(1)?.parse().ok())
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "{s} in {u}: {order:?}"
+            );
+        }
+        total += entries.len();
+    }
+    assert!(total > 2 * SENDS, "{total} entries");
+    // A client retrying on the other node (its first send was committed by node 0).
+    let mut other =
+        Relay::shared(store.clone(), IdGen::new(9).unwrap(), Limits::default()).unwrap();
+    let again = other
+        .send(
+            common::T0,
+            "p0",
+            "c0",
+            &Target::Group("all".into()),
+            "p0:0",
+            &d,
+        )
+        .unwrap();
+    assert!(
+        matches!(again, SendOutcome::Duplicate { pending: None, .. }),
+        "{again:?}"
     );
 }

@@ -183,6 +183,13 @@ pub trait ChatStore: Send + Sync {
     fn last_msg_id(&self) -> Result<Option<MsgId>, StoreError>;
     /// Writes the whole batch atomically; durable on disk when it returns `Ok`.
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
+    /// [`ChatStore::commit`] for a store several relays write ([`crate::Relay::shared`]):
+    /// inbox entries with seq 0 get their inbox's next seqs, in their order in the batch,
+    /// in the same transaction, and leave with them (for delivery). A store only one relay
+    /// writes has nothing to number: the default commits as it is.
+    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        self.commit(batch)
+    }
     /// Retention: removes messages minted before `older_than_ms` (ms since the Unix epoch)
     /// with their history and dedupe rows, and inbox entries with `ts < older_than_ms` — except
     /// each inbox's newest entry, which is kept so an inbox head never goes back. Each inbox
