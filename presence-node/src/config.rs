@@ -109,11 +109,19 @@ settings! {
         "advertise-quic", "PRESENCE_ADVERTISE_QUIC", "the listen address",
         "QUIC address `moved` and /v1/route tell clients";
     advertise_lp: String => Option<String> = optional,
-        "advertise-lp", "PRESENCE_ADVERTISE_LP", "none",
-        "Long-poll base URL `moved` and /v1/route tell clients";
+        "advertise-lp", "PRESENCE_ADVERTISE_LP", "http:// and the advertised WebSocket address",
+        "Long-poll base URL `moved` and /v1/route tell clients (the endpoints are under /v1/lp/)";
     advertise_peer: String => Option<String> = optional,
         "advertise-peer", "PRESENCE_ADVERTISE_PEER", "the listen address",
         "Peer-link address other nodes dial";
+    lp_hold: String => Duration = duration,
+        "lp-hold", "PRESENCE_LP_HOLD", "25s",
+        "Longest a long-poll request waits for a message before it is answered with none \
+         (at most half the heartbeat timeout)";
+    cors_origin: String => Option<String> = optional,
+        "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
+        "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
+         endpoints; requests with any other Origin are refused";
     #[secret]
     store: String => Option<String> = optional,
         "store", "PRESENCE_STORE", "the embedded stores in the data dir",
@@ -330,6 +338,33 @@ fn increasing_durations(
     Ok(list)
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, no path, no trailing slash, only
+/// characters a header value may hold (or the literal `null`).
+fn valid_origin(s: &str) -> bool {
+    if s == "null" {
+        return true;
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+}
+
+impl NodeConfig {
+    /// How long a long-poll request is held: `--lp-hold`, but at most half the heartbeat
+    /// timeout, so a session whose client keeps polling is never expired between polls.
+    pub fn lp_hold_effective(&self) -> Duration {
+        self.lp_hold.min(self.heartbeat_timeout / 2)
+    }
+}
+
 /// Parses `200ms`, `5s`, `1m`, `1h`.
 pub fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     let d = humantime::parse_duration(s.trim())
@@ -365,6 +400,13 @@ impl NodeConfig {
             && !presence_cluster::valid_node_id(id)
         {
             bail!("node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {id:?}");
+        }
+        if let Some(origin) = &cfg.cors_origin
+            && !valid_origin(origin)
+        {
+            bail!(
+                "cors-origin must be an origin like https://app.example.com[:port], got {origin:?}"
+            );
         }
         cfg.check_cluster()?;
         Ok(cfg)
