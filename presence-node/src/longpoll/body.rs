@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use presence_wire::MAX_FRAME;
 use serde::Deserialize;
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Most client messages in one `send` body (a JSON array). The rate limit lets a burst of 60
@@ -38,8 +39,35 @@ pub enum BodyError {
     Query(String),
 }
 
+/// The first byte that is not whitespace.
 fn first_byte(body: &[u8]) -> Option<u8> {
     body.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+/// Checks that `raw` is JSON in full (a lazy skip lets a lone surrogate escape through, which
+/// the session would then refuse as malformed and close on) and an object of at most 64 KiB;
+/// the frame is its bytes as the client wrote them.
+fn frame(index: usize, raw: &RawValue) -> Result<Bytes, BodyError> {
+    let text = raw.get();
+    if first_byte(text.as_bytes()) != Some(b'{') {
+        return Err(BodyError::ElementNotObject(index));
+    }
+    if text.len() > MAX_FRAME {
+        return Err(BodyError::FrameTooLarge {
+            index,
+            len: text.len(),
+        });
+    }
+    serde_json::from_str::<Value>(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    Ok(Bytes::copy_from_slice(text.as_bytes()))
+}
+
+/// `body` as one JSON value, not yet checked in full.
+fn envelope(body: &[u8]) -> Result<&RawValue, BodyError> {
+    if first_byte(body).is_none() {
+        return Err(BodyError::Empty);
+    }
+    serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))
 }
 
 /// Splits a `send` body into client frames, in order: one JSON object, or a JSON array of at
@@ -52,47 +80,21 @@ pub fn split_send(body: &[u8]) -> Result<Vec<Bytes>, BodyError> {
             limit: MAX_SEND_BODY,
         });
     }
-    match first_byte(body) {
-        None => Err(BodyError::Empty),
-        Some(b'{') => {
-            let raw: &RawValue =
-                serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-            let frame = raw.get().as_bytes();
-            if frame.len() > MAX_FRAME {
-                return Err(BodyError::FrameTooLarge {
-                    index: 0,
-                    len: frame.len(),
-                });
-            }
-            Ok(vec![Bytes::copy_from_slice(frame)])
-        }
+    let whole = envelope(body)?;
+    match first_byte(whole.get().as_bytes()) {
+        Some(b'{') => Ok(vec![frame(0, whole)?]),
         Some(b'[') => {
             let list: Vec<&RawValue> =
-                serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+                serde_json::from_str(whole.get()).map_err(|e| BodyError::NotJson(e.to_string()))?;
             if list.len() > MAX_BATCH {
                 return Err(BodyError::TooMany(list.len()));
             }
             list.iter()
                 .enumerate()
-                .map(|(index, raw)| {
-                    let frame = raw.get().as_bytes();
-                    if first_byte(frame) != Some(b'{') {
-                        return Err(BodyError::ElementNotObject(index));
-                    }
-                    if frame.len() > MAX_FRAME {
-                        return Err(BodyError::FrameTooLarge {
-                            index,
-                            len: frame.len(),
-                        });
-                    }
-                    Ok(Bytes::copy_from_slice(frame))
-                })
+                .map(|(i, raw)| frame(i, raw))
                 .collect()
         }
-        Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Err(BodyError::NotObject),
-            Err(e) => Err(BodyError::NotJson(e.to_string())),
-        },
+        _ => Err(BodyError::NotObject),
     }
 }
 
@@ -103,17 +105,10 @@ pub fn open_frame(body: &[u8]) -> Result<Bytes, BodyError> {
             limit: MAX_OPEN_BODY,
         });
     }
-    match first_byte(body) {
-        None => Err(BodyError::Empty),
-        Some(b'{') => {
-            let raw: &RawValue =
-                serde_json::from_slice(body).map_err(|e| BodyError::NotJson(e.to_string()))?;
-            Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
-        }
-        Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-            Ok(_) => Err(BodyError::NotObject),
-            Err(e) => Err(BodyError::NotJson(e.to_string())),
-        },
+    let whole = envelope(body)?;
+    match first_byte(whole.get().as_bytes()) {
+        Some(b'{') => frame(0, whole),
+        _ => Err(BodyError::NotObject),
     }
 }
 
@@ -193,6 +188,13 @@ mod tests {
         assert_eq!(
             split_send(br#" {"type":"activity"} "#),
             Ok(vec![Bytes::from_static(br#"{"type":"activity"}"#)])
+        );
+        assert!(
+            matches!(
+                split_send(br#"{"type":"x\ud800"}"#),
+                Err(BodyError::NotJson(_))
+            ),
+            "a lone surrogate is not JSON a session can read"
         );
         let two = split_send(br#"[{"type":"activity"}, {"type":"heartbeat"}]"#);
         assert_eq!(two.map(|v| v.len()), Ok(2));
