@@ -392,6 +392,7 @@ async fn send_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>, body: B
         Ok(f) => f,
         Err(e) => return bad_body(&e),
     };
+    debug!(user = %s.user, lp = s.id, messages = frames.len(), "send");
     if frames.is_empty() {
         let _ = s.incoming.try_send(Incoming::Alive);
     }
@@ -445,8 +446,53 @@ async fn close_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>) -> Res
         return json(StatusCode::GONE, body);
     }
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
-    let _ = tokio::time::timeout_at(deadline, s.incoming.send(Incoming::Close)).await;
-    s.wait_ended(deadline).await;
-    debug!(lp = s.id, "closed by the client");
+    s.request_close();
+    s.wait_ended(deadline)
+        .instrument(info_span!("lp", user = %s.user, lp = s.id))
+        .await;
+    debug!(user = %s.user, lp = s.id, "closed by the client");
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_an_open_map_to_statuses() {
+        let moved = presence_wire::Error {
+            code: ErrorCode::Moved,
+            message: "elsewhere".into(),
+            ws: Some("10.0.0.2:7400".into()),
+            quic: Some("10.0.0.2:7401".into()),
+            lp: Some("http://10.0.0.2:7400".into()),
+            ..presence_wire::Error::default()
+        }
+        .to_frame();
+        assert_eq!(code_of(&moved), Some(ErrorCode::Moved));
+        assert!(
+            moved.starts_with(br#"{"type":"error""#),
+            "the session task recognises it as the error that ended the session"
+        );
+        assert_eq!(status_of(code_of(&moved)), StatusCode::MISDIRECTED_REQUEST);
+        let frame = |c| presence_wire::error_frame(&presence_wire::ProtocolError::new(c, "x"));
+        for (code, status) in [
+            (ErrorCode::Unauthorized, 401),
+            (ErrorCode::Protocol, 400),
+            (ErrorCode::BadRequest, 400),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::Unavailable, 503),
+            (ErrorCode::Internal, 500),
+        ] {
+            assert_eq!(
+                status_of(code_of(&frame(code))).as_u16(),
+                status,
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            status_of(code_of(b"not json")),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

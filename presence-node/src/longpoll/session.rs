@@ -76,6 +76,8 @@ struct State {
     last_error: Option<Bytes>,
     /// Set when the session has ended: the `410` answer, and when.
     ended: Option<(Bytes, Instant)>,
+    /// `close` was asked: a write waiting for room gives up at once.
+    closing: bool,
 }
 
 /// What a poll gets.
@@ -212,6 +214,14 @@ impl Lp {
         }
     }
 
+    /// `close`: ends the session like a WebSocket closed by its client, even if it is
+    /// waiting for a poll to make room for its frames.
+    pub fn request_close(&self) {
+        self.state.lock().closing = true;
+        self.room.notify_waiters();
+        let _ = self.incoming.try_send(Incoming::Close);
+    }
+
     /// Waits until the session has ended, at most until `deadline`.
     pub async fn wait_ended(&self, deadline: tokio::time::Instant) {
         loop {
@@ -258,6 +268,9 @@ fn is_error(frame: &[u8]) -> bool {
 
 impl Transport for LpTransport {
     async fn recv(&mut self) -> Result<Option<Received>, RecvError> {
+        if self.lp.state.lock().closing {
+            return Ok(None);
+        }
         Ok(match self.rx.recv().await {
             Some(Incoming::Frame(f)) => Some(Received::Frame(f)),
             Some(Incoming::Alive) => Some(Received::Alive),
@@ -279,7 +292,7 @@ impl Transport for LpTransport {
             room.as_mut().enable();
             {
                 let mut st = self.lp.state.lock();
-                if st.ended.is_some() {
+                if st.ended.is_some() || st.closing {
                     return Err(std::io::ErrorKind::BrokenPipe.into());
                 }
                 if st.bytes < BUFFER_MAX || st.frames.is_empty() {
@@ -390,6 +403,7 @@ async fn serve(node: &Arc<Node>, t: &mut LpTransport, s: &mut Session) -> Discon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn feed(lp: &Arc<Lp>, n: u64) {
         let mut st = lp.state.lock();
@@ -460,6 +474,36 @@ mod tests {
             panic!("frames")
         };
         assert_eq!((cursor, frames.len()), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_makes_writes_wait_for_a_poll_or_a_close() {
+        let (lp, rx) = Lp::new(1, "u", "d");
+        let mut t = LpTransport {
+            lp: lp.clone(),
+            rx,
+            closed: None,
+        };
+        let big = Bytes::from(vec![b' '; BUFFER_MAX]);
+        t.feed(big.clone()).await.expect("room for one");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), t.feed(big.clone())).await;
+        assert!(waiting.is_err(), "full: the write waits");
+        // A poll that acknowledges the first frame makes room.
+        lp.start_poll(1).expect("poll");
+        tokio::time::timeout(Duration::from_secs(1), t.feed(big.clone()))
+            .await
+            .expect("room after the poll")
+            .expect("written");
+        // Full again; a close ends the wait at once.
+        let lp2 = lp.clone();
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            lp2.request_close();
+        });
+        let r = tokio::time::timeout(Duration::from_secs(1), t.feed(big)).await;
+        assert!(matches!(r, Ok(Err(_))), "the write gives up");
+        closer.await.expect("closer");
+        assert!(matches!(t.recv().await, Ok(None)), "and the session ends");
     }
 
     #[test]
