@@ -649,12 +649,3 @@ async fn a_flood_is_limited_as_on_a_websocket() {
     };
     assert_eq!(ended["code"], "rate_limited", "{ended}");
 }
-
-#[tokio::test]
-async fn route_names_the_long_poll_base_url() {
-    common::init();
-    let node = Node::start(LP);
-    let (status, v) = node.admin("GET", "/v1/route?user=alice", None).await;
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["lp"], format!("http://{}", node.ready.ws));
-}
