@@ -271,7 +271,7 @@ async fn a_session_without_polls_expires_then_answers_410() {
     assert_eq!(e["state"], "offline");
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(2500),
+        took >= Duration::from_millis(2000),
         "the heartbeat timeout (3 s) plus grace: {took:?}"
     );
     let a = alice.poll_raw(&[]).await;
@@ -648,4 +648,29 @@ async fn a_flood_is_limited_as_on_a_websocket() {
         assert!(Instant::now() < deadline, "the flood was not closed");
     };
     assert_eq!(ended["code"], "rate_limited", "{ended}");
+}
+
+#[tokio::test]
+async fn a_held_poll_ends_when_the_node_stops() {
+    common::init();
+    let mut node = Node::start(LONG_HOLD);
+    let (alice, _) = open(&node, "alice").await;
+    let held = {
+        let a = alice.clone();
+        tokio::spawn(async move { a.poll_raw(&[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || node.stop())
+        .await
+        .expect("stop");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a held poll does not hold the stop: {:?}",
+        started.elapsed()
+    );
+    let a = held.await.expect("poll");
+    assert_eq!(a.status, 410, "{}", a.body);
+    assert_eq!(a.json()["message"], "node shutting down");
 }

@@ -159,7 +159,8 @@ fn finish(origin: Option<HeaderValue>, endpoint: &'static str, mut resp: Respons
     resp
 }
 
-/// Reads a body of at most `limit` bytes.
+/// Reads a body of at most `limit` bytes, within the hello timeout (a body that trickles in
+/// holds a request, not a session).
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -168,9 +169,15 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(bad_body(&BodyError::TooLarge { limit }));
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| bad_body(&BodyError::TooLarge { limit }))
+    match tokio::time::timeout(HELLO_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(bad_body(&BodyError::TooLarge { limit })),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::Protocol,
+            "the body did not arrive within 10 s",
+        )),
+    }
 }
 
 /// `OPTIONS /v1/lp/*`: the preflight, answered for `--cors-origin` only.
@@ -225,6 +232,7 @@ async fn open_inner(lp: &Arc<LongPoll>, headers: &HeaderMap, body: Body) -> Resp
         Err(e) => return bad_body(&e),
     };
     let node = &lp.node;
+    metrics::counter!(m::CONNECTIONS, "transport" => "lp").increment(1);
     let (session, fx) = match node
         .service()
         .hello(Ok(Some(Received::Frame(frame))), now_ms())

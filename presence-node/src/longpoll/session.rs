@@ -337,25 +337,33 @@ pub fn spawn(
 }
 
 async fn run(node: Arc<Node>, mut s: Session, fx: Effects, mut t: LpTransport) {
-    metrics::counter!(m::CONNECTIONS, "transport" => "lp").increment(1);
     metrics::gauge!(m::SESSIONS, "transport" => "lp").increment(1.0);
     let how = match connection::execute(&node, &mut t, &mut s, fx).await {
         Some(how) => how,
         None => serve(&node, &mut t, &mut s).await,
     };
-    let body = {
-        let st = t.lp.state.lock();
-        match (&t.closed, &st.last_error) {
-            // The service closed right after an error: that error says why (`moved` names
-            // where to go).
-            (Some(_), Some(e)) => e.clone(),
-            (Some(reason), None) => ended_frame(ErrorCode::Protocol, reason),
-            (None, _) => ended_frame(ErrorCode::Protocol, "session ended"),
-        }
+    let last_error = t.lp.state.lock().last_error.take();
+    let body = match (&t.closed, last_error) {
+        // The service closed right after the error that says why (`moved` names where to
+        // go): the close reason is that error's message.
+        (Some(reason), Some(e)) if error_message(&e).as_deref() == Some(reason.as_str()) => e,
+        (Some(reason), _) => ended_frame(ErrorCode::Protocol, reason),
+        (None, _) => ended_frame(ErrorCode::Protocol, "session ended"),
     };
     t.lp.end(body);
     node.service().close(s, how, now_ms());
     metrics::gauge!(m::SESSIONS, "transport" => "lp").decrement(1.0);
+}
+
+/// The `message` of a rendered `error` frame.
+fn error_message(frame: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        message: String,
+    }
+    serde_json::from_slice::<Probe>(frame)
+        .ok()
+        .map(|p| p.message)
 }
 
 /// An `error` message as a `410` body.
@@ -510,6 +518,7 @@ mod tests {
     fn error_frames_are_recognised() {
         let f = presence_wire::error_frame(&ProtocolError::new(ErrorCode::Protocol, "x"));
         assert!(is_error(&f), "{}", String::from_utf8_lossy(&f));
+        assert_eq!(error_message(&f).as_deref(), Some("x"));
         assert!(!is_error(presence_wire::PONG));
     }
 }
