@@ -70,6 +70,12 @@ impl LongPoll {
             .map(HeaderValue::from_str)
             .transpose()?;
         let hold = cfg.lp_hold_effective();
+        if hold < cfg.lp_hold {
+            tracing::warn!(
+                ?hold,
+                "lp-hold is over half the heartbeat timeout: polls are held {hold:?}"
+            );
+        }
         let tombstone = (cfg.heartbeat_timeout * 2).max(TOMBSTONE_MIN);
         Ok(Arc::new(LongPoll {
             node,
