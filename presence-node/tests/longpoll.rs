@@ -674,3 +674,45 @@ async fn a_held_poll_ends_when_the_node_stops() {
     assert_eq!(a.status, 410, "{}", a.body);
     assert_eq!(a.json()["message"], "node shutting down");
 }
+
+#[tokio::test]
+async fn a_poll_whose_client_went_away_leaves_presence_merged() {
+    common::init();
+    let node = Node::start(LONG_HOLD);
+    node.befriend(&[("alice", "bob")]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "d").await;
+    let (mut alice, _) = open(&node, "alice").await;
+    // Take whatever is pending until a poll comes back empty (after the 5 s hold).
+    for _ in 0..3 {
+        if alice.poll().await.is_empty() {
+            break;
+        }
+    }
+    // A poll held, then its connection dropped (a tab closed mid-poll).
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(alice.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+            alice.poll_path(alice.cursor)
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The node counts no reader once that request is gone: what comes meanwhile waits,
+    // merged, for the next poll (no frame was taken for the dead one).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..10 {
+        bob.send(json!({"type": "status", "status": "busy", "text": format!("t{i}")}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let msgs = alice.poll().await;
+    let presence: Vec<&Value> = msgs.iter().filter(|m| m["type"] == "presence").collect();
+    assert_eq!(presence.len(), 1, "one merged frame: {msgs:?}");
+    assert_eq!(presence[0]["changes"][0]["text"], "t9", "{msgs:?}");
+}
