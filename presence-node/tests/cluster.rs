@@ -164,7 +164,7 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         Some(c.node(&hub_node).ready.ws.to_string().as_str()),
         "{e}"
     );
-    // The same over long-poll: `421` with the `moved` error naming the owner's long-poll base
+    // The same over long-poll: `409` with the `moved` error naming the owner's long-poll base
     // URL (by default http:// and its WebSocket address), as `/v1/route` does.
     let hello = serde_json::json!({"type": "hello", "token": token, "device": "d"});
     let a = common::lp::request(
@@ -175,7 +175,7 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         hello.to_string().as_bytes(),
     )
     .await;
-    assert_eq!(a.status, 421, "{}", a.body);
+    assert_eq!(a.status, 409, "{}", a.body);
     let e = a.json();
     let owner_lp = format!("http://{}", c.node(&hub_node).ready.ws);
     assert_eq!(

@@ -73,7 +73,9 @@ fn status_of(code: Option<ErrorCode>) -> StatusCode {
     match code {
         Some(ErrorCode::Unauthorized) => StatusCode::UNAUTHORIZED,
         Some(ErrorCode::Forbidden) => StatusCode::FORBIDDEN,
-        Some(ErrorCode::Moved) => StatusCode::MISDIRECTED_REQUEST,
+        // Not 421 Misdirected Request: HTTP clients may retry that one by themselves on a
+        // new connection (Node's fetch does), which would say hello twice.
+        Some(ErrorCode::Moved) => StatusCode::CONFLICT,
         Some(ErrorCode::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
         Some(ErrorCode::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
         Some(ErrorCode::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -482,7 +484,7 @@ mod tests {
             moved.starts_with(br#"{"type":"error""#),
             "the session task recognises it as the error that ended the session"
         );
-        assert_eq!(status_of(code_of(&moved)), StatusCode::MISDIRECTED_REQUEST);
+        assert_eq!(status_of(code_of(&moved)), StatusCode::CONFLICT);
         let frame = |c| presence_wire::error_frame(&presence_wire::ProtocolError::new(c, "x"));
         for (code, status) in [
             (ErrorCode::Unauthorized, 401),

@@ -21,7 +21,7 @@
 //!   with the `error` that ended it, for [`TOMBSTONE_MIN`] or twice the heartbeat timeout,
 //!   whichever is longer, then `404`.
 //! - `open`'s refusals: the `error` message with `401` (unauthorized), `400` (protocol,
-//!   bad_request), `403` (forbidden: too many sessions), `421` (moved: the body names the
+//!   bad_request), `403` (forbidden: too many sessions), `409` (moved: the body names the
 //!   owner's `lp` base URL), `503` (unavailable), `500` (internal).
 
 pub mod body;
