@@ -263,11 +263,7 @@ export class PresenceClient {
         break;
       case "error": {
         const e = m as ErrorMessage;
-        if (e.code === "moved") {
-          if (e.ws) this.ws = wsUrl(e.ws);
-          if (e.lp) this.lp = e.lp;
-          else if (e.ws) this.lp = lpFromWs(e.ws);
-        }
+        if (e.code === "moved") this.follow(e);
         const p = e.id === undefined ? undefined : this.pending.get(e.id);
         if (p && FINAL.has(e.code)) {
           this.pending.delete(e.id as string);
@@ -303,10 +299,19 @@ export class PresenceClient {
       return;
     }
     if (error?.code === "moved") {
+      // Over long-poll the `moved` error is the refusal of the open, not a message.
+      this.follow(error);
       void this.dial(`moved: ${reason}`);
       return;
     }
     this.lost(reason);
+  }
+
+  /** Takes the addresses a `moved` error names. */
+  private follow(e: ErrorMessage): void {
+    if (e.ws) this.ws = wsUrl(e.ws);
+    if (e.lp) this.lp = e.lp;
+    else if (e.ws) this.lp = lpFromWs(e.ws);
   }
 
   /** Schedules the next attempt after a jittered delay. */

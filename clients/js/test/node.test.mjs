@@ -111,3 +111,66 @@ test("reconnects after a node restart and resumes the inbox without gaps", { ski
     carol.close();
   }
 });
+
+test("a device resumes with after: the entries it missed, once", { skip }, async () => {
+  const dave = client("dave", { transport: "ws" });
+  const carol = client("carol", { transport: "lp" });
+  try {
+    dave.connect();
+    carol.connect();
+    await until(() => dave.state === "open" && carol.state === "open", 5000, "both open");
+    const seen = dave.inboxSeq;
+    dave.close();
+    await carol.send({ to: "dave" }, "while you were away");
+    const back = client("dave", { transport: "lp", device: dave.device, after: seen });
+    const got = [];
+    back.on("inbox", (e) => got.push(e));
+    back.connect();
+    await until(() => got.length >= 1, 5000, "the missed entry");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(
+      got.map((e) => [e.seq, e.text]),
+      [[seen + 1, "while you were away"]],
+    );
+    back.close();
+  } finally {
+    dave.close();
+    carol.close();
+  }
+});
+
+test("moved is followed to the node it names", { skip }, async () => {
+  // A node that owns nobody: every open is answered as a cluster node would.
+  const http = await import("node:http");
+  let asked = 0;
+  const elsewhere = http.createServer((req, res) => {
+    asked += 1;
+    res.writeHead(409, { "content-type": "application/json" });
+    res.end(
+      JSON.stringify({
+        type: "error",
+        code: "moved",
+        message: "this user's sessions belong on node n2",
+        ws: node.ready.ws,
+        lp: `http://${node.ready.ws}`,
+      }),
+    );
+  });
+  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  const alice = new PresenceClient({
+    token: () => node.token("alice"),
+    lp: `http://127.0.0.1:${elsewhere.address().port}`,
+    transport: "lp",
+    backoff: { minMs: 5000, maxMs: 5000 },
+  });
+  try {
+    const started = Date.now();
+    alice.connect();
+    await until(() => alice.state === "open", 3000, "alice open on the owner");
+    assert.equal(asked, 1);
+    assert.ok(Date.now() - started < 2500, "at once, not after a backoff");
+  } finally {
+    alice.close();
+    elsewhere.close();
+  }
+});
