@@ -57,9 +57,13 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         CONNECTIONS,
         Kind::Counter,
-        "Connections accepted, by transport",
+        "Connections accepted, by transport (ws, quic; lp: long-poll opens)",
     ),
-    (SESSIONS, Kind::Gauge, "Sessions open, by transport"),
+    (
+        SESSIONS,
+        Kind::Gauge,
+        "Sessions open, by transport (ws, quic, lp)",
+    ),
     (
         TICK_SECONDS,
         Kind::Histogram,
