@@ -117,7 +117,7 @@ settings! {
     lp_hold: String => Duration = duration,
         "lp-hold", "PRESENCE_LP_HOLD", "25s",
         "Longest a long-poll request waits for a message before it is answered with none \
-         (at most half the heartbeat timeout)";
+         (at most two thirds of the heartbeat timeout)";
     cors_origin: String => Option<String> = optional,
         "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
         "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
@@ -358,10 +358,12 @@ fn valid_origin(s: &str) -> bool {
 }
 
 impl NodeConfig {
-    /// How long a long-poll request is held: `--lp-hold`, but at most half the heartbeat
-    /// timeout, so a session whose client keeps polling is never expired between polls.
+    /// How long a long-poll request is held: `--lp-hold`, but at most two thirds of the
+    /// heartbeat timeout. A poll is a sign of life when it starts and when it ends, so a
+    /// client that keeps polling leaves gaps of one hold plus its round trip: the last third
+    /// is the margin for that round trip (25 s of 45 s by default).
     pub fn lp_hold_effective(&self) -> Duration {
-        self.lp_hold.min(self.heartbeat_timeout / 2)
+        self.lp_hold.min(self.heartbeat_timeout * 2 / 3)
     }
 }
 
@@ -503,6 +505,38 @@ mod tests {
         assert_eq!(c.peer_listen.to_string(), "127.0.0.1:7403");
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.cluster_prefix, "/presence");
+    }
+
+    #[test]
+    fn long_poll_settings() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.lp_hold, Duration::from_secs(25));
+        assert_eq!(
+            c.lp_hold_effective(),
+            Duration::from_secs(25),
+            "the spec's 25 s hold fits the default 45 s heartbeat timeout as it is"
+        );
+        assert_eq!(c.cors_origin, None);
+        let c = parse(&[
+            "--heartbeat-timeout=3s",
+            "--cors-origin=https://app.example.com:8443",
+        ])
+        .expect("short");
+        assert_eq!(c.lp_hold_effective(), Duration::from_secs(2));
+        assert_eq!(
+            c.cors_origin.as_deref(),
+            Some("https://app.example.com:8443")
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://",
+            "http://a b",
+        ] {
+            let e = parse(&[&format!("--cors-origin={bad}")]).expect_err(bad);
+            assert!(e.to_string().contains("cors-origin"), "{e}");
+        }
+        assert!(parse(&["--cors-origin=null"]).is_ok());
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl LongPoll {
         if hold < cfg.lp_hold {
             tracing::warn!(
                 ?hold,
-                "lp-hold is over half the heartbeat timeout: polls are held {hold:?}"
+                "lp-hold is over two thirds of the heartbeat timeout: polls are held {hold:?}"
             );
         }
         let tombstone = (cfg.heartbeat_timeout * 2).max(TOMBSTONE_MIN);
