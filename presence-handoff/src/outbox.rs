@@ -165,6 +165,12 @@ impl Outbox {
         }
     }
 
+    /// Whether a close is waiting, taking nothing: a driver that takes only while its client
+    /// can read (long-poll, between polls) still ends the session at once.
+    pub fn closing(&self) -> bool {
+        self.inner.lock().close.is_some()
+    }
+
     /// Entries waiting to be written.
     pub fn pending_len(&self) -> usize {
         self.inner.lock().pending.len()
@@ -269,7 +275,9 @@ mod tests {
         assert!(o.wakeup.try_take());
         o.ping();
         assert!(o.wakeup.try_take());
+        assert!(!o.closing());
         o.close(CloseReason::Shutdown);
+        assert!(o.closing());
         assert!(o.wakeup.try_take());
         assert!(!o.wakeup.try_take());
     }

@@ -2,7 +2,9 @@
 //!
 //! Starts the real `presence-node` binary (built by cargo next to this example) on free
 //! loopback ports, opens `--sessions` idle sessions over WebSocket or QUIC (hello, welcome,
-//! then a heartbeat every 20 s; the clients are `presence-client` connections), and reports the node's RSS before and after: RSS counts only
+//! then a heartbeat every 20 s; the clients are `presence-client` connections) or HTTP
+//! long-poll (open, then one poll always held, as a browser's), and reports the node's RSS
+//! before and after: RSS counts only
 //! user-space memory, so `(after - before) / sessions` is the node's user-space cost per idle
 //! session, above the kernel's own socket memory.
 //!
@@ -10,6 +12,7 @@
 //! cargo build --release -p presence-node
 //! cargo run --release -p presence-node --example idle_sessions -- --via ws --sessions 10000
 //! cargo run --release -p presence-node --example idle_sessions -- --via quic --sessions 10000
+//! cargo run --release -p presence-node --example idle_sessions -- --via lp --sessions 5000
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use presence_node::token;
 
 #[derive(Parser)]
 struct Args {
-    /// ws or quic.
+    /// ws, quic or lp.
     #[arg(long, default_value = "ws")]
     via: String,
     #[arg(long, default_value_t = 10_000)]
@@ -52,6 +55,64 @@ struct Args {
 
 const SECRET: &str = "bench-secret";
 const ADMIN_KEY: &str = "bench-admin-key";
+
+/// One request over a fresh connection (Connection: close): the status and the body.
+async fn http_once(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let text = String::from_utf8_lossy(&resp);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_owned()))
+}
+
+/// A long-poll session held idle: opened, then always one poll waiting (the first one takes
+/// the welcome off the node's buffer), as a browser tab's.
+async fn long_poll_session(addr: String, token: String) -> Option<tokio::task::JoinHandle<()>> {
+    let hello = serde_json::json!({"type": "hello", "token": token, "device": "bench"});
+    let (status, body) = http_once(&addr, "POST", "/v1/lp/open", &hello.to_string())
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let sid = v["session"].as_str()?.to_owned();
+    let mut cursor = v["cursor"].as_u64()?;
+    Some(tokio::spawn(async move {
+        loop {
+            let path = format!("/v1/lp/poll?session={sid}&cursor={cursor}");
+            match http_once(&addr, "GET", &path, "").await {
+                Ok((200, body)) => {
+                    let Some(c) = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["cursor"].as_u64())
+                    else {
+                        break;
+                    };
+                    cursor = c;
+                }
+                _ => break,
+            }
+        }
+    }))
+}
 
 /// One admin request over a fresh connection (Connection: close); returns the status code.
 async fn admin_post(addr: &str, path: &str, body: &str) -> anyhow::Result<u16> {
@@ -165,14 +226,15 @@ async fn main() -> anyhow::Result<()> {
             },
         )
     };
+    let lp_addr = ws_addr.clone();
     let transport = match args.via.as_str() {
-        "ws" => Transport::ws(ws_addr),
+        "ws" | "lp" => Transport::ws(ws_addr),
         "quic" => Transport::quic(
             quic_addr.to_string(),
             "localhost",
             QuicCert::pem_file(dir.path().join("tls/cert.pem"))?,
         ),
-        other => bail!("--via must be ws or quic, not {other:?}"),
+        other => bail!("--via must be ws, quic or lp, not {other:?}"),
     };
     // QUIC sessions share a few UDP sockets (--quic-sockets), as one process holding
     // thousands of connections must.
@@ -192,6 +254,16 @@ async fn main() -> anyhow::Result<()> {
             ..TransportOptions::default()
         };
         let sem = sem.clone();
+        if args.via == "lp" {
+            let (addr, token) = (lp_addr.clone(), token(i));
+            tasks.push(tokio::spawn(async move {
+                let permit = sem.acquire_owned().await.ok()?;
+                let held = long_poll_session(addr, token).await;
+                drop(permit);
+                held
+            }));
+            continue;
+        }
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await.ok()?;
             let (mut conn, _welcome) = Client::connect(&opts).await.ok()?;

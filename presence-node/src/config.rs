@@ -109,11 +109,19 @@ settings! {
         "advertise-quic", "PRESENCE_ADVERTISE_QUIC", "the listen address",
         "QUIC address `moved` and /v1/route tell clients";
     advertise_lp: String => Option<String> = optional,
-        "advertise-lp", "PRESENCE_ADVERTISE_LP", "none",
-        "Long-poll base URL `moved` and /v1/route tell clients";
+        "advertise-lp", "PRESENCE_ADVERTISE_LP", "http:// and the advertised WebSocket address",
+        "Long-poll base URL `moved` and /v1/route tell clients (the endpoints are under /v1/lp/)";
     advertise_peer: String => Option<String> = optional,
         "advertise-peer", "PRESENCE_ADVERTISE_PEER", "the listen address",
         "Peer-link address other nodes dial";
+    lp_hold: String => Duration = duration,
+        "lp-hold", "PRESENCE_LP_HOLD", "25s",
+        "Longest a long-poll request waits for a message before it is answered with none \
+         (at most two thirds of the heartbeat timeout)";
+    cors_origin: String => Option<String> = optional,
+        "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
+        "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
+         endpoints; requests with any other Origin are refused";
     #[secret]
     store: String => Option<String> = optional,
         "store", "PRESENCE_STORE", "the embedded stores in the data dir",
@@ -330,6 +338,35 @@ fn increasing_durations(
     Ok(list)
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, no path, no trailing slash, only
+/// characters a header value may hold (or the literal `null`).
+fn valid_origin(s: &str) -> bool {
+    if s == "null" {
+        return true;
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+}
+
+impl NodeConfig {
+    /// How long a long-poll request is held: `--lp-hold`, but at most two thirds of the
+    /// heartbeat timeout. A poll is a sign of life when it starts and when it ends, so a
+    /// client that keeps polling leaves gaps of one hold plus its round trip: the last third
+    /// is the margin for that round trip (25 s of 45 s by default).
+    pub fn lp_hold_effective(&self) -> Duration {
+        self.lp_hold.min(self.heartbeat_timeout * 2 / 3)
+    }
+}
+
 /// Parses `200ms`, `5s`, `1m`, `1h`.
 pub fn parse_duration(what: &str, s: &str) -> anyhow::Result<Duration> {
     let d = humantime::parse_duration(s.trim())
@@ -365,6 +402,13 @@ impl NodeConfig {
             && !presence_cluster::valid_node_id(id)
         {
             bail!("node-id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {id:?}");
+        }
+        if let Some(origin) = &cfg.cors_origin
+            && !valid_origin(origin)
+        {
+            bail!(
+                "cors-origin must be an origin like https://app.example.com[:port], got {origin:?}"
+            );
         }
         cfg.check_cluster()?;
         Ok(cfg)
@@ -461,6 +505,38 @@ mod tests {
         assert_eq!(c.peer_listen.to_string(), "127.0.0.1:7403");
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.cluster_prefix, "/presence");
+    }
+
+    #[test]
+    fn long_poll_settings() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.lp_hold, Duration::from_secs(25));
+        assert_eq!(
+            c.lp_hold_effective(),
+            Duration::from_secs(25),
+            "the spec's 25 s hold fits the default 45 s heartbeat timeout as it is"
+        );
+        assert_eq!(c.cors_origin, None);
+        let c = parse(&[
+            "--heartbeat-timeout=3s",
+            "--cors-origin=https://app.example.com:8443",
+        ])
+        .expect("short");
+        assert_eq!(c.lp_hold_effective(), Duration::from_secs(2));
+        assert_eq!(
+            c.cors_origin.as_deref(),
+            Some("https://app.example.com:8443")
+        );
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://",
+            "http://a b",
+        ] {
+            let e = parse(&[&format!("--cors-origin={bad}")]).expect_err(bad);
+            assert!(e.to_string().contains("cors-origin"), "{e}");
+        }
+        assert!(parse(&["--cors-origin=null"]).is_ok());
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn serve<T: Transport>(node: &Arc<Node>, t: &mut T, s: &mut Session) -> Di
 /// Executes effects until none are left: ping, frames (one flush), a store read whose result
 /// goes back to the service (whose effects are executed in turn), an end. Returns how the
 /// session ended, if it did.
-async fn execute<T: Transport>(
+pub(crate) async fn execute<T: Transport>(
     node: &Arc<Node>,
     t: &mut T,
     s: &mut Session,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connection;
 pub mod datadir;
 pub mod frames;
+pub mod longpoll;
 pub mod metrics;
 pub mod node;
 pub mod quic;

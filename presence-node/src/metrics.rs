@@ -12,6 +12,7 @@ pub const FRAMES_SENT: &str = "presence_frames_sent_total";
 pub const MERGES: &str = "presence_outbox_merges_total";
 pub const ERRORS: &str = "presence_errors_total";
 pub const ADMIN_REQUESTS: &str = "presence_admin_requests_total";
+pub const LP_REQUESTS: &str = "presence_lp_requests_total";
 pub const EXPIRED: &str = "presence_sessions_expired_total";
 pub const USERS: &str = "presence_users";
 pub const EDGES: &str = "presence_friend_edges";
@@ -59,9 +60,13 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         CONNECTIONS,
         Kind::Counter,
-        "Connections accepted, by transport",
+        "Connections accepted, by transport (ws, quic; lp: long-poll opens)",
     ),
-    (SESSIONS, Kind::Gauge, "Sessions open, by transport"),
+    (
+        SESSIONS,
+        Kind::Gauge,
+        "Sessions open, by transport (ws, quic, lp)",
+    ),
     (
         TICK_SECONDS,
         Kind::Histogram,
@@ -92,6 +97,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         ADMIN_REQUESTS,
         Kind::Counter,
         "Admin API requests, by route and status",
+    ),
+    (
+        LP_REQUESTS,
+        Kind::Counter,
+        "Long-poll requests, by endpoint (open, poll, send, close, preflight) and status",
     ),
     (
         EXPIRED,

@@ -14,7 +14,7 @@ use crate::datadir::{self, Ready};
 use crate::node::{Node, now_ms};
 use crate::service::Service;
 use crate::topology::Topology;
-use crate::{admin, cluster, quic, webhook, ws};
+use crate::{admin, cluster, longpoll, quic, webhook, ws};
 
 /// Raises the open-files soft limit to the hard limit (each WebSocket is a descriptor).
 fn raise_nofile() {
@@ -92,7 +92,11 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         id: ready.node.clone(),
         ws: advertise(&cfg.advertise_ws, ready.ws),
         quic: advertise(&cfg.advertise_quic, ready.quic),
-        lp: cfg.advertise_lp.clone().unwrap_or_default(),
+        // The long-poll endpoints share the WebSocket port.
+        lp: cfg
+            .advertise_lp
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", advertise(&cfg.advertise_ws, ready.ws))),
         admin: ready.admin.to_string(),
         peer: String::new(),
         peer_cert: String::new(),
@@ -142,9 +146,12 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         }
     });
     let ws_task = tokio::spawn(
-        axum::serve(ws_listener, ws::router(node.clone()))
-            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            ws_listener,
+            ws::router(node.clone()).merge(longpoll::router(node.clone())?),
+        )
+        .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
+        .into_future(),
     );
     let admin_task = tokio::spawn(
         axum::serve(
@@ -160,6 +167,7 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
     datadir::write_ready(&cfg.data_dir, &ready)?;
     println!("presence-node ready (pid {})", ready.pid);
     println!("  websocket  ws://{}/v1/ws", ready.ws);
+    println!("  long-poll  http://{}/v1/lp/open", ready.ws);
     println!(
         "  quic       {} (ALPN presence/1, certificate {})",
         ready.quic,

@@ -164,6 +164,27 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         Some(c.node(&hub_node).ready.ws.to_string().as_str()),
         "{e}"
     );
+    // The same over long-poll: `409` with the `moved` error naming the owner's long-poll base
+    // URL (by default http:// and its WebSocket address), as `/v1/route` does.
+    let hello = serde_json::json!({"type": "hello", "token": token, "device": "d"});
+    let a = common::lp::request(
+        c.node(other).ready.ws,
+        "POST",
+        "/v1/lp/open",
+        &[],
+        hello.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(a.status, 409, "{}", a.body);
+    let e = a.json();
+    let owner_lp = format!("http://{}", c.node(&hub_node).ready.ws);
+    assert_eq!(
+        (&e["code"], &e["lp"]),
+        (&"moved".into(), &owner_lp.clone().into()),
+        "{e}"
+    );
+    let (_, route) = c.node(other).admin("GET", "/v1/route?user=hub", None).await;
+    assert_eq!(route["lp"], owner_lp, "{route}");
 
     // The hub on its node; one friend on each other node.
     let (mut hub, w) = Client::hello(c.node(&hub_node), Via::Ws, "hub", "d").await;

@@ -758,7 +758,8 @@ async fn a_single_node_routes_every_user_to_itself() {
             "node": name,
             "ws": node.ready.ws.to_string(),
             "quic": node.ready.quic.to_string(),
-            "lp": "",
+            // Long-poll shares the WebSocket port.
+            "lp": format!("http://{}", node.ready.ws),
         })
     );
     let (st, _) = node.admin("GET", "/v1/route", None).await;

@@ -2,7 +2,9 @@
 //! with proptest (the wire's decoders are in `presence-wire/tests/fuzz.rs`).
 //!
 //! - client tokens: [`token::verify`];
-//! - the admin API's JSON bodies: [`admin::parse_body`] into each body type.
+//! - the admin API's JSON bodies: [`admin::parse_body`] into each body type;
+//! - the long-poll endpoints' bodies and queries: [`body::split_send`], [`body::open_frame`],
+//!   [`body::poll_query`], [`body::session_query`].
 //!
 //! Inputs stay under 4 KiB. CI runs the default case counts: this file takes about 10 s in
 //! debug on a busy 2-core machine. A long run is one variable away (`--nocapture` shows each
@@ -25,6 +27,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use presence_node::admin::{self, FriendsBody, FriendshipsBody, GroupBody, TokenBody};
+use presence_node::longpoll::body::{self, BodyError};
 use presence_node::token::{self, Claims, TokenError};
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -507,4 +510,107 @@ fn arbitrary_admin_bodies_are_refused_with_400() {
         bodies.prop_map(Frame),
         |b| parse_all(&b.0),
     );
+}
+
+// ---- 6. long-poll bodies and queries --------------------------------------------------------
+
+const LP_KEYS: &[&str] = &[
+    "type", "token", "device", "after", "id", "to", "text", "seq", "session", "cursor",
+];
+
+/// Whatever `b` is, the long-poll decoders answer without panicking, and what `split_send`
+/// accepts is what the body says: its one object, or its array's elements in order, each an
+/// object of at most 64 KiB.
+fn check_lp_body(b: &[u8]) -> Result<(), TestCaseError> {
+    match body::split_send(b) {
+        Ok(frames) => {
+            let whole: Value = serde_json::from_slice(b)
+                .map_err(|e| TestCaseError::fail(format!("accepted but not JSON: {e}")))?;
+            let parts: Vec<Value> = frames
+                .iter()
+                .map(|f| serde_json::from_slice(f))
+                .collect::<Result<_, _>>()
+                .map_err(|e| TestCaseError::fail(format!("a frame is not JSON: {e}")))?;
+            prop_assert!(parts.iter().all(Value::is_object));
+            prop_assert!(frames.iter().all(|f| f.len() <= presence_wire::MAX_FRAME));
+            prop_assert!(frames.len() <= body::MAX_BATCH);
+            match whole {
+                Value::Array(items) => prop_assert_eq!(items, parts),
+                other => prop_assert_eq!(vec![other], parts),
+            }
+        }
+        Err(BodyError::Query(_)) => return Err(TestCaseError::fail("a body is not a query")),
+        Err(_) => {}
+    }
+    if let Ok(f) = body::open_frame(b) {
+        let v: Value = serde_json::from_slice(&f)
+            .map_err(|e| TestCaseError::fail(format!("open accepted non-JSON: {e}")))?;
+        prop_assert!(v.is_object());
+    }
+    let q = String::from_utf8_lossy(b);
+    let _ = body::poll_query(Some(&q));
+    let _ = body::session_query(Some(&q));
+    Ok(())
+}
+
+#[test]
+fn long_poll_bodies_split_into_their_messages_or_are_refused() {
+    let message = || json_value(LP_KEYS);
+    let bodies = prop_oneof![
+        2 => bytes(0..4096),
+        2 => message().prop_map(|v| to_bytes(&v)),
+        3 => proptest::collection::vec(message(), 0..8).prop_map(|v| to_bytes(&Value::Array(v))),
+        3 => (proptest::collection::vec(message(), 0..8), mutations())
+            .prop_map(|(v, m)| mutate(to_bytes(&Value::Array(v)), &m)),
+    ];
+    fuzz("lp bodies", 3000, bodies.prop_map(Frame), |b| {
+        check_lp_body(&b.0)
+    });
+}
+
+#[test]
+fn valid_long_poll_batches_keep_every_message_in_order() {
+    let msg = (
+        select(&["activity", "heartbeat", "send", "ack"][..]),
+        text(40),
+    )
+        .prop_map(|(t, x)| json!({"type": t, "text": x}));
+    let batch = proptest::collection::vec(msg, 0..=body::MAX_BATCH);
+    fuzz("lp batches", 500, batch, |batch| {
+        let frames = body::split_send(&to_bytes(&Value::Array(batch.clone())))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let parsed: Vec<Value> = frames
+            .iter()
+            .map(|f| serde_json::from_slice(f).expect("json"))
+            .collect();
+        prop_assert_eq!(parsed, batch);
+        Ok(())
+    });
+}
+
+#[test]
+fn long_poll_queries_parse_or_are_refused() {
+    let queries = prop_oneof![
+        2 => text(64),
+        3 => (text(24), any::<u64>()).prop_map(|(s, c)| {
+            serde_urlencoded::to_string([("session", s), ("cursor", c.to_string())])
+                .expect("encodes")
+        }),
+        2 => (text(24), text(8), mutations()).prop_map(|(s, c, m)| {
+            let q = format!("session={s}&cursor={c}");
+            String::from_utf8_lossy(&mutate(q.into_bytes(), &m)).into_owned()
+        }),
+    ];
+    fuzz("lp queries", 2000, queries, |q| {
+        if let Ok(p) = body::poll_query(Some(&q)) {
+            let again = serde_urlencoded::to_string([
+                ("session", p.session.clone()),
+                ("cursor", p.cursor.to_string()),
+            ])
+            .expect("encodes");
+            prop_assert_eq!(body::poll_query(Some(&again)), Ok(p));
+        }
+        let _ = body::session_query(Some(&q));
+        Ok(())
+    });
 }

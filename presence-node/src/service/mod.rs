@@ -175,6 +175,15 @@ impl Service {
         }
     }
 
+    /// Verifies a client token at `now` (ms) with the node's secret, as a hello does.
+    pub fn verify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<crate::token::Claims, crate::token::TokenError> {
+        crate::token::verify(&self.secret, token, now / 1000)
+    }
+
     /// Whether `key` is the admin key (compared by digest, so the timing says nothing).
     pub fn admin_key_ok(&self, key: &str) -> bool {
         let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);

@@ -1,0 +1,379 @@
+/** The presence client: connects over WebSocket (falling back to long-poll when no welcome
+ * comes in time), reconnects with jittered backoff and resumes the inbox with `after`,
+ * follows `moved`, keeps friends' presence, and sends chat with retries by client id. */
+
+import { Backoff, type BackoffOptions } from "./backoff.js";
+import { PresenceMap, type PresenceChange } from "./presence.js";
+import type {
+  ClientMessage,
+  ErrorMessage,
+  InboxEntry,
+  ServerMessage,
+  Status,
+  Welcome,
+} from "./protocol.js";
+import { openLongPoll, openWebSocket, type Transport, type TransportKind } from "./transport.js";
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+export interface ClientOptions {
+  /** A token, or a function that mints a fresh one for every connection. */
+  token: string | (() => string | Promise<string>);
+  /** WebSocket address: `ws://host:port/v1/ws`, or `host:port`. */
+  ws?: string;
+  /** Long-poll base URL: `http://host:port` (by default from `ws`). */
+  lp?: string;
+  /** This device's id; by default one per client object, kept across reconnects. */
+  device?: string;
+  /** `auto` (WebSocket, long-poll if no welcome in time), or one transport only. */
+  transport?: "auto" | TransportKind;
+  /** How long a WebSocket may take to deliver the welcome before long-poll is tried (ms). */
+  welcomeTimeoutMs?: number;
+  /** Resume the inbox after this seq on the first connection. */
+  after?: number;
+  backoff?: BackoffOptions;
+}
+
+export interface StateEvent {
+  state: ConnectionState;
+  reason: string;
+  transport?: TransportKind;
+}
+
+export interface SendResult {
+  id: string;
+  msg_id: string;
+  ts: number;
+}
+
+export interface ClientEvents {
+  state: StateEvent;
+  welcome: Welcome;
+  presence: PresenceChange;
+  inbox: InboxEntry;
+  typing: { from: string; group?: string };
+  error: ErrorMessage;
+  /** Every server message, as it came. */
+  message: ServerMessage;
+}
+
+type Listener<T> = (value: T) => void;
+
+interface Pending {
+  msg: ClientMessage;
+  resolve(r: SendResult): void;
+  reject(e: ErrorMessage): void;
+}
+
+/** Codes after which a send is not retried. */
+const FINAL = new Set(["bad_request", "too_large", "forbidden", "not_found"]);
+
+function randomId(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  return c?.randomUUID?.() ?? Math.random().toString(16).slice(2) + Date.now().toString(16);
+}
+
+function wsUrl(addr: string): string {
+  return /^wss?:\/\//.test(addr) ? addr : `ws://${addr}/v1/ws`;
+}
+
+function lpFromWs(ws: string): string {
+  const u = new URL(wsUrl(ws));
+  return `${u.protocol === "wss:" ? "https:" : "http:"}//${u.host}`;
+}
+
+export class PresenceClient {
+  /** Friends' presence, from the last welcome and the diffs since. */
+  readonly presence = new PresenceMap();
+  /** This device's id. */
+  readonly device: string;
+  private readonly opts: ClientOptions;
+  private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
+  private readonly backoff: Backoff;
+  private ws: string;
+  private lp: string;
+  private transport: Transport | undefined;
+  private current: ConnectionState = "closed";
+  private stopped = true;
+  private useLongPoll: boolean;
+  private retry: ReturnType<typeof setTimeout> | undefined;
+  private welcomeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The last inbox seq this device has: the `after` of the next connection. */
+  private seq: number | undefined;
+  private readonly pending = new Map<string, Pending>();
+  /** The current transport delivered its welcome. */
+  private welcomed = false;
+
+  constructor(opts: ClientOptions) {
+    if (!opts.ws && !opts.lp) throw new Error("give ws or lp");
+    this.opts = opts;
+    this.device = opts.device ?? randomId();
+    this.backoff = new Backoff(opts.backoff);
+    this.ws = opts.ws ? wsUrl(opts.ws) : "";
+    this.lp = opts.lp ?? lpFromWs(opts.ws ?? "");
+    this.useLongPoll = opts.transport === "lp" || !opts.ws;
+    this.seq = opts.after;
+  }
+
+  /** Subscribes to an event; returns the unsubscribe. */
+  on<K extends keyof ClientEvents>(type: K, fn: Listener<ClientEvents[K]>): () => void {
+    let set = this.listeners.get(type);
+    if (!set) {
+      set = new Set();
+      this.listeners.set(type, set);
+    }
+    set.add(fn as Listener<never>);
+    return () => set.delete(fn as Listener<never>);
+  }
+
+  private emit<K extends keyof ClientEvents>(type: K, value: ClientEvents[K]): void {
+    for (const fn of this.listeners.get(type) ?? []) (fn as Listener<ClientEvents[K]>)(value);
+  }
+
+  get state(): ConnectionState {
+    return this.current;
+  }
+
+  /** The transport in use, while connected. */
+  get transportKind(): TransportKind | undefined {
+    return this.transport?.kind;
+  }
+
+  /** The last inbox seq this device has seen. */
+  get inboxSeq(): number | undefined {
+    return this.seq;
+  }
+
+  private setState(state: ConnectionState, reason: string): void {
+    this.current = state;
+    this.emit("state", { state, reason, transport: this.transport?.kind });
+  }
+
+  /** Connects (and keeps reconnecting until `close`). */
+  connect(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    void this.dial("connect");
+  }
+
+  /** Reconnects now, skipping the backoff (e.g. the browser went back online). */
+  reconnectNow(reason = "reconnect asked"): void {
+    if (this.stopped) return;
+    clearTimeout(this.retry);
+    this.transport?.close();
+    this.transport = undefined;
+    void this.dial(reason);
+  }
+
+  /** Disconnects and stops reconnecting; sends still pending are refused. */
+  close(): void {
+    this.stopped = true;
+    clearTimeout(this.retry);
+    clearTimeout(this.welcomeTimer);
+    this.transport?.close();
+    this.transport = undefined;
+    for (const [id, p] of this.pending) {
+      p.reject({ type: "error", code: "closed", message: "the client was closed", id });
+    }
+    this.pending.clear();
+    this.setState("closed", "closed by the client");
+  }
+
+  private async dial(reason: string): Promise<void> {
+    if (this.stopped) return;
+    this.setState(this.current === "closed" ? "connecting" : "reconnecting", reason);
+    let token: string;
+    try {
+      token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+    } catch (e) {
+      return this.lost(`no token: ${String(e)}`);
+    }
+    if (this.stopped) return;
+    const hello: ClientMessage = { type: "hello", token, device: this.device };
+    if (this.seq !== undefined) hello.after = this.seq;
+    const events = {
+      message: (m: ServerMessage) => {
+        if (this.transport === t) this.onMessage(m);
+      },
+      closed: (why: string, error?: ErrorMessage) => {
+        if (this.transport === t) this.onClosed(why, error);
+      },
+    };
+    let t: Transport;
+    try {
+      t = this.useLongPoll
+        ? openLongPoll(this.lp, hello, events)
+        : openWebSocket(this.ws, hello, events);
+    } catch (e) {
+      return this.lost(`cannot connect: ${String(e)}`);
+    }
+    this.transport = t;
+    this.welcomed = false;
+    if (t.kind === "ws" && this.opts.transport !== "ws") {
+      this.welcomeTimer = setTimeout(() => {
+        // The upgrade went through, or hangs, but nothing comes: a proxy that passes no
+        // frames. Long-poll from now on.
+        if (this.transport !== t) return;
+        this.useLongPoll = true;
+        t.close();
+        this.transport = undefined;
+        void this.dial("no welcome over WebSocket: trying long-poll");
+      }, this.opts.welcomeTimeoutMs ?? 4000);
+    }
+  }
+
+  private onMessage(m: ServerMessage): void {
+    this.emit("message", m);
+    switch (m.type) {
+      case "welcome": {
+        const w = m as Welcome;
+        clearTimeout(this.welcomeTimer);
+        this.welcomed = true;
+        this.backoff.reset();
+        // Without `after`, the node sends nothing older: the inbox starts at its head.
+        if (this.seq === undefined) this.seq = w.inbox_seq;
+        this.setState("open", "welcome");
+        this.emit("presence", this.presence.reset(w.friends));
+        this.emit("welcome", w);
+        for (const p of this.pending.values()) this.transport?.send(p.msg);
+        break;
+      }
+      case "presence": {
+        const changes = (m as { changes?: unknown }).changes;
+        if (Array.isArray(changes)) this.emit("presence", this.presence.apply(changes));
+        break;
+      }
+      case "inbox": {
+        const e = m as InboxEntry;
+        if (this.seq === undefined || e.seq > this.seq) this.seq = e.seq;
+        this.emit("inbox", e);
+        break;
+      }
+      case "sent": {
+        const s = m as SendResult & { type: "sent" };
+        const p = this.pending.get(s.id);
+        if (p) {
+          this.pending.delete(s.id);
+          p.resolve({ id: s.id, msg_id: s.msg_id, ts: s.ts });
+        }
+        break;
+      }
+      case "typing":
+        this.emit("typing", m as ClientEvents["typing"]);
+        break;
+      case "error": {
+        const e = m as ErrorMessage;
+        if (e.code === "moved") this.follow(e);
+        const p = e.id === undefined ? undefined : this.pending.get(e.id);
+        if (p && FINAL.has(e.code)) {
+          this.pending.delete(e.id as string);
+          p.reject(e);
+        } else if (p) {
+          // rate_limited, internal: the same id again later is safe (deduplicated).
+          setTimeout(() => {
+            if (this.pending.get(e.id as string) === p) this.transport?.send(p.msg);
+          }, 1000);
+        }
+        this.emit("error", e);
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  private onClosed(reason: string, error?: ErrorMessage): void {
+    clearTimeout(this.welcomeTimer);
+    const kind = this.transport?.kind;
+    this.transport = undefined;
+    if (this.stopped) return;
+    if (kind === "ws" && !this.welcomed && !error && this.opts.transport !== "ws") {
+      // The WebSocket ended before its welcome (a proxy that refuses the upgrade, or a node
+      // that is down): long-poll from now on, for this client.
+      this.useLongPoll = true;
+    }
+    if (error?.code === "unauthorized" && typeof this.opts.token === "string") {
+      // The same token would be refused again.
+      this.stopped = true;
+      this.setState("closed", reason);
+      return;
+    }
+    if (error?.code === "moved") {
+      // Over long-poll the `moved` error is the refusal of the open, not a message.
+      this.follow(error);
+      void this.dial(`moved: ${reason}`);
+      return;
+    }
+    this.lost(reason);
+  }
+
+  /** Takes the addresses a `moved` error names. */
+  private follow(e: ErrorMessage): void {
+    if (e.ws) this.ws = wsUrl(e.ws);
+    if (e.lp) this.lp = e.lp;
+    else if (e.ws) this.lp = lpFromWs(e.ws);
+  }
+
+  /** Schedules the next attempt after a jittered delay. */
+  private lost(reason: string): void {
+    if (this.stopped) return;
+    this.setState("reconnecting", reason);
+    clearTimeout(this.retry);
+    this.retry = setTimeout(() => void this.dial(reason), this.backoff.next());
+  }
+
+  private raw(m: ClientMessage): void {
+    if (this.current === "open") this.transport?.send(m);
+  }
+
+  /** Any message (not queued: dropped while not connected). */
+  sendRaw(m: ClientMessage): void {
+    this.raw(m);
+  }
+
+  /** Sets the custom status (counts as activity). */
+  setStatus(status: Status, text?: string): void {
+    this.raw(text === undefined ? { type: "status", status } : { type: "status", status, text });
+  }
+
+  /** The person did something: resets idleness. */
+  activity(): void {
+    this.raw({ type: "activity" });
+  }
+
+  /** Sends a chat message to a user or a group; resolves once it is durable (`sent`). It is
+   * sent again after a reconnect with the same id, which the node deduplicates. */
+  send(target: { to: string } | { group: string }, text: string, id = randomId()): Promise<SendResult> {
+    const msg: ClientMessage = { type: "send", id, text, ...target };
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { msg, resolve, reject });
+      this.raw(msg);
+    });
+  }
+
+  /** This device has every inbox entry up to `seq`. */
+  ack(seq: number): void {
+    this.raw({ type: "ack", seq });
+  }
+
+  /** Asks for inbox entries after `after` (they arrive as `inbox` events). */
+  sync(after: number, limit?: number): void {
+    this.raw(limit === undefined ? { type: "sync", after } : { type: "sync", after, limit });
+  }
+
+  typing(target: { to: string } | { group: string }): void {
+    this.raw({ type: "typing", ...target });
+  }
+
+  read(msgId: string): void {
+    this.raw({ type: "read", msg_id: msgId });
+  }
+
+  edit(msgId: string, text: string): void {
+    this.raw({ type: "edit", msg_id: msgId, text });
+  }
+
+  delete(msgId: string): void {
+    this.raw({ type: "delete", msg_id: msgId });
+  }
+}

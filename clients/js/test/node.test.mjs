@@ -1,0 +1,176 @@
+// The SDK against the real node: long-poll and WebSocket sessions, presence and chat, the
+// fallback to long-poll when the WebSocket path passes nothing, reconnect and resume across a
+// node restart. Run with `node --experimental-websocket --test` on Node 20.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { after, before, test } from "node:test";
+import { PresenceClient } from "../dist/index.js";
+import { TestNode, haveNode, nodeBin, until } from "./harness.mjs";
+
+const missing = `no presence-node binary at ${nodeBin()} (cargo build -p presence-node)`;
+if (!haveNode && process.env.PRESENCE_REQUIRE_NODE) throw new Error(missing);
+const skip = haveNode ? false : missing;
+const FAST_BACKOFF = { minMs: 100, maxMs: 1000 };
+
+let node;
+before(async () => {
+  if (skip) return;
+  node = await TestNode.start();
+  await node.befriend([["alice", "bob"], ["carol", "dave"]]);
+});
+after(async () => {
+  await node?.dispose();
+});
+
+function client(user, opts) {
+  return new PresenceClient({
+    token: () => node.token(user),
+    ws: node.ready.ws,
+    backoff: FAST_BACKOFF,
+    ...opts,
+  });
+}
+
+test("long-poll and WebSocket clients see each other and chat", { skip }, async () => {
+  const alice = client("alice", { transport: "lp" });
+  const bob = client("bob", { transport: "ws" });
+  const inbox = [];
+  bob.on("inbox", (e) => inbox.push(e));
+  try {
+    alice.connect();
+    await until(() => alice.state === "open", 5000, "alice open");
+    assert.equal(alice.transportKind, "lp");
+    assert.equal(alice.presence.get("bob")?.state, "offline");
+    bob.connect();
+    await until(() => bob.state === "open", 5000, "bob open");
+    assert.equal(bob.transportKind, "ws");
+    await until(() => alice.presence.get("bob")?.state === "online", 5000, "bob online for alice");
+    bob.setStatus("busy", "in a meeting");
+    await until(() => alice.presence.get("bob")?.status === "busy", 5000, "bob busy");
+    const sent = await alice.send({ to: "bob" }, "lunch?");
+    assert.match(sent.msg_id, /^[0-9a-f]{16}$/);
+    await until(() => inbox.some((e) => e.text === "lunch?"), 5000, "bob's inbox");
+  } finally {
+    alice.close();
+    bob.close();
+  }
+});
+
+test("no welcome over the WebSocket path: long-poll instead", { skip }, async () => {
+  // A proxy that lets the connection through and then passes nothing.
+  const sockets = [];
+  const hole = net.createServer((s) => sockets.push(s));
+  await new Promise((r) => hole.listen(0, "127.0.0.1", r));
+  const states = [];
+  const carol = new PresenceClient({
+    token: () => node.token("carol"),
+    ws: `127.0.0.1:${hole.address().port}`,
+    lp: `http://${node.ready.ws}`,
+    welcomeTimeoutMs: 500,
+    backoff: FAST_BACKOFF,
+  });
+  carol.on("state", (s) => states.push(s));
+  try {
+    carol.connect();
+    await until(() => carol.state === "open", 5000, "carol open");
+    assert.equal(carol.transportKind, "lp");
+    assert.ok(
+      states.some((s) => s.reason.includes("long-poll")),
+      JSON.stringify(states),
+    );
+  } finally {
+    carol.close();
+    for (const s of sockets) s.destroy();
+    hole.close();
+  }
+});
+
+test("reconnects after a node restart and resumes the inbox without gaps", { skip }, async () => {
+  const dir = node.dir;
+  const ws = node.ready.ws;
+  const dave = client("dave", { transport: "ws" });
+  const carol = client("carol", { transport: "lp" });
+  const seqs = [];
+  dave.on("inbox", (e) => seqs.push(e.seq));
+  try {
+    dave.connect();
+    carol.connect();
+    await until(() => dave.state === "open" && carol.state === "open", 5000, "both open");
+    await carol.send({ to: "dave" }, "one");
+    await carol.send({ to: "dave" }, "two");
+    await until(() => seqs.length === 2, 5000, "two entries");
+    await node.stop();
+    await until(() => dave.state === "reconnecting", 5000, "dave reconnecting");
+    node = await TestNode.start({ dir, ws });
+    await until(() => dave.state === "open" && carol.state === "open", 15_000, "both back");
+    await carol.send({ to: "dave" }, "three");
+    await until(() => seqs.length >= 3, 5000, "the third entry");
+    assert.deepEqual(seqs, [1, 2, 3], "each entry once, in order");
+  } finally {
+    dave.close();
+    carol.close();
+  }
+});
+
+test("a device resumes with after: the entries it missed, once", { skip }, async () => {
+  const dave = client("dave", { transport: "ws" });
+  const carol = client("carol", { transport: "lp" });
+  try {
+    dave.connect();
+    carol.connect();
+    await until(() => dave.state === "open" && carol.state === "open", 5000, "both open");
+    const seen = dave.inboxSeq;
+    dave.close();
+    await carol.send({ to: "dave" }, "while you were away");
+    const back = client("dave", { transport: "lp", device: dave.device, after: seen });
+    const got = [];
+    back.on("inbox", (e) => got.push(e));
+    back.connect();
+    await until(() => got.length >= 1, 5000, "the missed entry");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(
+      got.map((e) => [e.seq, e.text]),
+      [[seen + 1, "while you were away"]],
+    );
+    back.close();
+  } finally {
+    dave.close();
+    carol.close();
+  }
+});
+
+test("moved is followed to the node it names", { skip }, async () => {
+  // A node that owns nobody: every open is answered as a cluster node would.
+  const http = await import("node:http");
+  let asked = 0;
+  const elsewhere = http.createServer((req, res) => {
+    asked += 1;
+    res.writeHead(409, { "content-type": "application/json" });
+    res.end(
+      JSON.stringify({
+        type: "error",
+        code: "moved",
+        message: "this user's sessions belong on node n2",
+        ws: node.ready.ws,
+        lp: `http://${node.ready.ws}`,
+      }),
+    );
+  });
+  await new Promise((r) => elsewhere.listen(0, "127.0.0.1", r));
+  const alice = new PresenceClient({
+    token: () => node.token("alice"),
+    lp: `http://127.0.0.1:${elsewhere.address().port}`,
+    transport: "lp",
+    backoff: { minMs: 5000, maxMs: 5000 },
+  });
+  try {
+    const started = Date.now();
+    alice.connect();
+    await until(() => alice.state === "open", 3000, "alice open on the owner");
+    assert.equal(asked, 1);
+    assert.ok(Date.now() - started < 2500, "at once, not after a backoff");
+  } finally {
+    alice.close();
+    elsewhere.close();
+  }
+});
