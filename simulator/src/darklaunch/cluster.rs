@@ -2,6 +2,7 @@
 //! temporary folders), the graph bulk-loaded into PostgreSQL, N `presence-node` processes
 //! joined as one cluster on them; per-node `/proc` and `/metrics` readings; `kill -9` of one
 //! node mid-run, the lost sessions' truth and reconnects, and the convergence that follows.
+//! The benchmark figures drawn from these readings are in [`super::figures`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use presence_tests::services::{Etcd, Postgres};
 use serde::Serialize;
 
+use super::figures::{GraphHeld, ReplicationLag, Throughput};
 use super::node::{Admin, Node, NodeTiming, ProcSample, proc_sample};
 use super::out::Latency;
 use super::proto::{Cmd, NodeAddrs, ViewOut};
@@ -37,12 +39,14 @@ pub struct Member {
     metrics: PeerMetrics,
 }
 
-/// The counters read from a node's `/metrics`.
+/// The counters read from a node's `/metrics`, and its graph gauges.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerMetrics {
     pub peer_bytes: u64,
     pub peer_frames: u64,
     pub transitions: u64,
+    pub entries_sent: u64,
+    pub graph: GraphHeld,
 }
 
 /// A cluster started here: its servers, its nodes, where they keep their folders.
@@ -169,7 +173,7 @@ impl Cluster {
                 metrics: PeerMetrics::default(),
             });
         }
-        c.settled(Duration::from_secs(60)).await?;
+        c.settled(Duration::from_millis(a.settle_timeout)).await?;
         c.settle_seconds = t_settle.elapsed().as_secs_f64();
         tracing::info!(nodes = n, secs = c.settle_seconds, "cluster settled");
         Ok(c)
@@ -319,6 +323,8 @@ impl Cluster {
                         peer_bytes: n("cluster_peer_bytes_sent_total") as u64,
                         peer_frames: n("cluster_peer_frames_sent_total") as u64,
                         transitions: n("presence_transitions_total") as u64,
+                        entries_sent: n("presence_entries_sent_total") as u64,
+                        graph: GraphHeld::from_metrics(&text),
                     };
                     if baseline {
                         self.members[i].metrics0 = m;
@@ -395,6 +401,12 @@ impl Cluster {
                     peer_bytes_sent: m.metrics.peer_bytes.saturating_sub(m.metrics0.peer_bytes),
                     peer_frames_sent: m.metrics.peer_frames.saturating_sub(m.metrics0.peer_frames),
                     transitions: m.metrics.transitions.saturating_sub(m.metrics0.transitions),
+                    entries_sent: m
+                        .metrics
+                        .entries_sent
+                        .saturating_sub(m.metrics0.entries_sent),
+                    graph_after_load: m.metrics0.graph,
+                    graph_at_end: m.metrics.graph,
                 }
             })
             .collect();
@@ -412,6 +424,10 @@ impl Cluster {
             peer_bytes_per_transition: bytes as f64 / transitions.max(1) as f64,
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
+            same_node_probe_receipts: 0,
+            same_node_probe_latency: Latency::default(),
+            replication_lag: ReplicationLag::default(),
+            throughput: Throughput::default(),
             moves_followed: 0,
             metrics_note: "peer counters and transitions are read from each node's /metrics at \
                 the start and the end of the run; a killed node's are those of the last reading \
@@ -445,6 +461,11 @@ pub struct ClusterOut {
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
     pub cross_node_probe_latency: Latency,
+    /// Probes whose receivers were on their sender's node.
+    pub same_node_probe_receipts: u64,
+    pub same_node_probe_latency: Latency,
+    pub replication_lag: ReplicationLag,
+    pub throughput: Throughput,
     /// `moved` the clients followed before their welcome.
     pub moves_followed: u64,
     pub nodes: Vec<ClusterNodeOut>,
@@ -464,6 +485,12 @@ pub struct ClusterNodeOut {
     pub peer_bytes_sent: u64,
     pub peer_frames_sent: u64,
     pub transitions: u64,
+    /// Presence entries the node handed to its sessions over the run.
+    pub entries_sent: u64,
+    /// The node's graph gauges when the run started (every slot loaded, no session yet), and
+    /// at the end (after a kill, the survivors hold the dead node's share too).
+    pub graph_after_load: GraphHeld,
+    pub graph_at_end: GraphHeld,
 }
 
 /// The kill and what followed.
@@ -803,6 +830,7 @@ pub fn table(c: &ClusterOut, s: &mut String) {
         "  cross-node probes: {} receipts, p50 {:.1} p99 {:.1} max {:.1} ms",
         c.cross_node_probe_receipts, l.p50_ms, l.p99_ms, l.max_ms
     );
+    super::figures::table(c, s);
     if let Some(k) = &c.kill {
         let _ = writeln!(
             s,
