@@ -178,7 +178,14 @@ fn run_one(exe: &Path, a: &ClusterBenchArgs, r: &Run, json: &Path, log: &Path) -
         args.extend(["--kill-node-at".into(), ms(a.kill_at)]);
     }
     args.extend(a.dark_arg.iter().cloned());
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut out =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    // The run's exact command heads its log.
+    std::io::Write::write_all(
+        &mut out,
+        format!("{} {}\n", exe.display(), args.join(" ")).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", log.display()))?;
     let err = out
         .try_clone()
         .with_context(|| format!("opening {}", log.display()))?;

@@ -669,6 +669,10 @@ impl Driver<'_> {
             self.live[u as usize][d as usize] = None;
             self.end_session(l);
             self.oracle.lost(u, d, at_ms, decided_ms);
+            // What the device sent the dead node since its last tick (a status, a probe's
+            // text) may be lost with it: its next connect, a reconnect queued here or the
+            // model's own, says its status again, as a client that lost its node does.
+            self.pending_status[u as usize].get_or_insert(self.status[u as usize]);
             // The socket is dead already; let the host forget it.
             self.hosts[l.host].send(Cmd::Close { cid })?;
         }
@@ -713,8 +717,6 @@ impl Driver<'_> {
             if self.live[u as usize][d as usize].is_some() {
                 continue;
             }
-            // The client says its status again: the new owner never saw it.
-            self.pending_status[u as usize].get_or_insert(self.status[u as usize]);
             let before = self.next_cid;
             self.dispatch(&Event {
                 at: 0,

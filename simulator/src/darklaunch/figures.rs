@@ -133,16 +133,21 @@ pub fn table(c: &ClusterOut, s: &mut String) {
     );
     for n in &c.nodes {
         let g = &n.graph_after_load;
+        // A killed node's counters died with it: no per-entry figure.
+        let per_entry = if n.killed || n.entries_sent == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.3} s", n.cpu_seconds * 1000.0 / n.entries_sent as f64)
+        };
         let _ = writeln!(
             s,
-            "  {:<4} after load: RSS {:>6.1} MiB, owns {:>7} users, knows {:>7}, {:>9} friend-list entries, graph {:>7.1} MiB; CPU {:.3} s per 1k entries it handed out ({} entries)",
+            "  {:<4} after load: RSS {:>6.1} MiB, owns {:>7} users, knows {:>7}, {:>9} friend-list entries, graph {:>7.1} MiB; CPU {per_entry} per 1k entries it handed out ({} entries)",
             n.id,
             n.rss_start as f64 / 1048576.0,
             g.owned_users,
             g.users_known,
             g.friend_entries,
             g.graph_bytes as f64 / 1048576.0,
-            n.cpu_seconds * 1000.0 / n.entries_sent.max(1) as f64,
             n.entries_sent
         );
     }
