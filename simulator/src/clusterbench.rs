@@ -38,6 +38,10 @@ pub struct ClusterBenchArgs {
     /// Wall-clock length of each run.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
     pub duration: u64,
+    /// Wall-clock length of the kill run: long enough for checks after the convergence
+    /// (heartbeat timeout 15 s + lease TTL 2 s + grace 5 s after the kill, then the views).
+    #[arg(long, default_value = "90s", value_parser = parse_duration_ms)]
+    pub kill_duration: u64,
     #[arg(long, default_value_t = 0.3)]
     pub peak_online: f64,
     /// Latency probes a second.
@@ -135,7 +139,7 @@ fn run_one(exe: &Path, a: &ClusterBenchArgs, r: &Run, json: &Path, log: &Path) -
         "--cluster".into(),
         r.nodes.to_string(),
         "--duration".into(),
-        ms(a.duration),
+        ms(if r.kill { a.kill_duration } else { a.duration }),
         "--peak-online".into(),
         a.peak_online.to_string(),
         "--probe-rate".into(),
@@ -237,11 +241,12 @@ fn summary(a: &ClusterBenchArgs, reports: &[(String, Value)]) -> String {
     let first = reports.first().map(|r| &r.1);
     let _ = writeln!(
         s,
-        "cluster bench: {} ({} users, {} edges), {} s a run, peak online {}, {} probes/s, tick {} ms, seed {}, {} cores\n",
+        "cluster bench: {} ({} users, {} edges), {} s a run ({} s the kill run), peak online {}, {} probes/s, tick {} ms, seed {}, {} cores\n",
         a.graph.display(),
         first.map_or(0.0, |v| f(v, &["config", "graph_users"])),
         first.map_or(0.0, |v| f(v, &["config", "graph_edges"])),
         a.duration / 1000,
+        a.kill_duration / 1000,
         a.peak_online,
         a.probe_rate,
         a.tick,
@@ -250,7 +255,7 @@ fn summary(a: &ClusterBenchArgs, reports: &[(String, Value)]) -> String {
     );
     let _ = writeln!(
         s,
-        "| run | peak sessions | deliveries/s | node CPU s per 1k deliveries (all nodes) | per node (mean) | load generator CPU s per 1k | same-node p50 / p99 ms | cross-node p50 / p99 ms | replication lag p99 | peer B per transition | mismatches |"
+        "| run | peak sessions | deliveries/s | node CPU s per 1k deliveries (all nodes) | per node (mean) | load generator CPU s per 1k | same-node p50 / p99 ms | cross-node p50 / p99 ms | replication lag p99 | peer B per change, one link / all links | mismatches |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, v) in reports {
@@ -265,7 +270,7 @@ fn summary(a: &ClusterBenchArgs, reports: &[(String, Value)]) -> String {
             });
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} / {:.1} | {} | {} | {:.1} | {:.0} |",
+            "| {name} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.1} / {:.1} | {} | {} | {:.1} / {:.1} | {:.0} |",
             f(v, &["sessions", "peak_open"]),
             t("deliveries_per_s"),
             t("node_cpu_s_per_1k_deliveries"),
@@ -283,6 +288,7 @@ fn summary(a: &ClusterBenchArgs, reports: &[(String, Value)]) -> String {
                 "-".into()
             },
             lag,
+            f(v, &["cluster", "peer_bytes_per_change"]),
             f(v, &["cluster", "peer_bytes_per_transition"]),
             mismatches(v),
         );

@@ -46,6 +46,7 @@ pub struct PeerMetrics {
     pub peer_frames: u64,
     pub transitions: u64,
     pub entries_sent: u64,
+    pub peer_applied: u64,
     pub graph: GraphHeld,
 }
 
@@ -324,6 +325,7 @@ impl Cluster {
                         peer_frames: n("cluster_peer_frames_sent_total") as u64,
                         transitions: n("presence_transitions_total") as u64,
                         entries_sent: n("presence_entries_sent_total") as u64,
+                        peer_applied: n("cluster_peer_entries_applied_total") as u64,
                         graph: GraphHeld::from_metrics(&text),
                     };
                     if baseline {
@@ -405,6 +407,10 @@ impl Cluster {
                         .metrics
                         .entries_sent
                         .saturating_sub(m.metrics0.entries_sent),
+                    peer_entries_applied: m
+                        .metrics
+                        .peer_applied
+                        .saturating_sub(m.metrics0.peer_applied),
                     graph_after_load: m.metrics0.graph,
                     graph_at_end: m.metrics.graph,
                 }
@@ -413,6 +419,8 @@ impl Cluster {
         let bytes: u64 = nodes.iter().map(|n| n.peer_bytes_sent).sum();
         let frames: u64 = nodes.iter().map(|n| n.peer_frames_sent).sum();
         let transitions: u64 = nodes.iter().map(|n| n.transitions).sum();
+        let cluster_transitions = nodes.iter().map(|n| n.transitions).max().unwrap_or(0);
+        let applied: u64 = nodes.iter().map(|n| n.peer_entries_applied).sum();
         ClusterOut {
             nodes_started: self.members.len(),
             lease_ttl_ms: self.lease_ms,
@@ -421,7 +429,10 @@ impl Cluster {
             peer_bytes_sent: bytes,
             peer_frames_sent: frames,
             transitions,
-            peer_bytes_per_transition: bytes as f64 / transitions.max(1) as f64,
+            cluster_transitions,
+            peer_bytes_per_transition: bytes as f64 / cluster_transitions.max(1) as f64,
+            peer_entries_applied: applied,
+            peer_bytes_per_change: bytes as f64 / applied.max(1) as f64,
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
             same_node_probe_receipts: 0,
@@ -454,9 +465,18 @@ pub struct ClusterOut {
     pub settle_seconds: f64,
     pub peer_bytes_sent: u64,
     pub peer_frames_sent: u64,
-    /// `presence_transitions_total` summed over the nodes.
+    /// `presence_transitions_total` summed over the nodes. A node's tick counts the changes
+    /// of the remote users it mirrors too, so this counts most changes once per node.
     pub transitions: u64,
+    /// The cluster's changes: the largest node's count (each node sees nearly every user's,
+    /// its own and those it mirrors, at a mean of 100 friends).
+    pub cluster_transitions: u64,
+    /// Peer bytes over the cluster's changes: what one change costs on all links together.
     pub peer_bytes_per_transition: f64,
+    /// `cluster_peer_entries_applied_total` summed: changes received over the peer links.
+    pub peer_entries_applied: u64,
+    /// Peer bytes per change received: what one change costs on one link.
+    pub peer_bytes_per_change: f64,
     pub metrics_note: String,
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
@@ -487,6 +507,8 @@ pub struct ClusterNodeOut {
     pub transitions: u64,
     /// Presence entries the node handed to its sessions over the run.
     pub entries_sent: u64,
+    /// Mirrored presences it set from its peers' frames.
+    pub peer_entries_applied: u64,
     /// The node's graph gauges when the run started (every slot loaded, no session yet), and
     /// at the end (after a kill, the survivors hold the dead node's share too).
     pub graph_after_load: GraphHeld,
@@ -823,8 +845,13 @@ pub fn table(c: &ClusterOut, s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "  peer traffic {} B in {} frames for {} transitions: {:.1} B per transition",
-        c.peer_bytes_sent, c.peer_frames_sent, c.transitions, c.peer_bytes_per_transition
+        "  peer traffic {} B in {} frames: {:.1} B per change on one link ({} changes applied by peers), {:.1} B per change on all links ({} changes in the cluster)",
+        c.peer_bytes_sent,
+        c.peer_frames_sent,
+        c.peer_bytes_per_change,
+        c.peer_entries_applied,
+        c.peer_bytes_per_transition,
+        c.cluster_transitions
     );
     let l = &c.cross_node_probe_latency;
     let _ = writeln!(

@@ -79,7 +79,7 @@ pub struct Throughput {
     /// Presence entries the clients received (diffs, not welcomes).
     pub deliveries: u64,
     pub deliveries_per_s: f64,
-    /// `presence_transitions_total` summed over the nodes: changes published.
+    /// The cluster's changes a second (see `ClusterOut::cluster_transitions`).
     pub transitions_per_s: f64,
     /// Every node's CPU seconds, summed, per 1,000 deliveries.
     pub node_cpu_s_per_1k_deliveries: f64,
@@ -97,7 +97,7 @@ impl Throughput {
         Throughput {
             deliveries,
             deliveries_per_s: deliveries as f64 / active_s.max(1e-9),
-            transitions_per_s: c.transitions as f64 / active_s.max(1e-9),
+            transitions_per_s: c.cluster_transitions as f64 / active_s.max(1e-9),
             node_cpu_s_per_1k_deliveries: per_1k(node_cpu),
             driver_cpu_s_per_1k_deliveries: per_1k(driver_cpu_s),
             node_cpu_seconds: node_cpu,
