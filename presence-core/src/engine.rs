@@ -57,6 +57,9 @@ pub struct Welcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Footprint {
     pub users: usize,
+    /// Users owned here: in cluster mode those of the slots this node serves (the others it
+    /// knows are friends of its users, mirrored); on a single node every user.
+    pub owned_users: usize,
     pub sessions: usize,
     pub edges: u64,
     pub wheel_entries: usize,
@@ -1159,6 +1162,7 @@ impl Engine {
     /// What the engine holds, and its bytes.
     pub fn footprint(&self) -> Footprint {
         let mut fp = Footprint::default();
+        let owned: Option<usize>;
         for shard in self.shards.iter() {
             let s = shard.lock();
             fp.sessions += s.session_count();
@@ -1171,9 +1175,14 @@ impl Engine {
             fp.edges = g.graph.edges();
             fp.graph_bytes = g.graph.heap_bytes();
             fp.roaring_sets = g.graph.roaring_sets();
+            owned = g
+                .owned
+                .as_ref()
+                .map(|bits| bits.iter().map(|w| w.count_ones() as usize).sum());
         }
         let names = self.names.read();
         fp.users = names.len();
+        fp.owned_users = owned.unwrap_or(fp.users);
         fp.interner_bytes = names.heap_bytes();
         fp
     }

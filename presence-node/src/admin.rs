@@ -354,6 +354,7 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
+    s.node.service().refresh_graph_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -16,6 +16,8 @@ pub const LP_REQUESTS: &str = "presence_lp_requests_total";
 pub const EXPIRED: &str = "presence_sessions_expired_total";
 pub const USERS: &str = "presence_users";
 pub const EDGES: &str = "presence_friend_edges";
+pub const OWNED_USERS: &str = "presence_owned_users";
+pub const GRAPH_BYTES: &str = "presence_graph_bytes";
 pub const LIVE: &str = "presence_live_watchers";
 pub const CHAT_SENDS: &str = "chat_sends_total";
 pub const CHAT_DUPLICATES: &str = "chat_send_retries_total";
@@ -109,7 +111,22 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Sessions expired by the heartbeat timeout",
     ),
     (USERS, Kind::Gauge, "Users known to the node"),
-    (EDGES, Kind::Gauge, "Friendships (undirected)"),
+    (
+        EDGES,
+        Kind::Gauge,
+        "Friendships (undirected) held: in a cluster those with an end owned here, each held in \
+         both ends' lists",
+    ),
+    (
+        OWNED_USERS,
+        Kind::Gauge,
+        "Users owned here (in a cluster: those of the slots served; single node: every user)",
+    ),
+    (
+        GRAPH_BYTES,
+        Kind::Gauge,
+        "Estimated heap bytes of the friend lists held",
+    ),
     (LIVE, Kind::Gauge, "Users with a connected session"),
     (
         CHAT_SENDS,

@@ -10,11 +10,14 @@
 //! - [`policies`]: the counts of the other fan-out policies, on a thread of their own.
 //! - [`darklaunch`]: drives a real running node with many WebSocket and QUIC clients moved
 //!   by the same activity model, verifies their views and measures end-to-end latency.
+//! - [`clusterbench`]: the cluster benchmarks (1, 2, 3 … nodes and a kill) in one command,
+//!   dark launches run one after the other, and their summary.
 //! - [`moonshot`]: one node of a cluster run for real on its share of a graph too big for
 //!   one machine, with the peer traffic it would send and receive.
 //! - [`report`]: the table, JSON and self-contained HTML (inline SVG) reports.
 
 pub mod activity;
+pub mod clusterbench;
 pub mod darklaunch;
 pub mod graphgen;
 pub mod hugepages;

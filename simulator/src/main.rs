@@ -5,6 +5,7 @@
 //! simulator replay --graph graph.rkyv --duration 1h --peak-online 0.3 --tick 200ms \
 //!                  --verify --policies --json report.json --html report.html
 //! simulator moonshot --users 70000000 --nodes 4 --node 0 --duration 10m --json moon.json
+//! simulator cluster-bench --graph g20k.rkyv --node-bin target/release/presence-node --out bench/
 //! ```
 //!
 //! Exit status: 0 on success, 1 on bad input or failure, 2 on a usage error (clap), 3 when
@@ -48,6 +49,8 @@ enum Cmd {
     Moonshot(MoonArgs),
     /// Drive a real running node with many WebSocket and QUIC clients, verify and measure.
     DarkLaunch(Box<simulator::darklaunch::DarkLaunchArgs>),
+    /// Run the dark launch on clusters of 1, 2, 3 … nodes and with a node killed; summarize.
+    ClusterBench(simulator::clusterbench::ClusterBenchArgs),
     /// Internal: a client host process of `dark-launch` (JSON lines on stdin/stdout).
     #[command(hide = true)]
     DarkLaunchWorker,
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
         Cmd::Replay(a) => replay_cmd(a, progress),
         Cmd::Moonshot(a) => moonshot_cmd(a, progress),
         Cmd::DarkLaunch(a) => simulator::darklaunch::main(*a),
+        Cmd::ClusterBench(a) => simulator::clusterbench::main(a),
         Cmd::DarkLaunchWorker => {
             simulator::darklaunch::host::worker_main().map(|()| ExitCode::SUCCESS)
         }

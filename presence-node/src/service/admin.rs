@@ -324,6 +324,17 @@ impl Service {
         Ok(token::mint(&self.secret, &claims))
     }
 
+    /// Sets the graph gauges from what the engine holds now (a cluster node's graph changes
+    /// as it takes and releases slots, not only through admin writes): called before
+    /// `/metrics` renders. Costs a pass over the friend lists, as `/healthz` does.
+    pub fn refresh_graph_gauges(&self) {
+        let fp = self.engine.footprint();
+        metrics::gauge!(m::USERS).set(fp.users as f64);
+        metrics::gauge!(m::EDGES).set(fp.edges as f64);
+        metrics::gauge!(m::OWNED_USERS).set(fp.owned_users as f64);
+        metrics::gauge!(m::GRAPH_BYTES).set(fp.graph_bytes as f64);
+    }
+
     pub fn health(&self) -> Health {
         let fp = self.engine.footprint();
         Health {

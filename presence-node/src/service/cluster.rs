@@ -192,7 +192,12 @@ impl super::Service {
         engine
             .take_users(&users, &pairs, now)
             .map_err(|e| SlotError::Engine(e.to_string()))?;
-        self.replica.lock().owned(slot, users.iter().copied());
+        let routes = self.routes();
+        let mut replica = self.replica.lock();
+        replica.owned(slot, users.iter().copied());
+        if let Some(routes) = routes {
+            replica.ask_for_unseen_friends(engine, &routes, &users);
+        }
         Ok(users.len())
     }
 

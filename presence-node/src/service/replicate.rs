@@ -14,7 +14,7 @@
 //! slot again with a snapshot: every user of the slot with a friend on that peer. The
 //! receiver drops updates of an epoch older than the owner its map names.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use presence_cluster::{Slot, slot_of};
 use presence_core::{Batch, Change, Engine, Presence, State, UserId};
@@ -47,6 +47,9 @@ pub struct Replica {
     owned: HashMap<u16, HashSet<UserId>>,
     /// Received, not yet folded.
     queue: Vec<(String, PeerFrame)>,
+    /// Slots to ask peers for again with the next tick's frames (each once, however many
+    /// slots were taken since the last tick).
+    asks: BTreeSet<(String, u16)>,
 }
 
 impl Default for Replica {
@@ -63,6 +66,7 @@ impl Replica {
             mirrored: HashMap::new(),
             owned: HashMap::new(),
             queue: Vec::new(),
+            asks: BTreeSet::new(),
         }
     }
 
@@ -114,6 +118,34 @@ impl Replica {
         self.inbound.drop_slot(slot.get());
     }
 
+    /// Users just taken here may have remote friends this node never mirrored (none of their
+    /// friends was owned here before, so their owners sent nothing here): asks those friends'
+    /// owners for their slots again, or such a friend would look never seen here until its
+    /// next change, however long it stays online.
+    pub fn ask_for_unseen_friends(&mut self, engine: &Engine, routes: &Routes, users: &[UserId]) {
+        let mut unseen = Vec::new();
+        engine.for_each_remote_friend(users.iter().copied(), |_, f| {
+            if engine.presence(f) == Presence::NEVER_SEEN {
+                unseen.push(f);
+            }
+        });
+        if unseen.is_empty() {
+            return;
+        }
+        let asks = &mut self.asks;
+        engine.with_names(|name| {
+            for &f in &unseen {
+                let Some(n) = name(f) else { continue };
+                let slot = slot_of(n.as_bytes());
+                if let Some(owner) = routes.owner_of(slot)
+                    && owner != routes.me()
+                {
+                    asks.insert((owner.to_owned(), slot.get()));
+                }
+            }
+        });
+    }
+
     /// The users of `slot` owned here.
     pub fn owned_in(&self, slot: Slot) -> Vec<UserId> {
         self.owned
@@ -144,7 +176,10 @@ impl Replica {
         now: u64,
     ) -> (Folded, Vec<(String, PeerFrame)>) {
         let mut folded = Folded::default();
-        let mut replies = Vec::new();
+        let mut replies: Vec<(String, PeerFrame)> = std::mem::take(&mut self.asks)
+            .into_iter()
+            .map(|(peer, slot)| (peer, PeerFrame::Resync { slot }))
+            .collect();
         for (peer, frame) in std::mem::take(&mut self.queue) {
             match frame {
                 PeerFrame::Tick { slots, .. } => {

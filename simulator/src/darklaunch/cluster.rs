@@ -2,6 +2,7 @@
 //! temporary folders), the graph bulk-loaded into PostgreSQL, N `presence-node` processes
 //! joined as one cluster on them; per-node `/proc` and `/metrics` readings; `kill -9` of one
 //! node mid-run, the lost sessions' truth and reconnects, and the convergence that follows.
+//! The benchmark figures drawn from these readings are in [`super::figures`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use presence_tests::services::{Etcd, Postgres};
 use serde::Serialize;
 
+use super::figures::{GraphHeld, ReplicationLag, Throughput};
 use super::node::{Admin, Node, NodeTiming, ProcSample, proc_sample};
 use super::out::Latency;
 use super::proto::{Cmd, NodeAddrs, ViewOut};
@@ -37,12 +39,15 @@ pub struct Member {
     metrics: PeerMetrics,
 }
 
-/// The counters read from a node's `/metrics`.
+/// The counters read from a node's `/metrics`, and its graph gauges.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PeerMetrics {
     pub peer_bytes: u64,
     pub peer_frames: u64,
     pub transitions: u64,
+    pub entries_sent: u64,
+    pub peer_applied: u64,
+    pub graph: GraphHeld,
 }
 
 /// A cluster started here: its servers, its nodes, where they keep their folders.
@@ -169,7 +174,7 @@ impl Cluster {
                 metrics: PeerMetrics::default(),
             });
         }
-        c.settled(Duration::from_secs(60)).await?;
+        c.settled(Duration::from_millis(a.settle_timeout)).await?;
         c.settle_seconds = t_settle.elapsed().as_secs_f64();
         tracing::info!(nodes = n, secs = c.settle_seconds, "cluster settled");
         Ok(c)
@@ -340,6 +345,9 @@ impl Cluster {
                         peer_bytes: n("cluster_peer_bytes_sent_total") as u64,
                         peer_frames: n("cluster_peer_frames_sent_total") as u64,
                         transitions: n("presence_transitions_total") as u64,
+                        entries_sent: n("presence_entries_sent_total") as u64,
+                        peer_applied: n("cluster_peer_entries_applied_total") as u64,
+                        graph: GraphHeld::from_metrics(&text),
                     };
                     if baseline {
                         self.members[i].metrics0 = m;
@@ -416,12 +424,24 @@ impl Cluster {
                     peer_bytes_sent: m.metrics.peer_bytes.saturating_sub(m.metrics0.peer_bytes),
                     peer_frames_sent: m.metrics.peer_frames.saturating_sub(m.metrics0.peer_frames),
                     transitions: m.metrics.transitions.saturating_sub(m.metrics0.transitions),
+                    entries_sent: m
+                        .metrics
+                        .entries_sent
+                        .saturating_sub(m.metrics0.entries_sent),
+                    peer_entries_applied: m
+                        .metrics
+                        .peer_applied
+                        .saturating_sub(m.metrics0.peer_applied),
+                    graph_after_load: m.metrics0.graph,
+                    graph_at_end: m.metrics.graph,
                 }
             })
             .collect();
         let bytes: u64 = nodes.iter().map(|n| n.peer_bytes_sent).sum();
         let frames: u64 = nodes.iter().map(|n| n.peer_frames_sent).sum();
         let transitions: u64 = nodes.iter().map(|n| n.transitions).sum();
+        let cluster_transitions = nodes.iter().map(|n| n.transitions).max().unwrap_or(0);
+        let applied: u64 = nodes.iter().map(|n| n.peer_entries_applied).sum();
         ClusterOut {
             nodes_started: self.members.len(),
             lease_ttl_ms: self.lease_ms,
@@ -430,9 +450,16 @@ impl Cluster {
             peer_bytes_sent: bytes,
             peer_frames_sent: frames,
             transitions,
-            peer_bytes_per_transition: bytes as f64 / transitions.max(1) as f64,
+            cluster_transitions,
+            peer_bytes_per_transition: bytes as f64 / cluster_transitions.max(1) as f64,
+            peer_entries_applied: applied,
+            peer_bytes_per_change: bytes as f64 / applied.max(1) as f64,
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
+            same_node_probe_receipts: 0,
+            same_node_probe_latency: Latency::default(),
+            replication_lag: ReplicationLag::default(),
+            throughput: Throughput::default(),
             moves_followed: 0,
             metrics_note: "peer counters and transitions are read from each node's /metrics at \
                 the start and the end of the run; a killed node's are those of the last reading \
@@ -459,13 +486,27 @@ pub struct ClusterOut {
     pub settle_seconds: f64,
     pub peer_bytes_sent: u64,
     pub peer_frames_sent: u64,
-    /// `presence_transitions_total` summed over the nodes.
+    /// `presence_transitions_total` summed over the nodes. A node's tick counts the changes
+    /// of the remote users it mirrors too, so this counts most changes once per node.
     pub transitions: u64,
+    /// The cluster's changes: the largest node's count (each node sees nearly every user's,
+    /// its own and those it mirrors, at a mean of 100 friends).
+    pub cluster_transitions: u64,
+    /// Peer bytes over the cluster's changes: what one change costs on all links together.
     pub peer_bytes_per_transition: f64,
+    /// `cluster_peer_entries_applied_total` summed: changes received over the peer links.
+    pub peer_entries_applied: u64,
+    /// Peer bytes per change received: what one change costs on one link.
+    pub peer_bytes_per_change: f64,
     pub metrics_note: String,
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
     pub cross_node_probe_latency: Latency,
+    /// Probes whose receivers were on their sender's node.
+    pub same_node_probe_receipts: u64,
+    pub same_node_probe_latency: Latency,
+    pub replication_lag: ReplicationLag,
+    pub throughput: Throughput,
     /// `moved` the clients followed before their welcome.
     pub moves_followed: u64,
     pub nodes: Vec<ClusterNodeOut>,
@@ -485,6 +526,14 @@ pub struct ClusterNodeOut {
     pub peer_bytes_sent: u64,
     pub peer_frames_sent: u64,
     pub transitions: u64,
+    /// Presence entries the node handed to its sessions over the run.
+    pub entries_sent: u64,
+    /// Mirrored presences it set from its peers' frames.
+    pub peer_entries_applied: u64,
+    /// The node's graph gauges when the run started (every slot loaded, no session yet), and
+    /// at the end (after a kill, the survivors hold the dead node's share too).
+    pub graph_after_load: GraphHeld,
+    pub graph_at_end: GraphHeld,
 }
 
 /// The kill and what followed.
@@ -674,6 +723,10 @@ impl Driver<'_> {
             self.live[u as usize][d as usize] = None;
             self.end_session(l);
             self.oracle.lost(u, d, at_ms, decided_ms);
+            // What the device sent the dead node since its last tick (a status, a probe's
+            // text) may be lost with it: its next connect, a reconnect queued here or the
+            // model's own, says its status again, as a client that lost its node does.
+            self.pending_status[u as usize].get_or_insert(self.status[u as usize]);
             // The socket is dead already; let the host forget it.
             self.hosts[l.host].send(Cmd::Close { cid })?;
         }
@@ -744,8 +797,6 @@ impl Driver<'_> {
             if self.live[u as usize][d as usize].is_some() {
                 continue;
             }
-            // The client says its status again: the new owner never saw it.
-            self.pending_status[u as usize].get_or_insert(self.status[u as usize]);
             let before = self.next_cid;
             self.dispatch(&Event {
                 at: 0,
@@ -857,8 +908,13 @@ pub fn table(c: &ClusterOut, s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "  peer traffic {} B in {} frames for {} transitions: {:.1} B per transition",
-        c.peer_bytes_sent, c.peer_frames_sent, c.transitions, c.peer_bytes_per_transition
+        "  peer traffic {} B in {} frames: {:.1} B per change on one link ({} changes applied by peers), {:.1} B per change on all links ({} changes in the cluster)",
+        c.peer_bytes_sent,
+        c.peer_frames_sent,
+        c.peer_bytes_per_change,
+        c.peer_entries_applied,
+        c.peer_bytes_per_transition,
+        c.cluster_transitions
     );
     let l = &c.cross_node_probe_latency;
     let _ = writeln!(
@@ -866,6 +922,7 @@ pub fn table(c: &ClusterOut, s: &mut String) {
         "  cross-node probes: {} receipts, p50 {:.1} p99 {:.1} max {:.1} ms",
         c.cross_node_probe_receipts, l.p50_ms, l.p99_ms, l.max_ms
     );
+    super::figures::table(c, s);
     if let Some(k) = &c.kill {
         let _ = writeln!(
             s,

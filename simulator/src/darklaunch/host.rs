@@ -65,6 +65,8 @@ struct Hists {
     probe: Option<Histogram<u64>>,
     /// Probes from a sender on another node than the receiver.
     probe_cross: Option<Histogram<u64>>,
+    /// Probes from a sender on the receiver's node.
+    probe_same: Option<Histogram<u64>>,
     chat_sent: Option<Histogram<u64>>,
     chat_inbox: Option<Histogram<u64>>,
     /// send → `sent` since the last stats request (the report's per-second series).
@@ -90,6 +92,7 @@ struct Shared {
     unknown_users: AtomicU64,
     probe_receipts: AtomicU64,
     probe_cross_receipts: AtomicU64,
+    probe_same_receipts: AtomicU64,
     chat_sent: AtomicU64,
     chat_inbox: AtomicU64,
     chat_device_acks: AtomicU64,
@@ -143,6 +146,7 @@ impl Shared {
             unknown_users: g(&self.unknown_users),
             probe_receipts: g(&self.probe_receipts),
             probe_cross_receipts: g(&self.probe_cross_receipts),
+            probe_same_receipts: g(&self.probe_same_receipts),
             chat_sent: g(&self.chat_sent),
             chat_inbox: g(&self.chat_inbox),
             chat_device_acks: g(&self.chat_device_acks),
@@ -167,6 +171,7 @@ impl Shared {
             s.connect_us = out(&h.connect);
             s.probe_us = out(&h.probe);
             s.probe_cross_us = out(&h.probe_cross);
+            s.probe_same_us = out(&h.probe_same);
             s.chat_sent_us = out(&h.chat_sent);
             s.chat_inbox_us = out(&h.chat_inbox);
         }
@@ -307,9 +312,16 @@ fn apply_entries(
                 sh.probe_receipts.fetch_add(1, Relaxed);
                 let mut h = sh.hists.lock();
                 record(&mut h.probe, us);
-                if from.is_some_and(|n| n != view.node) {
-                    sh.probe_cross_receipts.fetch_add(1, Relaxed);
-                    record(&mut h.probe_cross, us);
+                match from {
+                    Some(n) if n != view.node => {
+                        sh.probe_cross_receipts.fetch_add(1, Relaxed);
+                        record(&mut h.probe_cross, us);
+                    }
+                    Some(_) => {
+                        sh.probe_same_receipts.fetch_add(1, Relaxed);
+                        record(&mut h.probe_same, us);
+                    }
+                    None => {}
                 }
             }
         }

@@ -5,12 +5,15 @@
 //! - [`node`]: start or attach to the node, the admin API client, `/proc` readings.
 //! - [`cluster`]: `--cluster N`, several nodes on a private etcd and PostgreSQL, and
 //!   `--kill-node-at`.
+//! - [`figures`]: the cluster's benchmark figures (replication lag, graph per node, CPU per
+//!   delivered change).
 //! - [`host`]: the clients (in this process, and in `dark-launch-worker` processes for
 //!   WebSocket clients beyond one process's open-file limit).
 //! - [`verify`]: the truth engine and the comparison rule.
 //! - [`out`]: the report.
 
 pub mod cluster;
+pub mod figures;
 pub mod host;
 pub mod node;
 pub mod out;
@@ -71,6 +74,10 @@ pub struct DarkLaunchArgs {
     /// bulk-loaded into PostgreSQL); clients dial any node and follow `moved`.
     #[arg(long, requires = "node_bin", conflicts_with = "data_dir")]
     pub cluster: Option<usize>,
+    /// How long the cluster may take to settle at the start (every slot loaded from
+    /// PostgreSQL and served, every peer link up).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
+    pub settle_timeout: u64,
     /// The cluster nodes' lease TTL.
     #[arg(long, default_value = "2s", value_parser = parse_duration_ms)]
     pub lease_ttl: u64,
@@ -203,8 +210,8 @@ impl DarkLaunchArgs {
         if !(0.0..=1.0).contains(&self.quic_share) {
             bail!("--quic-share must be in [0, 1], got {}", self.quic_share);
         }
-        if self.cluster.is_some_and(|n| !(2..=16).contains(&n)) {
-            bail!("--cluster: 2 to 16 nodes");
+        if self.cluster.is_some_and(|n| !(1..=16).contains(&n)) {
+            bail!("--cluster: 1 to 16 nodes");
         }
         if !(0.0..=1.0).contains(&self.kill_reconnect_share) {
             bail!("--kill-reconnect-share must be in [0, 1]");
@@ -675,7 +682,7 @@ impl Driver<'_> {
             let text = match self.cids.get(&l.cid) {
                 // In a cluster the sender's node rides along: receipts on other nodes are
                 // cross-node latency.
-                Some(c) if self.node_alive.len() > 1 => {
+                Some(c) if self.a.cluster.is_some() => {
                     format!("pr:{}:{scheduled_us}:{}", self.probes.sent, c.node)
                 }
                 _ => format!("pr:{}:{scheduled_us}", self.probes.sent),
@@ -847,6 +854,7 @@ impl Driver<'_> {
             new_hist(),
             new_hist(),
             new_hist(),
+            new_hist(),
         ];
         for r in rs {
             if let Reply::Stats { stats: s, .. } = r {
@@ -862,6 +870,7 @@ impl Driver<'_> {
                 t.unknown_users += s.unknown_users;
                 t.probe_receipts += s.probe_receipts;
                 t.probe_cross_receipts += s.probe_cross_receipts;
+                t.probe_same_receipts += s.probe_same_receipts;
                 t.chat_sent += s.chat_sent;
                 t.chat_inbox += s.chat_inbox;
                 t.chat_device_acks += s.chat_device_acks;
@@ -879,9 +888,10 @@ impl Driver<'_> {
                 hist_merge(&mut hists[3], &s.chat_inbox_us);
                 hist_merge(&mut hists[4], &s.chat_sent_interval_us);
                 hist_merge(&mut hists[5], &s.probe_cross_us);
+                hist_merge(&mut hists[6], &s.probe_same_us);
             }
         }
-        let [a, b, c, d, e, f] = hists;
+        let [a, b, c, d, e, f, g] = hists;
         t.chat_sent_interval_us = host::hist_out(&e);
         if full {
             t.connect_us = host::hist_out(&a);
@@ -889,6 +899,7 @@ impl Driver<'_> {
             t.chat_sent_us = host::hist_out(&c);
             t.chat_inbox_us = host::hist_out(&d);
             t.probe_cross_us = host::hist_out(&f);
+            t.probe_same_us = host::hist_out(&g);
         }
         Ok(t)
     }
@@ -1493,7 +1504,20 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     let cluster = cluster.map(|mut c| {
         c.cross_node_probe_receipts = st.probe_cross_receipts;
         c.cross_node_probe_latency = lat(&st.probe_cross_us);
+        c.same_node_probe_receipts = st.probe_same_receipts;
+        c.same_node_probe_latency = lat(&st.probe_same_us);
+        c.replication_lag = figures::ReplicationLag::new(
+            &c.same_node_probe_latency,
+            &c.cross_node_probe_latency,
+            a.tick,
+        );
         c.moves_followed = d.moves;
+        c.throughput = figures::Throughput::new(
+            &c,
+            st.entries,
+            dr.active_s,
+            dr.driver.cpu_user_seconds + dr.driver.cpu_sys_seconds,
+        );
         c
     });
     let mut sess = std::mem::take(&mut d.sess);

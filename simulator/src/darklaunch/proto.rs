@@ -154,6 +154,9 @@ pub struct HostStats {
     /// Probe receipts whose sender was on another node than the receiver (a cluster).
     #[serde(default)]
     pub probe_cross_receipts: u64,
+    /// Probe receipts whose sender was on the receiver's node (a cluster).
+    #[serde(default)]
+    pub probe_same_receipts: u64,
     pub chat_sent: u64,
     pub chat_inbox: u64,
     /// `ack` frames the devices sent for the inbox entries they received.
@@ -170,6 +173,8 @@ pub struct HostStats {
     pub probe_us: HistOut,
     #[serde(default)]
     pub probe_cross_us: HistOut,
+    #[serde(default)]
+    pub probe_same_us: HistOut,
     pub chat_sent_us: HistOut,
     pub chat_inbox_us: HistOut,
     /// send → `sent` of the answers received since the previous stats request (every

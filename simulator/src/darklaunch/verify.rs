@@ -46,6 +46,9 @@ pub struct VerifyCounts {
     /// Clients that had not caught up when a check began.
     pub flush_behind: u64,
     pub examples: Vec<String>,
+    /// Mismatches logged in the current check (a few a check, so late ones show too).
+    #[serde(skip)]
+    logged_this_check: u64,
 }
 
 impl VerifyCounts {
@@ -54,8 +57,11 @@ impl VerifyCounts {
     }
 
     fn note(&mut self, s: String) {
+        if self.logged_this_check < 5 {
+            self.logged_this_check += 1;
+            tracing::warn!(check = self.checks, "{s}");
+        }
         if self.examples.len() < 20 {
-            tracing::warn!("{s}");
             self.examples.push(s);
         }
     }
@@ -279,6 +285,7 @@ impl Oracle {
         let t = self.now();
         let _ = self.engine.tick(t);
         counts.checks += 1;
+        counts.logged_this_check = 0;
         let lo = t.saturating_sub(self.timing.tick_ms + margin_ms);
         let hi = t + margin_ms;
         // An interval of possible boundary times meets the window.
