@@ -85,7 +85,8 @@ pub mod webhook;
 pub use codec::Corrupt;
 pub use ids::{IdGen, MsgId, ParseMsgIdError};
 pub use relay::{
-    BatchId, ChatError, Directory, Limits, Reader, Relay, SendOutcome, SyncPage, retention_cutoff,
+    BatchId, ChatError, Directory, Limits, Lookup, Reader, Relay, SendOutcome, SyncPage,
+    retention_cutoff,
 };
 pub use store::{
     AckRow, ChatStore, DedupeRow, FjallStore, RedbStore, StoreError, StoreKind, TrimCounts,

@@ -53,6 +53,18 @@ pub type BatchId = u64;
 /// so `committed` keeps it).
 const ACK_PENDING: BatchId = BatchId::MAX;
 
+/// Where [`Relay::edit_with`], [`Relay::delete_with`] and [`Relay::read_with`] find a message
+/// that no batch still in flight writes (those writes always come first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Read it from the store now (blocking I/O: fine for a local store, not for a shared
+    /// one on an async thread).
+    Store,
+    /// The driver read it from the store beforehand, off the relay's lock (`None`: there is
+    /// no such message).
+    Fetched(Option<StoredMessage>),
+}
+
 /// What the relay asks the node about the social graph (the app owns it).
 pub trait Directory {
     /// Whether `a` and `b` are friends (symmetric).
@@ -289,8 +301,8 @@ pub struct Relay {
     typing: HashMap<(String, Target), u64>,
     typing_floor: usize,
     /// Other relays write the same store (a cluster's nodes): the store numbers inbox entries
-    /// at commit ([`ChatStore::commit_numbered`]), no head is cached, and every send asks the
-    /// store whether its client id was used (`used_ids` knows only this relay's).
+    /// and enforces dedupe at commit ([`ChatStore::commit_numbered`]), no head is cached, and
+    /// no operation reads the store (see [`Relay::shared`]).
     shared: bool,
 }
 
@@ -350,9 +362,13 @@ impl Relay {
     }
 
     /// A relay over a store that other relays write too (a cluster's nodes on one
-    /// database): inbox entries leave it with seq 0 and the store numbers them in the commit
-    /// (commit batches with [`ChatStore::commit_numbered`]); the store's dedupe rows are not
-    /// loaded (each send reads its own).
+    /// database). Commit its batches with [`ChatStore::commit_numbered`]: inbox entries
+    /// leave it with seq 0 and the store numbers them in the commit; a send is checked
+    /// against the sends of batches still in flight only, and the store drops a retry of a
+    /// send it has already and returns the row it has (answer that sender `sent` with the
+    /// stored id and ts; [`Relay::committed`] as for any batch). No operation reads the store, so the relay's
+    /// lock is never held across I/O — pass `Lookup::Fetched` to `edit_with`, `delete_with`
+    /// and `read_with`; an `ack` beyond the inbox head is left to the store to clamp.
     pub fn shared(
         store: Arc<dyn ChatStore>,
         mut ids: IdGen,
@@ -479,12 +495,23 @@ impl Relay {
         self.unsettled_msgs.insert(m.msg_id, (m, batch));
     }
 
-    /// The current state of a message: not-yet-durable first, then the store.
-    fn lookup(&self, id: MsgId) -> Result<Option<StoredMessage>, StoreError> {
+    /// The current state of a message: not-yet-durable first, then the store (or what the
+    /// driver read from it).
+    fn lookup(&self, id: MsgId, how: Lookup) -> Result<Option<StoredMessage>, StoreError> {
         if let Some((m, _)) = self.unsettled_msgs.get(&id) {
             return Ok(Some(m.clone()));
         }
-        self.reader.store.message(id)
+        match how {
+            Lookup::Store => self.reader.store.message(id),
+            Lookup::Fetched(m) => Ok(m.filter(|m| m.msg_id == id)),
+        }
+    }
+
+    /// Whether an `edit_with`, `delete_with` or `read_with` of `id` needs the message read
+    /// from the store first: a shared relay ([`Relay::shared`]) that has no write of it in
+    /// flight.
+    pub fn needs_fetch(&self, id: MsgId) -> bool {
+        self.shared && !self.unsettled_msgs.contains_key(&id)
     }
 
     fn group(&self, gid: &str, dir: &dyn Directory) -> Result<Vec<String>, ChatError> {
@@ -537,7 +564,9 @@ impl Relay {
             });
         }
         let dedupe_key = codec::dedupe_key(from, client_id);
-        if (self.shared || self.used_ids.contains(&dedupe_key[..]))
+        // A shared relay leaves the store's dedupe to the commit (see `Relay::shared`).
+        if !self.shared
+            && self.used_ids.contains(&dedupe_key[..])
             && let Some((msg_id, ts)) = self.reader.store.dedupe(from, client_id)?
         {
             return Ok(SendOutcome::Duplicate {
@@ -619,10 +648,15 @@ impl Relay {
         })
     }
 
-    fn own_live_message(&self, user: &str, id: MsgId) -> Result<StoredMessage, ChatError> {
+    fn own_live_message(
+        &self,
+        user: &str,
+        id: MsgId,
+        how: Lookup,
+    ) -> Result<StoredMessage, ChatError> {
         check_id(user, "user")?;
         let m = self
-            .lookup(id)?
+            .lookup(id, how)?
             .ok_or(ChatError::NotFound("no such message"))?;
         if m.from != user {
             return Err(ChatError::Forbidden("not your message"));
@@ -644,8 +678,22 @@ impl Relay {
         text: &str,
         dir: &dyn Directory,
     ) -> Result<BatchId, ChatError> {
+        self.edit_with(now_ms, user, msg_id, text, Lookup::Store, dir)
+    }
+
+    /// [`Relay::edit`] finding the message as `how` says.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
+    pub fn edit_with(
+        &mut self,
+        now_ms: u64,
+        user: &str,
+        msg_id: MsgId,
+        text: &str,
+        how: Lookup,
+        dir: &dyn Directory,
+    ) -> Result<BatchId, ChatError> {
         self.check_text(text)?;
-        let mut m = self.own_live_message(user, msg_id)?;
+        let mut m = self.own_live_message(user, msg_id, how)?;
         let owners = self.recipients_of(&m, dir);
         let entry = InboxEntry {
             seq: 0,
@@ -673,7 +721,20 @@ impl Relay {
         msg_id: MsgId,
         dir: &dyn Directory,
     ) -> Result<BatchId, ChatError> {
-        let mut m = self.own_live_message(user, msg_id)?;
+        self.delete_with(now_ms, user, msg_id, Lookup::Store, dir)
+    }
+
+    /// [`Relay::delete`] finding the message as `how` says.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
+    pub fn delete_with(
+        &mut self,
+        now_ms: u64,
+        user: &str,
+        msg_id: MsgId,
+        how: Lookup,
+        dir: &dyn Directory,
+    ) -> Result<BatchId, ChatError> {
+        let mut m = self.own_live_message(user, msg_id, how)?;
         let owners = self.recipients_of(&m, dir);
         let entry = InboxEntry {
             seq: 0,
@@ -701,9 +762,22 @@ impl Relay {
         msg_id: MsgId,
         dir: &dyn Directory,
     ) -> Result<BatchId, ChatError> {
+        self.read_with(now_ms, reader, msg_id, Lookup::Store, dir)
+    }
+
+    /// [`Relay::read`] finding the message as `how` says.
+    #[must_use = "the operation is acknowledged only once this batch commits: wait on it"]
+    pub fn read_with(
+        &mut self,
+        now_ms: u64,
+        reader: &str,
+        msg_id: MsgId,
+        how: Lookup,
+        dir: &dyn Directory,
+    ) -> Result<BatchId, ChatError> {
         check_id(reader, "user")?;
         let m = self
-            .lookup(msg_id)?
+            .lookup(msg_id, how)?
             .ok_or(ChatError::NotFound("no such message"))?;
         if m.deleted {
             return Err(ChatError::NotFound("message was deleted"));
@@ -787,7 +861,8 @@ impl Relay {
     pub fn ack(&mut self, user: &str, device: &str, seq: u64) -> Result<(), ChatError> {
         check_id(user, "user")?;
         check_id(device, "device")?;
-        if seq > self.head(user)? {
+        // A shared relay knows no head without reading the store: the store clamps.
+        if !self.shared && seq > self.head(user)? {
             return Err(ChatError::BadRequest("ack beyond the inbox head"));
         }
         // A lower ack than one not yet durable is stale (another session of the device).

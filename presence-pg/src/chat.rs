@@ -18,8 +18,8 @@
 use std::sync::Mutex;
 
 use chat_relay::{
-    ChatStore, Conversation, EntryKind, InboxEntry, MsgId, StoreError, StoredMessage, Target,
-    TrimCounts, WriteBatch, dedupe_key,
+    ChatStore, Conversation, DedupeRow, EntryKind, InboxEntry, MsgId, StoreError, StoredMessage,
+    Target, TrimCounts, WriteBatch, dedupe_key,
 };
 use postgres::{Client, NoTls, Transaction};
 
@@ -200,6 +200,84 @@ impl PgChatStore {
 
 /// Writes one batch's rows (unnest arrays: one statement per table).
 fn write_batch(tx: &mut Transaction<'_>, b: &WriteBatch) -> Result<(), postgres::Error> {
+    write_rows(tx, b)?;
+    if !b.dedupe.is_empty() {
+        let senders: Vec<&[u8]> = b.dedupe.iter().map(|d| d.sender.as_bytes()).collect();
+        let clients: Vec<&[u8]> = b.dedupe.iter().map(|d| d.client_id.as_bytes()).collect();
+        let ids: Vec<i64> = b.dedupe.iter().map(|d| db_id(d.msg_id)).collect();
+        let ts: Vec<i64> = b.dedupe.iter().map(|d| db_u64(d.ts)).collect();
+        // A plain insert: a send stored twice fails the commit.
+        tx.execute(
+            "INSERT INTO chat_dedupe (sender, client_id, msg_id, ts)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])",
+            &[&senders, &clients, &ids, &ts],
+        )?;
+    }
+    Ok(())
+}
+
+/// Claims the batch's sends in `chat_dedupe` (the database's unique key decides between
+/// concurrent writers: a second insert of a key waits for the first transaction and then
+/// does nothing). The sends whose key was taken already leave the batch — message, inbox
+/// entries, dedupe row — and come back as the rows already stored.
+fn claim_sends(
+    tx: &mut Transaction<'_>,
+    b: &mut WriteBatch,
+) -> Result<Vec<DedupeRow>, postgres::Error> {
+    if b.dedupe.is_empty() {
+        return Ok(Vec::new());
+    }
+    let senders: Vec<&[u8]> = b.dedupe.iter().map(|d| d.sender.as_bytes()).collect();
+    let clients: Vec<&[u8]> = b.dedupe.iter().map(|d| d.client_id.as_bytes()).collect();
+    let ids: Vec<i64> = b.dedupe.iter().map(|d| db_id(d.msg_id)).collect();
+    let ts: Vec<i64> = b.dedupe.iter().map(|d| db_u64(d.ts)).collect();
+    let claimed = tx.query(
+        "INSERT INTO chat_dedupe (sender, client_id, msg_id, ts)
+         SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])
+         ON CONFLICT (sender, client_id) DO NOTHING
+         RETURNING msg_id",
+        &[&senders, &clients, &ids, &ts],
+    )?;
+    if claimed.len() == b.dedupe.len() {
+        b.dedupe.clear();
+        return Ok(Vec::new());
+    }
+    let mut fresh = std::collections::HashSet::with_capacity(claimed.len());
+    for r in &claimed {
+        fresh.insert(msg_id(r.try_get(0)?));
+    }
+    let (_, taken): (Vec<_>, Vec<_>) = std::mem::take(&mut b.dedupe)
+        .into_iter()
+        .partition(|d| fresh.contains(&d.msg_id));
+    let dropped: std::collections::HashSet<MsgId> = taken.iter().map(|d| d.msg_id).collect();
+    b.messages.retain(|m| !dropped.contains(&m.msg_id));
+    b.inbox.retain(|(_, e)| !dropped.contains(&e.msg_id));
+    let senders: Vec<&[u8]> = taken.iter().map(|d| d.sender.as_bytes()).collect();
+    let clients: Vec<&[u8]> = taken.iter().map(|d| d.client_id.as_bytes()).collect();
+    let rows = tx.query(
+        "SELECT d.sender, d.client_id, d.msg_id, d.ts
+         FROM chat_dedupe d JOIN unnest($1::bytea[], $2::bytea[]) AS t(s, c)
+           ON d.sender = t.s AND d.client_id = t.c",
+        &[&senders, &clients],
+    )?;
+    let mut stored = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let text = |i: usize| -> Result<String, postgres::Error> {
+            let b: Vec<u8> = r.try_get(i)?;
+            Ok(String::from_utf8_lossy(&b).into_owned())
+        };
+        stored.push(DedupeRow {
+            sender: text(0)?,
+            client_id: text(1)?,
+            msg_id: msg_id(r.try_get(2)?),
+            ts: u64_of(r.try_get(3)?),
+        });
+    }
+    Ok(stored)
+}
+
+/// Writes a batch's messages, inbox entries and acks (not its dedupe rows).
+fn write_rows(tx: &mut Transaction<'_>, b: &WriteBatch) -> Result<(), postgres::Error> {
     if !b.messages.is_empty() {
         let ids: Vec<i64> = b.messages.iter().map(|m| db_id(m.msg_id)).collect();
         let senders: Vec<&[u8]> = b.messages.iter().map(|m| m.from.as_bytes()).collect();
@@ -271,26 +349,19 @@ fn write_batch(tx: &mut Transaction<'_>, b: &WriteBatch) -> Result<(), postgres:
             ],
         )?;
     }
-    if !b.dedupe.is_empty() {
-        let senders: Vec<&[u8]> = b.dedupe.iter().map(|d| d.sender.as_bytes()).collect();
-        let clients: Vec<&[u8]> = b.dedupe.iter().map(|d| d.client_id.as_bytes()).collect();
-        let ids: Vec<i64> = b.dedupe.iter().map(|d| db_id(d.msg_id)).collect();
-        let ts: Vec<i64> = b.dedupe.iter().map(|d| db_u64(d.ts)).collect();
-        // A plain insert: a send stored twice fails the commit.
-        tx.execute(
-            "INSERT INTO chat_dedupe (sender, client_id, msg_id, ts)
-             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])",
-            &[&senders, &clients, &ids, &ts],
-        )?;
-    }
     if !b.acks.is_empty() {
         let owners: Vec<&[u8]> = b.acks.iter().map(|a| a.user.as_bytes()).collect();
         let devices: Vec<&[u8]> = b.acks.iter().map(|a| a.device.as_bytes()).collect();
         let seqs: Vec<i64> = b.acks.iter().map(|a| db_u64(a.seq)).collect();
+        // Clamped to the inbox head (a shared relay cannot check it without a read), and
+        // never back: two nodes may write one device's acks around a slot move.
         tx.execute(
             "INSERT INTO chat_acks (owner, device, seq)
-             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])
-             ON CONFLICT (owner, device) DO UPDATE SET seq = excluded.seq",
+             SELECT t.o, t.d, least(t.s, coalesce(
+                        (SELECT max(seq) FROM chat_inbox i WHERE i.owner = t.o), 0))
+             FROM unnest($1::bytea[], $2::bytea[], $3::bigint[]) AS t(o, d, s)
+             ON CONFLICT (owner, device) DO UPDATE
+                 SET seq = greatest(chat_acks.seq, excluded.seq)",
             &[&owners, &devices, &seqs],
         )?;
     }
@@ -354,19 +425,21 @@ fn number(tx: &mut Transaction<'_>, batch: &mut WriteBatch) -> Result<(), postgr
 }
 
 impl ChatStore for PgChatStore {
-    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<Vec<DedupeRow>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // On failure nothing is written, and the relay drops the batch (`Relay::reset`).
         self.with_writer(|c| {
             let mut tx = c.transaction().map_err(backend)?;
+            let stored = claim_sends(&mut tx, batch).map_err(backend)?;
             number(&mut tx, batch).map_err(backend)?;
             if batch.inbox.iter().any(|(_, e)| e.seq == 0) {
                 return Err(backend("an inbox entry was left without a seq"));
             }
-            write_batch(&mut tx, batch).map_err(backend)?;
-            tx.commit().map_err(backend)
+            write_rows(&mut tx, batch).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(stored)
         })
     }
 

@@ -259,7 +259,11 @@ fn shared_relays_on_two_threads_keep_every_inbox_gap_free() {
         total += entries.len();
     }
     assert!(total > 2 * SENDS, "{total} entries");
-    // A client retrying on the other node (its first send was committed by node 0).
+    // A client retrying on the other node (its first send was committed by node 0): the
+    // shared relay reads nothing and takes it as new; the commit finds the key taken, drops
+    // the send from the batch and answers with the first send's id.
+    let first = store.dedupe("p0", "c0").unwrap().expect("c0 was stored");
+    let heads: Vec<u64> = users.iter().map(|u| store.inbox_head(u).unwrap()).collect();
     let mut other =
         Relay::shared(store.clone(), IdGen::new(9).unwrap(), Limits::default()).unwrap();
     let again = other
@@ -272,8 +276,72 @@ fn shared_relays_on_two_threads_keep_every_inbox_gap_free() {
             &d,
         )
         .unwrap();
-    assert!(
-        matches!(again, SendOutcome::Duplicate { pending: None, .. }),
-        "{again:?}"
+    let SendOutcome::New { msg_id: minted, .. } = again else {
+        panic!("a shared relay reads no dedupe row: {again:?}");
+    };
+    // With a new send beside it in the same batch, which must land.
+    let fresh = other
+        .send(
+            common::T0 + 1,
+            "p1",
+            "late",
+            &Target::User("p2".into()),
+            "late",
+            &d,
+        )
+        .unwrap();
+    let mut b = other.take_batch().unwrap();
+    let stored = store.commit_numbered(&mut b).unwrap();
+    other.committed(b.id);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        (stored[0].sender.as_str(), stored[0].client_id.as_str()),
+        ("p0", "c0")
     );
+    assert_eq!((stored[0].msg_id, stored[0].ts), first);
+    assert!(b.messages.iter().all(|m| m.msg_id != minted));
+    assert!(b.inbox.iter().all(|(_, e)| e.msg_id != minted));
+    assert_eq!(b.inbox.len(), 2, "the late send's two entries stay");
+    assert!(store.message(minted).unwrap().is_none());
+    let SendOutcome::New { msg_id: late, .. } = fresh else {
+        panic!("{fresh:?}")
+    };
+    assert!(store.message(late).unwrap().is_some());
+    for (u, h) in users.iter().zip(&heads) {
+        let grew = u64::from(u == "p1" || u == "p2");
+        assert_eq!(store.inbox_head(u).unwrap(), h + grew, "{u}");
+    }
+
+    // An edit on a shared relay finds the message as the driver fetched it, reading nothing.
+    assert!(other.needs_fetch(late));
+    let fetched = store.message(late).unwrap();
+    let edit = other.edit_with(
+        common::T0 + 2,
+        "p1",
+        late,
+        "later",
+        chat_relay::Lookup::Fetched(fetched),
+        &d,
+    );
+    assert!(edit.is_ok(), "{edit:?}");
+    let missing = other.delete_with(
+        common::T0 + 2,
+        "p1",
+        chat_relay::MsgId(1),
+        chat_relay::Lookup::Fetched(None),
+        &d,
+    );
+    assert!(matches!(missing, Err(chat_relay::ChatError::NotFound(_))));
+    // An ack beyond the head is clamped by the store; an older one does not go back.
+    let head = store.inbox_head("p2").unwrap();
+    other.ack("p2", "phone", head + 50).unwrap();
+    let mut b = other.take_batch().unwrap();
+    assert!(store.commit_numbered(&mut b).unwrap().is_empty());
+    other.committed(b.id);
+    assert_eq!(store.device_ack("p2", "phone").unwrap(), head + 1);
+    other.ack("p2", "phone", 1).unwrap();
+    let mut b = other.take_batch().unwrap();
+    store.commit_numbered(&mut b).unwrap();
+    other.committed(b.id);
+    assert_eq!(store.device_ack("p2", "phone").unwrap(), head + 1);
 }

@@ -185,10 +185,17 @@ pub trait ChatStore: Send + Sync {
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError>;
     /// [`ChatStore::commit`] for a store several relays write ([`crate::Relay::shared`]):
     /// inbox entries with seq 0 get their inbox's next seqs, in their order in the batch,
-    /// in the same transaction, and leave with them (for delivery). A store only one relay
-    /// writes has nothing to number: the default commits as it is.
-    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<(), StoreError> {
-        self.commit(batch)
+    /// in the same transaction, and leave with them (for delivery).
+    ///
+    /// The store also enforces dedupe itself: a send whose `(sender, client_id)` is stored
+    /// already (a retry that reached another node, or this one after a restart) is taken out
+    /// of the batch — its message, its inbox entries and its dedupe row — and comes back in
+    /// the returned list as the row already stored, so its sender is answered with the first
+    /// send's id. A store only one relay writes has nothing to number and no such retry to
+    /// meet (its relay read the dedupe row before accepting the send): the default commits
+    /// the batch as it is.
+    fn commit_numbered(&self, batch: &mut WriteBatch) -> Result<Vec<DedupeRow>, StoreError> {
+        self.commit(batch).map(|()| Vec::new())
     }
     /// Retention: removes messages minted before `older_than_ms` (ms since the Unix epoch)
     /// with their history and dedupe rows, and inbox entries with `ts < older_than_ms` — except
