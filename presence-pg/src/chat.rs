@@ -154,6 +154,41 @@ impl PgChatStore {
         Ok(store)
     }
 
+    /// The number (0-1023) of node `name` in the message ids it makes, unique in the
+    /// cluster: the one it had, or the lowest free one. Blocking.
+    pub fn node_number(&self, name: &str) -> Result<u16, StoreError> {
+        self.with_writer(|c| {
+            let mut tx = c.transaction().map_err(backend)?;
+            // One claim at a time: two new names must not pick the same free number.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1)",
+                &[&crate::schema::CHAT_NODE_LOCK],
+            )
+            .map_err(backend)?;
+            let row = tx
+                .query_one(
+                    "WITH had AS (SELECT num FROM chat_nodes WHERE name = $1),
+                          free AS (SELECT min(n) AS num FROM generate_series(0, 1023) n
+                                   WHERE n NOT IN (SELECT num FROM chat_nodes)),
+                          put AS (INSERT INTO chat_nodes (name, num)
+                                  SELECT $1, free.num FROM free
+                                  WHERE NOT EXISTS (SELECT 1 FROM had) AND free.num IS NOT NULL
+                                  RETURNING num)
+                     SELECT coalesce((SELECT num FROM had), (SELECT num FROM put))",
+                    &[&name.as_bytes()],
+                )
+                .map_err(backend)?;
+            let num: Option<i32> = row.try_get(0).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            num.and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
+                backend(
+                    "all 1024 chat node numbers are taken: delete the chat_nodes rows of \
+                     node names that will not come back",
+                )
+            })
+        })
+    }
+
     fn open(&self) -> Result<Client, StoreError> {
         let mut c = Client::connect(&self.url, NoTls).map_err(backend)?;
         // Durable on return, whatever the server's default.
@@ -212,6 +247,44 @@ fn write_batch(tx: &mut Transaction<'_>, b: &WriteBatch) -> Result<(), postgres:
              SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[], $4::bigint[])",
             &[&senders, &clients, &ids, &ts],
         )?;
+    }
+    Ok(())
+}
+
+/// Refuses the batch if any of its writers' slots was taken under a later epoch than the
+/// one it was written under. The fence rows checked stay locked (shared) until the
+/// transaction ends, so a node taking one of these slots waits for this commit, and every
+/// commit after its take sees its epoch. Locked in slot order, as takers write them.
+fn check_fences(tx: &mut Transaction<'_>, fences: &[(u16, u64)]) -> Result<(), StoreError> {
+    if fences.is_empty() {
+        return Ok(());
+    }
+    let slots: Vec<i16> = fences
+        .iter()
+        .map(|&(s, _)| i16::try_from(s).unwrap_or(i16::MAX))
+        .collect();
+    let epochs: Vec<i64> = fences.iter().map(|&(_, e)| db_u64(e)).collect();
+    let rows = tx
+        .query(
+            "SELECT f.slot, f.epoch, t.e
+             FROM chat_fences f JOIN unnest($1::smallint[], $2::bigint[]) AS t(s, e)
+               ON f.slot = t.s
+             ORDER BY f.slot
+             FOR SHARE OF f",
+            &[&slots, &epochs],
+        )
+        .map_err(backend)?;
+    for r in &rows {
+        let slot: i16 = r.try_get(0).map_err(backend)?;
+        let fenced: i64 = r.try_get(1).map_err(backend)?;
+        let epoch: i64 = r.try_get(2).map_err(backend)?;
+        if fenced > epoch {
+            return Err(StoreError::Fenced {
+                slot: u16::try_from(slot).unwrap_or(u16::MAX),
+                epoch: u64_of(epoch),
+                fenced: u64_of(fenced),
+            });
+        }
     }
     Ok(())
 }
@@ -432,6 +505,7 @@ impl ChatStore for PgChatStore {
         // On failure nothing is written, and the relay drops the batch (`Relay::reset`).
         self.with_writer(|c| {
             let mut tx = c.transaction().map_err(backend)?;
+            check_fences(&mut tx, &batch.fences)?;
             let stored = claim_sends(&mut tx, batch).map_err(backend)?;
             number(&mut tx, batch).map_err(backend)?;
             if batch.inbox.iter().any(|(_, e)| e.seq == 0) {

@@ -9,6 +9,8 @@ use tokio_postgres::Client;
 pub(crate) const MIGRATION_LOCK: i64 = 0x7072_6573_656e_0001;
 /// Advisory lock key serialising appends to the change log, so that ids commit in order.
 pub(crate) const CHANGE_LOCK: i64 = 0x7072_6573_656e_0002;
+/// Advisory lock key serialising the claims of chat node numbers.
+pub(crate) const CHAT_NODE_LOCK: i64 = 0x7072_6573_656e_0003;
 
 /// The `NOTIFY` channel; the payload is the id of the change just committed.
 pub const CHANNEL: &str = "presence_graph";
@@ -99,6 +101,17 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE chat_heads (
          owner bytea  PRIMARY KEY,
          head  bigint NOT NULL
+     );",
+    // 4: chat in a cluster — each node name's number in its message ids (unique, 0-1023),
+    // and each slot's chat fence: the epoch of its latest owner, raised when a node takes it;
+    // a commit written under an older epoch for any of its writers' slots is refused.
+    "CREATE TABLE chat_nodes (
+         name bytea   PRIMARY KEY CHECK (octet_length(name) BETWEEN 1 AND 128),
+         num  integer NOT NULL UNIQUE CHECK (num BETWEEN 0 AND 1023)
+     );
+     CREATE TABLE chat_fences (
+         slot  smallint PRIMARY KEY CHECK (slot BETWEEN 0 AND 1023),
+         epoch bigint   NOT NULL
      );",
 ];
 

@@ -730,6 +730,41 @@ impl Store {
         Ok(n)
     }
 
+    /// Raises the chat fences of `slots` to the epochs given (never lowers one): call it
+    /// when taking slots, before serving them. From its return, a chat commit written under
+    /// an older epoch for a writer in one of these slots is refused (see
+    /// `chat_relay::WriteBatch::fences`); one in flight holds the fence rows it checked
+    /// until it ends, so this waits for it. Rows are written in slot order, as commits lock
+    /// them, so the two never deadlock.
+    pub async fn fence_chat_slots(&self, slots: &[(u16, i64)]) -> Result<(), Error> {
+        if let Some(&(bad, _)) = slots.iter().find(|(s, _)| *s >= SLOTS) {
+            return Err(Error::BadSlot(bad));
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = slots.to_vec();
+        sorted.sort_unstable();
+        let list: Vec<i16> = sorted
+            .iter()
+            .map(|&(s, _)| i16::try_from(s).unwrap_or(i16::MAX))
+            .collect();
+        let epochs: Vec<i64> = sorted.iter().map(|&(_, e)| e).collect();
+        retry!(self, client => async {
+            client
+                .execute(
+                    "INSERT INTO chat_fences (slot, epoch)
+                     SELECT * FROM unnest($1::smallint[], $2::bigint[]) AS t(s, e) ORDER BY s
+                     ON CONFLICT (slot)
+                     DO UPDATE SET epoch = greatest(chat_fences.epoch, excluded.epoch)",
+                    &[&list, &epochs],
+                )
+                .await
+                .map_err(Error::from)
+        })?;
+        Ok(())
+    }
+
     /// The custom statuses of the users in `slots` (users with none are `available`).
     pub async fn load_statuses(&self, slots: &[u16]) -> Result<Vec<StatusRow>, Error> {
         if let Some(&bad) = slots.iter().find(|&&s| s >= SLOTS) {

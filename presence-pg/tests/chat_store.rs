@@ -88,6 +88,14 @@ fn the_relay_cases_pass_over_postgres() {
             "shared_relays_on_two_threads_keep_every_inbox_gap_free",
             shared_relays_on_two_threads_keep_every_inbox_gap_free,
         ),
+        (
+            "a_batch_under_an_older_epoch_writes_nothing",
+            a_batch_under_an_older_epoch_writes_nothing,
+        ),
+        (
+            "node_numbers_are_unique_and_kept",
+            node_numbers_are_unique_and_kept,
+        ),
     ];
     for (name, case) in own {
         if std::panic::catch_unwind(case).is_err() {
@@ -344,4 +352,103 @@ fn shared_relays_on_two_threads_keep_every_inbox_gap_free() {
     store.commit_numbered(&mut b).unwrap();
     other.committed(b.id);
     assert_eq!(store.device_ack("p2", "phone").unwrap(), head + 1);
+}
+
+/// A node that took a slot raised its chat fence: a batch written for a sender of that slot
+/// under the former epoch is refused whole (nothing of it lands, not even its other slots'
+/// writes), while one under the new epoch commits.
+fn a_batch_under_an_older_epoch_writes_nothing() {
+    use chat_relay::{IdGen, Limits, Relay, StoreError, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_pg(dir.path());
+    let d = common::Dir::new(&[("ann", "bob"), ("cy", "bob")], &[]);
+    let slot = |u: &str| presence_cluster::slot_of(u.as_bytes()).get();
+    let url = DATABASES.lock().unwrap().as_ref().unwrap()[dir.path()].clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let graph = rt.block_on(presence_pg::Store::connect(&url)).unwrap();
+    // Both slots taken at epoch 10; then ann's slot taken again at 20 by another node.
+    rt.block_on(graph.fence_chat_slots(&[(slot("ann"), 10), (slot("cy"), 10)]))
+        .unwrap();
+    rt.block_on(graph.fence_chat_slots(&[(slot("ann"), 20)]))
+        .unwrap();
+    // A lower epoch never lowers a fence.
+    rt.block_on(graph.fence_chat_slots(&[(slot("ann"), 15)]))
+        .unwrap();
+    let mut stale =
+        Relay::shared(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
+    let _ = stale
+        .send(
+            common::T0,
+            "ann",
+            "a1",
+            &Target::User("bob".into()),
+            "hi",
+            &d,
+        )
+        .unwrap();
+    let _ = stale
+        .send(
+            common::T0,
+            "cy",
+            "c1",
+            &Target::User("bob".into()),
+            "yo",
+            &d,
+        )
+        .unwrap();
+    let mut b = stale.take_batch().unwrap();
+    b.fences = vec![(slot("ann"), 10), (slot("cy"), 10)];
+    match store.commit_numbered(&mut b) {
+        Err(StoreError::Fenced {
+            slot: s,
+            epoch,
+            fenced,
+        }) => {
+            assert_eq!((s, epoch, fenced), (slot("ann"), 10, 20));
+        }
+        other => panic!("a stale batch committed: {other:?}"),
+    }
+    let _ = stale.reset();
+    assert_eq!(store.inbox_head("bob").unwrap(), 0, "nothing of it landed");
+    assert!(store.dedupe("cy", "c1").unwrap().is_none());
+    // The new owner, under epoch 20, writes.
+    let mut owner =
+        Relay::shared(store.clone(), IdGen::new(2).unwrap(), Limits::default()).unwrap();
+    let _ = owner
+        .send(
+            common::T0,
+            "ann",
+            "a1",
+            &Target::User("bob".into()),
+            "hi",
+            &d,
+        )
+        .unwrap();
+    let mut b = owner.take_batch().unwrap();
+    b.fences = vec![(slot("ann"), 20)];
+    store.commit_numbered(&mut b).unwrap();
+    owner.committed(b.id);
+    assert_eq!(store.inbox_head("bob").unwrap(), 1);
+}
+
+/// Node names get distinct numbers for their message ids, the same one on every start.
+fn node_numbers_are_unique_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = {
+        let _ = open_pg(dir.path());
+        DATABASES.lock().unwrap().as_ref().unwrap()[dir.path()].clone()
+    };
+    let a = PgChatStore::connect(&url).unwrap();
+    let b = PgChatStore::connect(&url).unwrap();
+    let names = ["n1", "n2", "n3", "node\0four"];
+    let first: Vec<u16> = names.iter().map(|n| a.node_number(n).unwrap()).collect();
+    let mut distinct = first.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), names.len(), "{first:?}");
+    let again: Vec<u16> = names.iter().map(|n| b.node_number(n).unwrap()).collect();
+    assert_eq!(first, again);
 }

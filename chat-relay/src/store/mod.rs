@@ -32,6 +32,10 @@ pub enum StoreError {
     Corrupt(#[from] Corrupt),
     #[error("chat store io: {0}")]
     Io(#[from] std::io::Error),
+    /// A shared store refused a batch: another node has taken `slot` (of one of the batch's
+    /// writers) under a later epoch than the one the batch was written under.
+    #[error("chat store: slot {slot} was taken by a newer owner (epoch {fenced} > {epoch})")]
+    Fenced { slot: u16, epoch: u64, fenced: u64 },
 }
 
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -74,6 +78,13 @@ pub struct WriteBatch {
     pub inbox: Vec<(String, InboxEntry)>,
     pub dedupe: Vec<DedupeRow>,
     pub acks: Vec<AckRow>,
+    /// For a store several relays write: `(slot, epoch)` for each slot of the batch's
+    /// writers (senders, editors, readers, acking users), under the epoch this relay's node
+    /// serves it. The store refuses the whole batch ([`StoreError::Fenced`]) if any of them
+    /// was taken since under a later epoch, so a former owner that has not yet learnt it
+    /// lost a slot writes nothing for it. The driver fills it before the commit; a store
+    /// only one relay writes ignores it.
+    pub fences: Vec<(u16, u64)>,
 }
 
 impl WriteBatch {
@@ -335,6 +346,7 @@ mod tests {
                     seq: 3,
                 },
             ],
+            fences: Vec::new(),
         };
         let r = batch.sorted_rows();
         assert_eq!(
