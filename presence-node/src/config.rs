@@ -121,7 +121,7 @@ settings! {
     cors_origin: String => Option<String> = optional,
         "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
         "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
-         endpoints; requests with any other Origin are refused";
+         endpoints; requests with any other Origin than this one or the node's own are refused";
     demo_dir: String => Option<Vec<String>> = optional_list,
         "demo-dir", "PRESENCE_DEMO_DIR", "none",
         "Dev only: serves the demo page at /demo/ on the client port from these comma-separated \
