@@ -121,7 +121,12 @@ settings! {
     cors_origin: String => Option<String> = optional,
         "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
         "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
-         endpoints; requests with any other Origin are refused";
+         endpoints; requests with any other Origin than this one or the node's own are refused";
+    demo_dir: String => Option<Vec<String>> = optional_list,
+        "demo-dir", "PRESENCE_DEMO_DIR", "none",
+        "Dev only: serves the demo page at /demo/ on the client port from these comma-separated \
+         folders (the first that has a file wins), and POST /demo/token mints a token for any \
+         user there: never on a node other people can reach";
     #[secret]
     store: String => Option<String> = optional,
         "store", "PRESENCE_STORE", "the embedded stores in the data dir",
@@ -505,6 +510,10 @@ mod tests {
         assert_eq!(c.peer_listen.to_string(), "127.0.0.1:7403");
         assert_eq!(c.lease_ttl, Duration::from_secs(5));
         assert_eq!(c.cluster_prefix, "/presence");
+        assert_eq!(
+            c.demo_dir, None,
+            "no demo and no dev tokens unless asked for"
+        );
     }
 
     #[test]

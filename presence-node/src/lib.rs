@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod datadir;
+pub mod demo;
 pub mod frames;
 pub mod longpoll;
 pub mod metrics;

@@ -145,13 +145,14 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
             warn!("could not set TCP_NODELAY on a WebSocket connection: {e}");
         }
     });
+    let mut client_routes = ws::router(node.clone()).merge(longpoll::router(node.clone())?);
+    if let Some(demo) = crate::demo::router(node.clone()) {
+        client_routes = client_routes.merge(demo);
+    }
     let ws_task = tokio::spawn(
-        axum::serve(
-            ws_listener,
-            ws::router(node.clone()).merge(longpoll::router(node.clone())?),
-        )
-        .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
-        .into_future(),
+        axum::serve(ws_listener, client_routes)
+            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
+            .into_future(),
     );
     let admin_task = tokio::spawn(
         axum::serve(
@@ -174,6 +175,12 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         cert_path.display()
     );
     println!("  admin      http://{}", ready.admin);
+    if cfg.demo_dir.is_some() {
+        println!(
+            "  demo       http://{}/demo/ (development only: it mints tokens for anyone)",
+            ready.ws
+        );
+    }
     println!("  data       {}", cfg.data_dir.display());
     if new_secret || new_key {
         println!("  generated a token secret and an admin key into the data folder");

@@ -426,6 +426,29 @@ async fn a_session_id_is_bound_to_its_user_and_origin() {
         "refused before the session sees it: {}",
         a.body
     );
+    // A page of the node's own origin: browsers send Origin on a same-origin POST.
+    let own_origin = format!("http://{}", node.ready.ws);
+    let a = alice
+        .send_raw(
+            br#"{"type":"heartbeat"}"#,
+            &[("Origin", &own_origin), ("Content-Type", "text/plain")],
+        )
+        .await;
+    assert_eq!(a.status, 204, "same origin: {}", a.body);
+    assert!(
+        a.header("access-control-allow-origin").is_none(),
+        "no CORS needed"
+    );
+    let (_, first) = Session::open_with(
+        node.ready.ws,
+        &hello(&alice_token),
+        &[("Origin", &own_origin)],
+    )
+    .await;
+    assert_eq!(first[0]["type"], "welcome", "{first:?}");
+    let other_port = format!("http://127.0.0.1:{}", node.ready.ws.port() ^ 1);
+    let a = alice.poll_raw(&[("Origin", &other_port)]).await;
+    assert_eq!(a.status, 403, "another port is another origin: {}", a.body);
     // Nothing of that reached the session; alice's own token and origin work.
     let own = bearer(&alice_token);
     let a = alice
@@ -439,8 +462,8 @@ async fn a_session_id_is_bound_to_its_user_and_origin() {
     let msgs = alice.poll().await;
     assert_eq!(
         msgs,
-        vec![json!({"type": "pong"})],
-        "only the last send arrived"
+        vec![json!({"type": "pong"}), json!({"type": "pong"})],
+        "only the same-origin send and the last one arrived"
     );
 }
 

@@ -37,24 +37,30 @@ export function watchActivity(client: PresenceClient, opts: ActivityOptions = {}
   };
 }
 
-/** Reconnects at once when the browser is back online or the page is restored from the
- * back-forward cache; disconnects when the page is put in it. Returns the undo. */
+/** Follows the page's life: when the browser goes offline the connection is dropped at once
+ * (rather than after the network stack gives up) and it reconnects as soon as it is back
+ * online; when the page is hidden for good or put in the back-forward cache the session is
+ * closed (a long-poll session says so to the node, so friends do not see a ghost for the
+ * heartbeat timeout), and a page restored from that cache connects again. Returns the undo. */
 export function watchPage(client: PresenceClient, win?: EventTarget): () => void {
   const target = win ?? (globalThis as unknown as { window?: EventTarget }).window;
   if (!target) return () => undefined;
-  const online = () => client.reconnectNow("back online");
-  const hide = (e: Event) => {
-    if ((e as Event & { persisted?: boolean }).persisted) client.close();
+  const online = () => {
+    if (client.state !== "open") client.reconnectNow("back online");
   };
+  const offline = () => client.disconnect("the browser went offline");
+  const hide = () => client.close();
   const show = (e: Event) => {
     if ((e as Event & { persisted?: boolean }).persisted) client.connect();
   };
-  target.addEventListener("online", online);
-  target.addEventListener("pagehide", hide);
-  target.addEventListener("pageshow", show);
+  const events: [string, EventListener][] = [
+    ["online", online],
+    ["offline", offline],
+    ["pagehide", hide],
+    ["pageshow", show],
+  ];
+  for (const [t, f] of events) target.addEventListener(t, f);
   return () => {
-    target.removeEventListener("online", online);
-    target.removeEventListener("pagehide", hide);
-    target.removeEventListener("pageshow", show);
+    for (const [t, f] of events) target.removeEventListener(t, f);
   };
 }

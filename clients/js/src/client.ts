@@ -7,6 +7,7 @@ import { PresenceMap, type PresenceChange } from "./presence.js";
 import type {
   ClientMessage,
   ErrorMessage,
+  HistoryPage,
   InboxEntry,
   ServerMessage,
   Status,
@@ -52,6 +53,7 @@ export interface ClientEvents {
   presence: PresenceChange;
   inbox: InboxEntry;
   typing: { from: string; group?: string };
+  history: HistoryPage;
   error: ErrorMessage;
   /** Every server message, as it came. */
   message: ServerMessage;
@@ -63,6 +65,19 @@ interface Pending {
   msg: ClientMessage;
   resolve(r: SendResult): void;
   reject(e: ErrorMessage): void;
+}
+
+interface PendingHistory {
+  key: string;
+  resolve(p: HistoryPage): void;
+  reject(e: ErrorMessage): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+export type Target = { to: string } | { group: string };
+
+function refused(code: string, message: string): ErrorMessage {
+  return { type: "error", code, message };
 }
 
 /** Codes after which a send is not retried. */
@@ -101,6 +116,10 @@ export class PresenceClient {
   /** The last inbox seq this device has: the `after` of the next connection. */
   private seq: number | undefined;
   private readonly pending = new Map<string, Pending>();
+  /** `history` requests waiting for their page, oldest first. */
+  private histories: PendingHistory[] = [];
+  /** `status`, `read`, `edit`, `delete` asked for while not connected: sent after the welcome. */
+  private queued: ClientMessage[] = [];
   /** The current transport delivered its welcome. */
   private welcomed = false;
 
@@ -160,18 +179,40 @@ export class PresenceClient {
   reconnectNow(reason = "reconnect asked"): void {
     if (this.stopped) return;
     clearTimeout(this.retry);
+    this.drop(reason);
+    void this.dial(reason);
+  }
+
+  /** Ends the current transport without telling it to the node's session any other way
+   * (e.g. the browser went offline: the socket is likely dead); reconnects after a backoff. */
+  disconnect(reason: string): void {
+    if (this.stopped) return;
+    this.drop(reason);
+    this.lost(reason);
+  }
+
+  private drop(reason: string): void {
+    clearTimeout(this.welcomeTimer);
     this.transport?.close();
     this.transport = undefined;
-    void this.dial(reason);
+    this.failHistories(reason);
+  }
+
+  private failHistories(reason: string): void {
+    const h = this.histories;
+    this.histories = [];
+    for (const p of h) {
+      clearTimeout(p.timer);
+      p.reject(refused("closed", `history not answered: ${reason}`));
+    }
   }
 
   /** Disconnects and stops reconnecting; sends still pending are refused. */
   close(): void {
     this.stopped = true;
     clearTimeout(this.retry);
-    clearTimeout(this.welcomeTimer);
-    this.transport?.close();
-    this.transport = undefined;
+    this.drop("closed by the client");
+    this.queued = [];
     for (const [id, p] of this.pending) {
       p.reject({ type: "error", code: "closed", message: "the client was closed", id });
     }
@@ -236,6 +277,7 @@ export class PresenceClient {
         this.emit("presence", this.presence.reset(w.friends));
         this.emit("welcome", w);
         for (const p of this.pending.values()) this.transport?.send(p.msg);
+        for (const q of this.queued.splice(0)) this.transport?.send(q);
         break;
       }
       case "presence": {
@@ -261,6 +303,18 @@ export class PresenceClient {
       case "typing":
         this.emit("typing", m as ClientEvents["typing"]);
         break;
+      case "history": {
+        const page = m as HistoryPage;
+        const key = page.group === undefined ? `u:${page.with}` : `g:${page.group}`;
+        const i = this.histories.findIndex((h) => h.key === key);
+        const h = i < 0 ? undefined : this.histories.splice(i, 1)[0];
+        if (h) {
+          clearTimeout(h.timer);
+          h.resolve(page);
+        }
+        this.emit("history", page);
+        break;
+      }
       case "error": {
         const e = m as ErrorMessage;
         if (e.code === "moved") this.follow(e);
@@ -286,6 +340,7 @@ export class PresenceClient {
     clearTimeout(this.welcomeTimer);
     const kind = this.transport?.kind;
     this.transport = undefined;
+    this.failHistories(reason);
     if (this.stopped) return;
     if (kind === "ws" && !this.welcomed && !error && this.opts.transport !== "ws") {
       // The WebSocket ended before its welcome (a proxy that refuses the upgrade, or a node
@@ -326,14 +381,22 @@ export class PresenceClient {
     if (this.current === "open") this.transport?.send(m);
   }
 
+  /** Sent now, or after the next welcome (a newer `status` replaces a queued one). */
+  private later(m: ClientMessage): void {
+    if (this.current === "open" && this.transport) return this.transport.send(m);
+    if (m.type === "status") this.queued = this.queued.filter((q) => q.type !== "status");
+    this.queued.push(m);
+  }
+
   /** Any message (not queued: dropped while not connected). */
   sendRaw(m: ClientMessage): void {
     this.raw(m);
   }
 
-  /** Sets the custom status (counts as activity). */
+  /** Sets the custom status (counts as activity); set while disconnected, it is sent after the
+   * next welcome. */
   setStatus(status: Status, text?: string): void {
-    this.raw(text === undefined ? { type: "status", status } : { type: "status", status, text });
+    this.later(text === undefined ? { type: "status", status } : { type: "status", status, text });
   }
 
   /** The person did something: resets idleness. */
@@ -343,7 +406,7 @@ export class PresenceClient {
 
   /** Sends a chat message to a user or a group; resolves once it is durable (`sent`). It is
    * sent again after a reconnect with the same id, which the node deduplicates. */
-  send(target: { to: string } | { group: string }, text: string, id = randomId()): Promise<SendResult> {
+  send(target: Target, text: string, id = randomId()): Promise<SendResult> {
     const msg: ClientMessage = { type: "send", id, text, ...target };
     return new Promise((resolve, reject) => {
       this.pending.set(id, { msg, resolve, reject });
@@ -361,19 +424,46 @@ export class PresenceClient {
     this.raw(limit === undefined ? { type: "sync", after } : { type: "sync", after, limit });
   }
 
-  typing(target: { to: string } | { group: string }): void {
+  /** Tells the recipients' live devices this user is typing (dropped while disconnected). */
+  typing(target: Target): void {
     this.raw({ type: "typing", ...target });
   }
 
+  /** `read`, `edit` and `delete` asked for while disconnected are sent after the next welcome;
+   * they come back as `inbox` entries (the node answers no `sent` for them). */
   read(msgId: string): void {
-    this.raw({ type: "read", msg_id: msgId });
+    this.later({ type: "read", msg_id: msgId });
   }
 
   edit(msgId: string, text: string): void {
-    this.raw({ type: "edit", msg_id: msgId, text });
+    this.later({ type: "edit", msg_id: msgId, text });
   }
 
   delete(msgId: string): void {
-    this.raw({ type: "delete", msg_id: msgId });
+    this.later({ type: "delete", msg_id: msgId });
+  }
+
+  /** One page of the conversation with a user or a group, newest first. Refused (`closed`)
+   * when not connected or when the connection ends first; a refusal by the node (an unknown
+   * group, not a member) carries no id to match, so it ends in a `timeout` after `timeoutMs`
+   * (the `error` event has it at once). */
+  history(
+    target: { with: string } | { group: string },
+    opts: { before?: string; limit?: number; timeoutMs?: number } = {},
+  ): Promise<HistoryPage> {
+    const key = "group" in target ? `g:${target.group}` : `u:${target.with}`;
+    return new Promise((resolve, reject) => {
+      const t = this.transport;
+      if (this.current !== "open" || !t) return reject(refused("closed", "not connected"));
+      const timer = setTimeout(() => {
+        this.histories = this.histories.filter((h) => h.timer !== timer);
+        reject(refused("timeout", "no history answer"));
+      }, opts.timeoutMs ?? 10_000);
+      this.histories.push({ key, resolve, reject, timer });
+      const m: ClientMessage = { type: "history", ...target };
+      if (opts.before !== undefined) m.before = opts.before;
+      if (opts.limit !== undefined) m.limit = opts.limit;
+      t.send(m);
+    });
   }
 }

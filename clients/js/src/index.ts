@@ -10,6 +10,7 @@ export {
   type ConnectionState,
   type SendResult,
   type StateEvent,
+  type Target,
 } from "./client.js";
 export { PresenceMap, type PresenceChange } from "./presence.js";
 export type * from "./protocol.js";

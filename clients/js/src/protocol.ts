@@ -39,6 +39,29 @@ export interface InboxEntry {
   ts: number;
 }
 
+/** One message of a `history` page. */
+export interface HistoryMessage {
+  msg_id: string;
+  from: string;
+  to?: string;
+  group?: string;
+  /** Absent once deleted. */
+  text?: string;
+  ts: number;
+  edited_ts?: number;
+  deleted?: boolean;
+}
+
+/** One page of a conversation, newest first (the answer to `history`). */
+export interface HistoryPage {
+  type: "history";
+  with?: string;
+  group?: string;
+  messages: HistoryMessage[];
+  /** The page is full: ask again with `before` the oldest `msg_id`. */
+  more: boolean;
+}
+
 export interface ErrorMessage {
   type: "error";
   code: string;
@@ -57,6 +80,7 @@ export type ServerMessage =
   | { type: "sent"; id: string; msg_id: string; ts: number }
   | InboxEntry
   | { type: "typing"; from: string; group?: string }
+  | HistoryPage
   | ErrorMessage
   | { type: string; [field: string]: unknown };
 

@@ -17,7 +17,10 @@ export function nodeBin() {
 
 export const haveNode = existsSync(nodeBin());
 
-const FAST = ["--tick", "50ms", "--grace", "1s", "--heartbeat-timeout", "6s", "--lp-hold", "2s"];
+/** The repository's root. */
+export const repoRoot = repo;
+
+export const FAST = ["--tick", "50ms", "--grace", "1s", "--heartbeat-timeout", "6s", "--lp-hold", "2s"];
 
 /** Waits until `pred()` is truthy (polled every 20 ms); throws after `ms`. */
 export async function until(pred, ms, what) {
@@ -31,8 +34,9 @@ export async function until(pred, ms, what) {
 }
 
 export class TestNode {
-  /** Starts a node on `dir` (a fresh one by default), its client port at `ws` (any). */
-  static async start({ dir, ws = "127.0.0.1:0", args = [] } = {}) {
+  /** Starts a node on `dir` (a fresh one by default), its client port at `ws` (any); `fast`
+   * replaces the fast timing flags. */
+  static async start({ dir, ws = "127.0.0.1:0", args = [], fast = FAST } = {}) {
     const n = new TestNode();
     n.owned = !dir;
     n.dir = dir ?? mkdtempSync(path.join(tmpdir(), "presence-js-"));
@@ -40,7 +44,7 @@ export class TestNode {
     n.proc = spawn(
       nodeBin(),
       ["serve", "--data-dir", n.dir, "--ws-listen", ws, "--quic-listen", "127.0.0.1:0",
-        "--admin-listen", "127.0.0.1:0", ...FAST, ...args],
+        "--admin-listen", "127.0.0.1:0", ...fast, ...args],
       { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } },
     );
     n.exited = new Promise((r) => n.proc.once("exit", r));

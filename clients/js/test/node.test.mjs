@@ -174,3 +174,59 @@ test("moved is followed to the node it names", { skip }, async () => {
     elsewhere.close();
   }
 });
+
+test("history pages; read, edit and delete; a status set while disconnected", { skip }, async () => {
+  await node.befriend([["erin", "frank"]]);
+  const erin = client("erin", { transport: "ws" });
+  const frank = client("frank", { transport: "lp" });
+  const got = [];
+  frank.on("inbox", (e) => got.push(e));
+  const erinGot = [];
+  erin.on("inbox", (e) => erinGot.push(e));
+  try {
+    // Set before any connection: sent after the welcome, not dropped.
+    frank.setStatus("dnd", "focus time");
+    erin.connect();
+    frank.connect();
+    await until(() => erin.state === "open" && frank.state === "open", 5000, "both open");
+    await until(() => erin.presence.get("frank")?.status === "dnd", 5000, "frank's queued status");
+    assert.equal(erin.presence.get("frank")?.text, "focus time");
+    await assert.rejects(
+      new PresenceClient({ token: "x", ws: node.ready.ws }).history({ with: "frank" }),
+      (e) => e.code === "closed",
+    );
+    const a = await erin.send({ to: "frank" }, "first");
+    const b = await erin.send({ to: "frank" }, "second");
+    const page = await frank.history({ with: "erin" });
+    assert.deepEqual(
+      page.messages.map((m) => m.text),
+      ["second", "first"],
+      "newest first",
+    );
+    assert.equal(page.more, false);
+    const older = await frank.history({ with: "erin" }, { before: b.msg_id, limit: 1 });
+    assert.deepEqual(older.messages.map((m) => m.msg_id), [a.msg_id]);
+    assert.equal(older.more, true, "a full page");
+    frank.read(b.msg_id);
+    erin.edit(a.msg_id, "first (edited)");
+    erin.delete(b.msg_id);
+    await until(
+      () => ["read", "edit", "delete"].every((k) => erinGot.some((e) => e.kind === k)),
+      5000,
+      "read, edit and delete entries",
+    );
+    await until(
+      () => ["edit", "delete"].every((k) => got.some((e) => e.kind === k)),
+      5000,
+      "frank's edit and delete entries",
+    );
+    const after = await frank.history({ with: "erin" });
+    const byId = new Map(after.messages.map((m) => [m.msg_id, m]));
+    assert.equal(byId.get(a.msg_id)?.text, "first (edited)");
+    assert.equal(byId.get(b.msg_id)?.deleted, true);
+    assert.equal(byId.get(b.msg_id)?.text, undefined);
+  } finally {
+    erin.close();
+    frank.close();
+  }
+});

@@ -1,7 +1,8 @@
-// Unit tests of the pure parts: backoff and the presence map.
+// Unit tests of the pure parts: backoff, the presence map, and the browser glue against fake
+// windows (the browser tests run it in Chromium).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Backoff, PresenceMap } from "../dist/index.js";
+import { Backoff, PresenceMap, watchActivity, watchPage } from "../dist/index.js";
 
 test("backoff delays grow with full jitter between the bounds, and reset", () => {
   const lo = new Backoff({ minMs: 500, maxMs: 20_000, random: () => 0 });
@@ -43,4 +44,53 @@ test("the presence map follows a snapshot and its diffs", () => {
     m.all().map((e) => e.user),
     ["bob"],
   );
+});
+
+/** A client that records what the glue asks of it. */
+function recorder(state = "open") {
+  const calls = [];
+  const c = { state, calls };
+  for (const m of ["activity", "reconnectNow", "disconnect", "close", "connect"]) {
+    c[m] = (...a) => calls.push([m, ...a]);
+  }
+  return c;
+}
+
+test("activity: from input while visible, throttled, never from a hidden page", () => {
+  const win = new EventTarget();
+  const doc = Object.assign(new EventTarget(), { visibilityState: "hidden" });
+  const c = recorder();
+  const undo = watchActivity(c, { target: win, doc, throttleMs: 60_000 });
+  win.dispatchEvent(new Event("keydown"));
+  doc.dispatchEvent(new Event("visibilitychange"));
+  assert.deepEqual(c.calls, [], "nothing while hidden");
+  doc.visibilityState = "visible";
+  doc.dispatchEvent(new Event("visibilitychange"));
+  win.dispatchEvent(new Event("pointerdown"));
+  assert.deepEqual(c.calls, [["activity"]], "back to visible counts once, then the throttle");
+  undo();
+  doc.dispatchEvent(new Event("visibilitychange"));
+  assert.equal(c.calls.length, 1);
+});
+
+test("page life: offline drops, online reconnects, pagehide closes, pageshow from the cache connects", () => {
+  const win = new EventTarget();
+  const c = recorder("open");
+  const undo = watchPage(c, win);
+  win.dispatchEvent(new Event("online"));
+  assert.deepEqual(c.calls, [], "online while open: nothing to do");
+  win.dispatchEvent(new Event("offline"));
+  c.state = "reconnecting";
+  win.dispatchEvent(new Event("online"));
+  win.dispatchEvent(new Event("pagehide"));
+  const show = (persisted) => Object.assign(new Event("pageshow"), { persisted });
+  win.dispatchEvent(show(false));
+  win.dispatchEvent(show(true));
+  assert.deepEqual(
+    c.calls.map((x) => x[0]),
+    ["disconnect", "reconnectNow", "close", "connect"],
+  );
+  undo();
+  win.dispatchEvent(new Event("offline"));
+  assert.equal(c.calls.length, 4);
 });

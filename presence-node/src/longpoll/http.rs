@@ -98,11 +98,14 @@ fn code_of(frame: &[u8]) -> Option<ErrorCode> {
 
 impl LongPoll {
     /// The request's `Origin`, if it may call: `Ok(None)` without one (not a browser, or a
-    /// same-origin GET), `Ok(Some)` when it is `--cors-origin`, else the `403`.
+    /// same-origin GET) or from a page of the node's own origin (browsers send `Origin` on a
+    /// same-origin POST: the demo page, or an app served from this host and port), `Ok(Some)`
+    /// when it is `--cors-origin`, else the `403`.
     fn origin(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, Refusal> {
         match headers.get(header::ORIGIN) {
             None => Ok(None),
             Some(o) if self.cors.as_ref() == Some(o) => Ok(Some(o.clone())),
+            Some(o) if same_origin(o, headers.get(header::HOST)) => Ok(None),
             Some(_) => Err(Refusal {
                 status: StatusCode::FORBIDDEN,
                 code: ErrorCode::Forbidden,
@@ -147,6 +150,19 @@ impl LongPoll {
         }
         Ok(lp)
     }
+}
+
+/// `origin` is `http://` or `https://` and the request's `Host`: the page that sends the
+/// request came from this node's address (as the browser named it).
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(|h| h.to_str())) else {
+        return false;
+    };
+    !host.is_empty()
+        && origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
 /// Adds the CORS headers for an allowed origin and counts the answer.

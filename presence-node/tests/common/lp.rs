@@ -139,11 +139,20 @@ impl Session {
     /// `POST /v1/lp/open` with `hello`; panics unless it is a 200. Returns the session and
     /// the open's messages.
     pub async fn open(addr: SocketAddr, hello: &Value) -> (Session, Vec<Value>) {
+        Self::open_with(addr, hello, &[]).await
+    }
+
+    /// [`Session::open`] with extra request headers.
+    pub async fn open_with(
+        addr: SocketAddr,
+        hello: &Value,
+        headers: &[(&str, &str)],
+    ) -> (Session, Vec<Value>) {
         let a = request(
             addr,
             "POST",
             "/v1/lp/open",
-            &[],
+            headers,
             hello.to_string().as_bytes(),
         )
         .await;
