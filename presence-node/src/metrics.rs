@@ -40,6 +40,8 @@ pub const PEER_LINKS: &str = "cluster_peer_links";
 pub const PEER_FRAMES_SENT: &str = "cluster_peer_frames_sent_total";
 pub const PEER_BYTES_SENT: &str = "cluster_peer_bytes_sent_total";
 pub const PEER_OVERFLOWS: &str = "cluster_peer_queue_overflows_total";
+pub const PEER_CHAT_FRAMES: &str = "cluster_peer_chat_frames_total";
+pub const CHAT_FENCED: &str = "chat_commits_fenced_total";
 pub const PEER_APPLIED: &str = "cluster_peer_entries_applied_total";
 pub const PEER_STALE: &str = "cluster_peer_updates_stale_total";
 pub const PEER_RESYNCS: &str = "cluster_peer_resyncs_total";
@@ -229,6 +231,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         PEER_OVERFLOWS,
         Kind::Counter,
         "Cluster: frames dropped on a full peer queue (their slots are sent again as snapshots)",
+    ),
+    (
+        PEER_CHAT_FRAMES,
+        Kind::Counter,
+        "Cluster: chat frames (durable inbox entries, typing) sent to the nodes serving their users",
+    ),
+    (
+        CHAT_FENCED,
+        Kind::Counter,
+        "Cluster: chat batches refused because a writer's slot is no longer this node's (its senders retry at the new owner)",
     ),
     (
         PEER_APPLIED,

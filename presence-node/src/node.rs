@@ -2,6 +2,7 @@
 //! threads, retention. They call the [`Service`] with `now` from the one clock the node reads
 //! ([`now_ms`]) and move what it returns; they decide nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,9 @@ use crate::metrics as m;
 use crate::service::Service;
 use crate::service::chat::Delivery;
 use crate::service::registry;
+
+/// Client frames' bytes per chat frame to a peer, about (one item may pass it).
+const CHAT_FRAME_BYTES: usize = 1 << 20;
 
 /// Longest an admin answer waits for the tick that publishes its change.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
@@ -96,6 +100,8 @@ impl Node {
                 if !report.peer_frames.is_empty() {
                     c.peers.send(self, report.peer_frames);
                 }
+                // Typing notices for users other nodes serve, gathered since the last tick.
+                self.send_chat(svc.take_peer_chat());
                 c.peers.announce(self, applied);
                 report.tick
             }
@@ -105,6 +111,50 @@ impl Node {
     /// Held by an admin write from its plan to its apply.
     pub fn admin_writes(&self) -> &tokio::sync::Mutex<()> {
         &self.admin_writes
+    }
+
+    /// What a delivered batch left: its webhooks, and the chat of users other nodes serve.
+    fn handed(&self, h: crate::service::chat::Handed) {
+        self.send_webhooks(h.undelivered);
+        self.send_chat(h.remote);
+    }
+
+    /// Chat for users other nodes serve, by node, over the peer links (cluster mode), in
+    /// frames of at most [`CHAT_FRAME_BYTES`] of client frames. Best effort, like the links:
+    /// an entry that does not reach a device live is read back from the store on its next
+    /// gap or connect.
+    fn send_chat(&self, remote: HashMap<String, Vec<presence_peer::ChatPush>>) {
+        if remote.is_empty() {
+            return;
+        }
+        let Some(c) = self.cluster.get() else {
+            return;
+        };
+        let mut frames = Vec::new();
+        for (peer, items) in remote {
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for item in items {
+                bytes += item.frame.len() + item.owner.len();
+                chunk.push(item);
+                if bytes >= CHAT_FRAME_BYTES {
+                    let items = std::mem::take(&mut chunk);
+                    frames.push((peer.clone(), presence_peer::PeerFrame::Chat { items }));
+                    bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                frames.push((peer, presence_peer::PeerFrame::Chat { items: chunk }));
+            }
+        }
+        metrics::counter!(m::PEER_CHAT_FRAMES).increment(frames.len() as u64);
+        c.peers.send(self, frames);
+    }
+
+    /// Chat a peer sent for users served here (from its link's reader task).
+    pub fn chat_from_peer(&self, items: Vec<presence_peer::ChatPush>) {
+        let svc = self.service();
+        self.send_webhooks(svc.chat().from_peer(&svc.dir(), items));
     }
 
     /// Hands a delivered batch's `message.undelivered` events to the webhook task (dropped,
@@ -201,7 +251,7 @@ impl Node {
                     .spawn(move || {
                         let svc = node2.service();
                         for d in rx {
-                            node2.send_webhooks(svc.chat().hand_over(&svc.dir(), d));
+                            node2.handed(svc.chat().hand_over(&svc.dir(), d));
                         }
                     });
                 let delivery = match delivery {
@@ -211,12 +261,17 @@ impl Node {
                         None
                     }
                 };
-                let here = |d: Delivery| node.send_webhooks(svc.chat().hand_over(&svc.dir(), d));
+                let here = |d: Delivery| node.handed(svc.chat().hand_over(&svc.dir(), d));
                 let chat = svc.chat();
                 let mut acks_written = Instant::now();
-                while let Some(batch) = chat.next_batch(&mut acks_written) {
+                while let Some(mut batch) = chat.next_batch(&mut acks_written) {
                     let started = Instant::now();
-                    let result = chat.store().commit(&batch);
+                    let routes = svc.routes();
+                    let result = chat.commit(&mut batch, svc.fenced(now_ms()), |slot| {
+                        routes
+                            .as_ref()
+                            .and_then(|r| r.serving_epoch(presence_cluster::Slot::new(slot)?))
+                    });
                     metrics::histogram!(m::CHAT_COMMIT_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     let d = chat.committed(batch, result);

@@ -51,8 +51,33 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
+    // In a cluster, chat is in the cluster's PostgreSQL, which every node writes; the
+    // blocking client connects off the runtime's threads.
+    let shared_chat = match (cfg.is_cluster(), cfg.store.clone()) {
+        (true, Some(url)) => {
+            let name = cfg.node_id.clone().unwrap_or_default();
+            let opened = tokio::task::spawn_blocking(move || {
+                let store = presence_pg::PgChatStore::connect(&url)?;
+                let number = store.node_number(&name)?;
+                Ok::<_, chat_relay::StoreError>((store, number))
+            })
+            .await
+            .context("opening the cluster's chat store")?
+            .context("opening the cluster's chat store")?;
+            info!(node_number = opened.1, "chat in the cluster's PostgreSQL");
+            let store: Arc<dyn chat_relay::ChatStore> = Arc::new(opened.0);
+            Some((store, opened.1))
+        }
+        _ => None,
+    };
     let node = Arc::new(Node::new(
-        Service::open(cfg.clone(), secret.clone(), admin_key, now_ms())?,
+        Service::open(
+            cfg.clone(),
+            secret.clone(),
+            admin_key,
+            shared_chat,
+            now_ms(),
+        )?,
         webhook_tx,
     ));
     let committer = node

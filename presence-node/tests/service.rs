@@ -63,7 +63,7 @@ impl Harness {
         cfg.grace = Duration::from_millis(500);
         cfg.idle_thresholds = vec![Duration::from_secs(60)];
         tweak(&mut cfg);
-        let svc = Service::open(cfg, b"secret".to_vec(), "key".into(), T0).expect("open");
+        let svc = Service::open(cfg, b"secret".to_vec(), "key".into(), None, T0).expect("open");
         Harness { svc, _dir: dir }
     }
 
@@ -159,10 +159,11 @@ impl Harness {
         chat.stop();
         let mut acks = std::time::Instant::now();
         let mut undelivered = Vec::new();
-        while let Some(batch) = chat.next_batch(&mut acks) {
-            let result = chat.store().commit(&batch);
-            let events = chat.hand_over(&self.svc.dir(), chat.committed(batch, result));
-            undelivered.extend(events.into_iter().map(|e| e.user));
+        while let Some(mut batch) = chat.next_batch(&mut acks) {
+            let result = chat.commit(&mut batch, false, |_| None);
+            let handed = chat.hand_over(&self.svc.dir(), chat.committed(batch, result));
+            assert!(handed.remote.is_empty(), "a single node has no peers");
+            undelivered.extend(handed.undelivered.into_iter().map(|e| e.user));
         }
         undelivered
     }

@@ -24,6 +24,23 @@ pub enum PeerFrame {
     /// tick: a session that starts on the sender from now on sees those changes. An admin
     /// write is answered once every linked node says so (read-your-writes on any node).
     Applied { change: i64 },
+    /// Chat for users the receiver serves: durable inbox entries (each owner's in the order
+    /// committed here; the receiver's session fills any gap from the store) and typing
+    /// notices, as the client frames they become.
+    Chat { items: Vec<ChatPush> },
+}
+
+/// One chat frame for the live devices of `owner`, a user the receiver serves.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ChatPush {
+    pub owner: String,
+    /// The entry's seq in `owner`'s inbox; 0: not an inbox entry (a typing notice).
+    pub seq: u64,
+    /// The client frame (JSON), as the owner's devices get it.
+    pub frame: Vec<u8>,
+    /// For a message from someone else: `(message id, sender)`, for the
+    /// `message.undelivered` webhook the receiver sends if `owner` has no live device.
+    pub message: Option<(u64, String)>,
 }
 
 /// Changes of one slot's users, under the sender's epoch for the slot.
@@ -136,6 +153,22 @@ mod tests {
             },
             PeerFrame::Resync { slot: 1023 },
             PeerFrame::Applied { change: 42 },
+            PeerFrame::Chat {
+                items: vec![
+                    ChatPush {
+                        owner: "bob".into(),
+                        seq: 7,
+                        frame: br#"{"type":"inbox"}"#.to_vec(),
+                        message: Some((1 << 40, "ann".into())),
+                    },
+                    ChatPush {
+                        owner: "cy".into(),
+                        seq: 0,
+                        frame: br#"{"type":"typing"}"#.to_vec(),
+                        message: None,
+                    },
+                ],
+            },
         ] {
             let bytes = f.encode().expect("encode");
             assert_eq!(PeerFrame::decode(&bytes), Ok(f));

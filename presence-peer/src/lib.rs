@@ -13,7 +13,7 @@ pub mod frame;
 pub mod link;
 pub mod seq;
 
-pub use frame::{FrameError, MAX_PEER_FRAME, PeerEntry, PeerFrame, SlotUpdate};
+pub use frame::{ChatPush, FrameError, MAX_PEER_FRAME, PeerEntry, PeerFrame, SlotUpdate};
 pub use link::{Identity, Link, LinkError, LinkReceiver, LinkSender, Me};
 pub use seq::{Inbound, Next, Outbound, Verdict};
 

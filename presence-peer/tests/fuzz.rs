@@ -2,7 +2,7 @@
 //! no byte string (random, or a valid frame mutated) panics or allocates past the frame cap;
 //! it is a frame or an error. `FUZZ_CASES=N` runs more.
 
-use presence_peer::{PeerEntry, PeerFrame, SlotUpdate};
+use presence_peer::{ChatPush, PeerEntry, PeerFrame, SlotUpdate};
 use proptest::prelude::*;
 
 #[path = "../../presence-wire/tests/support/mod.rs"]
@@ -23,6 +23,21 @@ fn entry() -> impl Strategy<Value = PeerEntry> {
             status,
             last_active,
             gone,
+        })
+}
+
+fn push() -> impl Strategy<Value = ChatPush> {
+    (
+        support::text(128),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..200),
+        proptest::option::of((any::<u64>(), support::text(128))),
+    )
+        .prop_map(|(owner, seq, frame, message)| ChatPush {
+            owner,
+            seq,
+            frame,
+            message,
         })
 }
 
@@ -50,6 +65,7 @@ fn frame() -> impl Strategy<Value = PeerFrame> {
             .prop_map(|(node, proof)| PeerFrame::Hello { node, proof }),
         any::<u16>().prop_map(|slot| PeerFrame::Resync { slot }),
         any::<i64>().prop_map(|change| PeerFrame::Applied { change }),
+        proptest::collection::vec(push(), 0..6).prop_map(|items| PeerFrame::Chat { items }),
     ]
 }
 

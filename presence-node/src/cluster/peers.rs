@@ -240,6 +240,7 @@ async fn read_loop(node: &Node, peers: &Peers, mut receiver: LinkReceiver) {
                     return;
                 }
                 Ok(PeerFrame::Applied { change }) => peers.confirm(receiver.peer(), change),
+                Ok(PeerFrame::Chat { items }) => node.chat_from_peer(items),
                 Ok(frame) => node.service().peer_frame(receiver.peer(), frame),
                 Err(e) => {
                     receiver.close("bad frame");

@@ -44,7 +44,11 @@ async fn load(
         Err(e) => return (0, Err(e)),
     };
     let list: Vec<u16> = slots.iter().map(|(s, _)| s.get()).collect();
+    let fences: Vec<(u16, i64)> = slots.iter().map(|(s, e)| (s.get(), *e)).collect();
     let result = async {
+        // Before the slots are served: from here on a former owner's chat commit for their
+        // users is refused (it may not know yet that it lost them).
+        store.fence_chat_slots(&fences).await?;
         Ok(Loaded {
             edges: store.load_slots(&list).await?,
             statuses: store.load_statuses(&list).await?,

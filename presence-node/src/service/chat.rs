@@ -22,8 +22,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use chat_relay::webhook::Undelivered;
 use chat_relay::{
-    BatchId, ChatError, ChatStore, Directory, EntryKind, IdGen, Limits, Reader, Relay, SendOutcome,
-    Target, WriteBatch,
+    BatchId, ChatError, ChatStore, Directory, EntryKind, IdGen, Limits, Lookup, Reader, Relay,
+    SendOutcome, Target, WriteBatch,
 };
 use parking_lot::{Condvar, Mutex};
 use tracing::error;
@@ -45,6 +45,8 @@ const ACK_DELAY: Duration = Duration::from_millis(250);
 /// (opaque outside this module).
 pub struct Waiter {
     session: Arc<SessionHandle>,
+    /// The sender (a shared store may answer its send with the id stored first).
+    user: String,
     client_id: String,
     frame: Bytes,
     /// When the relay accepted the send (for [`m::CHAT_SEND_SECONDS`]).
@@ -73,15 +75,34 @@ pub struct Chat {
     wake: Condvar,
     reader: Reader,
     store: Arc<dyn ChatStore>,
+    /// Cluster mode: the store is PostgreSQL, shared with the other nodes.
+    shared: bool,
     stopped: AtomicBool,
 }
 
+/// Where the chat store is.
+pub enum ChatBackend<'a> {
+    /// This node's own, in `dir` of its data folder.
+    Local {
+        dir: &'a Path,
+        kind: chat_relay::StoreKind,
+        node_id: &'a str,
+    },
+    /// The cluster's, which every node writes (`node_number`: this node's, unique in the
+    /// cluster, for its message ids).
+    Shared {
+        store: Arc<dyn ChatStore>,
+        node_number: u16,
+    },
+}
+
 /// What chat asks of the rest of the node: the friend graph and the groups (for the
-/// relay's checks) and who is online (for delivery).
+/// relay's checks), who is online (for delivery) and, in a cluster, which node serves whom.
 pub struct Dir<'a> {
     pub engine: &'a presence_core::Engine,
     pub groups: &'a parking_lot::RwLock<Groups>,
     pub registry: &'a Registry,
+    pub routes: &'a parking_lot::RwLock<Option<Arc<super::cluster::Routes>>>,
 }
 
 impl Dir<'_> {
@@ -92,6 +113,36 @@ impl Dir<'_> {
             .map(|u| self.registry.sessions_of(u.0))
             .unwrap_or_default()
     }
+
+    /// Where `user`'s devices are: here, at another node (its id), or nowhere now (its slot
+    /// has no owner: the devices find the entries by `sync` when they connect again).
+    pub fn home_of(&self, user: &str) -> Home {
+        let routes = self.routes.read();
+        let Some(r) = routes.as_ref() else {
+            return Home::Here;
+        };
+        match r.owner_of(presence_cluster::slot_of(user.as_bytes())) {
+            Some(o) if o == r.me() => Home::Here,
+            Some(o) => Home::Node(o.to_owned()),
+            None => Home::Nowhere,
+        }
+    }
+}
+
+/// Where a user's live devices are (see [`Dir::home_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Home {
+    Here,
+    Node(String),
+    Nowhere,
+}
+
+/// What the delivery of a batch leaves for the driver: webhooks to send, and the chat of
+/// users other nodes serve, by node.
+#[derive(Default)]
+pub struct Handed {
+    pub undelivered: Vec<Undelivered>,
+    pub remote: HashMap<String, Vec<presence_peer::ChatPush>>,
 }
 
 impl Directory for Dir<'_> {
@@ -106,6 +157,14 @@ impl Directory for Dir<'_> {
     fn group_members(&self, gid: &str) -> Option<Vec<String>> {
         self.groups.read().get(gid).map(|m| m.to_vec())
     }
+}
+
+/// An operation on a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOp {
+    Edit(String),
+    Delete,
+    Read,
 }
 
 /// What a chat operation answers right away.
@@ -136,23 +195,31 @@ pub fn msg_id_node(name: &str) -> u16 {
 }
 
 impl Chat {
-    /// Opens the chat store in `dir` (created if missing).
-    pub fn open(
-        dir: &Path,
-        kind: chat_relay::StoreKind,
-        node_id: &str,
-        limits: Limits,
-    ) -> anyhow::Result<Self> {
-        let store = kind.open(dir).with_context(|| {
-            format!(
-                "opening the {} chat store in {}",
-                kind.as_str(),
-                dir.display()
-            )
-        })?;
-        let ids = IdGen::new(u32::from(msg_id_node(node_id))).context("node id")?;
-        let relay = Relay::new(store.clone(), ids, limits).context("reading the chat store")?;
+    /// Opens the chat store (a local one is created if missing).
+    pub fn open(backend: ChatBackend<'_>, limits: Limits) -> anyhow::Result<Self> {
+        let (relay, store) = match backend {
+            ChatBackend::Local { dir, kind, node_id } => {
+                let store = kind.open(dir).with_context(|| {
+                    format!(
+                        "opening the {} chat store in {}",
+                        kind.as_str(),
+                        dir.display()
+                    )
+                })?;
+                let ids = IdGen::new(u32::from(msg_id_node(node_id))).context("node id")?;
+                let relay =
+                    Relay::new(store.clone(), ids, limits).context("reading the chat store")?;
+                (relay, store)
+            }
+            ChatBackend::Shared { store, node_number } => {
+                let ids = IdGen::new(u32::from(node_number)).context("node number")?;
+                let relay = Relay::shared(store.clone(), ids, limits)
+                    .context("reading the cluster's chat store")?;
+                (relay, store)
+            }
+        };
         Ok(Self {
+            shared: relay.is_shared(),
             reader: relay.reader(),
             state: Mutex::new(State {
                 relay,
@@ -203,6 +270,7 @@ impl Chat {
             Some(batch) => {
                 st.waiters.entry(batch).or_default().push(Waiter {
                     session: session.clone(),
+                    user: user.to_owned(),
                     client_id: client_id.to_owned(),
                     frame: Bytes::from(frame),
                     accepted: Instant::now(),
@@ -214,16 +282,41 @@ impl Chat {
         }
     }
 
-    /// `edit`, `delete`, `read` and `ack`: the entries they make arrive as `inbox` frames.
-    pub fn write(&self, op: impl FnOnce(&mut Relay) -> Result<BatchId, ChatError>) -> Answer {
-        let res = op(&mut self.state.lock().relay);
-        match res {
+    /// `edit`, `delete` or `read` of message `id`: the entries they make arrive as `inbox`
+    /// frames. `None`: the message must be read from the (shared) store first, off the chat
+    /// lock — call again with `fetched: Some(what was read)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn message_op(
+        &self,
+        dir: &Dir<'_>,
+        user: &str,
+        id: chat_relay::MsgId,
+        op: &MessageOp,
+        fetched: Option<Option<chat_relay::StoredMessage>>,
+        now: u64,
+    ) -> Option<Answer> {
+        let mut st = self.state.lock();
+        let how = match fetched {
+            Some(m) => Lookup::Fetched(m),
+            None if st.relay.needs_fetch(id) => return None,
+            // Shared, and the message is in flight here: that write comes first anyway.
+            None if st.relay.is_shared() => Lookup::Fetched(None),
+            None => Lookup::Store,
+        };
+        let relay = &mut st.relay;
+        let res = match op {
+            MessageOp::Edit(text) => relay.edit_with(now, user, id, text, how, dir),
+            MessageOp::Delete => relay.delete_with(now, user, id, how, dir),
+            MessageOp::Read => relay.read_with(now, user, id, how, dir),
+        };
+        drop(st);
+        Some(match res {
             Ok(_) => {
                 self.wake.notify_one();
                 Answer::Later
             }
             Err(e) => Answer::Error(refusal(&e, None)),
-        }
+        })
     }
 
     /// `ack`: the device's position, durable with the next batch.
@@ -270,15 +363,65 @@ impl Chat {
     /// batches in commit order keep every owner's entries in seq order).
     /// Returns the `message.undelivered` events for recipients with no live session, for
     /// the driver's webhook sender.
-    #[must_use = "the undelivered events go to the webhook sender"]
-    pub fn hand_over(&self, dir: &Dir<'_>, d: Delivery) -> Vec<Undelivered> {
+    #[must_use = "the undelivered events go to the webhook sender, the remote chat to peers"]
+    pub fn hand_over(&self, dir: &Dir<'_>, d: Delivery) -> Handed {
         match d {
             Delivery::Durable { batch, waiters } => self.deliver(dir, &batch, waiters),
             Delivery::Failed(failed) => {
                 Self::refuse(failed);
-                Vec::new()
+                Handed::default()
             }
         }
+    }
+
+    /// Chat a peer committed for users served here: pushed to their live devices in the
+    /// order it came (a session fills any gap before an entry from the store); returns the
+    /// `message.undelivered` events for owners with no live device.
+    #[must_use = "the undelivered events go to the webhook sender"]
+    pub fn from_peer(
+        &self,
+        dir: &Dir<'_>,
+        items: Vec<presence_peer::ChatPush>,
+    ) -> Vec<Undelivered> {
+        let mut undelivered = Vec::new();
+        let (mut delivered, mut lagging) = (0u64, 0u64);
+        let mut live: HashMap<String, Vec<Arc<SessionHandle>>> = HashMap::new();
+        for item in items {
+            let sessions = live
+                .entry(item.owner.clone())
+                .or_insert_with(|| dir.sessions_of(&item.owner));
+            if sessions.is_empty() {
+                if let Some((id, from)) = item.message
+                    && dir.home_of(&item.owner) == Home::Here
+                {
+                    undelivered.push(Undelivered {
+                        user: item.owner,
+                        msg_id: chat_relay::MsgId(id),
+                        from,
+                    });
+                }
+                continue;
+            }
+            let frame = Bytes::from(item.frame);
+            for s in sessions.iter() {
+                let pushed = if item.seq == 0 {
+                    s.outbox.push_chat(ChatItem::Frame(frame.clone()))
+                } else {
+                    s.outbox.push_chat(ChatItem::Inbox {
+                        seq: item.seq,
+                        frame: frame.clone(),
+                    })
+                };
+                if pushed {
+                    delivered += 1;
+                } else {
+                    lagging += 1;
+                }
+            }
+        }
+        metrics::counter!(m::CHAT_ENTRIES_PUSHED).increment(delivered);
+        metrics::counter!(m::CHAT_ENTRIES_LAGGING).increment(lagging);
+        undelivered
     }
 
     /// Tells the waiters of a failed commit to retry.
@@ -334,21 +477,109 @@ impl Chat {
         self.store.as_ref()
     }
 
+    /// Whether the store is the cluster's, shared with the other nodes.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Commits a batch (blocking: on the commit thread; durable when it returns `Ok`).
+    ///
+    /// In a cluster the store numbers the inboxes and keeps dedupe in the same transaction,
+    /// and the batch is fenced: `epoch_of(slot)` is the epoch this node serves a slot under
+    /// (`None`: not served here). A batch is refused before it reaches the store if this
+    /// node cannot prove its lease (`fenced`) or no longer serves a writer's slot, and by
+    /// the store if a writer's slot was taken since by a newer owner: its senders retry,
+    /// with the same ids, at the node that serves them now. Returns the sends the store had
+    /// already (answer them with the stored ids).
+    pub fn commit(
+        &self,
+        batch: &mut WriteBatch,
+        fenced: bool,
+        epoch_of: impl Fn(u16) -> Option<i64>,
+    ) -> Result<Vec<chat_relay::DedupeRow>, chat_relay::StoreError> {
+        if !self.shared {
+            return self.store.commit(batch).map(|()| Vec::new());
+        }
+        if fenced {
+            metrics::counter!(m::CHAT_FENCED).increment(1);
+            return Err(chat_relay::StoreError::Backend(
+                "this node cannot prove its etcd lease: nothing is committed".into(),
+            ));
+        }
+        let mut slots: Vec<u16> = batch
+            .messages
+            .iter()
+            .map(|m| m.from.as_str())
+            .chain(
+                batch
+                    .inbox
+                    .iter()
+                    .filter(|(_, e)| e.kind == EntryKind::Read)
+                    .map(|(_, e)| e.from.as_str()),
+            )
+            .chain(batch.acks.iter().map(|a| a.user.as_str()))
+            .map(|u| presence_cluster::slot_of(u.as_bytes()).get())
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        batch.fences.clear();
+        for slot in slots {
+            let Some(epoch) = epoch_of(slot) else {
+                metrics::counter!(m::CHAT_FENCED).increment(1);
+                return Err(chat_relay::StoreError::Backend(format!(
+                    "slot {slot} is no longer served here"
+                )));
+            };
+            batch
+                .fences
+                .push((slot, u64::try_from(epoch).unwrap_or_default()));
+        }
+        let result = self.store.commit_numbered(batch);
+        if let Err(chat_relay::StoreError::Fenced {
+            slot,
+            epoch,
+            fenced,
+        }) = &result
+        {
+            metrics::counter!(m::CHAT_FENCED).increment(1);
+            tracing::warn!(
+                slot,
+                epoch,
+                fenced,
+                "a chat batch was fenced: a newer owner took a slot"
+            );
+        }
+        result
+    }
+
     /// A batch's commit came back: what the delivery thread hands over, in commit order
     /// (`sent` and the entries once durable; a retry-with-the-same-id refusal otherwise).
+    /// `Ok` holds the sends the store had already: their senders get the stored id.
     pub fn committed(
         &self,
         batch: WriteBatch,
-        result: Result<(), chat_relay::StoreError>,
+        result: Result<Vec<chat_relay::DedupeRow>, chat_relay::StoreError>,
     ) -> Delivery {
         metrics::histogram!(m::CHAT_COMMIT_ROWS).record(batch.rows() as f64);
         match result {
-            Ok(()) => {
-                let waiters = {
+            Ok(stored) => {
+                let mut waiters = {
                     let mut st = self.state.lock();
                     st.relay.committed(batch.id);
                     st.waiters.remove(&batch.id).unwrap_or_default()
                 };
+                if !stored.is_empty() {
+                    metrics::counter!(m::CHAT_DUPLICATES).increment(stored.len() as u64);
+                    let by_key: HashMap<(&str, &str), &chat_relay::DedupeRow> = stored
+                        .iter()
+                        .map(|d| ((d.sender.as_str(), d.client_id.as_str()), d))
+                        .collect();
+                    for w in &mut waiters {
+                        if let Some(d) = by_key.get(&(w.user.as_str(), w.client_id.as_str())) {
+                            w.frame = Bytes::from(frames::sent_frame(&w.client_id, d.msg_id, d.ts));
+                        }
+                    }
+                }
                 metrics::counter!(m::CHAT_COMMITS).increment(1);
                 metrics::counter!(m::CHAT_ACK_ROWS).increment(batch.acks.len() as u64);
                 metrics::counter!(m::CHAT_COMMITTED_ROWS).increment(batch.rows() as u64);
@@ -370,9 +601,10 @@ impl Chat {
     }
 
     /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
-    /// for recipients with none.
-    fn deliver(&self, dir: &Dir<'_>, batch: &WriteBatch, waiters: Vec<Waiter>) -> Vec<Undelivered> {
+    /// for recipients with none; entries of users another node serves go to that node.
+    fn deliver(&self, dir: &Dir<'_>, batch: &WriteBatch, waiters: Vec<Waiter>) -> Handed {
         let mut undelivered = Vec::new();
+        let mut remote: HashMap<String, Vec<presence_peer::ChatPush>> = HashMap::new();
         let send_seconds = metrics::histogram!(m::CHAT_SEND_SECONDS);
         for w in waiters {
             w.session.outbox.push_chat(ChatItem::Frame(w.frame));
@@ -383,11 +615,32 @@ impl Chat {
         // Each owner's live sessions are looked up once per batch (a busy sender, or a group's
         // members, own many of its entries); entries stay in batch order, which is seq order
         // for each owner.
-        let mut live: HashMap<&str, Vec<Arc<SessionHandle>>> = HashMap::new();
+        let mut live: HashMap<&str, Result<Vec<Arc<SessionHandle>>, Home>> = HashMap::new();
         for (owner, entry) in &batch.inbox {
-            let sessions = live
+            let here = live
                 .entry(owner.as_str())
-                .or_insert_with(|| dir.sessions_of(owner));
+                .or_insert_with(|| match dir.home_of(owner) {
+                    Home::Here => Ok(dir.sessions_of(owner)),
+                    elsewhere => Err(elsewhere),
+                });
+            let sessions = match here {
+                Ok(s) => s,
+                Err(Home::Node(node)) => {
+                    let message = (entry.kind == EntryKind::Message && entry.from != *owner)
+                        .then(|| (entry.msg_id.0, entry.from.clone()));
+                    remote
+                        .entry(node.clone())
+                        .or_default()
+                        .push(presence_peer::ChatPush {
+                            owner: owner.clone(),
+                            seq: entry.seq,
+                            frame: frames::inbox_frame(entry),
+                            message,
+                        });
+                    continue;
+                }
+                Err(_) => continue,
+            };
             if sessions.is_empty() {
                 if entry.kind == EntryKind::Message && entry.from != *owner {
                     undelivered.push(Undelivered {
@@ -412,7 +665,10 @@ impl Chat {
         }
         metrics::counter!(m::CHAT_ENTRIES_PUSHED).increment(delivered);
         metrics::counter!(m::CHAT_ENTRIES_LAGGING).increment(lagging);
-        undelivered
+        Handed {
+            undelivered,
+            remote,
+        }
     }
 
     /// Retention: trims entries older than `max_age` at `now` (blocking: a store scan).

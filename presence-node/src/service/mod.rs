@@ -82,6 +82,8 @@ pub struct Service {
     fence_until: std::sync::atomic::AtomicU64,
     /// Cluster mode: statuses set here, for the store.
     statuses: statuses::StatusLog,
+    /// Cluster mode: typing notices for users other nodes serve, by node, until the tick.
+    peer_chat: parking_lot::Mutex<HashMap<String, Vec<presence_peer::ChatPush>>>,
 }
 
 impl Service {
@@ -92,6 +94,7 @@ impl Service {
         cfg: NodeConfig,
         secret: Vec<u8>,
         admin_key: String,
+        shared_chat: Option<(Arc<dyn chat_relay::ChatStore>, u16)>,
         now: u64,
     ) -> anyhow::Result<Self> {
         use anyhow::Context;
@@ -127,13 +130,24 @@ impl Service {
             max_unsettled_sends: cfg.chat_max_in_flight,
             ..chat_relay::Limits::default()
         };
-        let chat = Chat::open(
-            &cfg.data_dir.join("chat"),
-            cfg.chat_store,
-            cfg.node_id.as_deref().unwrap_or("0"),
-            limits,
-        )?;
-        tracing::info!(store = cfg.chat_store.as_str(), "chat store open");
+        let chat_dir = cfg.data_dir.join("chat");
+        let backend = match shared_chat {
+            Some((store, node_number)) => chat::ChatBackend::Shared { store, node_number },
+            None => chat::ChatBackend::Local {
+                dir: &chat_dir,
+                kind: cfg.chat_store,
+                node_id: cfg.node_id.as_deref().unwrap_or("0"),
+            },
+        };
+        let chat = Chat::open(backend, limits)?;
+        tracing::info!(
+            store = if chat.is_shared() {
+                "postgres"
+            } else {
+                cfg.chat_store.as_str()
+            },
+            "chat store open"
+        );
         Ok(Self {
             engine,
             cfg,
@@ -147,6 +161,7 @@ impl Service {
             replica: parking_lot::Mutex::new(replicate::Replica::new()),
             fence_until: std::sync::atomic::AtomicU64::new(u64::MAX),
             statuses: statuses::StatusLog::default(),
+            peer_chat: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -162,6 +177,16 @@ impl Service {
         &self.chat
     }
 
+    /// Cluster mode: a chat frame for a user node `node` serves, sent with the next tick.
+    pub(crate) fn queue_peer_chat(&self, node: String, push: presence_peer::ChatPush) {
+        self.peer_chat.lock().entry(node).or_default().push(push);
+    }
+
+    /// The chat frames queued for other nodes since the last call (the tick's).
+    pub fn take_peer_chat(&self) -> HashMap<String, Vec<presence_peer::ChatPush>> {
+        std::mem::take(&mut *self.peer_chat.lock())
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -172,6 +197,7 @@ impl Service {
             engine: &self.engine,
             groups: &self.groups,
             registry: &self.registry,
+            routes: &self.routes,
         }
     }
 

@@ -201,7 +201,7 @@ impl Replica {
                     }
                 }
                 // The links handle these themselves.
-                PeerFrame::Hello { .. } | PeerFrame::Applied { .. } => {}
+                PeerFrame::Hello { .. } | PeerFrame::Applied { .. } | PeerFrame::Chat { .. } => {}
             }
         }
         (folded, replies)

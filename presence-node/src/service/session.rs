@@ -20,7 +20,7 @@ use presence_wire::{ClientMessage, ErrorCode, ProtocolError};
 use tracing::{debug, warn};
 
 use super::Service;
-use super::chat::{Answer, refusal};
+use super::chat::{Answer, MessageOp, refusal};
 use super::outbox::{ChatItem, CloseReason};
 use super::registry::SessionHandle;
 use crate::frames;
@@ -70,6 +70,13 @@ pub enum Read {
         after: u64,
         limit: usize,
     },
+    /// The message an `edit`, `delete` or `read` acts on, from a shared chat store (the
+    /// relay reads nothing under its lock).
+    Message {
+        user: String,
+        id: MsgId,
+        op: MessageOp,
+    },
     /// A client's `history`.
     History {
         user: String,
@@ -90,6 +97,12 @@ pub enum ReadResult {
     },
     /// The rendered `history` frame.
     History(Result<Vec<u8>, chat_relay::ChatError>),
+    Message {
+        user: String,
+        id: MsgId,
+        op: MessageOp,
+        found: Result<Option<chat_relay::StoredMessage>, chat_relay::StoreError>,
+    },
 }
 
 /// How a session ends.
@@ -435,6 +448,12 @@ impl Service {
                     .and_then(|head| Ok((head, reader.device_ack(&user, &device)?))),
             ),
             Read::Inbox { user, after } => ReadResult::Inbox(reader.sync(&user, after, 0)),
+            Read::Message { user, id, op } => ReadResult::Message {
+                found: self.chat.store().message(id),
+                user,
+                id,
+                op,
+            },
             Read::Sync { user, after, limit } => ReadResult::Sync {
                 after,
                 page: reader.sync(&user, after, limit),
@@ -456,7 +475,7 @@ impl Service {
     }
 
     /// A store read came back.
-    pub fn on_read(&self, s: &mut Session, result: ReadResult, _now: u64) -> Effects {
+    pub fn on_read(&self, s: &mut Session, result: ReadResult, now: u64) -> Effects {
         match result {
             ReadResult::Heads(heads) => self.welcome(s, heads),
             ReadResult::Inbox(Ok(page)) => {
@@ -480,8 +499,49 @@ impl Service {
                 }
                 Err(e) => Effects::default().error(&refusal(&e, None)),
             },
+            ReadResult::Message {
+                user,
+                id,
+                op,
+                found,
+            } => match found {
+                Ok(m) => {
+                    let answer = self
+                        .chat
+                        .message_op(&self.dir(), &user, id, &op, Some(m), now);
+                    match answer {
+                        Some(Answer::Error(e)) => Effects::default().error(&e),
+                        Some(Answer::Frame(f)) => Effects::default().frame(f),
+                        Some(Answer::Later) | None => Effects::default(),
+                    }
+                }
+                Err(e) => {
+                    warn!("reading a message for an edit, delete or read failed: {e}");
+                    Effects::default().error(&refusal(&chat_relay::ChatError::Store(e), None))
+                }
+            },
             ReadResult::History(Ok(frame)) => Effects::default().frame(frame),
             ReadResult::History(Err(e)) => Effects::default().error(&refusal(&e, None)),
+        }
+    }
+
+    /// `edit`, `delete` or `read` of a message: at once, or after the message is read from
+    /// a shared store.
+    fn message_op(
+        &self,
+        dir: &super::chat::Dir<'_>,
+        user: &str,
+        id: MsgId,
+        op: MessageOp,
+        now: u64,
+    ) -> Reply {
+        match self.chat.message_op(dir, user, id, &op, None, now) {
+            Some(answer) => chat_answer(answer),
+            None => Reply::Read(Read::Message {
+                user: user.to_owned(),
+                id,
+                op,
+            }),
         }
     }
 
@@ -808,8 +868,22 @@ impl Service {
                         };
                         let frame = Bytes::from(frames::typing_frame(user, g));
                         for u in users {
-                            for h in dir.sessions_of(&u) {
-                                h.outbox.push_chat(ChatItem::Frame(frame.clone()));
+                            match dir.home_of(&u) {
+                                super::chat::Home::Here => {
+                                    for h in dir.sessions_of(&u) {
+                                        h.outbox.push_chat(ChatItem::Frame(frame.clone()));
+                                    }
+                                }
+                                super::chat::Home::Node(node) => self.queue_peer_chat(
+                                    node,
+                                    presence_peer::ChatPush {
+                                        owner: u,
+                                        seq: 0,
+                                        frame: frame.to_vec(),
+                                        message: None,
+                                    },
+                                ),
+                                super::chat::Home::Nowhere => {}
                             }
                         }
                         Reply::None
@@ -818,15 +892,15 @@ impl Service {
                 }
             }
             ClientMessage::Read { msg_id } => match parse_msg_id(&msg_id) {
-                Ok(id) => chat_answer(self.chat.write(|r| r.read(now, user, id, &dir))),
+                Ok(id) => self.message_op(&dir, user, id, MessageOp::Read, now),
                 Err(r) => r,
             },
             ClientMessage::Edit { msg_id, text } => match parse_msg_id(&msg_id) {
-                Ok(id) => chat_answer(self.chat.write(|r| r.edit(now, user, id, &text, &dir))),
+                Ok(id) => self.message_op(&dir, user, id, MessageOp::Edit(text), now),
                 Err(r) => r,
             },
             ClientMessage::Delete { msg_id } => match parse_msg_id(&msg_id) {
-                Ok(id) => chat_answer(self.chat.write(|r| r.delete(now, user, id, &dir))),
+                Ok(id) => self.message_op(&dir, user, id, MessageOp::Delete, now),
                 Err(r) => r,
             },
             ClientMessage::History {

@@ -1,8 +1,11 @@
 //! What the cluster suites (`cluster.rs`, `partition.rs`) share: the nodes' fast settings,
-//! the convergence bound, the graphs, and how a client waits to see friends online.
+//! the convergence bound, the graphs, how a client waits to see friends online, and the
+//! cluster itself (etcd, PostgreSQL and the nodes, started here).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
+use presence_tests::services::{Etcd, Postgres};
 use serde_json::Value;
 
 use super::{Client, Node};
@@ -98,4 +101,113 @@ pub async fn route(asked: &Node, user: &str) -> String {
         .await;
     assert_eq!(status, 200, "{r}");
     r["node"].as_str().expect("node").to_owned()
+}
+
+pub const SECRET: &str = "cluster-test-token-secret";
+pub const KEY: &str = "cluster-test-admin-key";
+/// The tick of these nodes (`common::FAST`).
+pub const TICK: Duration = Duration::from_millis(50);
+pub const LEASE: &str = "2s";
+
+pub struct Cluster {
+    pub _etcd: Etcd,
+    pub _pg: Postgres,
+    pub url: String,
+    pub etcd: Vec<String>,
+    pub prefix: String,
+    pub nodes: BTreeMap<String, Node>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+/// One cluster at a time: three nodes, etcd and PostgreSQL already fill two cores.
+/// (A tokio mutex: a test that failed holding it does not poison the others.)
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Cluster {
+    /// etcd, PostgreSQL with `pairs` loaded as friendships, and nodes `ids`.
+    pub async fn start(ids: &[&str], pairs: &[(String, String)]) -> Cluster {
+        super::init();
+        let etcd = Etcd::start().expect("etcd");
+        let pg = Postgres::start().expect("postgres");
+        let url = pg.create_database("cluster").expect("database");
+        let store = presence_pg::Store::connect(&url).await.expect("store");
+        store
+            .bulk_load(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())))
+            .await
+            .expect("bulk load");
+        let mut c = Cluster {
+            etcd: etcd.endpoints(),
+            _etcd: etcd,
+            _pg: pg,
+            url,
+            prefix: format!("/test-{}/", std::process::id()),
+            nodes: BTreeMap::new(),
+            dirs: Vec::new(),
+        };
+        for id in ids {
+            c.add(id);
+        }
+        c.settled(Duration::from_secs(20)).await;
+        c
+    }
+
+    /// Starts node `id` on a fresh data folder.
+    pub fn add(&mut self, id: &str) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("admin_key"), KEY).expect("key");
+        let etcd = self.etcd.join(",");
+        let mut args: Vec<&str> = CLUSTER_FAST.to_vec();
+        args.extend([
+            "--node-id",
+            id,
+            "--cluster-etcd",
+            &etcd,
+            "--cluster-prefix",
+            &self.prefix,
+            "--store",
+            &self.url,
+            "--secret",
+            SECRET,
+            "--admin-key",
+            KEY,
+            "--lease-ttl",
+            LEASE,
+            "--peer-listen",
+            "127.0.0.1:0",
+        ]);
+        let node = Node::start_in(dir.path(), &args);
+        self.nodes.insert(id.to_owned(), node);
+        self.dirs.push(dir);
+    }
+
+    pub fn node(&self, id: &str) -> &Node {
+        &self.nodes[id]
+    }
+
+    /// Waits until every running node sees the same members, every slot owned, and each
+    /// node serving (loaded) all of its slots.
+    pub async fn settled(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let want: Vec<&str> = self.nodes.keys().map(String::as_str).collect();
+        loop {
+            let mut ok = true;
+            let mut last = Value::Null;
+            for (id, n) in &self.nodes {
+                if let Err(seen) = settled_on(id, n, &want).await {
+                    ok = false;
+                    last = seen;
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster not settled: {last}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node that owns `user` now, by `/v1/route` on `asked`.
+    pub async fn owner(&self, asked: &str, user: &str) -> String {
+        route(self.node(asked), user).await
+    }
 }
