@@ -4,7 +4,9 @@
 //!
 //! The relay's [`ChatStore`] is synchronous (its committer and readers are threads of their
 //! own), so this store speaks through the `postgres` crate, the blocking face of
-//! `tokio-postgres`: never call it from inside an async task.
+//! `tokio-postgres`. Called from a thread inside a tokio runtime (where that client's own
+//! `block_on` would panic), a call runs on a scoped thread of its own and still blocks the
+//! caller: keep it off async tasks, on the commit thread or `spawn_blocking`.
 //!
 //! The database holds two of the relay's rules itself, so that a second writer (a node that
 //! lost a slot and does not know it yet) cannot break them: an inbox `(owner, seq)` is a
@@ -142,15 +144,17 @@ impl PgChatStore {
         // The migrations are the graph store's (async): run them once on a runtime of
         // their own, as `Store::connect` does.
         let config: tokio_postgres::Config = url.parse().map_err(backend)?;
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(backend)?
-            .block_on(async {
-                let mut client = crate::store::open(&config).await?;
-                crate::schema::migrate(&mut client).await
-            })
-            .map_err(backend)?;
+        off_runtime(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(backend)?
+                .block_on(async {
+                    let mut client = crate::store::open(&config).await?;
+                    crate::schema::migrate(&mut client).await
+                })
+                .map_err(backend)
+        })?;
         Ok(store)
     }
 
@@ -199,37 +203,77 @@ impl PgChatStore {
 
     /// Runs `f` on the connection in `slot`, reopened if it broke; a connection that fails
     /// is dropped so the next call opens a fresh one.
-    fn with<T>(
+    fn with<T: Send>(
         &self,
         slot: &Mutex<Option<Client>>,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         let mut guard = slot
             .lock()
             .map_err(|_| backend("a chat store connection lock was poisoned"))?;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(self.open()?);
-        }
-        let client = guard.as_mut().ok_or_else(|| backend("no connection"))?;
-        let r = f(client);
-        if r.is_err() && client.is_closed() {
-            *guard = None;
-        }
-        r
+        let conn: &mut Option<Client> = &mut guard;
+        off_runtime(|| {
+            if conn.as_ref().is_none_or(Client::is_closed) {
+                *conn = Some(self.open()?);
+            }
+            let client = conn.as_mut().ok_or_else(|| backend("no connection"))?;
+            let r = f(client);
+            if r.is_err() && client.is_closed() {
+                *conn = None;
+            }
+            r
+        })
     }
 
-    fn with_writer<T>(
+    fn with_writer<T: Send>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         self.with(&self.writer, f)
     }
 
-    fn with_reader<T>(
+    fn with_reader<T: Send>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
         self.with(&self.reader, f)
+    }
+}
+
+/// Runs `f` where the blocking client may block: here, or — on a thread inside a tokio
+/// runtime, where the client's own `block_on` would panic — on a scoped thread of its own
+/// (the caller still waits for it: the store stays blocking, as its trait says).
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("chat-pg".into())
+            .spawn_scoped(s, f)
+            .map_err(|e| backend(format!("no thread for the chat store: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(backend("a chat store call panicked")))
+    })
+}
+
+impl Drop for PgChatStore {
+    /// The clients close their connections with a blocking call: off any runtime, too.
+    fn drop(&mut self) {
+        let mut clients = Vec::new();
+        for slot in [&self.writer, &self.reader] {
+            if let Ok(mut c) = slot.lock()
+                && let Some(c) = c.take()
+            {
+                clients.push(c);
+            }
+        }
+        if !clients.is_empty() {
+            let _ = off_runtime(move || {
+                drop(clients);
+                Ok(())
+            });
+        }
     }
 }
 
@@ -695,7 +739,9 @@ impl ChatStore for PgChatStore {
     }
 
     fn dedupe_keys(&self, f: &mut dyn FnMut(&[u8])) -> Result<(), StoreError> {
-        self.with_reader(|c| {
+        // Gathered first: the call may run on a thread of its own (a shared relay, the
+        // cluster's, never asks for them).
+        let keys = self.with_reader(|c| {
             let mut rows = c
                 .query_raw(
                     "SELECT sender, client_id FROM chat_dedupe",
@@ -703,12 +749,17 @@ impl ChatStore for PgChatStore {
                 )
                 .map_err(backend)?;
             use postgres::fallible_iterator::FallibleIterator;
+            let mut keys = Vec::new();
             while let Some(r) = rows.next().map_err(backend)? {
                 let sender = string(r.try_get(0).map_err(backend)?)?;
                 let client = string(r.try_get(1).map_err(backend)?)?;
-                f(&dedupe_key(&sender, &client));
+                keys.push(dedupe_key(&sender, &client));
             }
-            Ok(())
-        })
+            Ok(keys)
+        })?;
+        for k in &keys {
+            f(k);
+        }
+        Ok(())
     }
 }
