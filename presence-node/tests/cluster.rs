@@ -8,8 +8,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{CONVERGE, Cluster, SERIAL, TICK, mesh, sees_online};
-use common::{Client, Node, Via};
+use common::cluster::{CONVERGE, Cluster, SERIAL, TICK, mesh, sees_online, signal};
+use common::{Client, Via};
 use serde_json::Value;
 
 /// Users named so that each of the three nodes owns some: `u00`… and the hub `hub`.
@@ -444,14 +444,6 @@ async fn a_graceful_stop_hands_slots_over_and_a_rejoin_takes_them_back_without_a
         names.len(),
         rejoining.elapsed()
     );
-}
-
-fn signal(node: &Node, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([sig, &node.ready.pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success(), "kill {sig}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,9 +195,14 @@ impl PgChatStore {
 
     fn open(&self) -> Result<Client, StoreError> {
         let mut c = Client::connect(&self.url, NoTls).map_err(backend)?;
-        // Durable on return, whatever the server's default.
-        c.batch_execute("SET synchronous_commit = on")
-            .map_err(backend)?;
+        // Durable on return, whatever the server's default. A node paused in the middle of
+        // a commit (SIGSTOP, a VM freeze) holds the fence rows it checked: the server ends
+        // its transaction after a while, so the node that takes its slots is not held up
+        // for longer (a commit's statements follow each other at once).
+        c.batch_execute(
+            "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = '2s'",
+        )
+        .map_err(backend)?;
         Ok(c)
     }
 

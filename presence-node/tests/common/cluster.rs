@@ -94,6 +94,15 @@ pub async fn settled_on(id: &str, n: &Node, ids: &[&str]) -> Result<(), Value> {
     Ok(())
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`, …) to the node's process.
+pub fn signal(node: &Node, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &node.ready.pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success(), "kill {sig}");
+}
+
 /// The node that owns `user` now, by `/v1/route` on `asked`.
 pub async fn route(asked: &Node, user: &str) -> String {
     let (status, r) = asked
@@ -117,6 +126,9 @@ pub struct Cluster {
     pub prefix: String,
     pub nodes: BTreeMap<String, Node>,
     pub dirs: Vec<tempfile::TempDir>,
+    /// The nodes' settings beyond their cluster flags ([`CLUSTER_FAST`] unless started
+    /// with others).
+    pub settings: Vec<&'static str>,
 }
 
 /// One cluster at a time: three nodes, etcd and PostgreSQL already fill two cores.
@@ -126,6 +138,15 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 impl Cluster {
     /// etcd, PostgreSQL with `pairs` loaded as friendships, and nodes `ids`.
     pub async fn start(ids: &[&str], pairs: &[(String, String)]) -> Cluster {
+        Self::start_with(ids, pairs, CLUSTER_FAST).await
+    }
+
+    /// As [`Cluster::start`], the nodes with `settings` instead of [`CLUSTER_FAST`].
+    pub async fn start_with(
+        ids: &[&str],
+        pairs: &[(String, String)],
+        settings: &[&'static str],
+    ) -> Cluster {
         super::init();
         let etcd = Etcd::start().expect("etcd");
         let pg = Postgres::start().expect("postgres");
@@ -143,6 +164,7 @@ impl Cluster {
             prefix: format!("/test-{}/", std::process::id()),
             nodes: BTreeMap::new(),
             dirs: Vec::new(),
+            settings: settings.to_vec(),
         };
         for id in ids {
             c.add(id);
@@ -156,7 +178,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("admin_key"), KEY).expect("key");
         let etcd = self.etcd.join(",");
-        let mut args: Vec<&str> = CLUSTER_FAST.to_vec();
+        let mut args: Vec<&str> = self.settings.clone();
         args.extend([
             "--node-id",
             id,
