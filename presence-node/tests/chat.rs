@@ -4,11 +4,9 @@
 mod common;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::hooks::{Hook, webhook_receiver};
 use common::{Client, Node, Via};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -1076,57 +1074,6 @@ impl Peer {
         assert_eq!(r["type"], "sent", "{r}");
         r
     }
-}
-
-/// One request the webhook receiver got.
-#[derive(Debug)]
-struct Hook {
-    body: Vec<u8>,
-    signature: Option<String>,
-    at: Instant,
-    answered: u16,
-}
-
-/// A local HTTP receiver at `/hook` answering 500 to the first `fail_first` requests.
-async fn webhook_receiver(
-    fail_first: usize,
-) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
-    use axum::http::{HeaderMap, StatusCode};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let count = Arc::new(AtomicUsize::new(0));
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let tx = tx.clone();
-            let count = count.clone();
-            async move {
-                let n = count.fetch_add(1, Ordering::SeqCst);
-                let status = if n < fail_first {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    StatusCode::OK
-                };
-                let _ = tx.send(Hook {
-                    body: body.to_vec(),
-                    signature: headers
-                        .get("x-presence-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
-                    at: Instant::now(),
-                    answered: status.as_u16(),
-                });
-                status
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (addr, rx)
 }
 
 fn verify_signature(secret: &str, hook: &Hook) {

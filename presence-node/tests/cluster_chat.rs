@@ -653,3 +653,135 @@ async fn hello_where_served(c: &Cluster, user: &str, device: &str) -> (common::C
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits for `c`'s next frame matching `pred`, skipping others; panics after 3 s.
+async fn frame_where(c: &mut common::Client, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.recv_within(left).await {
+            Ok(Some(v)) if pred(&v) => return v,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("closed while waiting for {what}"),
+            Err(()) => panic!("no {what} within 3 s"),
+        }
+    }
+}
+
+/// Three users on three nodes, two devices for two of them: a 1:1 message reaches both of
+/// the recipient's devices on its node and the sender's other device; typing, the read
+/// receipt and an edit cross nodes; a group message reaches every device of every member;
+/// a recipient with no device gets exactly one `message.undelivered`, from the node that
+/// serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_reaches_every_device_across_nodes() {
+    let _serial = SERIAL.lock().await;
+    let (hook_addr, mut hooks) = common::hooks::webhook_receiver(0).await;
+    let url: &'static str = Box::leak(format!("http://{hook_addr}/hook").into_boxed_str());
+    let mut settings = common::cluster::CLUSTER_FAST.to_vec();
+    settings.extend(["--webhook-url", url]);
+    let (users, pairs) = mesh(24);
+    let c = Cluster::start_with(&["n1", "n2", "n3"], &pairs, &settings).await;
+    // One user per node, and one more (offline) not on a's node.
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in &users {
+        by_node
+            .entry(c.owner("n1", u).await)
+            .or_default()
+            .push(u.clone());
+    }
+    let pick = |n: &str, i: usize| by_node[n][i].clone();
+    let (a, b, cc, d) = (pick("n1", 0), pick("n2", 0), pick("n3", 0), pick("n2", 1));
+    let (s, v) = c
+        .node("n3")
+        .admin(
+            "PUT",
+            "/v1/groups/trio",
+            Some(json!({ "members": [a, b, cc] })),
+        )
+        .await;
+    assert_eq!(s, 204, "{v}");
+    let hello = |n: &'static str, u: String, dev: &'static str| {
+        let node = c.node(n);
+        async move {
+            common::Client::hello(node, common::Via::Ws, &u, dev)
+                .await
+                .0
+        }
+    };
+    let mut a1 = hello("n1", a.clone(), "a1").await;
+    let mut a2 = hello("n1", a.clone(), "a2").await;
+    let mut b1 = hello("n2", b.clone(), "b1").await;
+    let mut b2 = hello("n2", b.clone(), "b2").await;
+    let mut c1 = hello("n3", cc.clone(), "c1").await;
+
+    // 1:1 from n1 to n2: both of b's devices, a's other device, `sent` to the sender.
+    a1.send(json!({"type": "send", "id": "x1", "to": b, "text": "across"}))
+        .await;
+    let sent = frame_where(&mut a1, "sent", |v| v["type"] == "sent").await;
+    let msg_id = sent["msg_id"].as_str().expect("msg_id").to_owned();
+    for (dev, cl) in [("b1", &mut b1), ("b2", &mut b2), ("a2", &mut a2)] {
+        let e = frame_where(cl, "the message", |v| v["type"] == "inbox").await;
+        assert_eq!(
+            (e["seq"].as_u64(), e["text"].as_str(), e["msg_id"].as_str()),
+            (Some(1), Some("across"), Some(msg_id.as_str())),
+            "{dev}: {e}"
+        );
+    }
+    // Typing, the read receipt and an edit cross back and forth.
+    b1.send(json!({"type": "typing", "to": a})).await;
+    let t = frame_where(&mut a1, "typing", |v| v["type"] == "typing").await;
+    assert_eq!(t["from"], b.as_str(), "{t}");
+    b1.send(json!({"type": "read", "msg_id": msg_id})).await;
+    let r = frame_where(&mut a1, "the read receipt", |v| v["kind"] == "read").await;
+    assert_eq!(
+        (r["from"].as_str(), r["seq"].as_u64()),
+        (Some(b.as_str()), Some(2)),
+        "{r}"
+    );
+    a1.send(json!({"type": "edit", "msg_id": msg_id, "text": "across, edited"}))
+        .await;
+    for cl in [&mut b1, &mut b2] {
+        let e = frame_where(cl, "the edit", |v| v["kind"] == "edit").await;
+        assert_eq!(
+            (e["seq"].as_u64(), e["text"].as_str()),
+            (Some(2), Some("across, edited"))
+        );
+    }
+    // A group message from n3: every device of every member, each in its inbox's order.
+    c1.send(json!({"type": "send", "id": "g1", "group": "trio", "text": "all of us"}))
+        .await;
+    for (dev, cl, seq) in [
+        ("a1", &mut a1, 4),
+        ("a2", &mut a2, 4),
+        ("b1", &mut b1, 3),
+        ("b2", &mut b2, 3),
+        ("c1", &mut c1, 1),
+    ] {
+        let e = frame_where(cl, "the group message", |v| v["group"] == "trio").await;
+        assert_eq!(
+            (e["seq"].as_u64(), e["text"].as_str()),
+            (Some(seq), Some("all of us")),
+            "{dev}: {e}"
+        );
+    }
+    // d has no device: one webhook, from the node serving d (n2), none for b (online).
+    a1.send(json!({"type": "send", "id": "x2", "to": d, "text": "are you there"}))
+        .await;
+    let sent = frame_where(&mut a1, "sent", |v| v["type"] == "sent" && v["id"] == "x2").await;
+    let hook = tokio::time::timeout(Duration::from_secs(5), hooks.recv())
+        .await
+        .expect("a webhook within 5 s")
+        .expect("receiver");
+    let body: Value = serde_json::from_slice(&hook.body).expect("json");
+    assert_eq!(body["user"], d.as_str(), "{body}");
+    assert_eq!(body["msg_id"], sent["msg_id"], "{body}");
+    let more = tokio::time::timeout(Duration::from_secs(2), hooks.recv()).await;
+    assert!(more.is_err(), "a second webhook: {more:?}");
+    let by: Vec<f64> = [c.node("n1"), c.node("n2"), c.node("n3")]
+        .into_iter()
+        .map(|n| n.metric("chat_webhooks_total"))
+        .collect::<futures_util::future::JoinAll<_>>()
+        .await;
+    assert_eq!(by, [0.0, 1.0, 0.0], "webhooks sent by n1, n2, n3");
+}

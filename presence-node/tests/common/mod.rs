@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod hooks;
 pub mod lp;
 
 use std::net::SocketAddr;
