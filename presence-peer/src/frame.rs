@@ -24,6 +24,12 @@ pub enum PeerFrame {
     /// tick: a session that starts on the sender from now on sees those changes. An admin
     /// write is answered once every linked node says so (read-your-writes on any node).
     Applied { change: i64 },
+    /// Slots' users as their owner leaves them, sent by the node losing the slots to the
+    /// node they move to (each under the map's epoch of the new assignment): every user of
+    /// each slot it has seen. The new owner starts its users' state machines from it, so a user online
+    /// through the move stays online (its sessions reconnect within the grace period) instead
+    /// of showing never seen, then online.
+    Handoff { slots: Vec<SlotUpdate> },
     /// Chat for users the receiver serves: durable inbox entries (each owner's in the order
     /// committed here; the receiver's session fills any gap from the store) and typing
     /// notices, as the client frames they become.
@@ -153,6 +159,12 @@ mod tests {
             },
             PeerFrame::Resync { slot: 1023 },
             PeerFrame::Applied { change: 42 },
+            PeerFrame::Handoff {
+                slots: match tick() {
+                    PeerFrame::Tick { slots, .. } => slots,
+                    _ => Vec::new(),
+                },
+            },
             PeerFrame::Chat {
                 items: vec![
                     ChatPush {

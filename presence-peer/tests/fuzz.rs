@@ -57,10 +57,15 @@ fn frame() -> impl Strategy<Value = PeerFrame> {
             snapshot,
             entries,
             texts,
-        });
+        })
+        .boxed();
     prop_oneof![
-        (any::<u64>(), proptest::collection::vec(update, 0..4))
+        (
+            any::<u64>(),
+            proptest::collection::vec(update.clone(), 0..4)
+        )
             .prop_map(|(tick, slots)| PeerFrame::Tick { tick, slots }),
+        proptest::collection::vec(update, 0..3).prop_map(|slots| PeerFrame::Handoff { slots }),
         (support::text(64), any::<[u8; 32]>())
             .prop_map(|(node, proof)| PeerFrame::Hello { node, proof }),
         any::<u16>().prop_map(|slot| PeerFrame::Resync { slot }),

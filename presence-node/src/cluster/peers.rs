@@ -188,10 +188,13 @@ impl Peers {
         }
         metrics::gauge!(m::PEER_LINKS).set(self.links.lock().len() as f64);
         // The service resets what it sent this peer: every slot starts with a snapshot.
-        node.service().peer_connected(&peer);
-        // And the peer learns how far this node has applied the change log.
+        let held = node.service().peer_connected(&peer);
+        // And the peer learns how far this node has applied the change log, and gets the
+        // handovers of slots it took before the link was up.
         let change = self.announced.load(Ordering::Acquire);
-        self.send(node, vec![(peer.clone(), PeerFrame::Applied { change })]);
+        let mut frames = vec![(peer.clone(), PeerFrame::Applied { change })];
+        frames.extend(held.map(|f| (peer.clone(), f)));
+        self.send(node, frames);
         info!(peer, "peer link up");
         let span = info_span!("peer", peer = %peer);
         tokio::spawn(write_loop(sender, rx).instrument(span.clone()));
@@ -241,7 +244,10 @@ async fn read_loop(node: &Node, peers: &Peers, mut receiver: LinkReceiver) {
                 }
                 Ok(PeerFrame::Applied { change }) => peers.confirm(receiver.peer(), change),
                 Ok(PeerFrame::Chat { items }) => node.chat_from_peer(items),
-                Ok(frame) => node.service().peer_frame(receiver.peer(), frame),
+                Ok(frame) => {
+                    node.service()
+                        .peer_frame(receiver.peer(), frame, crate::node::now_ms())
+                }
                 Err(e) => {
                     receiver.close("bad frame");
                     warn!("peer sent a bad frame ({e}): link closed");

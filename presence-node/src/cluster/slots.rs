@@ -19,6 +19,9 @@ use crate::service::cluster::{Routes, SlotError};
 /// How often slots being drained are checked for sessions still open.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
+/// Longest a load waits for the handover of slots taken from a node still in the cluster.
+const HANDOFF_WAIT: Duration = Duration::from_secs(1);
+
 /// What a slot load read from the store.
 struct Loaded {
     /// Directed pairs `(user of a loaded slot, friend)`.
@@ -72,6 +75,8 @@ pub async fn run(
     let mut draining: BTreeSet<Slot> = BTreeSet::new();
     let (loaded_tx, mut loaded_rx) = mpsc::channel::<LoadResult>(16);
     let mut view = map.borrow_and_update().clone();
+    // The view before the latest change: who owned the slots being taken.
+    let mut before = view.clone();
     let mut fence = *lease.borrow_and_update();
     let mut pending = Actions::default();
     let mut published = -1;
@@ -91,7 +96,7 @@ pub async fn run(
             &store,
             &me,
             &table,
-            &view,
+            (&before, &view),
             actions,
             &mut draining,
             &loaded_tx,
@@ -108,7 +113,7 @@ pub async fn run(
         tokio::select! {
             r = map.changed() => {
                 if r.is_err() { return }
-                view = map.borrow_and_update().clone();
+                before = std::mem::replace(&mut view, map.borrow_and_update().clone());
             }
             r = lease.changed() => {
                 if r.is_err() { return }
@@ -144,7 +149,7 @@ fn carry_out(
     store: &Arc<presence_pg::Store>,
     me: &str,
     table: &SlotTable,
-    view: &Arc<SlotMap>,
+    (before, view): (&Arc<SlotMap>, &Arc<SlotMap>),
     actions: Actions,
     draining: &mut BTreeSet<Slot>,
     loaded_tx: &mpsc::Sender<LoadResult>,
@@ -163,6 +168,15 @@ fn carry_out(
     draining.extend(actions.evict.iter().copied());
     // Routes first: lost slots stop taking hellos and their sessions are told `moved`.
     publish(node, me, table, view, holds);
+    // Then their users' presence to the nodes taking them, which start from it.
+    if !actions.evict.is_empty()
+        && let Some(hooks) = node.cluster_hooks()
+    {
+        let frames = node.service().handoff_frames(&actions.evict);
+        if !frames.is_empty() {
+            hooks.peers.send(node, frames);
+        }
+    }
     for &(slot, _) in &actions.serve {
         node.service().serving_slot(slot);
     }
@@ -177,8 +191,36 @@ fn carry_out(
         let store = store.clone();
         let tx = loaded_tx.clone();
         let slots = actions.load;
+        // Slots moving from a node still in the cluster: it hands their users over, and the
+        // take waits for that (bounded), so a user online through the move stays online.
+        let members: BTreeSet<&str> = view.members().map(|m| m.id.as_str()).collect();
+        let handed_by_live: Vec<u16> = slots
+            .iter()
+            .filter(|(s, _)| {
+                before
+                    .owner(*s)
+                    .is_some_and(|o| &*o.node != me && members.contains(&*o.node))
+            })
+            .map(|(s, _)| s.get())
+            .collect();
+        let node = node.clone();
         tokio::spawn(async move {
             let (before, result) = load(&store, &slots).await;
+            if !handed_by_live.is_empty() && result.is_ok() {
+                let deadline = tokio::time::Instant::now() + HANDOFF_WAIT;
+                while !node.service().all_handed(&handed_by_live)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if !node.service().all_handed(&handed_by_live) {
+                    metrics::counter!(m::HANDOFFS_MISSED).increment(1);
+                    warn!(
+                        slots = handed_by_live.len(),
+                        "taking slots without their former owner's handover"
+                    );
+                }
+            }
             let _ = tx.send((slots, before, result)).await;
         });
     }

@@ -300,10 +300,16 @@ impl super::Service {
         self.replica.lock().serving(slot);
     }
 
-    /// A peer link is up.
-    pub fn peer_connected(&self, peer: &str) {
+    /// A peer link is up; returns the handovers held for it, to send.
+    #[must_use = "send the held handovers to the peer"]
+    pub fn peer_connected(&self, peer: &str) -> Option<presence_peer::PeerFrame> {
         let routes = self.routes().unwrap_or_else(|| Arc::new(Routes::none("")));
-        self.replica.lock().connected(peer, &routes);
+        self.replica.lock().connected(peer, &routes)
+    }
+
+    /// Whether every one of `slots` has been handed over here by its former owner.
+    pub fn all_handed(&self, slots: &[u16]) -> bool {
+        self.replica.lock().all_handed(slots)
     }
 
     /// A peer link went down.
@@ -312,9 +318,29 @@ impl super::Service {
         self.replica.lock().disconnected(peer, &routes);
     }
 
-    /// A frame from a peer, for the next tick.
-    pub fn peer_frame(&self, peer: &str, frame: presence_peer::PeerFrame) {
-        self.replica.lock().received(peer.to_owned(), frame);
+    /// A frame from a peer, for the next tick; a handover at once (see
+    /// `Replica::handed_over`).
+    pub fn peer_frame(&self, peer: &str, frame: presence_peer::PeerFrame, now: u64) {
+        match frame {
+            presence_peer::PeerFrame::Handoff { slots } => {
+                let Some(routes) = self.routes() else { return };
+                let f = self
+                    .replica
+                    .lock()
+                    .handed_over(self.engine(), &routes, slots, now);
+                metrics::counter!(crate::metrics::PEER_APPLIED).increment(f.applied as u64);
+                metrics::counter!(crate::metrics::PEER_STALE).increment(f.stale as u64);
+            }
+            frame => self.replica.lock().received(peer.to_owned(), frame),
+        }
+    }
+
+    /// The handover of `slots`, just lost here, for the nodes they move to.
+    pub fn handoff_frames(&self, slots: &[Slot]) -> Vec<(String, presence_peer::PeerFrame)> {
+        let Some(routes) = self.routes() else {
+            return Vec::new();
+        };
+        self.replica.lock().handoff(self.engine(), &routes, slots)
     }
 
     /// A peer's queue was full: these slots start again from snapshots.

@@ -50,6 +50,10 @@ pub struct Replica {
     /// Slots to ask peers for again with the next tick's frames (each once, however many
     /// slots were taken since the last tick).
     asks: BTreeSet<(String, u16)>,
+    /// Handovers of lost slots for nodes not linked yet: sent when their link comes up.
+    held: HashMap<String, BTreeMap<u16, SlotUpdate>>,
+    /// Slots handed over to this node and not taken yet.
+    handed: HashSet<u16>,
 }
 
 impl Default for Replica {
@@ -67,16 +71,29 @@ impl Replica {
             owned: HashMap::new(),
             queue: Vec::new(),
             asks: BTreeSet::new(),
+            held: HashMap::new(),
+            handed: HashSet::new(),
         }
     }
 
-    /// A link to `peer` is up: every slot served here starts again with a snapshot.
-    pub fn connected(&mut self, peer: &str, routes: &Routes) {
+    /// A link to `peer` is up: every slot served here starts again with a snapshot. Returns
+    /// the handovers held for it.
+    #[must_use = "send the held handovers to the peer"]
+    pub fn connected(&mut self, peer: &str, routes: &Routes) -> Option<PeerFrame> {
         let mut out = Outbound::new();
         for (slot, _) in routes.served() {
             out.resync(slot.get());
         }
         self.peers.insert(peer.to_owned(), out);
+        let held = self.held.remove(peer)?;
+        Some(PeerFrame::Handoff {
+            slots: held.into_values().collect(),
+        })
+    }
+
+    /// Whether every one of `slots` has been handed over to this node (and not taken yet).
+    pub fn all_handed(&self, slots: &[u16]) -> bool {
+        slots.iter().all(|s| self.handed.contains(s))
     }
 
     /// The link to `peer` broke: nothing goes there until it is back, and the slots it sent
@@ -115,6 +132,7 @@ impl Replica {
         self.owned.entry(slot.get()).or_default().extend(users);
         // What was mirrored of them is now this node's own state.
         self.mirrored.remove(&slot.get());
+        self.handed.remove(&slot.get());
         self.inbound.drop_slot(slot.get());
     }
 
@@ -200,6 +218,12 @@ impl Replica {
                         out.resync(slot);
                     }
                 }
+                PeerFrame::Handoff { slots } => {
+                    let f = self.handed_over(engine, routes, slots, now);
+                    folded.applied += f.applied;
+                    folded.stale += f.stale;
+                    folded.refused += f.refused;
+                }
                 // The links handle these themselves.
                 PeerFrame::Hello { .. } | PeerFrame::Applied { .. } | PeerFrame::Chat { .. } => {}
             }
@@ -242,6 +266,93 @@ impl Replica {
                 return;
             }
         }
+        self.apply(
+            engine,
+            slot,
+            &update,
+            verdict == Verdict::Replace,
+            now,
+            folded,
+        );
+    }
+
+    /// Slots handed over by `peer`, their former owner, as it left them ([`PeerFrame::Handoff`]):
+    /// their users are mirrored here at once (not at the next tick), so that the take that
+    /// follows the slots' load starts their state machines from them. Not for slots served
+    /// here already (a take already done started from what it had).
+    pub fn handed_over(
+        &mut self,
+        engine: &Engine,
+        routes: &Routes,
+        slots: Vec<SlotUpdate>,
+        now: u64,
+    ) -> Folded {
+        let mut folded = Folded::default();
+        for update in slots {
+            let Some(slot) = Slot::new(update.slot) else {
+                folded.refused += 1;
+                continue;
+            };
+            // A later assignment than the handover's, or a take already done: too late.
+            // (A handover may arrive before this node has seen the map that gives it the
+            // slot: an epoch newer than the routes' is taken.)
+            if routes.serves(slot) || routes.epoch_of(slot).is_some_and(|e| e > update.epoch) {
+                folded.stale += 1;
+                continue;
+            }
+            self.apply(engine, slot, &update, false, now, &mut folded);
+            self.handed.insert(update.slot);
+        }
+        folded
+    }
+
+    /// The handover of `slots`, just lost, to the nodes they move to: every user of each
+    /// slot owned here and seen (none is a handover too: the taker waits for it), under the
+    /// epoch of the slot's new assignment. For a node not linked yet it is held until its
+    /// link comes up (one per slot, the latest).
+    pub fn handoff(
+        &mut self,
+        engine: &Engine,
+        routes: &Routes,
+        slots: &[Slot],
+    ) -> Vec<(String, PeerFrame)> {
+        let mut by_peer: BTreeMap<String, Vec<SlotUpdate>> = BTreeMap::new();
+        for &slot in slots {
+            let (Some(peer), Some(epoch)) = (routes.owner_of(slot), routes.epoch_of(slot)) else {
+                continue;
+            };
+            if peer == routes.me() {
+                continue;
+            }
+            let mut users = self.owned_in(slot);
+            users.retain(|&u| engine.presence(u) != Presence::NEVER_SEEN);
+            users.sort_unstable();
+            let u = update(engine, slot.get(), epoch, 0, true, &users);
+            if self.peers.contains_key(peer) {
+                by_peer.entry(peer.to_owned()).or_default().push(u);
+            } else {
+                self.held
+                    .entry(peer.to_owned())
+                    .or_default()
+                    .insert(slot.get(), u);
+            }
+        }
+        by_peer
+            .into_iter()
+            .map(|(peer, slots)| (peer, PeerFrame::Handoff { slots }))
+            .collect()
+    }
+
+    /// Sets the mirrored presence of an update's users (all of the slot's, if `replace`).
+    fn apply(
+        &mut self,
+        engine: &Engine,
+        slot: Slot,
+        update: &SlotUpdate,
+        replace: bool,
+        now: u64,
+        folded: &mut Folded,
+    ) {
         let texts: HashMap<u32, &str> =
             update.texts.iter().map(|(i, t)| (*i, t.as_str())).collect();
         let mut changes: Vec<(UserId, Option<Presence>)> = Vec::with_capacity(update.entries.len());
@@ -266,7 +377,7 @@ impl Replica {
             }
         }
         let set = self.mirrored.entry(update.slot).or_default();
-        if verdict == Verdict::Replace {
+        if replace {
             let listed: HashSet<UserId> = changes.iter().map(|(u, _)| *u).collect();
             for &gone in set.iter().filter(|u| !listed.contains(u)) {
                 changes.push((gone, None));
