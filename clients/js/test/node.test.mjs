@@ -208,6 +208,9 @@ test("history pages; read, edit and delete; a status set while disconnected", { 
     assert.deepEqual(older.messages.map((m) => m.msg_id), [a.msg_id]);
     assert.equal(older.more, true, "a full page");
     frank.read(b.msg_id);
+    // The receipt first: a read of a message already deleted is refused (frank's request
+    // travels by long-poll and could arrive after erin's delete).
+    await until(() => erinGot.some((e) => e.kind === "read"), 5000, "the read receipt");
     erin.edit(a.msg_id, "first (edited)");
     erin.delete(b.msg_id);
     await until(
