@@ -150,6 +150,14 @@ impl Outbox {
         kept
     }
 
+    /// Has the session read its inbox back from the store after what it has written, as
+    /// a lagging one does: for entries that may have been lost on their way here (another
+    /// node's push over a link that broke).
+    pub fn catch_up(&self) {
+        self.inner.lock().lagging = true;
+        self.wakeup.notify();
+    }
+
     /// Everything waiting, at once (a close stays: every later take reports it too).
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
@@ -220,6 +228,15 @@ mod tests {
         assert_eq!(tick, 999);
         assert_eq!(items, vec![e(1, "b1"), e(2, "c2"), e(3, "c3")]);
         assert!(o.take().presence.is_none());
+    }
+
+    #[test]
+    fn catch_up_marks_lagging_once() {
+        let o = Outbox::default();
+        assert!(!o.take().lagging);
+        o.catch_up();
+        assert!(o.take().lagging, "the session reads its inbox back");
+        assert!(!o.take().lagging, "once");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub const PEER_BYTES_SENT: &str = "cluster_peer_bytes_sent_total";
 pub const PEER_OVERFLOWS: &str = "cluster_peer_queue_overflows_total";
 pub const PEER_CHAT_FRAMES: &str = "cluster_peer_chat_frames_total";
 pub const HANDOFFS_MISSED: &str = "cluster_handoffs_missed_total";
+pub const CHAT_CATCH_UPS: &str = "cluster_chat_catch_ups_total";
 pub const CHAT_FENCED: &str = "chat_commits_fenced_total";
 pub const PEER_APPLIED: &str = "cluster_peer_entries_applied_total";
 pub const PEER_STALE: &str = "cluster_peer_updates_stale_total";
@@ -232,6 +233,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         PEER_OVERFLOWS,
         Kind::Counter,
         "Cluster: frames dropped on a full peer queue (their slots are sent again as snapshots)",
+    ),
+    (
+        CHAT_CATCH_UPS,
+        Kind::Counter,
+        "Cluster: sessions made to read their inbox back after a peer link came up or a peer lost chat pushes",
     ),
     (
         HANDOFFS_MISSED,

@@ -102,6 +102,7 @@ impl Node {
                 }
                 // Typing notices for users other nodes serve, gathered since the last tick.
                 self.send_chat(svc.take_peer_chat());
+                c.peers.settle_chat();
                 c.peers.announce(self, applied);
                 report.tick
             }

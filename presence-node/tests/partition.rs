@@ -262,6 +262,7 @@ async fn observe(mut c: Client, until: Instant) -> (Client, Seen, Option<Value>)
                     seen.push((Instant::now(), user, e.clone()));
                 }
             }
+            Ok(Some(v)) if v["type"] == "inbox" => seen.push((Instant::now(), INBOX.into(), v)),
             Ok(Some(v)) if v["type"] == "error" => return (c, seen, Some(v)),
             Ok(Some(_)) => {}
             Ok(None) => return (c, seen, Some(Value::Null)),
@@ -270,6 +271,9 @@ async fn observe(mut c: Client, until: Instant) -> (Client, Seen, Option<Value>)
     }
     (c, seen, None)
 }
+
+/// The "user" `observe` files inbox entries under.
+const INBOX: &str = "#inbox";
 
 /// Reads `c` until the node ends the session: the error frame it said (`Null` if it closed
 /// without one), or `None` if the session is still open after `within`.
@@ -633,10 +637,15 @@ async fn a_cut_peer_link_moves_no_slot_and_presence_resyncs_after_heal() {
     let cut_at = Instant::now();
     let o1_until = cut_at + Duration::from_secs(24);
     let o1_task = tokio::spawn(observe(o1c, o1_until));
-    // Changes on n2 during the cut: u goes dnd, q leaves.
+    // Changes on n2 during the cut: u goes dnd, q leaves, u writes to o1 (durable on n2,
+    // its push to n1 lost with the link).
     uc.send(serde_json::json!({"type": "status", "status": "dnd", "text": "cut"}))
         .await;
     qc.close().await;
+    uc.send(serde_json::json!({"type": "send", "id": "cut-1", "to": o1, "text": "during the cut"}))
+        .await;
+    let sent = uc.expect("sent", Duration::from_secs(5)).await;
+    assert_eq!(sent["id"], "cut-1", "{sent}");
     // n3's link still works: o3 sees both.
     o3c.expect_presence(&u, Duration::from_secs(3), |e| e["status"] == "dnd")
         .await;
@@ -716,6 +725,16 @@ async fn a_cut_peer_link_moves_no_slot_and_presence_resyncs_after_heal() {
         "{o1} last saw {q} as {q_last:?}: {seen:?}"
     );
     let u_right = u_at.saturating_duration_since(healed_at);
+    // The message written during the cut reached o1's live device after the heal, with no
+    // reconnect (its session read its inbox back when the link came up).
+    let got = seen
+        .iter()
+        .find(|(_, who, e)| who == INBOX && e["text"] == "during the cut")
+        .map(|(at, ..)| at.saturating_duration_since(healed_at));
+    assert!(
+        got.is_some(),
+        "{o1} never got the message written during the cut: {seen:?}"
+    );
     // And n1 -> n2 again.
     o1c.send(serde_json::json!({"type": "status", "status": "busy", "text": "healed"}))
         .await;
@@ -727,7 +746,8 @@ async fn a_cut_peer_link_moves_no_slot_and_presence_resyncs_after_heal() {
         "n1-n2 peer link cut: o3 saw n2's changes within {o3_saw:?}; link found down after \
          {link_down:?} (no fence, no slot moved); {o1} on n1 saw during the cut {during:?}; \
          after heal: relinked {relinked:?}, {o1} saw {:?} / {:?}, {u} right after \
-         {u_right:?}, n1->n2 change in {back:?}; total {:?}",
+         {u_right:?}, the message of the cut after {got:?}, n1->n2 change in {back:?}; \
+         total {:?}",
         after(&u),
         after(&q),
         test_started.elapsed()

@@ -3,7 +3,7 @@
 //! per link that hands decoded frames to the service for the next tick. Moves bytes only;
 //! what to send and what a frame means are the service's (`service::replicate`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -47,6 +47,9 @@ pub struct Peers {
     confirmed: watch::Sender<HashMap<String, i64>>,
     /// The change-log id this node last told its peers it has applied and published.
     announced: AtomicI64,
+    /// Peers that lost chat pushes on a full queue: they are told (an empty `Chat`) at the
+    /// next tick that finds room.
+    chat_owed: Mutex<HashSet<String>>,
 }
 
 impl Peers {
@@ -58,6 +61,7 @@ impl Peers {
             next_id: AtomicU64::new(1),
             confirmed: watch::Sender::new(HashMap::new()),
             announced: AtomicI64::new(0),
+            chat_owed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -136,12 +140,37 @@ impl Peers {
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     metrics::counter!(m::PEER_OVERFLOWS).increment(1);
-                    if let PeerFrame::Tick { slots, .. } = &frame {
-                        node.service()
-                            .peer_overflowed(&peer, slots.iter().map(|u| u.slot));
+                    match &frame {
+                        PeerFrame::Tick { slots, .. } => node
+                            .service()
+                            .peer_overflowed(&peer, slots.iter().map(|u| u.slot)),
+                        // Its sessions read their inboxes back once the peer hears of it.
+                        PeerFrame::Chat { .. } => {
+                            self.chat_owed.lock().insert(peer.clone());
+                        }
+                        _ => {}
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// From the tick thread: tells peers that lost chat pushes to have their sessions read
+    /// their inboxes back (an empty `Chat` frame), where their queues have room now.
+    pub fn settle_chat(&self) {
+        let owed: Vec<String> = self.chat_owed.lock().iter().cloned().collect();
+        for peer in owed {
+            let Ok(bytes) = (PeerFrame::Chat { items: Vec::new() }).encode() else {
+                continue;
+            };
+            let sent = match self.links.lock().get(&peer) {
+                Some(h) => h.tx.try_send(Bytes::copy_from_slice(&bytes)).is_ok(),
+                // No link: it catches up when the link comes up.
+                None => true,
+            };
+            if sent {
+                self.chat_owed.lock().remove(&peer);
             }
         }
     }
@@ -189,6 +218,8 @@ impl Peers {
         metrics::gauge!(m::PEER_LINKS).set(self.links.lock().len() as f64);
         // The service resets what it sent this peer: every slot starts with a snapshot.
         let held = node.service().peer_connected(&peer);
+        // Chat the peer pushed while the link was down is in the store, not here yet.
+        crate::service::chat::Chat::catch_up_all(&node.service().dir());
         // And the peer learns how far this node has applied the change log, and gets the
         // handovers of slots it took before the link was up.
         let change = self.announced.load(Ordering::Acquire);

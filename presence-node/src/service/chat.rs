@@ -377,12 +377,19 @@ impl Chat {
     /// Chat a peer committed for users served here: pushed to their live devices in the
     /// order it came (a session fills any gap before an entry from the store); returns the
     /// `message.undelivered` events for owners with no live device.
+    ///
+    /// No items is a peer saying some of its pushes were lost (a full queue): every live
+    /// session here reads its inbox back from the store.
     #[must_use = "the undelivered events go to the webhook sender"]
     pub fn from_peer(
         &self,
         dir: &Dir<'_>,
         items: Vec<presence_peer::ChatPush>,
     ) -> Vec<Undelivered> {
+        if items.is_empty() {
+            Self::catch_up_all(dir);
+            return Vec::new();
+        }
         let mut undelivered = Vec::new();
         let (mut delivered, mut lagging) = (0u64, 0u64);
         let mut live: HashMap<String, Vec<Arc<SessionHandle>>> = HashMap::new();
@@ -598,6 +605,18 @@ impl Chat {
                 Delivery::Failed(failed)
             }
         }
+    }
+
+    /// Every live session here reads its inbox back from the store after what it has
+    /// written: pushes from a peer may have been lost (a link that broke, a full queue).
+    /// One store read per session, so only on such events.
+    pub fn catch_up_all(dir: &Dir<'_>) {
+        let mut n = 0u64;
+        dir.registry.for_each(|s| {
+            s.outbox.catch_up();
+            n += 1;
+        });
+        metrics::counter!(m::CHAT_CATCH_UPS).increment(n);
     }
 
     /// After a commit: `sent` to the waiters, entries to the owners' live devices, webhooks
