@@ -48,6 +48,55 @@ pub struct PeerMetrics {
     pub entries_sent: u64,
     pub peer_applied: u64,
     pub graph: GraphHeld,
+    pub chat: ChatCounts,
+}
+
+/// A node's chat counters (`/metrics`), or their sum over the cluster.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ChatCounts {
+    /// `chat_sends_total`: sends accepted.
+    pub sends: u64,
+    /// `chat_commits_total`: group commits (PostgreSQL transactions in a cluster).
+    pub commits: u64,
+    /// `chat_committed_rows_total`.
+    pub committed_rows: u64,
+    /// `chat_commits_fenced_total`: commits refused whole for a stale epoch.
+    pub commits_fenced: u64,
+    /// `cluster_peer_chat_frames_total`: chat frames sent to peers.
+    pub peer_chat_frames: u64,
+}
+
+impl ChatCounts {
+    fn from_metrics(text: &str) -> ChatCounts {
+        let n = |name: &str| super::node::counter_value(text, name).unwrap_or(0.0) as u64;
+        ChatCounts {
+            sends: n("chat_sends_total"),
+            commits: n("chat_commits_total"),
+            committed_rows: n("chat_committed_rows_total"),
+            commits_fenced: n("chat_commits_fenced_total"),
+            peer_chat_frames: n("cluster_peer_chat_frames_total"),
+        }
+    }
+
+    fn since(self, o: ChatCounts) -> ChatCounts {
+        ChatCounts {
+            sends: self.sends.saturating_sub(o.sends),
+            commits: self.commits.saturating_sub(o.commits),
+            committed_rows: self.committed_rows.saturating_sub(o.committed_rows),
+            commits_fenced: self.commits_fenced.saturating_sub(o.commits_fenced),
+            peer_chat_frames: self.peer_chat_frames.saturating_sub(o.peer_chat_frames),
+        }
+    }
+
+    fn add(self, o: ChatCounts) -> ChatCounts {
+        ChatCounts {
+            sends: self.sends + o.sends,
+            commits: self.commits + o.commits,
+            committed_rows: self.committed_rows + o.committed_rows,
+            commits_fenced: self.commits_fenced + o.commits_fenced,
+            peer_chat_frames: self.peer_chat_frames + o.peer_chat_frames,
+        }
+    }
 }
 
 /// A cluster started here: its servers, its nodes, where they keep their folders.
@@ -348,6 +397,7 @@ impl Cluster {
                         entries_sent: n("presence_entries_sent_total") as u64,
                         peer_applied: n("cluster_peer_entries_applied_total") as u64,
                         graph: GraphHeld::from_metrics(&text),
+                        chat: ChatCounts::from_metrics(&text),
                     };
                     if baseline {
                         self.members[i].metrics0 = m;
@@ -434,6 +484,7 @@ impl Cluster {
                         .saturating_sub(m.metrics0.peer_applied),
                     graph_after_load: m.metrics0.graph,
                     graph_at_end: m.metrics.graph,
+                    chat: m.metrics.chat.since(m.metrics0.chat),
                 }
             })
             .collect();
@@ -442,6 +493,9 @@ impl Cluster {
         let transitions: u64 = nodes.iter().map(|n| n.transitions).sum();
         let cluster_transitions = nodes.iter().map(|n| n.transitions).max().unwrap_or(0);
         let applied: u64 = nodes.iter().map(|n| n.peer_entries_applied).sum();
+        let chat = nodes
+            .iter()
+            .fold(ChatCounts::default(), |a, n| a.add(n.chat));
         ClusterOut {
             nodes_started: self.members.len(),
             lease_ttl_ms: self.lease_ms,
@@ -454,6 +508,8 @@ impl Cluster {
             peer_bytes_per_transition: bytes as f64 / cluster_transitions.max(1) as f64,
             peer_entries_applied: applied,
             peer_bytes_per_change: bytes as f64 / applied.max(1) as f64,
+            chat,
+            chat_commits_per_s: chat.commits as f64 / wall.max(1e-9),
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
             same_node_probe_receipts: 0,
@@ -498,6 +554,11 @@ pub struct ClusterOut {
     pub peer_entries_applied: u64,
     /// Peer bytes per change received: what one change costs on one link.
     pub peer_bytes_per_change: f64,
+    /// Chat over the run, summed over the nodes (a killed node's counters die with it: its
+    /// share is missing).
+    pub chat: ChatCounts,
+    /// PostgreSQL chat commits a second over the run.
+    pub chat_commits_per_s: f64,
     pub metrics_note: String,
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
@@ -534,6 +595,8 @@ pub struct ClusterNodeOut {
     /// at the end (after a kill, the survivors hold the dead node's share too).
     pub graph_after_load: GraphHeld,
     pub graph_at_end: GraphHeld,
+    /// This node's chat counters over the run.
+    pub chat: ChatCounts,
 }
 
 /// The kill and what followed.
@@ -916,6 +979,21 @@ pub fn table(c: &ClusterOut, s: &mut String) {
         c.peer_bytes_per_transition,
         c.cluster_transitions
     );
+    if c.chat.sends > 0 {
+        let ch = &c.chat;
+        let _ = writeln!(
+            s,
+            "  chat in PostgreSQL: {} sends accepted, {} commits ({:.0}/s, {:.1} sends a commit), {} rows ({:.2} a send), {} commits fenced, {} chat frames to peers",
+            ch.sends,
+            ch.commits,
+            c.chat_commits_per_s,
+            ch.sends as f64 / ch.commits.max(1) as f64,
+            ch.committed_rows,
+            ch.committed_rows as f64 / ch.sends as f64,
+            ch.commits_fenced,
+            ch.peer_chat_frames
+        );
+    }
     let l = &c.cross_node_probe_latency;
     let _ = writeln!(
         s,

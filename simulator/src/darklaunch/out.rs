@@ -156,6 +156,9 @@ pub struct ChatOut {
     pub node_sends: u64,
     pub node_commits: u64,
     pub node_committed_rows: u64,
+    /// Acknowledged against delivered, after the settle (`--chat-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<super::ledger::LedgerOut>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -402,6 +405,9 @@ pub fn table(r: &DarkReport) -> String {
                 );
             }
             chat_seconds(&mut s, &r.series);
+            if let Some(l) = &ch.ledger {
+                ledger_rows(&mut s, l);
+            }
         }
     } else {
         let _ = writeln!(s, "chat: off (--chat-rate 0)");
@@ -478,6 +484,40 @@ pub fn table(r: &DarkReport) -> String {
 
 /// The per-second chat figures in brief: how many seconds had a send → `sent` p99 over
 /// 10 ms, and the five seconds with the largest maximum (the whole series is in the JSON).
+/// Acknowledged against delivered.
+fn ledger_rows(s: &mut String, l: &super::ledger::LedgerOut) {
+    let _ = writeln!(
+        s,
+        "  acknowledged {} vs delivered {} ({} live, {} on a resume with `after`, {} read back after the run): {} lost, {} stored twice, {} under another msg_id, {} acknowledged twice differently{}",
+        l.acknowledged,
+        l.delivered,
+        l.delivered_live,
+        l.delivered_on_resume,
+        l.delivered_on_read,
+        l.lost,
+        l.stored_twice,
+        l.wrong_msg_id,
+        l.ack_conflicts,
+        if l.failed() { "  ** FAILED **" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "  {} sends sent again with their id after a reconnect or at the end ({} answered twice); settle {:.1} s: {} devices held unanswered sends at the end ({} still unanswered after); {} delivered without a `sent` (in flight when the sender left); {} messages no device had read, {} inboxes read back ({} failed)",
+        l.sends_resent,
+        l.resent_answers,
+        l.settle_seconds,
+        l.devices_pending_at_end,
+        l.unanswered,
+        l.delivered_unacknowledged,
+        l.missing_before_read,
+        l.users_read,
+        l.reads_failed
+    );
+    for e in &l.examples {
+        let _ = writeln!(s, "    {e}");
+    }
+}
+
 fn chat_seconds(s: &mut String, series: &[SampleOut]) {
     let with: Vec<&SampleOut> = series.iter().filter(|x| x.chat_acked_per_s > 0.0).collect();
     if with.is_empty() {
