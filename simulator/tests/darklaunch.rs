@@ -99,7 +99,11 @@ fn small_dark_launch_verifies_every_view_over_both_transports() {
     let l = &c["ledger"];
     assert!(l["acknowledged"].as_u64().unwrap() > 0, "{l}");
     assert_eq!(l["delivered"], l["acknowledged"], "{l}");
-    assert_eq!((&l["lost"], &l["stored_twice"]), (&0.into(), &0.into()), "{l}");
+    assert_eq!(
+        (&l["lost"], &l["stored_twice"]),
+        (&0.into(), &0.into()),
+        "{l}"
+    );
     assert!(r["server"]["measured"].as_bool().unwrap());
     assert!(
         stdout.contains("every compared view equals the truth"),

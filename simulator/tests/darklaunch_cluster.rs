@@ -115,11 +115,20 @@ fn a_killed_cluster_node_converges_with_no_mismatch_after_and_loses_no_chat() {
     let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("{k}: {l}"));
     assert!(n("acknowledged") > 500, "{l}");
     assert_eq!(n("delivered"), n("acknowledged"), "{l}\n{stdout}");
-    for k in ["lost", "stored_twice", "wrong_msg_id", "ack_conflicts", "unanswered"] {
+    for k in [
+        "lost",
+        "stored_twice",
+        "wrong_msg_id",
+        "ack_conflicts",
+        "unanswered",
+    ] {
         assert_eq!(n(k), 0, "{k}: {l}\n{stdout}");
     }
     assert_eq!(n("reads_failed"), 0, "{l}");
-    assert!(n("delivered_live") > 0 && n("delivered_on_resume") > 0, "{l}");
+    assert!(
+        n("delivered_live") > 0 && n("delivered_on_resume") > 0,
+        "{l}"
+    );
     // Entries for users served elsewhere crossed the peer links; commits went to PostgreSQL.
     let ch = &c["chat"];
     assert!(ch["peer_chat_frames"].as_u64().unwrap() > 0, "{ch}");

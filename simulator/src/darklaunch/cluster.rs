@@ -109,6 +109,12 @@ pub struct Cluster {
     root: PathBuf,
     etcd: Option<Etcd>,
     pg: Option<Postgres>,
+    /// PostgreSQL's postmaster and etcd, and their CPU seconds at the first and the last
+    /// sample (PostgreSQL's with its backends).
+    pg_pid: Option<u32>,
+    etcd_pid: Option<u32>,
+    services_first: Option<(f64, f64)>,
+    services_last: Option<(f64, f64)>,
 }
 
 fn ms(v: u64) -> String {
@@ -169,6 +175,15 @@ impl Cluster {
             root,
             etcd: None,
             pg: None,
+            // The socket's lock file names the postmaster on its first line.
+            pg_pid: std::fs::read_to_string(
+                pg.socket_dir().join(format!(".s.PGSQL.{}.lock", pg.port())),
+            )
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok()),
+            etcd_pid: etcd.pid(),
+            services_first: None,
+            services_last: None,
         };
         let endpoints = etcd.endpoints().join(",");
         c.etcd = Some(etcd);
@@ -365,6 +380,10 @@ impl Cluster {
     /// reading of a killed one. Returns the nodes' CPU time so far (a killed node's until its
     /// last reading) and the live nodes' RSS, summed.
     pub fn sample(&mut self) -> ProcSample {
+        let cpu = |p: Option<u32>| p.and_then(super::node::proc_tree_cpu).unwrap_or(0.0);
+        let services = (cpu(self.pg_pid), cpu(self.etcd_pid));
+        self.services_first.get_or_insert(services);
+        self.services_last = Some(services);
         let mut sum = ProcSample::default();
         for m in &mut self.members {
             if m.killed.is_none()
@@ -510,6 +529,14 @@ impl Cluster {
             peer_bytes_per_change: bytes as f64 / applied.max(1) as f64,
             chat,
             chat_commits_per_s: chat.commits as f64 / wall.max(1e-9),
+            postgres_cpu_seconds: match (self.services_first, self.services_last) {
+                (Some(f), Some(l)) => l.0 - f.0,
+                _ => 0.0,
+            },
+            etcd_cpu_seconds: match (self.services_first, self.services_last) {
+                (Some(f), Some(l)) => l.1 - f.1,
+                _ => 0.0,
+            },
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
             same_node_probe_receipts: 0,
@@ -559,6 +586,9 @@ pub struct ClusterOut {
     pub chat: ChatCounts,
     /// PostgreSQL chat commits a second over the run.
     pub chat_commits_per_s: f64,
+    /// CPU seconds over the run of PostgreSQL (postmaster and backends) and of etcd.
+    pub postgres_cpu_seconds: f64,
+    pub etcd_cpu_seconds: f64,
     pub metrics_note: String,
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
@@ -992,6 +1022,16 @@ pub fn table(c: &ClusterOut, s: &mut String) {
             ch.committed_rows as f64 / ch.sends as f64,
             ch.commits_fenced,
             ch.peer_chat_frames
+        );
+        let nodes: f64 = c.nodes.iter().map(|n| n.cpu_seconds).sum();
+        let _ = writeln!(
+            s,
+            "  CPU per accepted send: nodes {:.1} µs, PostgreSQL {:.1} µs, etcd {:.1} µs (PostgreSQL {:.1} s, etcd {:.1} s over the run)",
+            nodes * 1e6 / ch.sends as f64,
+            c.postgres_cpu_seconds * 1e6 / ch.sends as f64,
+            c.etcd_cpu_seconds * 1e6 / ch.sends as f64,
+            c.postgres_cpu_seconds,
+            c.etcd_cpu_seconds
         );
     }
     let l = &c.cross_node_probe_latency;

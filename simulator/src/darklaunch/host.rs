@@ -241,12 +241,15 @@ impl ClientState {
         self.dev.as_ref().map(|d| d.lock().cursor)
     }
 
-    /// The device's unanswered sends, in sending order.
+    /// The device's unanswered sends, in sending order, marked as sent again.
     fn pending(&self) -> Vec<String> {
-        self.dev
-            .as_ref()
-            .map(|d| d.lock().pending.values().cloned().collect())
-            .unwrap_or_default()
+        let Some(d) = &self.dev else {
+            return Vec::new();
+        };
+        let mut d = d.lock();
+        let seqs: Vec<u64> = d.pending.keys().copied().collect();
+        d.resent.extend(seqs);
+        d.pending.values().cloned().collect()
     }
 }
 
@@ -405,14 +408,19 @@ pub(super) fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u6
         }
         ServerMessage::Sent(s) => {
             if let Some((seq, at)) = parse_chat(&s.id) {
-                if let Some(d) = &st.dev {
-                    d.lock().pending.remove(&seq);
-                }
+                let resent = st.dev.as_ref().is_some_and(|d| {
+                    let mut d = d.lock();
+                    d.pending.remove(&seq);
+                    d.resent.remove(&seq)
+                });
                 // A send sent again is answered again: counted and timed once.
                 if sh.chat_resume && !sh.ledger.lock().acked(seq, s.msg_id.0) {
                     return None;
                 }
                 sh.chat_sent.fetch_add(1, Relaxed);
+                if resent {
+                    return None;
+                }
                 let us = now.saturating_sub(at);
                 let mut h = sh.hists.lock();
                 record(&mut h.chat_sent, us);

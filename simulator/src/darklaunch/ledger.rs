@@ -7,7 +7,7 @@
 //! chat seq), whether live, on a resume or read back at the end. The driver merges the hosts'
 //! ledgers ([`Reconcile`]) and checks that every acknowledged message reached its recipient.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,9 @@ pub struct DeviceChat {
     pub cursor: u64,
     /// Sends not yet answered `sent`: chat seq → the `send` frame.
     pub pending: BTreeMap<u64, String>,
+    /// Of those, the ones sent again: their `sent` is counted, not timed (their wait includes
+    /// the device's time without a connection).
+    pub resent: HashSet<u64>,
     /// How to connect it again (the last connect the driver asked for).
     pub spec: Option<ConnectSpec>,
 }

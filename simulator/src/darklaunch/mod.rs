@@ -1586,6 +1586,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
     chat.node_send_to_sent = node_chat.send;
+    chat.node_commit = node_chat.commit;
     chat.node_sends = node_chat.sends;
     chat.node_commits = node_chat.commits;
     chat.node_committed_rows = node_chat.rows;

@@ -151,6 +151,9 @@ pub struct ChatOut {
     pub acked_per_s_second_half: f64,
     /// The node's own part of send → sent (its `chat_send_seconds`), when it exports it.
     pub node_send_to_sent: Option<super::node::NodeQuantiles>,
+    /// The node's group commit time (its `chat_commit_seconds`; the first node's in a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_commit: Option<super::node::NodeQuantiles>,
     /// The node's own counts (`chat_sends_total`, `chat_commits_total`,
     /// `chat_committed_rows_total`): sends accepted, group commits (one fsync each), rows.
     pub node_sends: u64,
@@ -363,6 +366,19 @@ pub fn table(r: &DarkReport) -> String {
                 let _ = writeln!(
                     s,
                     "  node's part of send → sent (its chat_send_seconds: accepted → sent queued, durable): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
+                    q.count,
+                    le(q.p50_le_ms),
+                    le(q.p90_le_ms),
+                    le(q.p99_le_ms),
+                    le(q.p999_le_ms)
+                );
+            }
+            if let Some(q) = &ch.node_commit {
+                let le =
+                    |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
+                let _ = writeln!(
+                    s,
+                    "  node's group commit (its chat_commit_seconds): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
                     q.count,
                     le(q.p50_le_ms),
                     le(q.p90_le_ms),
