@@ -222,6 +222,8 @@ pub(super) struct ClientState {
     pub(super) welcome_seq: AtomicU64,
     /// How the backlog counts in the ledger (a reader's is read back, not resumed).
     pub(super) backlog: How,
+    /// The device has unanswered sends to send again (refused, or past the last batch).
+    retry: AtomicBool,
 }
 
 impl ClientState {
@@ -233,6 +235,7 @@ impl ClientState {
             dev,
             welcome_seq: AtomicU64::new(0),
             backlog,
+            retry: AtomicBool::new(false),
         }
     }
 
@@ -241,15 +244,19 @@ impl ClientState {
         self.dev.as_ref().map(|d| d.lock().cursor)
     }
 
-    /// The device's unanswered sends, in sending order, marked as sent again.
-    fn pending(&self) -> Vec<String> {
+    /// Up to `cap` of the device's unanswered sends not in flight, to send again (a new
+    /// connection has none in flight).
+    fn retries(&self, cap: usize, new_connection: bool) -> Vec<String> {
         let Some(d) = &self.dev else {
             return Vec::new();
         };
         let mut d = d.lock();
-        let seqs: Vec<u64> = d.pending.keys().copied().collect();
-        d.resent.extend(seqs);
-        d.pending.values().cloned().collect()
+        if new_connection {
+            d.inflight.clear();
+        }
+        let (frames, more) = d.take_retries(cap);
+        self.retry.store(more, Relaxed);
+        frames
     }
 }
 
@@ -411,6 +418,7 @@ pub(super) fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u6
                 let resent = st.dev.as_ref().is_some_and(|d| {
                     let mut d = d.lock();
                     d.pending.remove(&seq);
+                    d.inflight.remove(&seq);
                     d.resent.remove(&seq)
                 });
                 // A send sent again is answered again: counted and timed once.
@@ -464,6 +472,11 @@ pub(super) fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u6
                     *m = Some(e.message.into_owned());
                 }
             } else if chat {
+                // Refused (rate, a store that could not commit): sent again later.
+                if let (Some(d), Some((seq, _))) = (&st.dev, e.id.as_deref().and_then(parse_chat)) {
+                    d.lock().inflight.remove(&seq);
+                    st.retry.store(true, Relaxed);
+                }
                 sh.chat_errors.fetch_add(1, Relaxed);
                 sh.example(format!("chat error {code}: {}", e.message));
             } else {
@@ -809,10 +822,11 @@ async fn run_conn(
         return Some("write failed".into());
     }
     // A client sends again what its device sent and never saw answered, with the same ids.
-    if !resend(&mut conn, st, sh).await {
+    if !resend(&mut conn, st, sh, FIRST_RETRIES, true).await {
         return Some("write failed".into());
     }
     let mut pacer = AckPacer::new(sh.ack_every);
+    let mut retry_at = tokio::time::Instant::now() + RETRY_EVERY;
     loop {
         tokio::select! {
             f = conn.recv_frame() => {
@@ -830,6 +844,12 @@ async fn run_conn(
                     }
                 }
                 if !ack(&mut pacer, sh, &mut conn).await {
+                    return Some("write failed".into());
+                }
+            }
+            () = tokio::time::sleep_until(retry_at), if st.retry.load(Relaxed) => {
+                retry_at = tokio::time::Instant::now() + RETRY_EVERY;
+                if !resend(&mut conn, st, sh, RETRIES, false).await {
                     return Some("write failed".into());
                 }
             }
@@ -859,11 +879,7 @@ async fn run_conn(
                             fed = true;
                         }
                         Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
-                        Some(ClientCmd::Resend) => {
-                            if !resend(&mut conn, st, sh).await {
-                                return Some("write failed".into());
-                            }
-                        }
+                        Some(ClientCmd::Resend) => st.retry.store(true, Relaxed),
                         Some(ClientCmd::Vanish) => {
                             st.live.store(false, Relaxed);
                             vanish(conn, Duration::from_millis(sh.vanish_hold_ms), sh).await;
@@ -888,9 +904,22 @@ async fn run_conn(
     }
 }
 
-/// Writes the device's unanswered sends again; false if the write failed.
-async fn resend(conn: &mut Connection, st: &ClientState, sh: &Shared) -> bool {
-    let frames = st.pending();
+/// Unanswered sends a new connection sends at once, and then every `RETRY_EVERY` while any
+/// are left or refused: within the node's per-session bucket (burst 60, 20 a second), with
+/// room for the device's own messages.
+const FIRST_RETRIES: usize = 40;
+const RETRIES: usize = 10;
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes some of the device's unanswered sends again; false if the write failed.
+async fn resend(
+    conn: &mut Connection,
+    st: &ClientState,
+    sh: &Shared,
+    cap: usize,
+    new_connection: bool,
+) -> bool {
+    let frames = st.retries(cap, new_connection);
     if frames.is_empty() {
         return true;
     }
@@ -980,7 +1009,9 @@ pub async fn run_host(
             Cmd::ChatSend { cid, seq, msg } => {
                 if let Some(c) = clients.get(&cid) {
                     if let Some(d) = &c.state.dev {
-                        d.lock().pending.insert(seq, msg.clone());
+                        let mut d = d.lock();
+                        d.pending.insert(seq, msg.clone());
+                        d.inflight.insert(seq);
                     }
                     let _ = c.tx.send(ClientCmd::Send(msg));
                 }
@@ -1234,7 +1265,8 @@ mod tests {
         let st = ClientState::new(1, Some(dev.clone()), How::Resume);
         st.welcome_seq.store(4, Relaxed);
         assert_eq!(st.after(), Some(0));
-        assert_eq!(st.pending(), vec!["send".to_owned()]);
+        assert_eq!(st.retries(10, true), vec!["send".to_owned()]);
+        assert!(st.retries(10, false).is_empty(), "in flight");
         let at = now_us();
         let sent =
             format!(r#"{{"id":"chat:3:{at}","msg_id":"0553540624800000","ts":1,"type":"sent"}}"#);

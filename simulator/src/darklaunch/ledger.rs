@@ -25,6 +25,10 @@ pub struct DeviceChat {
     pub cursor: u64,
     /// Sends not yet answered `sent`: chat seq → the `send` frame.
     pub pending: BTreeMap<u64, String>,
+    /// Of those, the ones written on the current connection and not refused: the node owes
+    /// them an answer. The others are sent again, a few at a time (the node's per-session
+    /// rate limit closes a connection that floods it).
+    pub inflight: HashSet<u64>,
     /// Of those, the ones sent again: their `sent` is counted, not timed (their wait includes
     /// the device's time without a connection).
     pub resent: HashSet<u64>,
@@ -66,6 +70,28 @@ pub struct Ledger {
     pub resent: u64,
     /// Sends written again with their id (on a new connection, or by the settle).
     pub sends_resent: u64,
+}
+
+impl DeviceChat {
+    /// Up to `cap` unanswered sends not in flight, in sending order, now in flight and marked
+    /// as sent again; and whether more are left.
+    pub fn take_retries(&mut self, cap: usize) -> (Vec<String>, bool) {
+        let mut out = Vec::new();
+        let mut more = false;
+        for (&seq, frame) in &self.pending {
+            if self.inflight.contains(&seq) {
+                continue;
+            }
+            if out.len() == cap {
+                more = true;
+                break;
+            }
+            out.push(frame.clone());
+            self.inflight.insert(seq);
+            self.resent.insert(seq);
+        }
+        (out, more)
+    }
 }
 
 impl Ledger {
@@ -292,7 +318,7 @@ impl Reconcile<'_> {
 }
 
 /// How long the hosts may take to get their unanswered sends answered.
-const SETTLE_MS: u64 = 30_000;
+const SETTLE_MS: u64 = 120_000;
 
 impl Driver<'_> {
     /// The settle after the run (chat on), in order: every host sends its devices'
