@@ -472,10 +472,12 @@ pub(super) fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u6
                     *m = Some(e.message.into_owned());
                 }
             } else if chat {
-                // Refused (rate, a store that could not commit): sent again later.
+                // Refused (rate, a store that could not commit): sent again on the device's
+                // next connection, or by the settle, not at once: retries on the live
+                // connection would add to the offered load exactly when the node is
+                // refusing, and push the session into the node's flood close.
                 if let (Some(d), Some((seq, _))) = (&st.dev, e.id.as_deref().and_then(parse_chat)) {
                     d.lock().inflight.remove(&seq);
-                    st.retry.store(true, Relaxed);
                 }
                 sh.chat_errors.fetch_add(1, Relaxed);
                 sh.example(format!("chat error {code}: {}", e.message));
