@@ -930,6 +930,13 @@ impl Driver<'_> {
 
     /// A check after the kill: convergence, and the abandoned users' entries.
     pub(super) fn after_check(&mut self, views: &[(u32, ViewOut)], bad: u64) {
+        // A user who stayed away may still have a device on a node that lived: online, rightly.
+        let online: HashSet<u32> = self
+            .cids
+            .values()
+            .filter(|c| c.welcomed)
+            .map(|c| c.user)
+            .collect();
         let Some(k) = self.kill.as_mut() else {
             return;
         };
@@ -956,7 +963,10 @@ impl Driver<'_> {
         }
         for (_, v) in views {
             for (i, e) in v.entries.iter().enumerate() {
-                if !k.abandoned.contains(&e.0) || self.oracle.tainted[e.0 as usize] {
+                if !k.abandoned.contains(&e.0)
+                    || self.oracle.tainted[e.0 as usize]
+                    || online.contains(&e.0)
+                {
                     continue;
                 }
                 if e.1 == 0 {
