@@ -95,6 +95,15 @@ fn small_dark_launch_verifies_every_view_over_both_transports() {
     assert!(c["acked"].as_u64().unwrap() > 0, "{c}");
     assert!(c["inbox"].as_u64().unwrap() > 0, "{c}");
     assert_eq!(c["errors"], 0, "{c}");
+    // ... and every acknowledged message reached its recipient once (fjall, one node).
+    let l = &c["ledger"];
+    assert!(l["acknowledged"].as_u64().unwrap() > 0, "{l}");
+    assert_eq!(l["delivered"], l["acknowledged"], "{l}");
+    assert_eq!(
+        (&l["lost"], &l["stored_twice"]),
+        (&0.into(), &0.into()),
+        "{l}"
+    );
     assert!(r["server"]["measured"].as_bool().unwrap());
     assert!(
         stdout.contains("every compared view equals the truth"),

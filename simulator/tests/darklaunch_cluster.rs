@@ -1,8 +1,11 @@
 //! `simulator dark-launch --cluster 3 --kill-node-at`: three real `presence-node` processes on
 //! a private etcd and PostgreSQL, clients on every node following `moved`, one node killed
 //! with -9 mid-run. Every compared view must equal the truth once the cluster converged, and
-//! it must converge within heartbeat timeout + lease TTL + 5 s of the kill. Alone in its test
-//! binary: three nodes, etcd, PostgreSQL and the clients already fill two cores.
+//! it must converge within heartbeat timeout + lease TTL + 5 s of the kill. Chat runs beside
+//! it (50 messages a second, stored in PostgreSQL): every acknowledged message must reach its
+//! recipient once, under its acknowledged id, live, on a resume or read back after the run.
+//! Alone in its test binary: three nodes, etcd, PostgreSQL and the clients already fill two
+//! cores.
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +19,7 @@ const HEARTBEAT_S: f64 = 3.0;
 const LEASE_S: f64 = 2.0;
 
 #[test]
-fn a_killed_cluster_node_converges_with_no_mismatch_after() {
+fn a_killed_cluster_node_converges_with_no_mismatch_after_and_loses_no_chat() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let g = graph(tmp.path(), 300);
     let json = tmp.path().join("r.json");
@@ -60,6 +63,8 @@ fn a_killed_cluster_node_converges_with_no_mismatch_after() {
                 "400ms",
                 "--probe-rate",
                 "20",
+                "--chat-rate",
+                "50",
                 "--seed",
                 "7",
                 "--no-progress",
@@ -105,6 +110,29 @@ fn a_killed_cluster_node_converges_with_no_mismatch_after() {
         nodes.iter().all(|n| n["cpu_seconds"].as_f64() > Some(0.0)),
         "{c}"
     );
+    // Chat: acknowledged against delivered, after the settle.
+    let l = &r["chat"]["ledger"];
+    let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("{k}: {l}"));
+    assert!(n("acknowledged") > 500, "{l}");
+    assert_eq!(n("delivered"), n("acknowledged"), "{l}\n{stdout}");
+    for k in [
+        "lost",
+        "stored_twice",
+        "wrong_msg_id",
+        "ack_conflicts",
+        "unanswered",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {l}\n{stdout}");
+    }
+    assert_eq!(n("reads_failed"), 0, "{l}");
+    assert!(
+        n("delivered_live") > 0 && n("delivered_on_resume") > 0,
+        "{l}"
+    );
+    // Entries for users served elsewhere crossed the peer links; commits went to PostgreSQL.
+    let ch = &c["chat"];
+    assert!(ch["peer_chat_frames"].as_u64().unwrap() > 0, "{ch}");
+    assert!(ch["commits"].as_u64().unwrap() > 0, "{ch}");
     // Mismatches while the cluster converges (counted in the report) make the exit status 3;
     // anything else is a failure.
     assert!(

@@ -48,6 +48,55 @@ pub struct PeerMetrics {
     pub entries_sent: u64,
     pub peer_applied: u64,
     pub graph: GraphHeld,
+    pub chat: ChatCounts,
+}
+
+/// A node's chat counters (`/metrics`), or their sum over the cluster.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ChatCounts {
+    /// `chat_sends_total`: sends accepted.
+    pub sends: u64,
+    /// `chat_commits_total`: group commits (PostgreSQL transactions in a cluster).
+    pub commits: u64,
+    /// `chat_committed_rows_total`.
+    pub committed_rows: u64,
+    /// `chat_commits_fenced_total`: commits refused whole for a stale epoch.
+    pub commits_fenced: u64,
+    /// `cluster_peer_chat_frames_total`: chat frames sent to peers.
+    pub peer_chat_frames: u64,
+}
+
+impl ChatCounts {
+    fn from_metrics(text: &str) -> ChatCounts {
+        let n = |name: &str| super::node::counter_value(text, name).unwrap_or(0.0) as u64;
+        ChatCounts {
+            sends: n("chat_sends_total"),
+            commits: n("chat_commits_total"),
+            committed_rows: n("chat_committed_rows_total"),
+            commits_fenced: n("chat_commits_fenced_total"),
+            peer_chat_frames: n("cluster_peer_chat_frames_total"),
+        }
+    }
+
+    fn since(self, o: ChatCounts) -> ChatCounts {
+        ChatCounts {
+            sends: self.sends.saturating_sub(o.sends),
+            commits: self.commits.saturating_sub(o.commits),
+            committed_rows: self.committed_rows.saturating_sub(o.committed_rows),
+            commits_fenced: self.commits_fenced.saturating_sub(o.commits_fenced),
+            peer_chat_frames: self.peer_chat_frames.saturating_sub(o.peer_chat_frames),
+        }
+    }
+
+    fn add(self, o: ChatCounts) -> ChatCounts {
+        ChatCounts {
+            sends: self.sends + o.sends,
+            commits: self.commits + o.commits,
+            committed_rows: self.committed_rows + o.committed_rows,
+            commits_fenced: self.commits_fenced + o.commits_fenced,
+            peer_chat_frames: self.peer_chat_frames + o.peer_chat_frames,
+        }
+    }
 }
 
 /// A cluster started here: its servers, its nodes, where they keep their folders.
@@ -60,6 +109,12 @@ pub struct Cluster {
     root: PathBuf,
     etcd: Option<Etcd>,
     pg: Option<Postgres>,
+    /// PostgreSQL's postmaster and etcd, and their CPU seconds at the first and the last
+    /// sample (PostgreSQL's with its backends).
+    pg_pid: Option<u32>,
+    etcd_pid: Option<u32>,
+    services_first: Option<(f64, f64)>,
+    services_last: Option<(f64, f64)>,
 }
 
 fn ms(v: u64) -> String {
@@ -120,6 +175,15 @@ impl Cluster {
             root,
             etcd: None,
             pg: None,
+            // The socket's lock file names the postmaster on its first line.
+            pg_pid: std::fs::read_to_string(
+                pg.socket_dir().join(format!(".s.PGSQL.{}.lock", pg.port())),
+            )
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok()),
+            etcd_pid: etcd.pid(),
+            services_first: None,
+            services_last: None,
         };
         let endpoints = etcd.endpoints().join(",");
         c.etcd = Some(etcd);
@@ -316,6 +380,10 @@ impl Cluster {
     /// reading of a killed one. Returns the nodes' CPU time so far (a killed node's until its
     /// last reading) and the live nodes' RSS, summed.
     pub fn sample(&mut self) -> ProcSample {
+        let cpu = |p: Option<u32>| p.and_then(super::node::proc_tree_cpu).unwrap_or(0.0);
+        let services = (cpu(self.pg_pid), cpu(self.etcd_pid));
+        self.services_first.get_or_insert(services);
+        self.services_last = Some(services);
         let mut sum = ProcSample::default();
         for m in &mut self.members {
             if m.killed.is_none()
@@ -348,6 +416,7 @@ impl Cluster {
                         entries_sent: n("presence_entries_sent_total") as u64,
                         peer_applied: n("cluster_peer_entries_applied_total") as u64,
                         graph: GraphHeld::from_metrics(&text),
+                        chat: ChatCounts::from_metrics(&text),
                     };
                     if baseline {
                         self.members[i].metrics0 = m;
@@ -434,6 +503,7 @@ impl Cluster {
                         .saturating_sub(m.metrics0.peer_applied),
                     graph_after_load: m.metrics0.graph,
                     graph_at_end: m.metrics.graph,
+                    chat: m.metrics.chat.since(m.metrics0.chat),
                 }
             })
             .collect();
@@ -442,6 +512,9 @@ impl Cluster {
         let transitions: u64 = nodes.iter().map(|n| n.transitions).sum();
         let cluster_transitions = nodes.iter().map(|n| n.transitions).max().unwrap_or(0);
         let applied: u64 = nodes.iter().map(|n| n.peer_entries_applied).sum();
+        let chat = nodes
+            .iter()
+            .fold(ChatCounts::default(), |a, n| a.add(n.chat));
         ClusterOut {
             nodes_started: self.members.len(),
             lease_ttl_ms: self.lease_ms,
@@ -454,6 +527,16 @@ impl Cluster {
             peer_bytes_per_transition: bytes as f64 / cluster_transitions.max(1) as f64,
             peer_entries_applied: applied,
             peer_bytes_per_change: bytes as f64 / applied.max(1) as f64,
+            chat,
+            chat_commits_per_s: chat.commits as f64 / wall.max(1e-9),
+            postgres_cpu_seconds: match (self.services_first, self.services_last) {
+                (Some(f), Some(l)) => l.0 - f.0,
+                _ => 0.0,
+            },
+            etcd_cpu_seconds: match (self.services_first, self.services_last) {
+                (Some(f), Some(l)) => l.1 - f.1,
+                _ => 0.0,
+            },
             cross_node_probe_receipts: 0,
             cross_node_probe_latency: Latency::default(),
             same_node_probe_receipts: 0,
@@ -498,6 +581,14 @@ pub struct ClusterOut {
     pub peer_entries_applied: u64,
     /// Peer bytes per change received: what one change costs on one link.
     pub peer_bytes_per_change: f64,
+    /// Chat over the run, summed over the nodes (a killed node's counters die with it: its
+    /// share is missing).
+    pub chat: ChatCounts,
+    /// PostgreSQL chat commits a second over the run.
+    pub chat_commits_per_s: f64,
+    /// CPU seconds over the run of PostgreSQL (postmaster and backends) and of etcd.
+    pub postgres_cpu_seconds: f64,
+    pub etcd_cpu_seconds: f64,
     pub metrics_note: String,
     /// Probes whose receivers were on another node than their sender.
     pub cross_node_probe_receipts: u64,
@@ -534,6 +625,8 @@ pub struct ClusterNodeOut {
     /// at the end (after a kill, the survivors hold the dead node's share too).
     pub graph_after_load: GraphHeld,
     pub graph_at_end: GraphHeld,
+    /// This node's chat counters over the run.
+    pub chat: ChatCounts,
 }
 
 /// The kill and what followed.
@@ -837,6 +930,13 @@ impl Driver<'_> {
 
     /// A check after the kill: convergence, and the abandoned users' entries.
     pub(super) fn after_check(&mut self, views: &[(u32, ViewOut)], bad: u64) {
+        // A user who stayed away may still have a device on a node that lived: online, rightly.
+        let online: HashSet<u32> = self
+            .cids
+            .values()
+            .filter(|c| c.welcomed)
+            .map(|c| c.user)
+            .collect();
         let Some(k) = self.kill.as_mut() else {
             return;
         };
@@ -863,7 +963,10 @@ impl Driver<'_> {
         }
         for (_, v) in views {
             for (i, e) in v.entries.iter().enumerate() {
-                if !k.abandoned.contains(&e.0) || self.oracle.tainted[e.0 as usize] {
+                if !k.abandoned.contains(&e.0)
+                    || self.oracle.tainted[e.0 as usize]
+                    || online.contains(&e.0)
+                {
                     continue;
                 }
                 if e.1 == 0 {
@@ -916,6 +1019,31 @@ pub fn table(c: &ClusterOut, s: &mut String) {
         c.peer_bytes_per_transition,
         c.cluster_transitions
     );
+    if c.chat.sends > 0 {
+        let ch = &c.chat;
+        let _ = writeln!(
+            s,
+            "  chat in PostgreSQL: {} sends accepted, {} commits ({:.0}/s, {:.1} sends a commit), {} rows ({:.2} a send), {} commits fenced, {} chat frames to peers",
+            ch.sends,
+            ch.commits,
+            c.chat_commits_per_s,
+            ch.sends as f64 / ch.commits.max(1) as f64,
+            ch.committed_rows,
+            ch.committed_rows as f64 / ch.sends as f64,
+            ch.commits_fenced,
+            ch.peer_chat_frames
+        );
+        let nodes: f64 = c.nodes.iter().map(|n| n.cpu_seconds).sum();
+        let _ = writeln!(
+            s,
+            "  CPU per accepted send: nodes {:.1} µs, PostgreSQL {:.1} µs, etcd {:.1} µs (PostgreSQL {:.1} s, etcd {:.1} s over the run)",
+            nodes * 1e6 / ch.sends as f64,
+            c.postgres_cpu_seconds * 1e6 / ch.sends as f64,
+            c.etcd_cpu_seconds * 1e6 / ch.sends as f64,
+            c.postgres_cpu_seconds,
+            c.etcd_cpu_seconds
+        );
+    }
     let l = &c.cross_node_probe_latency;
     let _ = writeln!(
         s,

@@ -23,6 +23,7 @@ use presence_client::{
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::ledger::{Delivery, DeviceChat, How, Ledger};
 use super::proto::{Cmd, ConnectSpec, HistOut, HostInit, HostStats, NodeAddrs, Reply, ViewOut};
 
 /// Connect, handshake, hello and welcome must all happen within this.
@@ -79,7 +80,7 @@ fn record(h: &mut Option<Histogram<u64>>, us: u64) {
 
 /// Counters shared by a host's clients.
 #[derive(Default)]
-struct Shared {
+pub(super) struct Shared {
     open: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
@@ -108,10 +109,18 @@ struct Shared {
     thresholds: Vec<u64>,
     /// A device acks at most this often (zero: after every burst it reads).
     ack_every: Duration,
+    /// Devices resume with `after` and send unanswered sends again (`HostInit::chat_resume`).
+    pub(super) chat_resume: bool,
+    /// Each device's chat state, by (user, device).
+    pub(super) devices: parking_mutex::Mutex<HashMap<(u32, String), Arc<DeviceMutex>>>,
+    /// What was acknowledged and delivered.
+    pub(super) ledger: parking_mutex::Mutex<Ledger>,
 }
 
+pub(super) type DeviceMutex = parking_mutex::Mutex<DeviceChat>;
+
 /// std's mutex with poisoning ignored (a panicking client task must not stop the host).
-mod parking_mutex {
+pub(super) mod parking_mutex {
     #[derive(Default)]
     pub struct Mutex<T>(std::sync::Mutex<T>);
     impl<T> Mutex<T> {
@@ -202,22 +211,67 @@ struct View {
     node: usize,
 }
 
-struct ClientState {
+pub(super) struct ClientState {
     view: parking_mutex::Mutex<View>,
     /// Welcome received and neither closed nor vanished.
-    live: AtomicBool,
+    pub(super) live: AtomicBool,
+    /// The user (dense id) and its device's chat state (kept across connections).
+    pub(super) user: u32,
+    pub(super) dev: Option<Arc<DeviceMutex>>,
+    /// The welcome's `inbox_seq`: entries up to it are the resumed backlog.
+    pub(super) welcome_seq: AtomicU64,
+    /// How the backlog counts in the ledger (a reader's is read back, not resumed).
+    pub(super) backlog: How,
+    /// The device has unanswered sends to send again (refused, or past the last batch).
+    retry: AtomicBool,
 }
 
-enum ClientCmd {
+impl ClientState {
+    pub(super) fn new(user: u32, dev: Option<Arc<DeviceMutex>>, backlog: How) -> Self {
+        ClientState {
+            view: parking_mutex::Mutex::default(),
+            live: AtomicBool::new(false),
+            user,
+            dev,
+            welcome_seq: AtomicU64::new(0),
+            backlog,
+            retry: AtomicBool::new(false),
+        }
+    }
+
+    /// The `after` of the next hello: the device's cursor, when devices resume.
+    fn after(&self) -> Option<u64> {
+        self.dev.as_ref().map(|d| d.lock().cursor)
+    }
+
+    /// Up to `cap` of the device's unanswered sends not in flight, to send again (a new
+    /// connection has none in flight).
+    fn retries(&self, cap: usize, new_connection: bool) -> Vec<String> {
+        let Some(d) = &self.dev else {
+            return Vec::new();
+        };
+        let mut d = d.lock();
+        if new_connection {
+            d.inflight.clear();
+        }
+        let (frames, more) = d.take_retries(cap);
+        self.retry.store(more, Relaxed);
+        frames
+    }
+}
+
+pub(super) enum ClientCmd {
     Send(String),
+    /// Send the device's unanswered sends again (same ids).
+    Resend,
     Close,
     Vanish,
     Flush(oneshot::Sender<()>),
 }
 
-struct ClientHandle {
-    tx: mpsc::UnboundedSender<ClientCmd>,
-    state: Arc<ClientState>,
+pub(super) struct ClientHandle {
+    pub(super) tx: mpsc::UnboundedSender<ClientCmd>,
+    pub(super) state: Arc<ClientState>,
 }
 
 fn user_id(name: &str) -> Option<u32> {
@@ -340,7 +394,7 @@ fn apply_entries(
 
 /// Handles one frame after the welcome; returns the `seq` of an `inbox` entry, which the
 /// device owes an `ack`.
-fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
+pub(super) fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
     let now = now_us();
     let msg = match ServerMessage::parse(bytes) {
         Ok(m) => m,
@@ -360,8 +414,21 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
             sh.pongs.fetch_add(1, Relaxed);
         }
         ServerMessage::Sent(s) => {
-            if let Some((_, at)) = parse_chat(&s.id) {
+            if let Some((seq, at)) = parse_chat(&s.id) {
+                let resent = st.dev.as_ref().is_some_and(|d| {
+                    let mut d = d.lock();
+                    d.pending.remove(&seq);
+                    d.inflight.remove(&seq);
+                    d.resent.remove(&seq)
+                });
+                // A send sent again is answered again: counted and timed once.
+                if sh.chat_resume && !sh.ledger.lock().acked(seq, s.msg_id.0) {
+                    return None;
+                }
                 sh.chat_sent.fetch_add(1, Relaxed);
+                if resent {
+                    return None;
+                }
                 let us = now.saturating_sub(at);
                 let mut h = sh.hists.lock();
                 record(&mut h.chat_sent, us);
@@ -369,11 +436,28 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
             }
         }
         ServerMessage::Inbox(i) => {
+            // Entries up to the welcome's head are the backlog a resume reads: delivered,
+            // but not timed (their send → inbox is the device's time away).
+            let live = i.seq > st.welcome_seq.load(Relaxed);
             if i.kind == InboxKind::Message
-                && let Some((_, at)) = i.text.as_deref().and_then(parse_chat)
+                && let Some((seq, at)) = i.text.as_deref().and_then(parse_chat)
             {
-                sh.chat_inbox.fetch_add(1, Relaxed);
-                record(&mut sh.hists.lock().chat_inbox, now.saturating_sub(at));
+                if live {
+                    sh.chat_inbox.fetch_add(1, Relaxed);
+                    record(&mut sh.hists.lock().chat_inbox, now.saturating_sub(at));
+                }
+                if sh.chat_resume && i.to.as_deref().and_then(user_id) == Some(st.user) {
+                    let d = Delivery {
+                        msg_id: i.msg_id.0,
+                        inbox_seq: i.seq,
+                        how: if live { How::Live } else { st.backlog },
+                    };
+                    sh.ledger.lock().delivered(st.user, seq, d);
+                }
+            }
+            if let Some(d) = &st.dev {
+                let mut d = d.lock();
+                d.cursor = d.cursor.max(i.seq);
             }
             return Some(i.seq);
         }
@@ -388,6 +472,13 @@ fn on_frame(st: &ClientState, sh: &Shared, bytes: &[u8]) -> Option<u64> {
                     *m = Some(e.message.into_owned());
                 }
             } else if chat {
+                // Refused (rate, a store that could not commit): sent again on the device's
+                // next connection, or by the settle, not at once: retries on the live
+                // connection would add to the offered load exactly when the node is
+                // refusing, and push the session into the node's flood close.
+                if let (Some(d), Some((seq, _))) = (&st.dev, e.id.as_deref().and_then(parse_chat)) {
+                    d.lock().inflight.remove(&seq);
+                }
                 sh.chat_errors.fetch_add(1, Relaxed);
                 sh.example(format!("chat error {code}: {}", e.message));
             } else {
@@ -472,7 +563,7 @@ impl AckPacer {
 
 /// How the host's clients reach the node: the WebSocket and QUIC addresses, the source
 /// addresses WebSocket clients take in turn, and the UDP sockets QUIC clients share.
-struct Dialer {
+pub(super) struct Dialer {
     /// Each node's WebSocket and QUIC transports (one entry for one node).
     nodes: Vec<(Transport, Transport)>,
     cert: QuicCert,
@@ -594,7 +685,7 @@ const MAX_MOVES: u32 = 4;
 /// other nodes with jittered backoff while the owner is unreachable), and builds the client's
 /// view from its welcome. Returns the connection, the node that welcomed it (when known) and
 /// the `moved` followed.
-async fn open(
+pub(super) async fn open(
     dialer: &Dialer,
     sp: &ConnectSpec,
     st: &ClientState,
@@ -608,7 +699,8 @@ async fn open(
     let mut backoff = Duration::from_millis(50);
     let mut jitter = sp.cid.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     loop {
-        let opts = dialer.connect_options(sp, transport.clone());
+        let mut opts = dialer.connect_options(sp, transport.clone());
+        opts.after = st.after();
         // In a cluster one attempt may not take the whole deadline: a QUIC hello to a killed
         // node's address meets silence, not a refusal.
         let attempt = if dialer.cluster {
@@ -621,6 +713,7 @@ async fn open(
         };
         let err = match attempt {
             Ok((conn, welcome)) => {
+                st.welcome_seq.store(welcome.inbox_seq, Relaxed);
                 sh.welcome_entries
                     .fetch_add(welcome.friends.len() as u64, Relaxed);
                 let mut v = st.view.lock();
@@ -664,7 +757,7 @@ async fn open(
     }
 }
 
-async fn client(
+pub(super) async fn client(
     dialer: Arc<Dialer>,
     sem: Arc<Semaphore>,
     sp: ConnectSpec,
@@ -730,7 +823,12 @@ async fn run_conn(
     {
         return Some("write failed".into());
     }
+    // A client sends again what its device sent and never saw answered, with the same ids.
+    if !resend(&mut conn, st, sh, FIRST_RETRIES, true).await {
+        return Some("write failed".into());
+    }
     let mut pacer = AckPacer::new(sh.ack_every);
+    let mut retry_at = tokio::time::Instant::now() + RETRY_EVERY;
     loop {
         tokio::select! {
             f = conn.recv_frame() => {
@@ -748,6 +846,12 @@ async fn run_conn(
                     }
                 }
                 if !ack(&mut pacer, sh, &mut conn).await {
+                    return Some("write failed".into());
+                }
+            }
+            () = tokio::time::sleep_until(retry_at), if st.retry.load(Relaxed) => {
+                retry_at = tokio::time::Instant::now() + RETRY_EVERY;
+                if !resend(&mut conn, st, sh, RETRIES, false).await {
                     return Some("write failed".into());
                 }
             }
@@ -777,6 +881,7 @@ async fn run_conn(
                             fed = true;
                         }
                         Some(ClientCmd::Flush(ack)) => { let _ = ack.send(()); }
+                        Some(ClientCmd::Resend) => st.retry.store(true, Relaxed),
                         Some(ClientCmd::Vanish) => {
                             st.live.store(false, Relaxed);
                             vanish(conn, Duration::from_millis(sh.vanish_hold_ms), sh).await;
@@ -799,6 +904,34 @@ async fn run_conn(
             }
         }
     }
+}
+
+/// Unanswered sends a new connection sends at once, and then every `RETRY_EVERY` while any
+/// are left or refused: within the node's per-session bucket (burst 60, 20 a second), with
+/// room for the device's own messages.
+const FIRST_RETRIES: usize = 40;
+const RETRIES: usize = 10;
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes some of the device's unanswered sends again; false if the write failed.
+async fn resend(
+    conn: &mut Connection,
+    st: &ClientState,
+    sh: &Shared,
+    cap: usize,
+    new_connection: bool,
+) -> bool {
+    let frames = st.retries(cap, new_connection);
+    if frames.is_empty() {
+        return true;
+    }
+    sh.ledger.lock().sends_resent += frames.len() as u64;
+    for f in &frames {
+        if !timed(conn.feed_frame(f.as_bytes())).await {
+            return false;
+        }
+    }
+    timed(conn.flush()).await
 }
 
 /// A device that vanished (a phone that lost its network) says nothing more, reads and acks
@@ -826,6 +959,7 @@ pub async fn run_host(
         thresholds: init.idle_thresholds_ms.clone(),
         ack_every: Duration::from_millis(init.chat_ack_ms),
         vanish_hold_ms: init.vanish_hold_ms,
+        chat_resume: init.chat_resume,
         ..Shared::default()
     });
     let sem = Arc::new(Semaphore::new(init.connect_parallel.max(1)));
@@ -847,10 +981,17 @@ pub async fn run_host(
             Cmd::Connect(spec) => {
                 let cid = spec.cid;
                 let (tx, rx) = mpsc::unbounded_channel();
-                let state = Arc::new(ClientState {
-                    view: parking_mutex::Mutex::default(),
-                    live: AtomicBool::new(false),
+                let dev = sh.chat_resume.then(|| {
+                    let d = sh
+                        .devices
+                        .lock()
+                        .entry((spec.user, spec.device.clone()))
+                        .or_default()
+                        .clone();
+                    d.lock().spec = Some(spec.clone());
+                    d
                 });
+                let state = Arc::new(ClientState::new(spec.user, dev, How::Resume));
                 tokio::spawn(client(
                     dialer.clone(),
                     sem.clone(),
@@ -866,6 +1007,48 @@ pub async fn run_host(
                 if let Some(c) = clients.get(&cid) {
                     let _ = c.tx.send(ClientCmd::Send(msg));
                 }
+            }
+            Cmd::ChatSend { cid, seq, msg } => {
+                if let Some(c) = clients.get(&cid) {
+                    if let Some(d) = &c.state.dev {
+                        let mut d = d.lock();
+                        d.pending.insert(seq, msg.clone());
+                        d.inflight.insert(seq);
+                    }
+                    let _ = c.tx.send(ClientCmd::Send(msg));
+                }
+            }
+            Cmd::SettleChat { seq, timeout_ms } => {
+                let live: Vec<(
+                    Arc<DeviceMutex>,
+                    mpsc::UnboundedSender<ClientCmd>,
+                    Arc<ClientState>,
+                )> = clients
+                    .values()
+                    .filter_map(|c| Some((c.state.dev.clone()?, c.tx.clone(), c.state.clone())))
+                    .collect();
+                tokio::spawn(super::settle::settle_sends(
+                    dialer.clone(),
+                    sem.clone(),
+                    sh.clone(),
+                    live,
+                    Duration::from_millis(timeout_ms),
+                    seq,
+                    replies.clone(),
+                ));
+            }
+            Cmd::Ledger { seq } => {
+                let ledger = Box::new(sh.ledger.lock().to_wire());
+                let _ = replies.send(Reply::Ledger { seq, ledger });
+            }
+            Cmd::ReadInboxes { seq, users } => {
+                tokio::spawn(super::settle::read_inboxes(
+                    dialer.clone(),
+                    sh.clone(),
+                    users,
+                    seq,
+                    replies.clone(),
+                ));
             }
             Cmd::Close { cid } => {
                 if let Some(c) = clients.remove(&cid) {
@@ -1001,10 +1184,7 @@ mod tests {
             thresholds: vec![60_000, 120_000],
             ..Shared::default()
         };
-        let st = ClientState {
-            view: parking_mutex::Mutex::default(),
-            live: AtomicBool::new(true),
-        };
+        let st = ClientState::new(1, None, How::Resume);
         let welcome = br#"{"acked_seq":0,"device":"d","friends":[{"state":"online","user":"u7"},{"state":"offline","user":"u3"}],"heartbeat_ms":45000,"idle_thresholds_ms":[60000,120000],"inbox_seq":0,"tick":1,"type":"welcome","user":"u1"}"#;
         let Ok(ServerMessage::Welcome(w)) = ServerMessage::parse(welcome) else {
             panic!("a welcome");
@@ -1071,5 +1251,52 @@ mod tests {
         assert_eq!(paced.take(), None, "not due for an hour");
         assert_eq!(paced.owed, Some(7));
         assert!(paced.due() > tokio::time::Instant::now() + Duration::from_secs(3500));
+    }
+
+    /// A device that resumes: `sent` clears its unanswered send and is counted once however
+    /// often the send went; inbox entries move its cursor and land in the ledger once, the
+    /// backlog (up to the welcome's head) as resumed and untimed.
+    #[test]
+    fn a_resuming_device_keeps_its_cursor_and_ledger() {
+        let sh = Shared {
+            chat_resume: true,
+            ..Shared::default()
+        };
+        let dev = Arc::new(DeviceMutex::default());
+        dev.lock().pending.insert(3, "send".into());
+        let st = ClientState::new(1, Some(dev.clone()), How::Resume);
+        st.welcome_seq.store(4, Relaxed);
+        assert_eq!(st.after(), Some(0));
+        assert_eq!(st.retries(10, true), vec!["send".to_owned()]);
+        assert!(st.retries(10, false).is_empty(), "in flight");
+        let at = now_us();
+        let sent =
+            format!(r#"{{"id":"chat:3:{at}","msg_id":"0553540624800000","ts":1,"type":"sent"}}"#);
+        on_frame(&st, &sh, sent.as_bytes());
+        on_frame(&st, &sh, sent.as_bytes());
+        assert!(dev.lock().pending.is_empty());
+        assert_eq!(sh.chat_sent.load(Relaxed), 1);
+        let inbox = |seq: u64, chat: u64, to: &str| {
+            format!(
+                r#"{{"from":"u7","kind":"message","msg_id":"055354062480000{seq}","seq":{seq},"text":"chat:{chat}:{at}","to":"{to}","ts":1,"type":"inbox"}}"#
+            )
+        };
+        for f in [
+            inbox(4, 9, "u1"),
+            inbox(5, 10, "u1"),
+            inbox(5, 10, "u1"),
+            inbox(6, 11, "u7"),
+        ] {
+            on_frame(&st, &sh, f.as_bytes());
+        }
+        assert_eq!(st.after(), Some(6));
+        assert_eq!(sh.chat_inbox.load(Relaxed), 3, "timed: the live ones");
+        let l = sh.ledger.lock();
+        assert_eq!(l.acked.len(), 1);
+        assert_eq!(l.resent, 1);
+        assert_eq!(l.delivered.len(), 2, "u7's entry is not u1's delivery");
+        assert_eq!(l.delivered[&(1, 9)].how, How::Resume);
+        assert_eq!(l.delivered[&(1, 10)].how, How::Live);
+        assert!(l.stored_twice.is_empty());
     }
 }

@@ -15,9 +15,11 @@
 pub mod cluster;
 pub mod figures;
 pub mod host;
+pub mod ledger;
 pub mod node;
 pub mod out;
 pub mod proto;
+pub mod settle;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -287,6 +289,15 @@ pub fn main(a: DarkLaunchArgs) -> Result<ExitCode> {
         eprintln!("error: --verify found views that differ from the truth (see above)");
         return Ok(ExitCode::from(3));
     }
+    if rep
+        .chat
+        .ledger
+        .as_ref()
+        .is_some_and(ledger::LedgerOut::failed)
+    {
+        eprintln!("error: acknowledged chat messages lost or stored twice (see above)");
+        return Ok(ExitCode::from(3));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -419,6 +430,8 @@ struct Driver<'a> {
     kill: Option<cluster::KillTrack>,
     /// `moved` followed by the clients before their welcome.
     moves: u64,
+    /// The recipient of each chat send (chat seq − 1).
+    chat_recipients: Vec<u32>,
 }
 
 /// A client message as the text a host sends (`Cmd::Send` carries text between processes).
@@ -489,6 +502,7 @@ impl<'a> Driver<'a> {
             node_alive: vec![true],
             kill: None,
             moves: 0,
+            chat_recipients: Vec::new(),
         }
     }
 
@@ -514,11 +528,14 @@ impl Driver<'_> {
         (h >> 11) as f64 / (1u64 << 53) as f64 <= self.a.quic_share && self.a.quic_share > 0.0
     }
 
-    fn ws_host(&self, cid: u64) -> usize {
+    /// The WebSocket host of a device: always the same, which keeps its chat state (inbox
+    /// cursor, unanswered sends) across its connections.
+    fn ws_host(&self, user: u32, dev: u8) -> usize {
         if self.hosts.len() <= 1 {
             0
         } else {
-            1 + (cid % (self.hosts.len() as u64 - 1)) as usize
+            let h = mix(self.quic_salt ^ 0x5753 ^ (u64::from(user) << 2 | u64::from(dev)));
+            1 + (h % (self.hosts.len() as u64 - 1)) as usize
         }
     }
 
@@ -550,7 +567,7 @@ impl Driver<'_> {
                 let quic = self.is_quic(u, d);
                 let cid = self.next_cid;
                 self.next_cid += 1;
-                let host = if quic { 0 } else { self.ws_host(cid) };
+                let host = if quic { 0 } else { self.ws_host(u, d) };
                 if !self.oracle.connect(u, d, DEVICE_NAMES[d as usize]) {
                     return Ok(());
                 }
@@ -570,6 +587,7 @@ impl Driver<'_> {
                     token: self.tokens[ui].clone(),
                     first,
                     node: self.first_node(cid),
+                    user: u,
                 }))?;
                 self.sess.connects_sent += 1;
                 self.connecting.insert(cid, (u, d, verify::now_ms()));
@@ -712,6 +730,7 @@ impl Driver<'_> {
         }
         let f = friends[self.rng.below(friends.len() as u64) as usize];
         self.chat.sent += 1;
+        self.chat_recipients.push(f);
         let id = format!("chat:{}:{scheduled_us}", self.chat.sent);
         // Explicit activity first, so the truth is the same whether or not the node counts
         // a chat message as activity.
@@ -723,7 +742,12 @@ impl Driver<'_> {
             to: Some(format!("u{f}")),
             group: None,
         };
-        self.send_msg(l, frame(&msg))
+        self.sess.events_sent += 1;
+        self.hosts[l.host].send(Cmd::ChatSend {
+            cid: l.cid,
+            seq: self.chat.sent,
+            msg: frame(&msg),
+        })
     }
 
     /// Handles a reply that is not the answer to a pending request.
@@ -796,7 +820,10 @@ impl Driver<'_> {
             Reply::Ready { .. }
             | Reply::Flushed { .. }
             | Reply::Views { .. }
-            | Reply::Stats { .. } => {}
+            | Reply::Stats { .. }
+            | Reply::Settled { .. }
+            | Reply::Ledger { .. }
+            | Reply::Read { .. } => {}
         }
         Ok(())
     }
@@ -830,7 +857,10 @@ impl Driver<'_> {
             let s = match &r {
                 Reply::Flushed { seq, .. }
                 | Reply::Views { seq, .. }
-                | Reply::Stats { seq, .. } => Some(*seq),
+                | Reply::Stats { seq, .. }
+                | Reply::Settled { seq, .. }
+                | Reply::Ledger { seq, .. }
+                | Reply::Read { seq, .. } => Some(*seq),
                 _ => None,
             };
             if s == Some(seq) {
@@ -1376,6 +1406,7 @@ fn open_hosts(a: &DarkLaunchArgs, target: &Target, timing: &NodeTiming) -> Resul
         idle_thresholds_ms: timing.idle_thresholds_ms.clone(),
         chat_ack_ms: a.chat_ack_ms,
         vanish_hold_ms: a.heartbeat_timeout + 20_000,
+        chat_resume: a.chat_rate > 0.0,
     };
     let mut hosts = Vec::new();
     {
@@ -1417,6 +1448,7 @@ fn open_hosts(a: &DarkLaunchArgs, target: &Target, timing: &NodeTiming) -> Resul
 /// counters, and the node's part of chat.
 struct Stopped {
     drive: DriveOut,
+    ledger: Option<ledger::LedgerOut>,
     stats: HostStats,
     node_chat: node::NodeChat,
     cluster: Option<cluster::ClusterOut>,
@@ -1433,20 +1465,7 @@ async fn stop(
         Ok(_) => Some(d.stats(true).await),
         Err(_) => None,
     };
-    for h in &d.hosts {
-        let _ = h.send(Cmd::Shutdown);
-    }
-    for h in &mut d.hosts {
-        if let Some(c) = h.child.as_mut()
-            && tokio::time::timeout(Duration::from_secs(10), c.wait())
-                .await
-                .is_err()
-        {
-            let _ = c.kill().await;
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The node's own measure of its part, before it stops.
+    // The node's own measures of the run, before the settle adds its traffic.
     let node_chat = if d.a.chat_rate > 0.0 {
         match node::node_chat_metrics(&mut target.admin).await {
             Ok(c) => c,
@@ -1468,11 +1487,37 @@ async fn stop(
         }
         None => None,
     };
+    // Chat's settle and check, once the run's own counts are taken.
+    let ledger = if result.is_ok() && d.a.chat_rate > 0.0 && !d.chat_stopped {
+        match d.settle_chat().await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("chat settle failed: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    for h in &d.hosts {
+        let _ = h.send(Cmd::Shutdown);
+    }
+    for h in &mut d.hosts {
+        if let Some(c) = h.child.as_mut()
+            && tokio::time::timeout(Duration::from_secs(10), c.wait())
+                .await
+                .is_err()
+        {
+            let _ = c.kill().await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     target.stop();
     let drive = result?;
     let stats = finals.ok_or_else(|| anyhow!("no final statistics"))??;
     Ok(Stopped {
         drive,
+        ledger,
         stats,
         node_chat,
         cluster,
@@ -1497,6 +1542,7 @@ struct RunFacts {
 fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stopped) -> DarkReport {
     let Stopped {
         drive: dr,
+        ledger,
         stats: st,
         node_chat,
         cluster,
@@ -1540,9 +1586,17 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
     chat.node_send_to_sent = node_chat.send;
+    chat.node_commit = node_chat.commit;
     chat.node_sends = node_chat.sends;
     chat.node_commits = node_chat.commits;
     chat.node_committed_rows = node_chat.rows;
+    if let Some(c) = &cluster {
+        // Every node's counts (the histogram above is the first node's).
+        chat.node_sends = c.chat.sends;
+        chat.node_commits = c.chat.commits;
+        chat.node_committed_rows = c.chat.committed_rows;
+    }
+    chat.ledger = ledger;
     // The rate once the sessions have ramped up: a saturated run's capacity, which the
     // whole-run mean understates (few sessions at the start, answers in flight at the end).
     let second_half: Vec<f64> = dr

@@ -283,6 +283,41 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// CPU seconds (user + kernel) of a process and its children, living (their own time) and
+/// waited for (the parent's `cutime`, `cstime`): a server and its workers (PostgreSQL's
+/// postmaster and backends).
+pub fn proc_tree_cpu(pid: u32) -> Option<f64> {
+    let fields = |p: &str| -> Option<Vec<String>> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(str::to_owned).collect())
+    };
+    // After the name: state 0, ppid 1, utime 11, stime 12, cutime 13, cstime 14.
+    let ticks = |f: &[String], from: usize, to: usize| -> u64 {
+        (from..=to)
+            .filter_map(|i| f.get(i)?.parse::<u64>().ok())
+            .sum()
+    };
+    let own = fields(&pid.to_string())?;
+    let mut t = ticks(&own, 11, 14);
+    let parent = pid.to_string();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let Some(p) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = fields(p)
+            && f.get(1) == Some(&parent)
+        {
+            t += ticks(&f, 11, 12);
+        }
+    }
+    Some(t as f64 / 100.0)
+}
+
 /// Timeouts of the admin client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -410,6 +445,7 @@ pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
     let n = |name: &str| counter_value(&text, name).unwrap_or(0.0) as u64;
     Ok(NodeChat {
         send: histogram_quantiles(&text, "chat_send_seconds"),
+        commit: histogram_quantiles(&text, "chat_commit_seconds"),
         sends: n("chat_sends_total"),
         commits: n("chat_commits_total"),
         rows: n("chat_committed_rows_total"),
@@ -420,6 +456,8 @@ pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
 #[derive(Debug, Clone, Default)]
 pub struct NodeChat {
     pub send: Option<NodeQuantiles>,
+    /// One group commit's time (`chat_commit_seconds`).
+    pub commit: Option<NodeQuantiles>,
     pub sends: u64,
     pub commits: u64,
     pub rows: u64,

@@ -151,11 +151,17 @@ pub struct ChatOut {
     pub acked_per_s_second_half: f64,
     /// The node's own part of send → sent (its `chat_send_seconds`), when it exports it.
     pub node_send_to_sent: Option<super::node::NodeQuantiles>,
+    /// The node's group commit time (its `chat_commit_seconds`; the first node's in a cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_commit: Option<super::node::NodeQuantiles>,
     /// The node's own counts (`chat_sends_total`, `chat_commits_total`,
     /// `chat_committed_rows_total`): sends accepted, group commits (one fsync each), rows.
     pub node_sends: u64,
     pub node_commits: u64,
     pub node_committed_rows: u64,
+    /// Acknowledged against delivered, after the settle (`--chat-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<super::ledger::LedgerOut>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -367,6 +373,19 @@ pub fn table(r: &DarkReport) -> String {
                     le(q.p999_le_ms)
                 );
             }
+            if let Some(q) = &ch.node_commit {
+                let le =
+                    |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
+                let _ = writeln!(
+                    s,
+                    "  node's group commit (its chat_commit_seconds): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
+                    q.count,
+                    le(q.p50_le_ms),
+                    le(q.p90_le_ms),
+                    le(q.p99_le_ms),
+                    le(q.p999_le_ms)
+                );
+            }
             if ch.node_sends > 0 && r.server.measured {
                 let per_send = |secs: f64| secs * 1e6 / ch.node_sends as f64;
                 let sv = &r.server;
@@ -402,6 +421,9 @@ pub fn table(r: &DarkReport) -> String {
                 );
             }
             chat_seconds(&mut s, &r.series);
+            if let Some(l) = &ch.ledger {
+                ledger_rows(&mut s, l);
+            }
         }
     } else {
         let _ = writeln!(s, "chat: off (--chat-rate 0)");
@@ -478,6 +500,40 @@ pub fn table(r: &DarkReport) -> String {
 
 /// The per-second chat figures in brief: how many seconds had a send → `sent` p99 over
 /// 10 ms, and the five seconds with the largest maximum (the whole series is in the JSON).
+/// Acknowledged against delivered.
+fn ledger_rows(s: &mut String, l: &super::ledger::LedgerOut) {
+    let _ = writeln!(
+        s,
+        "  acknowledged {} vs delivered {} ({} live, {} on a resume with `after`, {} read back after the run): {} lost, {} stored twice, {} under another msg_id, {} acknowledged twice differently{}",
+        l.acknowledged,
+        l.delivered,
+        l.delivered_live,
+        l.delivered_on_resume,
+        l.delivered_on_read,
+        l.lost,
+        l.stored_twice,
+        l.wrong_msg_id,
+        l.ack_conflicts,
+        if l.failed() { "  ** FAILED **" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "  {} sends sent again with their id after a reconnect or at the end ({} answered twice); settle {:.1} s: {} devices held unanswered sends at the end ({} still unanswered after); {} delivered without a `sent` (in flight when the sender left); {} messages no device had read, {} inboxes read back ({} failed)",
+        l.sends_resent,
+        l.resent_answers,
+        l.settle_seconds,
+        l.devices_pending_at_end,
+        l.unanswered,
+        l.delivered_unacknowledged,
+        l.missing_before_read,
+        l.users_read,
+        l.reads_failed
+    );
+    for e in &l.examples {
+        let _ = writeln!(s, "    {e}");
+    }
+}
+
 fn chat_seconds(s: &mut String, series: &[SampleOut]) {
     let with: Vec<&SampleOut> = series.iter().filter(|x| x.chat_acked_per_s > 0.0).collect();
     if with.is_empty() {

@@ -59,6 +59,10 @@ pub struct HostInit {
     /// and follows `moved` to its user's owner. Empty: one node.
     #[serde(default)]
     pub nodes: Vec<NodeAddrs>,
+    /// Devices keep their inbox cursor and unanswered sends across connections: every hello
+    /// says `after`, every new connection sends the unanswered sends again (`--chat-rate`).
+    #[serde(default)]
+    pub chat_resume: bool,
 }
 
 /// One node's client addresses.
@@ -80,6 +84,9 @@ pub struct ConnectSpec {
     /// The node to dial first (an index into `HostInit::nodes`; round robin by the driver).
     #[serde(default)]
     pub node: usize,
+    /// The user (dense id): its devices' chat state is kept by (user, device).
+    #[serde(default)]
+    pub user: u32,
 }
 
 /// Driver → host.
@@ -93,6 +100,27 @@ pub enum Cmd {
     Send {
         cid: u64,
         msg: String,
+    },
+    /// A chat `send` (chat seq `seq`): kept by the device until answered `sent`.
+    ChatSend {
+        cid: u64,
+        seq: u64,
+        msg: String,
+    },
+    /// After the run: send every unanswered send again (same id) until answered, connecting
+    /// devices that have no connection; answer within `timeout_ms`.
+    SettleChat {
+        seq: u64,
+        timeout_ms: u64,
+    },
+    /// The host's chat ledger.
+    Ledger {
+        seq: u64,
+    },
+    /// Read these users' whole inboxes back (user, token) with a reader device each.
+    ReadInboxes {
+        seq: u64,
+        users: Vec<(u32, String)>,
     },
     /// Close the connection (a logout or a dropped connection: the server sees a close).
     Close {
@@ -220,6 +248,21 @@ pub enum Reply {
     Stats {
         seq: u64,
         stats: Box<HostStats>,
+    },
+    /// `SettleChat` done: sends still unanswered, and those that were unanswered at the start.
+    Settled {
+        seq: u64,
+        unanswered: u64,
+        pending_at_start: u64,
+    },
+    Ledger {
+        seq: u64,
+        ledger: Box<super::ledger::LedgerWire>,
+    },
+    /// `ReadInboxes` done: readers that could not read their inbox.
+    Read {
+        seq: u64,
+        failed: u64,
     },
     Fatal {
         message: String,
