@@ -65,6 +65,7 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
     };
     let api = Router::new()
         .merge(graph)
+        .route("/v1/groups/{gid}/presence", get(get_group_presence))
         .route("/v1/tokens", post(post_token))
         .route("/v1/route", get(get_route))
         .route("/v1/cluster", get(get_cluster))
@@ -93,6 +94,7 @@ impl From<AdminError> for ApiError {
             AdminError::Bad(m) => ApiError(StatusCode::BAD_REQUEST, m),
             AdminError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             AdminError::Internal(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+            AdminError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
@@ -245,6 +247,21 @@ async fn get_group(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let members = s.node.service().group(&gid)?;
     Ok(Json(json!({ "members": &*members })))
+}
+
+/// `GET /v1/groups/{gid}/presence` (v1.1): the group's online, idle and total counts.
+async fn get_group_presence(
+    State(s): State<AdminState>,
+    Path(gid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let svc = s.node.service_arc();
+    let c = svc.group_presence(&gid)?;
+    Ok(Json(json!({
+        "group": gid,
+        "online": c.online,
+        "idle": c.idle,
+        "total": c.total,
+    })))
 }
 
 async fn delete_group(
