@@ -87,6 +87,8 @@ struct Ticker {
     /// changes through `views`, not the ordinary fan-out.
     live: RoaringBitmap,
     live_bits: Vec<u64>,
+    /// Bits set in `live_bits`: the watchers the ordinary fan-out serves.
+    fan_count: u64,
     /// Focus and watched members (v1.1 partial subscriptions).
     views: Views,
 }
@@ -113,10 +115,16 @@ impl Ticker {
             }
             self.live_bits.resize(word + 1, 0);
         }
+        let was = (self.live_bits[word] >> (id & 63)) & 1 == 1;
         if on {
             self.live_bits[word] |= 1 << (id & 63);
         } else {
             self.live_bits[word] &= !(1 << (id & 63));
+        }
+        match (was, on) {
+            (false, true) => self.fan_count += 1,
+            (true, false) => self.fan_count -= 1,
+            _ => {}
         }
     }
 }
@@ -680,15 +688,20 @@ impl Engine {
         let mut visible = {
             let g = self.graph.read();
             let friends = g.graph.published_friends(watcher.0);
-            match &focus {
+            let visible: Vec<u32> = match &focus {
                 None => friends,
                 Some(f) => friends.into_iter().filter(|u| f.contains(u)).collect(),
-            }
+            };
+            // Friendship as of now: the next tick's edge events bring the rest.
+            let graph = &g.graph;
+            ticker.views.set(watcher.0, focus, members.clone(), |w, u| {
+                graph.are_friends(w, u)
+            });
+            visible
         };
         visible.extend(&members);
         visible.sort_unstable();
         visible.dedup();
-        ticker.views.set(watcher.0, focus, members);
         ticker.refresh_fan_bit(watcher.0);
         Ok(self.published_of(&visible))
     }
@@ -940,8 +953,9 @@ impl Engine {
         let users = graph.sets.len().max(1) as u64;
         let ticker = &mut *ticker;
         let live = &ticker.live;
-        let pull_cost = live.len() * (2 * graph.edges()).div_ceil(users);
-        let strategy = if changed_ids.is_empty() || live.is_empty() {
+        // Focused watchers are not the ordinary fan-out's: with none left, it has nothing to do.
+        let pull_cost = ticker.fan_count * (2 * graph.edges()).div_ceil(users);
+        let strategy = if changed_ids.is_empty() || ticker.fan_count == 0 {
             Strategy::Idle
         } else {
             match self.cfg.fanout {
@@ -968,10 +982,13 @@ impl Engine {
             ),
         }
         // Focused watchers and watched members: the pairs the ordinary fan-out left out.
+        if !ticker.views.is_empty() {
+            for &(w, f, now_friends) in &edge_events {
+                ticker.views.edge(w, f, now_friends);
+            }
+        }
         if !ticker.views.is_empty() && !changed_ids.is_empty() {
-            let extra = ticker
-                .views
-                .extra_pairs(graph, &changed_ids, |w| live.contains(w));
+            let extra = ticker.views.extra_pairs(&changed_ids, |w| live.contains(w));
             if !extra.is_empty() {
                 batch.merge_sorted_pairs(&extra);
             }

@@ -10,7 +10,11 @@
 
 use hashbrown::HashMap;
 
-use crate::graph::Graph;
+/// A follower of a user: in its focus, a watched member, a friend now, a focused watcher.
+const IN_FOCUS: u8 = 1;
+const MEMBER: u8 = 2;
+const FRIEND: u8 = 4;
+const FOCUSED: u8 = 8;
 
 /// Every watcher's focus and watched members, and who follows whom.
 #[derive(Debug, Default)]
@@ -19,8 +23,11 @@ pub(crate) struct Views {
     focus: HashMap<u32, Box<[u32]>>,
     /// Watcher -> users whose presence it watches beyond its friends, ascending.
     members: HashMap<u32, Box<[u32]>>,
-    /// Target -> watchers holding it in a focus or members list, ascending.
-    followers: HashMap<u32, Vec<u32>>,
+    /// Target -> (watcher, flags) for the watchers holding it in a focus or members list,
+    /// ascending by watcher. The flags say why, and whether the two are friends now (kept
+    /// up to date from the graph's edge events), so a tick decides each pair without a
+    /// lookup elsewhere.
+    followers: HashMap<u32, Vec<(u32, u8)>>,
 }
 
 impl Views {
@@ -32,10 +39,25 @@ impl Views {
         self.followers.is_empty()
     }
 
-    /// Replaces `w`'s focus (`None`: every friend) and watched members. Returns whether `w` is
-    /// focused now.
-    pub(crate) fn set(&mut self, w: u32, focus: Option<Vec<u32>>, members: Vec<u32>) -> bool {
-        let old = self.targets(w);
+    /// Replaces `w`'s focus (`None`: every friend) and watched members; `friend(w, u)` tells
+    /// whether they are friends now. Returns whether `w` is focused now.
+    pub(crate) fn set(
+        &mut self,
+        w: u32,
+        focus: Option<Vec<u32>>,
+        members: Vec<u32>,
+        friend: impl Fn(u32, u32) -> bool,
+    ) -> bool {
+        for t in self.targets(w) {
+            if let Some(ws) = self.followers.get_mut(&t) {
+                if let Ok(i) = ws.binary_search_by_key(&w, |&(x, _)| x) {
+                    ws.remove(i);
+                }
+                if ws.is_empty() {
+                    self.followers.remove(&t);
+                }
+            }
+        }
         let norm = |mut v: Vec<u32>| {
             v.sort_unstable();
             v.dedup();
@@ -56,24 +78,36 @@ impl Views {
         } else {
             self.members.insert(w, members);
         }
-        let new = self.targets(w);
-        for &t in old.iter().filter(|t| new.binary_search(t).is_err()) {
-            if let Some(ws) = self.followers.get_mut(&t) {
-                if let Ok(i) = ws.binary_search(&w) {
-                    ws.remove(i);
-                }
-                if ws.is_empty() {
-                    self.followers.remove(&t);
-                }
+        for t in self.targets(w) {
+            let mut flags = if focused { FOCUSED } else { 0 };
+            if self.in_focus(w, t) {
+                flags |= IN_FOCUS;
             }
-        }
-        for &t in new.iter().filter(|t| old.binary_search(t).is_err()) {
+            if self.watches(w, t) {
+                flags |= MEMBER;
+            }
+            if friend(w, t) {
+                flags |= FRIEND;
+            }
             let ws = self.followers.entry(t).or_default();
-            if let Err(i) = ws.binary_search(&w) {
-                ws.insert(i, w);
+            if let Err(i) = ws.binary_search_by_key(&w, |&(x, _)| x) {
+                ws.insert(i, (w, flags));
             }
         }
         focused
+    }
+
+    /// `w` and `f` became friends (`true`) or stopped being friends.
+    pub(crate) fn edge(&mut self, w: u32, f: u32, friends: bool) {
+        if let Some(ws) = self.followers.get_mut(&f)
+            && let Ok(i) = ws.binary_search_by_key(&w, |&(x, _)| x)
+        {
+            if friends {
+                ws[i].1 |= FRIEND;
+            } else {
+                ws[i].1 &= !FRIEND;
+            }
+        }
     }
 
     /// Everything `w` follows, ascending.
@@ -88,6 +122,12 @@ impl Views {
         t.sort_unstable();
         t.dedup();
         t
+    }
+
+    fn in_focus(&self, w: u32, u: u32) -> bool {
+        self.focus
+            .get(&w)
+            .is_some_and(|f| f.binary_search(&u).is_ok())
     }
 
     /// Whether a friendship of `w` with `f` starting or ending shows in `w`'s view: `f` is in
@@ -109,35 +149,26 @@ impl Views {
     /// The `(watcher << 32 | item)` pairs the ordinary fan-out left out: for each changed
     /// user (`changed[item]`), the live watchers following it that should see it: as a
     /// watched member, or as a friend in their focus. A pair the ordinary fan-out already
-    /// made (live, unfocused friends) is not repeated. Ascending, no duplicates.
-    pub(crate) fn extra_pairs(
-        &self,
-        graph: &Graph,
-        changed: &[u32],
-        live: impl Fn(u32) -> bool,
-    ) -> Vec<u64> {
+    /// made (live, unfocused friends) is not repeated. Ascending, no duplicates. Costs one
+    /// lookup per changed user and a flag test per follower.
+    pub(crate) fn extra_pairs(&self, changed: &[u32], live: impl Fn(u32) -> bool) -> Vec<u64> {
         let mut out = Vec::new();
         for (item, &u) in changed.iter().enumerate() {
             let Some(ws) = self.followers.get(&u) else {
                 continue;
             };
-            for &w in ws {
-                if !live(w) {
-                    continue;
-                }
-                let friend = graph.are_friends(w, u);
-                let focus = self.focus.get(&w);
-                if friend && focus.is_none() {
+            for &(w, flags) in ws {
+                let friend = flags & FRIEND != 0;
+                if friend && flags & FOCUSED == 0 {
                     continue; // the ordinary fan-out has it
                 }
-                let in_focus = friend && focus.is_some_and(|f| f.binary_search(&u).is_ok());
-                if in_focus || self.watches(w, u) {
+                let shown = flags & MEMBER != 0 || (friend && flags & IN_FOCUS != 0);
+                if shown && live(w) {
                     out.push((u64::from(w) << 32) | item as u64);
                 }
             }
         }
         out.sort_unstable();
-        out.dedup();
         out
     }
 
@@ -149,7 +180,7 @@ impl Views {
             .chain(self.members.values())
             .map(|s| s.len() * 4 + 24)
             .sum();
-        let followers: usize = self.followers.values().map(|v| v.capacity() * 4 + 32).sum();
+        let followers: usize = self.followers.values().map(|v| v.capacity() * 8 + 32).sum();
         lists + followers
     }
 }
@@ -161,14 +192,25 @@ mod tests {
     #[test]
     fn followers_track_every_list_change() {
         let mut v = Views::default();
-        assert!(v.set(1, Some(vec![5, 3, 3]), vec![9]));
-        assert!(!v.set(2, None, vec![9, 3]));
-        assert_eq!(v.followers.get(&3), Some(&vec![1, 2]));
-        assert_eq!(v.followers.get(&9), Some(&vec![1, 2]));
-        assert!(!v.set(1, None, vec![]));
-        assert_eq!(v.followers.get(&3), Some(&vec![2]));
+        let friends = |w: u32, u: u32| w + u == 4; // 1 and 3 are friends
+        assert!(v.set(1, Some(vec![5, 3, 3]), vec![9], friends));
+        assert!(!v.set(2, None, vec![9, 3], friends));
+        assert_eq!(
+            v.followers.get(&3),
+            Some(&vec![(1, FOCUSED | IN_FOCUS | FRIEND), (2, MEMBER)])
+        );
+        assert_eq!(
+            v.followers.get(&9),
+            Some(&vec![(1, FOCUSED | MEMBER), (2, MEMBER)])
+        );
+        // 3 changes: 1 sees it (a friend in focus), 2 too (a member); 5 changes: nobody.
+        assert_eq!(v.extra_pairs(&[3, 5], |_| true), [(1 << 32), (2 << 32)]);
+        v.edge(1, 3, false);
+        assert_eq!(v.extra_pairs(&[3], |_| true), [(2 << 32)]);
+        assert!(!v.set(1, None, vec![], friends));
+        assert_eq!(v.followers.get(&3), Some(&vec![(2, MEMBER)]));
         assert!(!v.followers.contains_key(&5));
-        v.set(2, None, vec![]);
+        v.set(2, None, vec![], friends);
         assert!(v.is_empty());
         assert!(!v.is_focused(1));
     }
