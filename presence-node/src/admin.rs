@@ -473,10 +473,7 @@ fn default_ttl() -> u64 {
         (status = 400, description = "malformed body, invalid user, `ttl_s` not between 1 s \
             and a year", body = ErrorBody),
     ))]
-async fn post_token(
-    State(s): State<AdminState>,
-    b: Bytes,
-) -> Result<Json<TokenAnswer>, ApiError> {
+async fn post_token(State(s): State<AdminState>, b: Bytes) -> Result<Json<TokenAnswer>, ApiError> {
     let b: TokenBody = body(b)?;
     let token = s
         .node

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use presence_cluster::{Member, SLOTS, SlotMap, slot_of};
 use serde::Serialize;
-use utoipa::ToSchema;
 use tokio::sync::watch;
+use utoipa::ToSchema;
 
 /// The node's place: alone (every slot its own), or in a cluster.
 pub enum Topology {
