@@ -207,6 +207,7 @@ pub struct Friends {
 }
 
 #[utoipa::path(put, path = "/v1/users/{id}/friends", tag = "graph",
+    summary = "Replace a user's friends",
     description = "Replaces one user's friend list (edges are symmetric). On disk, and in every \
         later welcome, before the answer.",
     params(("id" = String, Path, description = "user id")),
@@ -231,6 +232,7 @@ async fn put_friends(
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}/friends", tag = "graph",
+    summary = "A user's friends",
     description = "A user's friends (extension).",
     params(("id" = String, Path, description = "user id")),
     responses(
@@ -265,6 +267,7 @@ pub struct FriendshipsApplied {
 }
 
 #[utoipa::path(post, path = "/v1/friendships", tag = "graph",
+    summary = "Add and remove friendships in bulk",
     description = "Adds and removes friendships in bulk, all or nothing. On disk, and in every \
         later welcome, before the answer.",
     request_body = FriendshipsBody,
@@ -303,6 +306,7 @@ pub struct Group {
 }
 
 #[utoipa::path(put, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "Create or replace a group",
     description = "Creates or replaces a group.",
     params(("gid" = String, Path, description = "group id")),
     request_body = GroupBody,
@@ -325,6 +329,7 @@ async fn put_group(
 }
 
 #[utoipa::path(get, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "A group's members",
     description = "A group's members (extension).",
     params(("gid" = String, Path, description = "group id")),
     responses(
@@ -345,6 +350,7 @@ async fn get_group(
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "Remove a group",
     description = "Removes a group (removing one that does not exist is no error).",
     params(("gid" = String, Path, description = "group id")),
     responses(
@@ -374,6 +380,7 @@ pub struct PresenceAnswer {
 }
 
 #[utoipa::path(get, path = "/v1/presence", tag = "presence",
+    summary = "Users' presence",
     description = "The current presence of some users (unknown users are offline, never seen).",
     params(("users" = String, Query,
         description = "comma-separated user ids, at most 10,000", example = "1,2,3")),
@@ -402,6 +409,7 @@ struct RouteQuery {
 }
 
 #[utoipa::path(get, path = "/v1/route", tag = "cluster",
+    summary = "Where a user's sessions belong",
     description = "Where a user's sessions belong now (v1.1; a single node names itself).",
     params(("user" = String, Query, description = "user id")),
     responses(
@@ -432,6 +440,7 @@ async fn get_route(
 }
 
 #[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    summary = "Cluster members and slots",
     description = "The cluster's members and how many slots each owns (v1.1; a single node: \
         itself with all 1,024 slots, epoch 0).",
     responses((status = 200, description = "members and slots", body = ClusterAnswer)))]
@@ -465,6 +474,7 @@ fn default_ttl() -> u64 {
 }
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    summary = "Mint a client token",
     description = "Mints a client token with the node's secret (a convenience for \
         development and tests).",
     request_body = TokenBody,
@@ -522,6 +532,7 @@ pub struct ClusterHealth {
 /// links, and `503 {"status": "fenced"}` while the lease is not surely alive (etcd out of
 /// reach: the node serves nothing it cannot prove is its own).
 #[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Health",
     description = "Liveness and readiness, for probes (no key).",
     responses(
         (status = 200, description = "serving", body = Health),
@@ -557,6 +568,7 @@ async fn healthz(State(s): State<AdminState>) -> (StatusCode, Json<Health>) {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
     description = "Prometheus metrics, for scrapers (no key); listed in docs/protocol.md.",
     responses((status = 200, description = "Prometheus text exposition",
         content_type = "text/plain; version=0.0.4", body = String)))]
