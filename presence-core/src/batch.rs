@@ -120,6 +120,21 @@ impl Batch {
         self.offsets.push(self.items.len() as u32);
     }
 
+    /// Adds ascending `(watcher << 32 | item)` keys, none already in the batch, keeping
+    /// every watcher's items in order: one linear merge.
+    pub(crate) fn merge_sorted_pairs(&mut self, extra: &[u64]) {
+        let old = self.to_pairs();
+        let mut a = old.into_iter().peekable();
+        let mut b = extra.iter().copied().peekable();
+        let merged = std::iter::from_fn(|| match (a.peek(), b.peek()) {
+            (Some(&x), Some(&y)) if y < x => b.next(),
+            (Some(_), _) => a.next(),
+            (None, _) => b.next(),
+        });
+        let merged: Vec<u64> = merged.collect();
+        self.fill_from_sorted(merged.into_iter());
+    }
+
     /// The CSR as `(watcher << 32 | item)` keys.
     pub(crate) fn to_pairs(&self) -> Vec<u64> {
         let mut out = Vec::with_capacity(self.items.len());

@@ -26,6 +26,7 @@ use crate::ids::{Interner, UserId};
 use crate::presence::{Change, Presence, State, Status};
 use crate::shard::{Disconnect, SessionId, Shard};
 use crate::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, downgrade, parallel_map};
+use crate::views::Views;
 
 /// The edges a request really changes (pairs with the smaller id first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,25 +82,41 @@ struct Ticker {
     index: Vec<u32>,
     /// Users with a connected session as of the last tick, kept up to date from the shards'
     /// flips (so a tick costs what changed, not what is live), as a roaring set for iteration
-    /// and a dense bitset for the push fan-out's one-load membership test.
+    /// and a dense bitset for the fan-out's one-load membership test. A bit of `live_bits` is
+    /// set while the user is live *and has no focus*: a focused watcher gets its friends'
+    /// changes through `views`, not the ordinary fan-out.
     live: RoaringBitmap,
     live_bits: Vec<u64>,
+    /// Focus and watched members (v1.1 partial subscriptions).
+    views: Views,
 }
 
 impl Ticker {
     fn apply_live(&mut self, changes: &[(u32, bool)]) {
         for &(id, live) in changes {
-            let word = (id >> 6) as usize;
-            if word >= self.live_bits.len() {
-                self.live_bits.resize(word + 1, 0);
-            }
             if live {
                 self.live.insert(id);
-                self.live_bits[word] |= 1 << (id & 63);
             } else {
                 self.live.remove(id);
-                self.live_bits[word] &= !(1 << (id & 63));
             }
+            self.refresh_fan_bit(id);
+        }
+    }
+
+    /// Sets `id`'s fan-out bit from its liveness and its focus.
+    fn refresh_fan_bit(&mut self, id: u32) {
+        let on = self.live.contains(id) && !self.views.is_focused(id);
+        let word = (id >> 6) as usize;
+        if word >= self.live_bits.len() {
+            if !on {
+                return;
+            }
+            self.live_bits.resize(word + 1, 0);
+        }
+        if on {
+            self.live_bits[word] |= 1 << (id & 63);
+        } else {
+            self.live_bits[word] &= !(1 << (id & 63));
         }
     }
 }
@@ -626,6 +643,56 @@ impl Engine {
             .collect()
     }
 
+    /// Sets what `watcher` follows beyond (or instead of) all its friends, from the next tick
+    /// on: with `focus` given, only the friends in it reach the watcher (their changes, and
+    /// their friendship ending or starting); `members` are users whose changes reach it as
+    /// if they were friends (a big group's members on screen). Both replace what was set
+    /// before; `None` and `[]` restore the default; the watcher itself is never in view. On
+    /// a node both lists are the union over the watcher's sessions, and the node narrows
+    /// each session's share at hand-out. A new session ([`Engine::connect`]) sees every
+    /// friend, so whoever connects a second device must widen the view first (its welcome
+    /// is not narrowed).
+    ///
+    /// Returns the presence of everything now in view (friends as of the last tick, narrowed
+    /// by the focus, and the members), ascending, as published by the last tick: the ticks
+    /// after this call carry the diffs. Costs what the lists and the watcher's friends hold
+    /// once; each tick then costs what changed among the users someone follows this way,
+    /// never the friends out of focus.
+    pub fn set_view(
+        &self,
+        watcher: UserId,
+        focus: Option<&[UserId]>,
+        members: &[UserId],
+    ) -> Result<Vec<(UserId, Presence)>, Error> {
+        self.check_user(watcher)?;
+        for &u in focus.into_iter().flatten().chain(members) {
+            self.check_user(u)?;
+        }
+        let ids = |l: &[UserId]| {
+            l.iter()
+                .map(|u| u.0)
+                .filter(|&u| u != watcher.0)
+                .collect::<Vec<u32>>()
+        };
+        let (focus, members) = (focus.map(ids), ids(members));
+        // Under the tick lock: no tick publishes between the change and the snapshot.
+        let mut ticker = self.ticker.lock();
+        let mut visible = {
+            let g = self.graph.read();
+            let friends = g.graph.published_friends(watcher.0);
+            match &focus {
+                None => friends,
+                Some(f) => friends.into_iter().filter(|u| f.contains(u)).collect(),
+            }
+        };
+        visible.extend(&members);
+        visible.sort_unstable();
+        visible.dedup();
+        ticker.views.set(watcher.0, focus, members);
+        ticker.refresh_fan_bit(watcher.0);
+        Ok(self.published_of(&visible))
+    }
+
     /// The snapshot a new session of `user` would get, without starting one.
     pub fn friends_presence(&self, user: UserId) -> Vec<(UserId, Presence)> {
         let g = self.graph.read();
@@ -891,8 +958,22 @@ impl Engine {
                 let threads = self.threads_for(push_cost);
                 self.fan_out_push(graph, &changed_ids, &ticker.live_bits, threads, &mut batch);
             }
-            Strategy::Pull => {
-                self.fan_out_pull(graph, &changed_ids, live, &mut ticker.index, &mut batch)
+            Strategy::Pull => self.fan_out_pull(
+                graph,
+                &changed_ids,
+                live,
+                &ticker.live_bits,
+                &mut ticker.index,
+                &mut batch,
+            ),
+        }
+        // Focused watchers and watched members: the pairs the ordinary fan-out left out.
+        if !ticker.views.is_empty() && !changed_ids.is_empty() {
+            let extra = ticker
+                .views
+                .extra_pairs(graph, &changed_ids, |w| live.contains(w));
+            if !extra.is_empty() {
+                batch.merge_sorted_pairs(&extra);
             }
         }
 
@@ -902,7 +983,14 @@ impl Engine {
                 .collect();
         }
         let owned = g.owned.as_deref();
-        let edge_changes = self.announce_edges(&edge_events, &changed_ids, live, owned, &mut batch);
+        let edge_changes = self.announce_edges(
+            &edge_events,
+            &changed_ids,
+            live,
+            &ticker.views,
+            owned,
+            &mut batch,
+        );
         drop(g);
 
         batch.stats = TickStats {
@@ -1006,6 +1094,7 @@ impl Engine {
         graph: &Graph,
         changed: &[u32],
         live: &RoaringBitmap,
+        fan_bits: &[u64],
         index: &mut Vec<u32>,
         batch: &mut Batch,
     ) {
@@ -1017,7 +1106,8 @@ impl Engine {
                 *slot = i as u32;
             }
         }
-        let watchers: Vec<u32> = live.iter().collect();
+        // Focused watchers are left to the views (their fan-out bit is clear).
+        let watchers: Vec<u32> = live.iter().filter(|&w| bit(fan_bits, w)).collect();
         let threads = self.threads_for(live.len() * 16);
         let chunk = watchers.len().div_ceil(threads).max(1);
         let index_ref: &[u32] = index;
@@ -1070,6 +1160,7 @@ impl Engine {
         events: &[(u32, u32, bool)],
         changed: &[u32],
         live: &RoaringBitmap,
+        views: &Views,
         owned: Option<&[u64]>,
         batch: &mut Batch,
     ) -> usize {
@@ -1093,6 +1184,10 @@ impl Engine {
                 gained = true;
             }
             if !live.contains(w) {
+                continue;
+            }
+            // Out of w's focus, or in view anyway as a watched member: nothing to tell.
+            if !views.friend_in_view(w, f) {
                 continue;
             }
             let item = if now_friends {
@@ -1180,6 +1275,7 @@ impl Engine {
                 .as_ref()
                 .map(|bits| bits.iter().map(|w| w.count_ones() as usize).sum());
         }
+        fp.state_bytes += self.ticker.lock().views.bytes();
         let names = self.names.read();
         fp.users = names.len();
         fp.owned_users = owned.unwrap_or(fp.users);

@@ -106,6 +106,7 @@ mod presence;
 mod shard;
 pub mod snapshot;
 mod sync;
+mod views;
 mod wheel;
 
 pub use batch::{Batch, Strategy, TickStats};

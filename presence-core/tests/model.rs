@@ -19,6 +19,11 @@
 //! lists (no edge between two users not owned). On a single node every cluster call is
 //! refused and `outgoing` stays empty.
 //!
+//! Watchers get views at random (`set_view`: a focus narrowing their friends, watched members
+//! beyond them): a session's view must then equal the truth over what is in view, the
+//! snapshot `set_view` answers included, and nothing out of view may reach it; a connect
+//! resets the user's view first (a new session sees every friend).
+//!
 //! Between ticks, published presence (`presence_of`, `friends_presence`, `Welcome`) must stay
 //! what the last tick published, against the friend graph as of the last tick.
 //!
@@ -158,6 +163,12 @@ enum Op {
         pairs: Vec<(u8, u8)>,
     },
     Release(u8),
+    /// The watcher's focus (`None`: every friend) and watched members.
+    SetView {
+        user: u8,
+        focus: Option<Vec<u8>>,
+        members: Vec<u8>,
+    },
     Advance(u64),
     Tick,
 }
@@ -221,6 +232,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (user(), prop::collection::vec(pair(), 0..4))
             .prop_map(|(user, pairs)| Op::Take { user, pairs }),
         2 => user().prop_map(Op::Release),
+        4 => (
+            user(),
+            prop::option::weighted(0.7, prop::collection::vec(user(), 0..5)),
+            prop::collection::vec(user(), 0..4),
+        )
+            .prop_map(|(user, focus, members)| Op::SetView { user, focus, members }),
         10 => (1..400u64).prop_map(Op::Advance),
         3 => (400..12_000u64).prop_map(Op::Advance),
         16 => Just(Op::Tick),
@@ -283,6 +300,9 @@ struct Model {
     sessions: Vec<RefSession>,
     /// Sessions that timed out since the last tick.
     pending_expired: Vec<usize>,
+    /// Per user: the focus (`None`: every friend) and the watched members, self left out.
+    focus: Vec<Option<BTreeSet<u8>>>,
+    members: Vec<BTreeSet<u8>>,
     /// The last tick's number, the presence it published and the graph it published against.
     tick: u64,
     published: Vec<Presence>,
@@ -307,6 +327,8 @@ impl Model {
             friends: vec![BTreeSet::new(); USERS as usize],
             published: vec![Presence::NEVER_SEEN; USERS as usize],
             published_friends: vec![BTreeSet::new(); USERS as usize],
+            focus: vec![None; USERS as usize],
+            members: vec![BTreeSet::new(); USERS as usize],
             ..Self::default()
         }
     }
@@ -606,6 +628,17 @@ impl Model {
         self.apply(&add, &remove)
     }
 
+    /// What is in `u`'s view given its `friends`: those in its focus (all without one) and
+    /// its watched members.
+    fn visible(&self, u: u8, friends: &BTreeSet<u8>) -> BTreeSet<u8> {
+        let mut v: BTreeSet<u8> = match &self.focus[u as usize] {
+            None => friends.clone(),
+            Some(f) => friends.intersection(f).copied().collect(),
+        };
+        v.extend(&self.members[u as usize]);
+        v
+    }
+
     /// What a session of `u` should see: the presence of each friend, from `presence`.
     fn truth(friends: &BTreeSet<u8>, presence: &[Presence]) -> BTreeMap<u32, Presence> {
         friends
@@ -691,6 +724,11 @@ impl Harness {
         let now = self.now;
         match *op {
             Op::Connect { user, device } => {
+                // A new session sees every friend: whoever connects widens the view first.
+                let m = &self.model;
+                if m.focus[user as usize].is_some() || !m.members[user as usize].is_empty() {
+                    self.set_view(user, None, &[])?;
+                }
                 let want = self.model.connect(user, device, now);
                 let dev = format!("d{device}");
                 let mut results = Vec::new();
@@ -903,9 +941,54 @@ impl Harness {
                 self.check_graph()?;
             }
             Op::Advance(ms) => self.now += ms,
+            Op::SetView {
+                user,
+                ref focus,
+                ref members,
+            } => self.set_view(user, focus.as_deref(), members)?,
             Op::Tick => self.tick()?,
         }
         self.check_published()
+    }
+
+    /// Sets `user`'s view in every engine: each answers the published presence of what is in
+    /// view now, and that is what each of the user's connected sessions shows from then on.
+    fn set_view(
+        &mut self,
+        user: u8,
+        focus: Option<&[u8]>,
+        members: &[u8],
+    ) -> Result<(), TestCaseError> {
+        let m = &mut self.model;
+        let others =
+            |l: &[u8]| -> BTreeSet<u8> { l.iter().copied().filter(|&u| u != user).collect() };
+        m.focus[user as usize] = focus.map(others);
+        m.members[user as usize] = others(members);
+        let visible = m.visible(user, &m.published_friends[user as usize]);
+        let want: Vec<(UserId, Presence)> = Model::truth(&visible, &m.published)
+            .into_iter()
+            .map(|(f, p)| (UserId(f), p))
+            .collect();
+        let ids = |l: &[u8]| l.iter().map(|&u| uid(u)).collect::<Vec<UserId>>();
+        let (focus_ids, member_ids) = (focus.map(ids), ids(members));
+        for (e, engine) in self.engines.iter().enumerate() {
+            let got = engine
+                .set_view(uid(user), focus_ids.as_deref(), &member_ids)
+                .map_err(|err| TestCaseError::fail(format!("set_view: {err}")))?;
+            check(
+                || format!("set_view snapshot of {user} ({:?})", policy(e)),
+                &got,
+                &want,
+            )?;
+            let view: BTreeMap<u32, Presence> = got.iter().map(|(f, p)| (f.0, p.clone())).collect();
+            for i in 0..self.model.sessions.len() {
+                let s = &mut self.model.sessions[i];
+                if s.user == user && s.connected() {
+                    s.views[e] = view.clone();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Between ticks every query answers what the last tick published.
@@ -1079,7 +1162,10 @@ impl Harness {
                     TestCaseError::fail(ctx(&format!("session #{i} of {w:?}: {msg}")))
                 })?;
                 let s = &self.model.sessions[i];
-                let want = Model::truth(&self.model.friends[s.user as usize], &truth);
+                let visible = self
+                    .model
+                    .visible(s.user, &self.model.friends[s.user as usize]);
+                let want = Model::truth(&visible, &truth);
                 check(
                     || ctx(&format!("view of session #{i} of user {}", s.user)),
                     &s.views[e],

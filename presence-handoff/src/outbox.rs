@@ -100,7 +100,9 @@ impl Outbox {
         items.sort_unstable_by_key(|(u, _)| *u);
         let merged = {
             let mut inner = self.inner.lock();
-            inner.tick = tick;
+            // A snapshot pushed between ticks carries the tick it was read at, which may be
+            // behind the tick of entries already waiting.
+            inner.tick = inner.tick.max(tick);
             if inner.pending.is_empty() {
                 inner.pending = items;
                 false
@@ -186,7 +188,7 @@ impl Outbox {
 }
 
 /// Merges two ascending lists; on equal keys the newer entry wins.
-fn merge(old: Vec<(u32, Bytes)>, new: Vec<(u32, Bytes)>) -> Vec<(u32, Bytes)> {
+pub(crate) fn merge(old: Vec<(u32, Bytes)>, new: Vec<(u32, Bytes)>) -> Vec<(u32, Bytes)> {
     let mut out = Vec::with_capacity(old.len() + new.len());
     let mut a = old.into_iter().peekable();
     let mut b = new.into_iter().peekable();

@@ -9,12 +9,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use presence_core::{Batch, SessionId, UserId, Welcome};
 
 use crate::outbox::{CloseReason, Outbox};
 use crate::sync::{Mutex, MutexGuard};
+use crate::view::View;
+
+static DEFAULT_VIEW: View = View {
+    focus: None,
+    groups: Vec::new(),
+};
 
 /// Stripes of the registry.
 pub const SHARDS: usize = 64;
@@ -25,6 +32,90 @@ pub struct SessionHandle {
     /// Hand this session the batches of later ticks only.
     pub welcome_tick: u64,
     pub outbox: Outbox,
+    /// The session's focus and watched groups: changed only under the user's stripe lock
+    /// (with [`Registry::with_sessions`]), so the hand-out sees each change whole.
+    view: Mutex<Option<Box<Extras>>>,
+    /// Whether `view` is not the default (read by the hand-out without the view's lock; set
+    /// under the stripe lock it holds).
+    narrowed: AtomicBool,
+}
+
+/// What a session holds beyond the default, boxed: most sessions focus on nothing and
+/// watch no group, and an idle session's handle is kept small.
+#[derive(Default)]
+struct Extras {
+    view: View,
+    /// `group_counts` entries not taken yet: (group key, rendered count), ascending by key,
+    /// the latest per group kept, and the tick of the latest.
+    counts_tick: u64,
+    counts: Vec<(u32, Bytes)>,
+}
+
+impl SessionHandle {
+    /// The session's view (a copy).
+    pub fn view(&self) -> View {
+        self.view
+            .lock()
+            .as_deref()
+            .map(|e| e.view.clone())
+            .unwrap_or_default()
+    }
+
+    /// Queues watched groups' new counts (any order) and wakes the session; the latest per
+    /// group is kept, so a session gets one `group_counts` frame for what it has not taken.
+    pub fn push_counts(&self, tick: u64, mut items: Vec<(u32, Bytes)>) {
+        items.sort_unstable_by_key(|(g, _)| *g);
+        {
+            let mut extras = self.view.lock();
+            let e = extras.get_or_insert_with(Box::default);
+            e.counts_tick = e.counts_tick.max(tick);
+            let old = std::mem::take(&mut e.counts);
+            e.counts = crate::outbox::merge(old, items);
+        }
+        self.outbox.wakeup.notify();
+    }
+
+    /// The counts waiting, if any: (tick, entries ascending by group key).
+    pub fn take_counts(&self) -> Option<(u64, Vec<(u32, Bytes)>)> {
+        let mut extras = self.view.lock();
+        let e = extras.as_deref_mut()?;
+        if e.counts.is_empty() {
+            return None;
+        }
+        let taken = (e.counts_tick, std::mem::take(&mut e.counts));
+        if e.view.is_default() {
+            *extras = None;
+        }
+        Some(taken)
+    }
+
+    /// Whether the session has a focus or watches a group.
+    pub fn narrowed(&self) -> bool {
+        self.narrowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The sessions of one user, under its stripe lock: their views may change here.
+pub struct UserSessions<'a> {
+    pub sessions: &'a [Arc<SessionHandle>],
+}
+
+impl UserSessions<'_> {
+    /// Replaces `h`'s view (one of `sessions`).
+    pub fn set_view(&self, h: &SessionHandle, view: View) {
+        h.narrowed.store(!view.is_default(), Ordering::Relaxed);
+        let mut extras = h.view.lock();
+        match extras.as_deref_mut() {
+            Some(e) => e.view = view,
+            None if view.is_default() => {}
+            None => {
+                *extras = Some(Box::new(Extras {
+                    view,
+                    ..Extras::default()
+                }))
+            }
+        }
+    }
 }
 
 type Stripe = HashMap<u32, Vec<Arc<SessionHandle>>>;
@@ -71,6 +162,8 @@ impl Registry {
             sid: welcome.session,
             welcome_tick: welcome.tick,
             outbox: Outbox::default(),
+            view: Mutex::new(None),
+            narrowed: AtomicBool::new(false),
         });
         stripe.entry(user.0).or_default().push(handle.clone());
         Ok((handle, welcome))
@@ -79,21 +172,45 @@ impl Registry {
     /// Hands one tick's batch to the sessions: each watcher's diff to the outboxes of its
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
     /// watcher), and a close to the sessions the heartbeat timeout expired.
-    pub fn hand_out(&self, batch: &Batch, rendered: &[Bytes]) -> HandOut {
+    pub fn hand_out(
+        &self,
+        batch: &Batch,
+        rendered: &[Bytes],
+        friends: impl Fn(u32, u32) -> bool,
+    ) -> HandOut {
         let mut out = HandOut::default();
         for (watcher, items) in batch.diffs() {
             let stripe = self.lock(watcher.0);
             let Some(list) = stripe.get(&watcher.0) else {
                 continue;
             };
+            // The user's diff is the union of its sessions' views: with any of them narrowed,
+            // each session gets its own share.
+            let narrowed = list.iter().any(|h| h.narrowed());
             for h in list {
                 if batch.tick <= h.welcome_tick {
                     continue;
                 }
-                let entries: Vec<(u32, Bytes)> = items
-                    .iter()
-                    .map(|&i| (batch.entries[i as usize].0.0, rendered[i as usize].clone()))
-                    .collect();
+                let entry =
+                    |&i: &u32| (batch.entries[i as usize].0.0, rendered[i as usize].clone());
+                let entries: Vec<(u32, Bytes)> = if narrowed {
+                    let extras = h.view.lock();
+                    let view = extras.as_deref().map_or(&DEFAULT_VIEW, |e| &e.view);
+                    items
+                        .iter()
+                        .filter(|&&i| {
+                            let (u, change) = &batch.entries[i as usize];
+                            let removal = matches!(change, presence_core::Change::Removed);
+                            view.shows(u.0, removal, || friends(watcher.0, u.0))
+                        })
+                        .map(entry)
+                        .collect()
+                } else {
+                    items.iter().map(entry).collect()
+                };
+                if entries.is_empty() {
+                    continue;
+                }
                 out.handed += entries.len();
                 out.merges += u64::from(h.outbox.push(batch.tick, entries));
             }
@@ -108,6 +225,14 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Runs `f` on `user`'s live sessions under its stripe lock: no hand-out to them runs
+    /// meanwhile, so a view changed and a snapshot pushed here are ordered with the ticks'.
+    pub fn with_sessions<R>(&self, user: u32, f: impl FnOnce(UserSessions<'_>) -> R) -> R {
+        let stripe = self.lock(user);
+        let sessions = stripe.get(&user).map_or(&[][..], |l| l.as_slice());
+        f(UserSessions { sessions })
     }
 
     /// Removes a session.

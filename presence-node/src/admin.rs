@@ -69,6 +69,7 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
     };
     let api = Router::new()
         .merge(graph)
+        .route("/v1/groups/{gid}/presence", get(get_group_presence))
         .route("/v1/tokens", post(post_token))
         .route("/v1/route", get(get_route))
         .route("/v1/cluster", get(get_cluster))
@@ -106,6 +107,7 @@ impl From<AdminError> for ApiError {
             AdminError::Bad(m) => ApiError(StatusCode::BAD_REQUEST, m),
             AdminError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             AdminError::Internal(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+            AdminError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
         }
     }
 }
@@ -346,6 +348,44 @@ async fn get_group(
     let members = s.node.service().group(&gid)?;
     Ok(Json(Group {
         members: members.to_vec(),
+    }))
+}
+
+/// `GET /v1/groups/{gid}/presence`' answer: how many of a group's members are online and
+/// idle (fields in alphabetical order, as the answer has always had them).
+#[derive(Serialize, ToSchema)]
+pub struct GroupPresence {
+    /// The group id.
+    pub group: String,
+    /// Members idle.
+    pub idle: u64,
+    /// Members online (active); invisible members count as offline.
+    pub online: u64,
+    /// Members in all.
+    pub total: u64,
+}
+
+/// `GET /v1/groups/{gid}/presence` (v1.1): the group's online, idle and total counts.
+#[utoipa::path(get, path = "/v1/groups/{gid}/presence", tag = "groups",
+    summary = "A group's online and idle counts",
+    description = "How many of a group's members are online and idle (v1.1).",
+    params(("gid" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the group's counts", body = GroupPresence),
+        (status = 404, description = "no such group", body = ErrorBody),
+        (status = 503, description = "cluster: not served in a cluster yet", body = ErrorBody),
+    ))]
+async fn get_group_presence(
+    State(s): State<AdminState>,
+    Path(gid): Path<String>,
+) -> Result<Json<GroupPresence>, ApiError> {
+    let svc = s.node.service_arc();
+    let c = svc.group_presence(&gid)?;
+    Ok(Json(GroupPresence {
+        group: gid,
+        idle: c.idle,
+        online: c.online,
+        total: c.total,
     }))
 }
 

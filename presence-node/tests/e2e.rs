@@ -949,8 +949,22 @@ async fn admin_api_answers_as_its_openapi_document_says() {
             204,
         ),
         ("get", "/v1/groups/{gid}", "/v1/groups/g", None, 200),
+        (
+            "get",
+            "/v1/groups/{gid}/presence",
+            "/v1/groups/g/presence",
+            None,
+            200,
+        ),
         ("delete", "/v1/groups/{gid}", "/v1/groups/g", None, 204),
         ("get", "/v1/groups/{gid}", "/v1/groups/g", None, 404),
+        (
+            "get",
+            "/v1/groups/{gid}/presence",
+            "/v1/groups/g/presence",
+            None,
+            404,
+        ),
         (
             "get",
             "/v1/presence",

@@ -266,21 +266,17 @@ fn messages_after_the_hello_are_answered_and_bad_ones_refused() {
     assert_eq!(code(out.only()), "bad_request");
     assert_eq!(out.only()["id"], "c1", "a refused send names its id");
     assert!(!out.closed());
-    // v1.1's big-group messages parse, and are refused as not served yet.
-    for m in [
-        json!({"type": "watch_group", "group": "g"}),
+    // v1.1's big-group messages are served: a group that does not exist, or one not watched.
+    let out = h.send(&mut s, json!({"type": "watch_group", "group": "g"}), T0 + 7);
+    assert_eq!(code(out.only()), "not_found");
+    let out = h.send(
+        &mut s,
         json!({"type": "unwatch_group", "group": "g"}),
-        json!({"type": "focus", "users": null}),
-    ] {
-        let out = h.send(&mut s, m, T0 + 7);
-        assert_eq!(code(out.only()), "bad_request");
-        assert!(
-            out.only()["message"]
-                .as_str()
-                .is_some_and(|t| t.contains("not served"))
-        );
-        assert!(!out.closed());
-    }
+        T0 + 7,
+    );
+    assert_eq!(code(out.only()), "not_found");
+    let out = h.send(&mut s, json!({"type": "focus", "users": null}), T0 + 7);
+    assert!(out.frames.is_empty() && !out.closed());
     // Malformed JSON after the hello closes the connection.
     let fx = h.svc.on_received(&mut s, raw("{nope"), T0 + 8);
     let out = h.run(&mut s, fx, T0 + 8);
@@ -714,4 +710,334 @@ fn a_cluster_node_serves_its_slots_and_routes_the_rest() {
     h.svc.set_routes(Routes::new("a", &table, map));
     let out = h.wake(&mut s2, T0 + 3);
     assert!(out.frames.is_empty() && !out.closed(), "{:?}", out.frames);
+}
+
+// ---- v1.1: focus, watched groups, group counts ------------------------------------------------
+
+/// The entries of the presence frames in `out`, as (user, state or "removed").
+fn presence_of(out: &Out) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = out
+        .frames
+        .iter()
+        .filter(|f| f["type"] == "presence")
+        .flat_map(|f| f["changes"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let state = if e["removed"] == true {
+                "removed".to_owned()
+            } else {
+                e["state"].as_str().unwrap_or("?").to_owned()
+            };
+            (e["user"].as_str().unwrap_or("?").to_owned(), state)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// The `group_counts` frames in `out`.
+fn counts_of(out: &Out) -> Vec<Value> {
+    out.frames
+        .iter()
+        .filter(|f| f["type"] == "group_counts")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn focus_narrows_a_session_and_null_restores_it() {
+    let h = Harness::new(|_| {});
+    for f in ["bob", "carol", "dave"] {
+        h.befriend("alice", f, T0);
+    }
+    let (mut phone, _) = h.hello("alice", "phone", T0);
+    let (mut web, _) = h.hello("alice", "web", T0);
+    let (mut bob, _) = h.hello("bob", "b", T0);
+    let (mut carol, _) = h.hello("carol", "c", T0);
+    h.svc.on_tick(T0 + 100);
+    h.wake(&mut phone, T0 + 100);
+    h.wake(&mut web, T0 + 100);
+
+    // The phone focuses on bob and dave: their state at once.
+    let out = h.send(
+        &mut phone,
+        json!({"type": "focus", "users": ["bob", "dave", "nobody-known"]}),
+        T0 + 200,
+    );
+    assert!(out.frames.is_empty(), "{:?}", out.frames);
+    let out = h.wake(&mut phone, T0 + 200);
+    assert_eq!(
+        presence_of(&out),
+        pairs(&[("bob", "online"), ("dave", "offline")])
+    );
+    // Carol and bob change: the phone hears bob only, the web session both.
+    h.send(
+        &mut carol,
+        json!({"type": "status", "status": "busy"}),
+        T0 + 300,
+    );
+    h.send(
+        &mut bob,
+        json!({"type": "status", "status": "dnd"}),
+        T0 + 300,
+    );
+    h.svc.on_tick(T0 + 400);
+    let out = h.wake(&mut phone, T0 + 400);
+    assert_eq!(presence_of(&out), pairs(&[("bob", "online")]));
+    let out = h.wake(&mut web, T0 + 400);
+    assert_eq!(
+        presence_of(&out),
+        pairs(&[("bob", "online"), ("carol", "online")])
+    );
+    // Both sessions focused: carol's next change reaches neither.
+    h.send(
+        &mut web,
+        json!({"type": "focus", "users": ["dave"]}),
+        T0 + 500,
+    );
+    let out = h.wake(&mut web, T0 + 500);
+    assert_eq!(presence_of(&out), pairs(&[("dave", "offline")]));
+    h.svc
+        .close(carol, presence_core::Disconnect::LoggedOut, T0 + 600);
+    h.svc.on_tick(T0 + 700);
+    assert!(presence_of(&h.wake(&mut phone, T0 + 700)).is_empty());
+    assert!(presence_of(&h.wake(&mut web, T0 + 700)).is_empty());
+    // null: every friend the focus kept out, at once (carol is offline now).
+    h.send(
+        &mut phone,
+        json!({"type": "focus", "users": null}),
+        T0 + 800,
+    );
+    let out = h.wake(&mut phone, T0 + 800);
+    assert_eq!(presence_of(&out), pairs(&[("carol", "offline")]));
+    // A new device of a user whose sessions are all focused sees every friend again.
+    h.send(
+        &mut phone,
+        json!({"type": "focus", "users": ["dave"]}),
+        T0 + 900,
+    );
+    h.wake(&mut phone, T0 + 900);
+    let (mut tablet, _) = h.hello("alice", "tablet", T0 + 950);
+    h.send(
+        &mut bob,
+        json!({"type": "status", "status": "available"}),
+        T0 + 960,
+    );
+    h.svc.on_tick(T0 + 1_000);
+    let out = h.wake(&mut tablet, T0 + 1_000);
+    assert_eq!(presence_of(&out), pairs(&[("bob", "online")]));
+    assert!(presence_of(&h.wake(&mut phone, T0 + 1_000)).is_empty());
+    // Limits.
+    let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+    let out = h.send(
+        &mut phone,
+        json!({"type": "focus", "users": many}),
+        T0 + 1_100,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+}
+
+#[test]
+fn group_counts_move_within_a_tick_one_frame_a_tick() {
+    // Sessions live past the 60 s idle threshold without a heartbeat each tick.
+    let h = Harness::new(|c| c.heartbeat_timeout = Duration::from_secs(300));
+    let members: Vec<String> = std::iter::once("alice".to_owned())
+        .chain((0..999).map(|i| format!("m{i}")))
+        .collect();
+    h.write(h.svc.plan_put_group("g", members.clone()));
+    let (mut alice, _) = h.hello("alice", "phone", T0);
+    h.svc.on_tick(T0 + 1);
+    let out = h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g"}),
+        T0 + 1,
+    );
+    assert!(out.frames.is_empty(), "{:?}", out.frames);
+    // The counts at once: alice herself is online.
+    let out = h.wake(&mut alice, T0 + 1);
+    let c = counts_of(&out);
+    assert_eq!(c.len(), 1, "{:?}", out.frames);
+    assert_eq!(
+        c[0]["groups"],
+        json!([{"group": "g", "online": 1, "idle": 0, "total": 1000}])
+    );
+    // 300 members connect between two ticks: one frame for that tick, with all of them.
+    let mut sessions: Vec<Session> = (0..300)
+        .map(|i| h.hello(&format!("m{i}"), "d", T0 + 10).0)
+        .collect();
+    let tick = h.svc.on_tick(T0 + 100).tick;
+    let out = h.wake(&mut alice, T0 + 100);
+    let c = counts_of(&out);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["tick"], tick);
+    assert_eq!(c[0]["groups"][0]["online"], 301);
+    // A tick that changes no count sends none.
+    h.svc.on_tick(T0 + 200);
+    assert!(counts_of(&h.wake(&mut alice, T0 + 200)).is_empty());
+    // Idle after the 60 s threshold (alice keeps active).
+    let later = T0 + 61_000;
+    h.send(&mut alice, json!({"type": "activity"}), later - 10);
+    h.svc.on_tick(later);
+    let c = counts_of(&h.wake(&mut alice, later));
+    assert_eq!(
+        c.last().map(|f| f["groups"][0].clone()),
+        Some(json!({"group": "g", "online": 1, "idle": 300, "total": 1000}))
+    );
+    // 100 leave (logged out): offline at the next tick.
+    for s in sessions.drain(..100) {
+        h.svc
+            .close(s, presence_core::Disconnect::LoggedOut, later + 10);
+    }
+    h.svc.on_tick(later + 100);
+    let c = counts_of(&h.wake(&mut alice, later + 100));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["groups"][0]["idle"], 200);
+    assert_eq!(
+        h.svc.group_presence("g").expect("counts"),
+        presence_node::service::views::GroupPresence {
+            online: 1,
+            idle: 200,
+            total: 1000
+        }
+    );
+    // Stop: no more counts.
+    h.send(
+        &mut alice,
+        json!({"type": "unwatch_group", "group": "g"}),
+        later + 200,
+    );
+    for s in sessions.drain(..50) {
+        h.svc
+            .close(s, presence_core::Disconnect::LoggedOut, later + 210);
+    }
+    h.svc.on_tick(later + 300);
+    assert!(counts_of(&h.wake(&mut alice, later + 300)).is_empty());
+    // Counted on demand when nobody watches.
+    assert_eq!(h.svc.group_presence("g").expect("counts").idle, 150);
+    assert!(matches!(
+        h.svc.group_presence("nope"),
+        Err(AdminError::NotFound(_))
+    ));
+}
+
+#[test]
+fn watched_members_show_as_friends_and_leave_with_the_group() {
+    let h = Harness::new(|_| {});
+    h.befriend("alice", "m2", T0);
+    let group = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    h.write(
+        h.svc
+            .plan_put_group("g", group(&["alice", "m1", "m2", "m3"])),
+    );
+    let (mut alice, _) = h.hello("alice", "phone", T0);
+    let (mut web, _) = h.hello("alice", "web", T0);
+    let (mut m1, _) = h.hello("m1", "d", T0);
+    h.svc.on_tick(T0 + 100);
+    h.wake(&mut alice, T0 + 100);
+    h.wake(&mut web, T0 + 100);
+    let out = h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g", "counts": false, "members": ["m1", "m3"]}),
+        T0 + 200,
+    );
+    assert!(out.frames.is_empty(), "{:?}", out.frames);
+    let out = h.wake(&mut alice, T0 + 200);
+    assert_eq!(
+        presence_of(&out),
+        pairs(&[("m1", "online"), ("m3", "offline")])
+    );
+    assert!(counts_of(&out).is_empty(), "counts: false");
+    // m1 changes: the watching session hears it, the other device of alice does not.
+    h.send(
+        &mut m1,
+        json!({"type": "status", "status": "invisible"}),
+        T0 + 300,
+    );
+    h.svc.on_tick(T0 + 400);
+    let out = h.wake(&mut alice, T0 + 400);
+    assert_eq!(
+        presence_of(&out),
+        pairs(&[("m1", "offline")]),
+        "invisible looks offline"
+    );
+    assert!(presence_of(&h.wake(&mut web, T0 + 400)).is_empty());
+    // m1 leaves the group: removed from the view; m3 stays.
+    h.write(h.svc.plan_put_group("g", group(&["alice", "m2", "m3"])));
+    let out = h.wake(&mut alice, T0 + 500);
+    assert_eq!(presence_of(&out), pairs(&[("m1", "removed")]));
+    h.send(
+        &mut m1,
+        json!({"type": "status", "status": "available"}),
+        T0 + 550,
+    );
+    h.svc.on_tick(T0 + 600);
+    assert!(presence_of(&h.wake(&mut alice, T0 + 600)).is_empty());
+    // Watching m2 (a friend) then stopping leaves m2 in view as a friend.
+    h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g", "members": ["m2", "m3"]}),
+        T0 + 700,
+    );
+    let out = h.wake(&mut alice, T0 + 700);
+    assert_eq!(presence_of(&out), pairs(&[("m2", "offline")]));
+    assert_eq!(counts_of(&out).len(), 1, "counts by default");
+    h.send(
+        &mut alice,
+        json!({"type": "unwatch_group", "group": "g"}),
+        T0 + 800,
+    );
+    let out = h.wake(&mut alice, T0 + 800);
+    assert_eq!(presence_of(&out), pairs(&[("m3", "removed")]));
+
+    // Refusals: not a member, not in the group, too many.
+    h.write(h.svc.plan_put_group("other", group(&["m1"])));
+    let out = h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "other"}),
+        T0 + 900,
+    );
+    assert_eq!(code(out.only()), "forbidden");
+    let out = h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g", "members": ["m1"]}),
+        T0 + 901,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+    let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+    let out = h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g", "members": many}),
+        T0 + 902,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+    for i in 0..21 {
+        h.write(h.svc.plan_put_group(&format!("g{i}"), group(&["alice"])));
+    }
+    for i in 0..20 {
+        let out = h.send(
+            &mut web,
+            json!({"type": "watch_group", "group": format!("g{i}")}),
+            T0 + 1_000 + i,
+        );
+        assert!(out.frames.is_empty(), "{:?}", out.frames);
+    }
+    let out = h.send(
+        &mut web,
+        json!({"type": "watch_group", "group": "g20"}),
+        T0 + 1_100,
+    );
+    assert_eq!(code(out.only()), "bad_request");
+    // A deleted group: its watchers get a last count of nothing.
+    h.wake(&mut web, T0 + 1_100);
+    h.write(h.svc.plan_delete_group("g3"));
+    let c = counts_of(&h.wake(&mut web, T0 + 1_200));
+    assert_eq!(
+        c[0]["groups"],
+        json!([{"group": "g3", "online": 0, "idle": 0, "total": 0}])
+    );
 }

@@ -26,5 +26,5 @@ pub use msg_id::{EPOCH_MS, MAX_NODE, MsgId, NODE_BITS, ParseMsgIdError, SEQ_BITS
 pub use server_message::{
     Error, GroupCount, GroupCounts, History, HistoryMessage, Inbox, InboxKind, PONG, Presence,
     PresenceEntry, SERVER_TYPES, Sent, ServerMessage, State, Status, Synced, Typing, Welcome,
-    presence_frame, tag,
+    group_counts_frame, presence_frame, tag,
 };

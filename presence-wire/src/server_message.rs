@@ -375,9 +375,42 @@ pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) ->
     out
 }
 
+/// A `group_counts` frame from pre-rendered [`GroupCount`] entries (each group's counts are
+/// rendered once per tick and shared by every session watching it).
+pub fn group_counts_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(br#"{"type":"group_counts","tick":"#);
+    out.extend_from_slice(tick.to_string().as_bytes());
+    out.extend_from_slice(br#","groups":["#);
+    for (i, e) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_counts_frame_parses_as_the_message() {
+        let g = serde_json::to_vec(&GroupCount {
+            group: "g".into(),
+            online: 2,
+            idle: 1,
+            total: 9,
+        })
+        .expect("renders");
+        let frame = group_counts_frame(7, [g.as_slice(), g.as_slice()].into_iter());
+        let parsed: GroupCounts<'_> = serde_json::from_slice(&frame).expect("parses");
+        assert_eq!(parsed.tick, 7);
+        assert_eq!(parsed.groups.len(), 2);
+        assert_eq!(parsed.groups[0].total, 9);
+    }
 
     fn entry(user: &str) -> PresenceEntry<'_> {
         PresenceEntry {

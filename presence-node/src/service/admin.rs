@@ -36,6 +36,9 @@ pub enum AdminError {
     /// The node failed (500); nothing changed.
     #[error("{0}")]
     Internal(String),
+    /// Not served by this node as it runs (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn bad(msg: impl Into<String>) -> AdminError {
@@ -191,11 +194,15 @@ impl Service {
                 }
             }
             GraphWrite::PutGroup { gid, members } => {
-                self.groups.write().insert(gid, members.into());
+                self.groups
+                    .write()
+                    .insert(gid.clone(), members.clone().into());
+                self.group_changed(&gid, Some(&members));
                 EdgesApplied::NONE
             }
             GraphWrite::DeleteGroup { gid } => {
                 self.groups.write().remove(&gid);
+                self.group_changed(&gid, None);
                 EdgesApplied::NONE
             }
         }

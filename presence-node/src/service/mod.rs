@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod replicate;
 pub mod session;
 pub mod statuses;
+pub mod views;
 
 // The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
 pub use presence_handoff::{outbox, registry};
@@ -84,6 +85,8 @@ pub struct Service {
     statuses: statuses::StatusLog,
     /// Cluster mode: typing notices for users other nodes serve, by node, until the tick.
     peer_chat: parking_lot::Mutex<HashMap<String, Vec<presence_peer::ChatPush>>>,
+    /// Watched groups' counts (v1.1).
+    counter: parking_lot::Mutex<views::Counter>,
 }
 
 impl Service {
@@ -162,6 +165,7 @@ impl Service {
             fence_until: std::sync::atomic::AtomicU64::new(u64::MAX),
             statuses: statuses::StatusLog::default(),
             peer_chat: parking_lot::Mutex::new(HashMap::new()),
+            counter: parking_lot::Mutex::new(views::Counter::default()),
         })
     }
 
@@ -265,6 +269,7 @@ impl Service {
     pub fn close(&self, session: Session, how: presence_core::Disconnect, now: u64) {
         let handle = session.into_handle();
         self.registry.remove(&handle);
+        self.views_closed(&handle);
         // Already gone if the engine expired it.
         let _ = self.engine.disconnect(handle.sid, how, now);
     }
@@ -327,7 +332,12 @@ impl Service {
                 .map(|(u, c)| Bytes::from(frames::render_change(name(*u).unwrap_or(""), c, ecfg)))
                 .collect()
         });
-        let registry::HandOut { handed, merges } = self.registry.hand_out(&batch, &rendered);
+        let engine = &self.engine;
+        let registry::HandOut { handed, merges } =
+            self.registry.hand_out(&batch, &rendered, |w, u| {
+                engine.are_friends(UserId(w), UserId(u))
+            });
+        self.hand_out_counts(&batch);
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);

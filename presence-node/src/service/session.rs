@@ -403,7 +403,10 @@ impl Service {
             self.take_lone_user(user, &claims.sub, now);
         }
         let (handle, welcome) = match self.open_session(user, &device, now) {
-            Ok(x) => x,
+            Ok(x) => {
+                self.views_opened(&x.0);
+                x
+            }
             Err(CoreError::TooManySessions { cap, .. }) => {
                 let msg = format!("too many sessions for this user (at most {cap})");
                 return Err(fx.fail(ErrorCode::Forbidden, msg));
@@ -673,6 +676,12 @@ impl Service {
             ));
             metrics::counter!(m::FRAMES_SENT).increment(1);
         }
+        if let Some((tick, items)) = s.handle.take_counts() {
+            fx = fx.frame(presence_wire::group_counts_frame(
+                tick,
+                items.iter().map(|(_, b)| b.as_ref()),
+            ));
+        }
         self.write_chat(s, taken.chat, taken.lagging, taken.close, fx)
     }
 
@@ -924,13 +933,22 @@ impl Service {
                     limit: limit.map_or(0, |l| l as usize),
                 })
             }
-            // Protocol v1.1's big groups and partial subscriptions: understood, not served
-            // by this node yet.
-            ClientMessage::WatchGroup { .. }
-            | ClientMessage::UnwatchGroup { .. }
-            | ClientMessage::Focus { .. } => {
-                bad("watch_group, unwatch_group and focus are not served by this node yet")
-            }
+            ClientMessage::Focus { users } => match self.focus(&s.handle, users) {
+                Ok(()) => Reply::None,
+                Err(e) => Reply::Error(e),
+            },
+            ClientMessage::WatchGroup {
+                group,
+                counts,
+                members,
+            } => match self.watch_group(&s.handle, user, &group, counts, members) {
+                Ok(()) => Reply::None,
+                Err(e) => Reply::Error(e),
+            },
+            ClientMessage::UnwatchGroup { group } => match self.unwatch_group(&s.handle, &group) {
+                Ok(()) => Reply::None,
+                Err(e) => Reply::Error(e),
+            },
         }
     }
 }
