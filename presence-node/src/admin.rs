@@ -352,7 +352,8 @@ async fn get_group(
 }
 
 /// `GET /v1/groups/{gid}/presence`' answer: how many of a group's members are online and
-/// idle (fields in alphabetical order, as the answer has always had them).
+/// idle.
+// Fields in alphabetical order: the JSON is byte for byte the one the answer always had.
 #[derive(Serialize, ToSchema)]
 pub struct GroupPresence {
     /// The group id.
@@ -532,7 +533,8 @@ async fn post_token(State(s): State<AdminState>, b: Bytes) -> Result<Json<TokenA
     Ok(Json(TokenAnswer { token }))
 }
 
-/// `GET /healthz`' answer (fields in alphabetical order, as the answer has always had them).
+/// `GET /healthz`' answer.
+// Fields in alphabetical order: the JSON is byte for byte the one the answer always had.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     /// Only in a cluster.
