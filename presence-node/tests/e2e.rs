@@ -1006,3 +1006,27 @@ async fn admin_api_answers_as_its_openapi_document_says() {
         }
     }
 }
+
+/// The shape check above refuses what the document does not say, so the live test is not
+/// vacuous.
+#[test]
+fn the_shape_check_refuses_undocumented_keys_wrong_types_and_missing_fields() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&presence_node::openapi::json().expect("document")).expect("JSON");
+    let applied = json!({"$ref": "#/components/schemas/FriendshipsApplied"});
+    assert!(conforms(&json!({"added": 1, "removed": 0}), &applied, &doc).is_ok());
+    assert!(
+        conforms(
+            &json!({"added": 1, "removed": 0, "extra": 1}),
+            &applied,
+            &doc
+        )
+        .is_err()
+    );
+    assert!(conforms(&json!({"added": "1", "removed": 0}), &applied, &doc).is_err());
+    assert!(conforms(&json!({"added": 1}), &applied, &doc).is_err());
+    let presence = json!({"$ref": "#/components/schemas/PresenceAnswer"});
+    let entry = |state| json!({"presence": [{"user": "a", "state": state}]});
+    assert!(conforms(&entry("idle"), &presence, &doc).is_ok());
+    assert!(conforms(&entry("asleep"), &presence, &doc).is_err());
+}
