@@ -2,6 +2,10 @@
 //! queries, tokens, health and Prometheus metrics. This is the HTTP layer only: it parses
 //! bodies, runs the service's admin calls (writes on a blocking thread) and maps their
 //! errors to status codes; the rules are in `service::admin`.
+//!
+//! Every route is described in the OpenAPI document (`crate::openapi`, served at
+//! `GET /v1/openapi.json`): the `#[utoipa::path]` of each handler here states its contract,
+//! which the cluster's handlers (`cluster::admin`) share.
 
 use std::sync::Arc;
 
@@ -13,15 +17,15 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::metrics as m;
 use crate::node::{Node, now_ms};
 use crate::service::Service;
 use crate::service::admin::{AdminError, EdgesApplied};
 use crate::store::GraphWrite;
-use crate::topology::Topology;
+use crate::topology::{ClusterAnswer, RouteAnswer, Topology};
 
 /// Largest admin request body (bulk friendship loads).
 const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -72,6 +76,8 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
         .layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(api)
+        // Open like /healthz: it describes the API, not its data, and code generators fetch it.
+        .route("/v1/openapi.json", get(crate::openapi::openapi_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .layer(middleware::from_fn(count_requests))
@@ -82,9 +88,16 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
 /// A refusal: status and message, as `{"error": "…"}`.
 pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
+/// Every refusal's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, for people.
+    pub error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -182,12 +195,33 @@ async fn count_requests(req: Request, next: Next) -> Response {
     resp
 }
 
-#[derive(Deserialize)]
+/// A user's whole friend list (edges are symmetric).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FriendsBody {
     pub friends: Vec<String>,
 }
 
+/// `GET /v1/users/{id}/friends`' answer.
+#[derive(Serialize, ToSchema)]
+pub struct Friends {
+    pub friends: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/v1/users/{id}/friends", tag = "graph",
+    summary = "Replace a user's friends",
+    description = "Replaces one user's friend list (edges are symmetric). On disk, and in every \
+        later welcome, before the answer.",
+    params(("id" = String, Path, description = "user id")),
+    request_body = FriendsBody,
+    responses(
+        (status = 204, description = "replaced"),
+        (status = 400, description = "malformed body, invalid id, self-friendship, too many \
+            friends", body = ErrorBody),
+        (status = 500, description = "the write could not be stored", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
 async fn put_friends(
     State(s): State<AdminState>,
     Path(id): Path<String>,
@@ -199,38 +233,93 @@ async fn put_friends(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_friends(
-    State(s): State<AdminState>,
-    Path(id): Path<String>,
-) -> Json<serde_json::Value> {
-    Json(json!({ "friends": s.node.service().friends_of(&id) }))
+#[utoipa::path(get, path = "/v1/users/{id}/friends", tag = "graph",
+    summary = "A user's friends",
+    description = "A user's friends (extension).",
+    params(("id" = String, Path, description = "user id")),
+    responses(
+        (status = 200, description = "the friend list, empty for an unknown user", body = Friends),
+        (status = 400, description = "cluster: invalid user id", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
+async fn get_friends(State(s): State<AdminState>, Path(id): Path<String>) -> Json<Friends> {
+    Json(Friends {
+        friends: s.node.service().friends_of(&id),
+    })
 }
 
-#[derive(Deserialize)]
+/// Bulk edge changes: pairs of user ids.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FriendshipsBody {
+    /// Pairs `[a, b]` of user ids to make friends.
     #[serde(default)]
     pub add: Vec<(String, String)>,
+    /// Pairs `[a, b]` of user ids no longer friends.
     #[serde(default)]
     pub remove: Vec<(String, String)>,
 }
 
+/// `POST /v1/friendships`' answer: the edges that changed.
+#[derive(Serialize, ToSchema)]
+pub struct FriendshipsApplied {
+    pub added: u64,
+    pub removed: u64,
+}
+
+#[utoipa::path(post, path = "/v1/friendships", tag = "graph",
+    summary = "Add and remove friendships in bulk",
+    description = "Adds and removes friendships in bulk, all or nothing. On disk, and in every \
+        later welcome, before the answer.",
+    request_body = FriendshipsBody,
+    responses(
+        (status = 200, description = "applied", body = FriendshipsApplied),
+        (status = 400, description = "malformed body, invalid id, self-friendship, a pair \
+            twice, too many friends", body = ErrorBody),
+        (status = 500, description = "the write could not be stored", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
 async fn post_friendships(
     State(s): State<AdminState>,
     b: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FriendshipsApplied>, ApiError> {
     let b: FriendshipsBody = body(b)?;
     let applied = graph_write(&s, move |svc| svc.plan_friendships(&b.add, &b.remove)).await?;
     let a = published(&s, applied).await;
-    Ok(Json(json!({ "added": a.added, "removed": a.removed })))
+    Ok(Json(FriendshipsApplied {
+        added: a.added,
+        removed: a.removed,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A group's whole member list (at most `--max-group` members).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupBody {
     pub members: Vec<String>,
 }
 
+/// `GET /v1/groups/{gid}`' answer.
+#[derive(Serialize, ToSchema)]
+pub struct Group {
+    pub members: Vec<String>,
+}
+
+#[utoipa::path(put, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "Create or replace a group",
+    description = "Creates or replaces a group.",
+    params(("gid" = String, Path, description = "group id")),
+    request_body = GroupBody,
+    responses(
+        (status = 204, description = "stored"),
+        (status = 400, description = "malformed body, invalid id, over `--max-group` \
+            members", body = ErrorBody),
+        (status = 500, description = "the write could not be stored", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
 async fn put_group(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
@@ -241,29 +330,77 @@ async fn put_group(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "A group's members",
+    description = "A group's members (extension).",
+    params(("gid" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the group", body = Group),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 404, description = "no such group", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
 async fn get_group(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Group>, ApiError> {
     let members = s.node.service().group(&gid)?;
-    Ok(Json(json!({ "members": &*members })))
+    Ok(Json(Group {
+        members: members.to_vec(),
+    }))
+}
+
+/// `GET /v1/groups/{gid}/presence`' answer: how many of a group's members are online and
+/// idle.
+// Fields in alphabetical order: the JSON is byte for byte the one the answer always had.
+#[derive(Serialize, ToSchema)]
+pub struct GroupPresence {
+    /// The group id.
+    pub group: String,
+    /// Members idle.
+    pub idle: u64,
+    /// Members online (active); invisible members count as offline.
+    pub online: u64,
+    /// Members in all.
+    pub total: u64,
 }
 
 /// `GET /v1/groups/{gid}/presence` (v1.1): the group's online, idle and total counts.
+#[utoipa::path(get, path = "/v1/groups/{gid}/presence", tag = "groups",
+    summary = "A group's online and idle counts",
+    description = "How many of a group's members are online and idle (v1.1).",
+    params(("gid" = String, Path, description = "group id")),
+    responses(
+        (status = 200, description = "the group's counts", body = GroupPresence),
+        (status = 404, description = "no such group", body = ErrorBody),
+        (status = 503, description = "cluster: not served in a cluster yet", body = ErrorBody),
+    ))]
 async fn get_group_presence(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<GroupPresence>, ApiError> {
     let svc = s.node.service_arc();
     let c = svc.group_presence(&gid)?;
-    Ok(Json(json!({
-        "group": gid,
-        "online": c.online,
-        "idle": c.idle,
-        "total": c.total,
-    })))
+    Ok(Json(GroupPresence {
+        group: gid,
+        idle: c.idle,
+        online: c.online,
+        total: c.total,
+    }))
 }
 
+#[utoipa::path(delete, path = "/v1/groups/{gid}", tag = "groups",
+    summary = "Remove a group",
+    description = "Removes a group (removing one that does not exist is no error).",
+    params(("gid" = String, Path, description = "group id")),
+    responses(
+        (status = 204, description = "removed, or there was none"),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 500, description = "the write could not be stored", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or the database is \
+            briefly out of reach; retry", body = ErrorBody),
+    ))]
 async fn delete_group(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
@@ -277,14 +414,34 @@ pub(crate) struct PresenceQuery {
     pub(crate) users: String,
 }
 
+/// `GET /v1/presence`' answer: one entry per user asked, in the order asked.
+#[derive(Serialize, ToSchema)]
+pub struct PresenceAnswer {
+    pub presence: Vec<presence_wire::PresenceEntry<'static>>,
+}
+
+#[utoipa::path(get, path = "/v1/presence", tag = "presence",
+    summary = "Users' presence",
+    description = "The current presence of some users (unknown users are offline, never seen).",
+    params(("users" = String, Query,
+        description = "comma-separated user ids, at most 10,000", example = "1,2,3")),
+    responses(
+        (status = 200, description = "their presence", body = PresenceAnswer),
+        (status = 400, description = "no `users`, an invalid id, over 10,000 users",
+            body = ErrorBody),
+        (status = 502, description = "cluster: the node owning some of the users answered \
+            badly or not at all", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or some user's slot has no \
+            owner right now; retry", body = ErrorBody),
+    ))]
 async fn get_presence(
     State(s): State<AdminState>,
     q: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PresenceAnswer>, ApiError> {
     let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     let names: Vec<&str> = q.users.split(',').filter(|u| !u.is_empty()).collect();
-    let entries = s.node.service().presence(&names)?;
-    Ok(Json(json!({ "presence": entries })))
+    let presence = s.node.service().presence(&names)?;
+    Ok(Json(PresenceAnswer { presence }))
 }
 
 #[derive(Deserialize)]
@@ -292,6 +449,16 @@ struct RouteQuery {
     user: String,
 }
 
+#[utoipa::path(get, path = "/v1/route", tag = "cluster",
+    summary = "Where a user's sessions belong",
+    description = "Where a user's sessions belong now (v1.1; a single node names itself).",
+    params(("user" = String, Query, description = "user id")),
+    responses(
+        (status = 200, description = "the owning node's addresses", body = RouteAnswer),
+        (status = 400, description = "no `user`, or an invalid one", body = ErrorBody),
+        (status = 503, description = "no node surely owns the user's slot right now; retry",
+            body = ErrorBody),
+    ))]
 async fn get_route(
     State(s): State<AdminState>,
     q: Result<Query<RouteQuery>, axum::extract::rejection::QueryRejection>,
@@ -313,63 +480,140 @@ async fn get_route(
     })
 }
 
-async fn get_cluster(State(s): State<AdminState>) -> Json<crate::topology::ClusterAnswer> {
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    summary = "Cluster members and slots",
+    description = "The cluster's members and how many slots each owns (v1.1; a single node: \
+        itself with all 1,024 slots, epoch 0).",
+    responses((status = 200, description = "members and slots", body = ClusterAnswer)))]
+async fn get_cluster(State(s): State<AdminState>) -> Json<ClusterAnswer> {
     Json(s.topology.cluster())
 }
 
-#[derive(Deserialize)]
+/// A client token to mint (for development and tests: the app signs its own).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     pub user: String,
+    /// Lifetime in seconds.
     #[serde(default = "default_ttl")]
+    #[schema(default = 3600, minimum = 1, maximum = 31_622_400)]
     pub ttl_s: u64,
+    /// The device the token is for.
     #[serde(default)]
     pub device: Option<String>,
+}
+
+/// `POST /v1/tokens`' answer.
+#[derive(Serialize, ToSchema)]
+pub struct TokenAnswer {
+    /// The client token, for the `hello`.
+    pub token: String,
 }
 
 fn default_ttl() -> u64 {
     3600
 }
 
-async fn post_token(
-    State(s): State<AdminState>,
-    b: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    summary = "Mint a client token",
+    description = "Mints a client token with the node's secret (a convenience for \
+        development and tests).",
+    request_body = TokenBody,
+    responses(
+        (status = 200, description = "the token", body = TokenAnswer),
+        (status = 400, description = "malformed body, invalid user, `ttl_s` not between 1 s \
+            and a year", body = ErrorBody),
+    ))]
+async fn post_token(State(s): State<AdminState>, b: Bytes) -> Result<Json<TokenAnswer>, ApiError> {
     let b: TokenBody = body(b)?;
     let token = s
         .node
         .service()
         .mint_token(b.user, b.ttl_s, b.device, now_ms())?;
-    Ok(Json(json!({ "token": token })))
+    Ok(Json(TokenAnswer { token }))
+}
+
+/// `GET /healthz`' answer.
+// Fields in alphabetical order: the JSON is byte for byte the one the answer always had.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Only in a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+    /// Friendships held.
+    pub edges: u64,
+    /// Live sessions on this node.
+    pub sessions: usize,
+    pub status: HealthStatus,
+    /// Users known.
+    pub users: usize,
+}
+
+/// `ok`, or `fenced` (with `503`) while a cluster node's lease is not surely alive.
+#[derive(Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Fenced,
+}
+
+/// A cluster node's part of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterHealth {
+    /// Whether its etcd lease is surely alive (if not, it serves nothing).
+    pub lease_held: bool,
+    /// This node's id.
+    pub node: String,
+    /// Peer links up.
+    pub peers: usize,
+    /// Slots this node serves.
+    pub slots_served: usize,
 }
 
 /// `200 {"status": "ok", …}`; in a cluster also the lease, the slots served and the peer
 /// links, and `503 {"status": "fenced"}` while the lease is not surely alive (etcd out of
 /// reach: the node serves nothing it cannot prove is its own).
-async fn healthz(State(s): State<AdminState>) -> Response {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Health",
+    description = "Liveness and readiness, for probes (no key).",
+    responses(
+        (status = 200, description = "serving", body = Health),
+        (status = 503, description = "cluster: fenced, the lease is not surely alive",
+            body = Health),
+    ))]
+async fn healthz(State(s): State<AdminState>) -> (StatusCode, Json<Health>) {
     let h = s.node.service().health();
-    let mut body = json!({
-        "status": "ok",
-        "users": h.users,
-        "edges": h.edges,
-        "sessions": h.sessions,
+    let cluster = s.node.cluster_health().map(|c| ClusterHealth {
+        lease_held: c.lease_held,
+        node: s.topology.me().id.clone(),
+        peers: c.peers,
+        slots_served: c.slots_served,
     });
-    let mut status = StatusCode::OK;
-    if let Some(c) = s.node.cluster_health() {
-        if !c.lease_held {
-            body["status"] = json!("fenced");
-            status = StatusCode::SERVICE_UNAVAILABLE;
-        }
-        body["cluster"] = json!({
-            "node": s.topology.me().id,
-            "lease_held": c.lease_held,
-            "slots_served": c.slots_served,
-            "peers": c.peers,
-        });
-    }
-    (status, Json(body)).into_response()
+    let status = if cluster.as_ref().is_some_and(|c| !c.lease_held) {
+        HealthStatus::Fenced
+    } else {
+        HealthStatus::Ok
+    };
+    let code = if status == HealthStatus::Ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Health {
+        cluster,
+        edges: h.edges,
+        sessions: h.sessions,
+        status,
+        users: h.users,
+    };
+    (code, Json(body))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Prometheus metrics, for scrapers (no key); listed in docs/protocol.md.",
+    responses((status = 200, description = "Prometheus text exposition",
+        content_type = "text/plain; version=0.0.4", body = String)))]
 async fn metrics_text(State(s): State<AdminState>) -> impl IntoResponse {
     s.node.service().refresh_graph_gauges();
     (

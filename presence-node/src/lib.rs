@@ -6,7 +6,7 @@
 //! client. The service never imports the driver; the driver never decides.
 //!
 //! Shared leaves: [`config`] (every setting, declared once), [`frames`] (the node's values as
-//! `presence-wire` frames), [`token`], [`store`] (the graph store), [`topology`] (where users' sessions belong), [`datadir`], [`metrics`].
+//! `presence-wire` frames), [`token`], [`store`] (the graph store), [`topology`] (where users' sessions belong), [`datadir`], [`metrics`], [`openapi`] (the admin API's OpenAPI document).
 
 pub mod admin;
 pub mod cluster;
@@ -18,6 +18,7 @@ pub mod frames;
 pub mod longpoll;
 pub mod metrics;
 pub mod node;
+pub mod openapi;
 pub mod quic;
 pub mod server;
 pub mod service;

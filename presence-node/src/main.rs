@@ -1,4 +1,5 @@
-//! `presence-node serve` runs a node; `presence-node token` mints a client token.
+//! `presence-node serve` runs a node; `presence-node token` mints a client token;
+//! `presence-node openapi` prints the admin API's OpenAPI document (docs/openapi.json).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ enum Command {
             hide_env_values = SETTING.secret.hide_env_value, help = SETTING.secret.help)]
         secret: Option<String>,
     },
+    /// Print the admin API's OpenAPI document, as `GET /v1/openapi.json` serves it
+    /// (`presence-node openapi > docs/openapi.json`).
+    Openapi,
 }
 
 fn init_logs(format: LogFormat) {
@@ -71,6 +75,9 @@ fn main() -> ExitCode {
             data_dir,
             secret,
         } => mint(&user, device, &ttl, &data_dir, secret.as_deref()),
+        Command::Openapi => presence_node::openapi::json()
+            .map(|doc| print!("{doc}"))
+            .context("serializing the OpenAPI document"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use presence_cluster::{Member, SLOTS, SlotMap, slot_of};
 use serde::Serialize;
 use tokio::sync::watch;
+use utoipa::ToSchema;
 
 /// The node's place: alone (every slot its own), or in a cluster.
 pub enum Topology {
@@ -19,31 +20,42 @@ pub enum Topology {
 }
 
 /// `GET /v1/route`'s answer.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct RouteAnswer {
     pub user: String,
+    /// CRC-16/XMODEM of the user id's bytes, mod 1024.
     pub slot: u16,
+    /// The owning node's id.
     pub node: String,
+    /// Its WebSocket address.
     pub ws: String,
+    /// Its QUIC address.
     pub quic: String,
+    /// Its long-poll base URL (the endpoints are under `/v1/lp/`).
     pub lp: String,
 }
 
 /// One node in `GET /v1/cluster`.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct ClusterNode {
     pub id: String,
+    /// WebSocket address.
     pub ws: String,
+    /// QUIC address.
     pub quic: String,
+    /// Admin API address.
     pub admin: String,
+    /// How many slots it owns.
     pub slots: usize,
 }
 
 /// `GET /v1/cluster`'s answer.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct ClusterAnswer {
     pub nodes: Vec<ClusterNode>,
+    /// Slots in all (1024).
     pub slots: u16,
+    /// The slot map's version (0 on a single node).
     pub epoch: i64,
 }
 

@@ -791,3 +791,242 @@ async fn a_single_node_routes_every_user_to_itself() {
     let named = Node::start(&["--node-id", "7"]);
     assert_eq!(named.ready.node, "7");
 }
+
+/// Whether `v` has the shape `schema` (an OpenAPI 3.1 schema of `doc`) describes, as far as
+/// the admin API's answers use schemas; a key the schema does not list is an error.
+fn conforms(
+    v: &serde_json::Value,
+    schema: &serde_json::Value,
+    doc: &serde_json::Value,
+) -> Result<(), String> {
+    use serde_json::Value;
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(v, &doc["components"]["schemas"][name], doc);
+    }
+    if let Some(any) = schema["oneOf"].as_array() {
+        return match any.iter().any(|s| conforms(v, s, doc).is_ok()) {
+            true => Ok(()),
+            false => Err(format!("{v} is none of {schema}")),
+        };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let typed = types.is_empty()
+        || types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+    if !typed {
+        return Err(format!("{v} is not of the type {types:?}"));
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(v)
+    {
+        return Err(format!("{v} is not one of {values:?}"));
+    }
+    if let Some(obj) = v.as_object() {
+        for key in schema["required"].as_array().into_iter().flatten() {
+            let key = key.as_str().unwrap_or_default();
+            if !obj.contains_key(key) {
+                return Err(format!("{v} lacks the required {key:?}"));
+            }
+        }
+        for (k, field) in obj {
+            let Some(s) = schema["properties"].get(k) else {
+                return Err(format!("{k:?} of {v} is not in the schema {schema}"));
+            };
+            conforms(field, s, doc).map_err(|e| format!("{k}: {e}"))?;
+        }
+    }
+    if let Some(items) = v.as_array() {
+        if let Some(prefix) = schema["prefixItems"].as_array() {
+            for (item, s) in items.iter().zip(prefix) {
+                conforms(item, s, doc)?;
+            }
+        } else if schema["items"].is_object() {
+            for item in items {
+                conforms(item, &schema["items"], doc)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The admin API answers as `docs/openapi.json` says: the document is served, without the
+/// key, byte for byte; every routed operation is keyed (`401` without the key) or open as
+/// documented; and real answers, successes and refusals, have their documented status and
+/// shape.
+#[tokio::test]
+async fn admin_api_answers_as_its_openapi_document_says() {
+    common::init();
+    let node = Node::start(FAST);
+    let admin = node.ready.admin;
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .expect("docs/openapi.json");
+    let (st, head, body) =
+        common::http_response(admin, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert!(
+        body == committed,
+        "GET /v1/openapi.json is not docs/openapi.json"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if presence_node::openapi::PENDING.contains(&(method.as_str(), path.as_str())) {
+                continue;
+            }
+            let concrete = path.replace("{id}", "a").replace("{gid}", "g");
+            let (st, v) = common::http(admin, &method.to_uppercase(), &concrete, None, None).await;
+            let keyed = op.get("security").is_some();
+            assert_eq!(
+                st,
+                if keyed { 401 } else { 200 },
+                "{method} {path} without the key: {v}"
+            );
+            if keyed {
+                let schema = &op["responses"]["401"]["content"]["application/json"]["schema"];
+                conforms(&v, schema, &doc).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 13, "{checked} operations");
+
+    // (method, documented path, request path, body, expected status)
+    let calls: &[(&str, &str, &str, Option<serde_json::Value>, u16)] = &[
+        (
+            "post",
+            "/v1/friendships",
+            "/v1/friendships",
+            Some(json!({"add": [["a", "b"]]})),
+            200,
+        ),
+        (
+            "post",
+            "/v1/friendships",
+            "/v1/friendships",
+            Some(json!({"add": [["a", "a"]]})),
+            400,
+        ),
+        (
+            "put",
+            "/v1/users/{id}/friends",
+            "/v1/users/a/friends",
+            Some(json!({"friends": ["b", "c"]})),
+            204,
+        ),
+        (
+            "get",
+            "/v1/users/{id}/friends",
+            "/v1/users/a/friends",
+            None,
+            200,
+        ),
+        (
+            "put",
+            "/v1/groups/{gid}",
+            "/v1/groups/g",
+            Some(json!({"members": ["a", "b"]})),
+            204,
+        ),
+        ("get", "/v1/groups/{gid}", "/v1/groups/g", None, 200),
+        (
+            "get",
+            "/v1/groups/{gid}/presence",
+            "/v1/groups/g/presence",
+            None,
+            200,
+        ),
+        ("delete", "/v1/groups/{gid}", "/v1/groups/g", None, 204),
+        ("get", "/v1/groups/{gid}", "/v1/groups/g", None, 404),
+        (
+            "get",
+            "/v1/groups/{gid}/presence",
+            "/v1/groups/g/presence",
+            None,
+            404,
+        ),
+        (
+            "get",
+            "/v1/presence",
+            "/v1/presence?users=a,b,nobody",
+            None,
+            200,
+        ),
+        ("get", "/v1/presence", "/v1/presence", None, 400),
+        (
+            "post",
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"user": "a", "device": "web"})),
+            200,
+        ),
+        (
+            "post",
+            "/v1/tokens",
+            "/v1/tokens",
+            Some(json!({"user": "a", "ttl_s": 0})),
+            400,
+        ),
+        ("get", "/v1/route", "/v1/route?user=a", None, 200),
+        ("get", "/v1/route", "/v1/route", None, 400),
+        ("get", "/v1/cluster", "/v1/cluster", None, 200),
+        ("get", "/healthz", "/healthz", None, 200),
+    ];
+    for (method, path, concrete, body, want) in calls {
+        let what = format!("{method} {concrete}");
+        let (st, v) = node
+            .admin(&method.to_uppercase(), concrete, body.clone())
+            .await;
+        assert_eq!(st, *want, "{what}: {v}");
+        let response = &doc["paths"][*path][*method]["responses"][want.to_string()];
+        assert!(response.is_object(), "{what}: {want} is not documented");
+        match response["content"]["application/json"].get("schema") {
+            Some(schema) => conforms(&v, schema, &doc).unwrap_or_else(|e| panic!("{what}: {e}")),
+            None => assert_eq!(v, serde_json::Value::Null, "{what}: undocumented body"),
+        }
+    }
+}
+
+/// The shape check above refuses what the document does not say, so the live test is not
+/// vacuous.
+#[test]
+fn the_shape_check_refuses_undocumented_keys_wrong_types_and_missing_fields() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&presence_node::openapi::json().expect("document")).expect("JSON");
+    let applied = json!({"$ref": "#/components/schemas/FriendshipsApplied"});
+    assert!(conforms(&json!({"added": 1, "removed": 0}), &applied, &doc).is_ok());
+    assert!(
+        conforms(
+            &json!({"added": 1, "removed": 0, "extra": 1}),
+            &applied,
+            &doc
+        )
+        .is_err()
+    );
+    assert!(conforms(&json!({"added": "1", "removed": 0}), &applied, &doc).is_err());
+    assert!(conforms(&json!({"added": 1}), &applied, &doc).is_err());
+    let presence = json!({"$ref": "#/components/schemas/PresenceAnswer"});
+    let entry = |state| json!({"presence": [{"user": "a", "state": state}]});
+    assert!(conforms(&entry("idle"), &presence, &doc).is_ok());
+    assert!(conforms(&entry("asleep"), &presence, &doc).is_err());
+}

@@ -57,6 +57,7 @@ pub mod tag {
 /// A user's visible state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum State {
     Online,
     Idle,
@@ -66,6 +67,7 @@ pub enum State {
 /// A custom status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Status {
     Available,
     Busy,
@@ -89,6 +91,7 @@ impl Status {
 /// One friend's presence (`state` absent and `removed` true for a friend removed from the
 /// list).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceEntry<'a> {
     /// Only when idle: the largest idle threshold passed, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]

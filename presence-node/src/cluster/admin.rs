@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::Hooks;
 use crate::admin::{
-    AdminState, ApiError, FriendsBody, FriendshipsBody, GroupBody, PresenceQuery, body,
+    AdminState, ApiError, Friends, FriendsBody, FriendshipsApplied, FriendshipsBody, Group,
+    GroupBody, PresenceQuery, body,
 };
 use crate::service::admin::check_id;
 
@@ -96,16 +97,16 @@ pub(crate) async fn put_friends(
 pub(crate) async fn get_friends(
     State(s): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Friends>, ApiError> {
     check_id("user id", &id)?;
     let friends = hooks(&s)?.store.friends(&id).await.map_err(store_error)?;
-    Ok(Json(json!({ "friends": friends })))
+    Ok(Json(Friends { friends }))
 }
 
 pub(crate) async fn post_friendships(
     State(s): State<AdminState>,
     b: Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<FriendshipsApplied>, ApiError> {
     let b: FriendshipsBody = body(b)?;
     let add: Vec<(&str, &str)> = b
         .add
@@ -123,7 +124,10 @@ pub(crate) async fn post_friendships(
         .await
         .map_err(store_error)?;
     applied(&s, a.change).await;
-    Ok(Json(json!({ "added": a.added, "removed": a.removed })))
+    Ok(Json(FriendshipsApplied {
+        added: a.added,
+        removed: a.removed,
+    }))
 }
 
 pub(crate) async fn put_group(
@@ -146,10 +150,10 @@ pub(crate) async fn put_group(
 pub(crate) async fn get_group(
     State(s): State<AdminState>,
     Path(gid): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Group>, ApiError> {
     check_id("group id", &gid)?;
     match hooks(&s)?.store.group(&gid).await.map_err(store_error)? {
-        Some(members) => Ok(Json(json!({ "members": members }))),
+        Some(members) => Ok(Json(Group { members })),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no group {gid:?}"))),
     }
 }

@@ -239,6 +239,18 @@ pub async fn http_text(
     key: Option<&str>,
     body: Option<String>,
 ) -> (u16, String) {
+    let (status, _, body) = http_response(addr, method, path, key, body).await;
+    (status, body)
+}
+
+/// [`http_text`] with the response's head (status line and headers).
+pub async fn http_response(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<String>,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
     let body = body.unwrap_or_default();
     let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
@@ -264,7 +276,7 @@ pub async fn http_text(
     } else {
         rest.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 pub fn dechunk(mut s: &str) -> String {
