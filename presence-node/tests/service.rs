@@ -876,9 +876,18 @@ fn group_counts_move_within_a_tick_one_frame_a_tick() {
     assert_eq!(c.len(), 1);
     assert_eq!(c[0]["tick"], tick);
     assert_eq!(c[0]["groups"][0]["online"], 301);
-    // A tick that changes no count sends none.
+    // A tick that changes no count sends none; nor does one whose moves cancel out (a
+    // member goes invisible as another connects).
     h.svc.on_tick(T0 + 200);
     assert!(counts_of(&h.wake(&mut alice, T0 + 200)).is_empty());
+    h.send(
+        &mut sessions[299],
+        json!({"type": "status", "status": "invisible"}),
+        T0 + 250,
+    );
+    sessions.push(h.hello("m500", "d", T0 + 250).0);
+    h.svc.on_tick(T0 + 300);
+    assert!(counts_of(&h.wake(&mut alice, T0 + 300)).is_empty());
     // Idle after the 60 s threshold (alice keeps active).
     let later = T0 + 61_000;
     h.send(&mut alice, json!({"type": "activity"}), later - 10);

@@ -77,7 +77,9 @@ struct Tracked {
     key: u32,
     members: Vec<u32>,
     counts: GroupPresence,
-    /// Counts changed since they were last handed out.
+    /// The counts last handed out: a tick whose moves cancel out sends nothing.
+    sent: GroupPresence,
+    /// Counts moved since they were last handed out.
     dirty: bool,
     /// Sessions watching it (counts or members), and whether each wants the counts.
     watchers: Vec<(Arc<SessionHandle>, bool)>,
@@ -114,6 +116,7 @@ impl Counter {
                 key,
                 members,
                 counts,
+                sent: counts,
                 dirty: false,
                 watchers: Vec::new(),
             },
@@ -490,9 +493,10 @@ impl Service {
         }
         let mut per_session: HashMap<*const SessionHandle, PendingCounts> = HashMap::new();
         for (g, t) in counter.groups.iter_mut() {
-            if !std::mem::take(&mut t.dirty) {
+            if !std::mem::take(&mut t.dirty) || t.counts == t.sent {
                 continue;
             }
+            t.sent = t.counts;
             let item = render_count(g, t.counts);
             for (w, wants) in &t.watchers {
                 if *wants {
@@ -532,6 +536,7 @@ impl Service {
             counter.track(&group, ids.clone(), &presence);
         }
         let mut kept = Vec::new();
+        let old_sent = old.sent;
         for (h, counts_wanted) in old.watchers {
             let me = UserId(h.sid.user);
             let still_member = ids.binary_search(&me.0).is_ok();
@@ -568,6 +573,8 @@ impl Service {
         match counter.groups.get_mut(&group) {
             Some(t) if !kept.is_empty() => {
                 t.watchers = kept;
+                // What the watchers saw last: the next tick sends the new counts if they differ.
+                t.sent = old_sent;
                 t.dirty = true;
             }
             _ => {
