@@ -91,6 +91,8 @@ pub struct Counter {
     groups: HashMap<Arc<str>, Tracked>,
     /// Tracked member -> the groups it counts in, and what it counts as.
     members: HashMap<u32, (Cat, Vec<Arc<str>>)>,
+    /// Groups whose members changed since the last tick (their counts go out with it).
+    changed: Vec<Arc<str>>,
     next_key: u32,
 }
 
@@ -137,9 +139,10 @@ impl Counter {
         Some(t)
     }
 
-    /// Moves the members whose state changed this tick; returns whether any count changed.
-    fn apply(&mut self, batch: &Batch) -> bool {
-        let mut any = false;
+    /// Moves the members whose state changed this tick; returns the groups whose counts
+    /// moved (once each).
+    fn apply(&mut self, batch: &Batch) -> Vec<Arc<str>> {
+        let mut moved = Vec::new();
         for (u, change) in &batch.entries {
             let Change::Presence(p) = change else {
                 continue;
@@ -155,13 +158,15 @@ impl Counter {
                 if let Some(t) = self.groups.get_mut(g) {
                     t.counts.add(*was, -1);
                     t.counts.add(now, 1);
-                    t.dirty = true;
-                    any = true;
+                    if !t.dirty {
+                        t.dirty = true;
+                        moved.push(g.clone());
+                    }
                 }
             }
             *was = now;
         }
-        any
+        moved
     }
 }
 
@@ -488,28 +493,55 @@ impl Service {
     /// `group_counts` frame per session at most.
     pub(super) fn hand_out_counts(&self, batch: &Batch) {
         let mut counter = self.counter.lock();
-        if counter.groups.is_empty() || !counter.apply(batch) {
+        if counter.groups.is_empty() {
             return;
         }
-        let mut per_session: HashMap<*const SessionHandle, PendingCounts> = HashMap::new();
-        for (g, t) in counter.groups.iter_mut() {
-            if !std::mem::take(&mut t.dirty) || t.counts == t.sent {
-                continue;
-            }
-            t.sent = t.counts;
-            let item = render_count(g, t.counts);
-            for (w, wants) in &t.watchers {
-                if *wants {
-                    per_session
-                        .entry(Arc::as_ptr(w))
-                        .or_insert_with(|| (w.clone(), Vec::new()))
-                        .1
-                        .push((t.key, item.clone()));
-                }
+        let mut moved = counter.apply(batch);
+        // A membership change marks its group too (`group_changed`).
+        moved.append(&mut counter.changed);
+        let mut changed = Vec::new();
+        for g in moved {
+            if let Some(t) = counter.groups.get_mut(&g)
+                && std::mem::take(&mut t.dirty)
+                && t.counts != t.sent
+            {
+                t.sent = t.counts;
+                let item = render_count(&g, t.counts);
+                changed.push((g, (t.key, item)));
             }
         }
-        for (_, (h, items)) in per_session {
-            h.push_counts(batch.tick, items);
+        match changed.as_slice() {
+            [] => {}
+            // The common case, one group: straight to its watchers.
+            [(g, (key, item))] => {
+                if let Some(t) = counter.groups.get(g) {
+                    for (w, wants) in &t.watchers {
+                        if *wants {
+                            w.push_counts(batch.tick, vec![(*key, item.clone())]);
+                        }
+                    }
+                }
+            }
+            _ => {
+                let mut per_session: HashMap<*const SessionHandle, PendingCounts> = HashMap::new();
+                for (g, (key, item)) in &changed {
+                    let Some(t) = counter.groups.get(g) else {
+                        continue;
+                    };
+                    for (w, wants) in &t.watchers {
+                        if *wants {
+                            per_session
+                                .entry(Arc::as_ptr(w))
+                                .or_insert_with(|| (w.clone(), Vec::new()))
+                                .1
+                                .push((*key, item.clone()));
+                        }
+                    }
+                }
+                for (_, (h, items)) in per_session {
+                    h.push_counts(batch.tick, items);
+                }
+            }
         }
     }
 
@@ -576,6 +608,7 @@ impl Service {
                 // What the watchers saw last: the next tick sends the new counts if they differ.
                 t.sent = old_sent;
                 t.dirty = true;
+                counter.changed.push(group.clone());
             }
             _ => {
                 counter.untrack(&group);
