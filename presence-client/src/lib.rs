@@ -9,6 +9,10 @@
 //!   ([`Backoff`]), resumes the inbox with `after` so every entry arrives once, follows a
 //!   `moved` error to the node that owns the user at once, heartbeats, and reports
 //!   [`Event::Connected`] and [`Event::Disconnected`] between the messages.
+//! - v1.1 partial subscriptions on a [`Session`]: [`Session::focus`],
+//!   [`Session::watch_group`] and [`Session::unwatch_group`] are kept and sent again after
+//!   every welcome (the node forgets them with the connection); counts arrive as
+//!   [`ServerMessage::GroupCounts`].
 //!
 //! A bot that connects, says it is active, sends a chat message and prints its friends'
 //! presence changes:

@@ -58,7 +58,9 @@ pub enum Event {
     /// missed follow as messages.
     Connected(Welcome<'static>),
     /// A message from the node. Inbox entries come once each across reconnects; `pong`s and
-    /// message types this version does not know are not passed on.
+    /// message types this version does not know are not passed on. v1.1: watched groups'
+    /// counts come as [`ServerMessage::GroupCounts`], watched members' presence in
+    /// [`ServerMessage::Presence`] like friends', and a refused view as an `Error`.
     Message(ServerMessage),
     /// The connection ended or an attempt failed. `retry_in`: when the session tries again
     /// (zero after `moved`); `None` when it will not by itself: the token was refused
@@ -72,7 +74,107 @@ pub enum Event {
 enum Command {
     Send(ClientMessage, oneshot::Sender<Result<(), ClientError>>),
     SetToken(String),
+    View(View),
     Close,
+}
+
+/// A change to the session's sticky views (v1.1 partial subscriptions).
+#[derive(Debug, Clone)]
+enum View {
+    Focus(Option<Vec<String>>),
+    Watch {
+        group: String,
+        counts: bool,
+        members: Option<Vec<String>>,
+    },
+    Unwatch(String),
+}
+
+/// At most this many ids in a `focus` or a `watch_group`'s `members` (protocol v1.1).
+const MAX_VIEW_IDS: usize = 200;
+
+/// The focus and the group watches the app asked for. The node keeps them per session, so
+/// they are sent again after every welcome: the focus first, then the watches in the order
+/// they were first asked for.
+#[derive(Debug, Default)]
+struct Views {
+    focus: Option<Vec<String>>,
+    /// `watch_group` messages, one per group.
+    watches: Vec<ClientMessage>,
+}
+
+impl Views {
+    /// Takes a change; returns the message that applies it to a live session (`None`: nothing
+    /// to send, an unwatch of a group not watched).
+    fn apply(&mut self, view: View) -> Option<ClientMessage> {
+        match view {
+            View::Focus(users) => {
+                self.focus.clone_from(&users);
+                Some(ClientMessage::Focus { users })
+            }
+            View::Watch {
+                group,
+                counts,
+                members,
+            } => {
+                let msg = ClientMessage::WatchGroup {
+                    group: group.clone(),
+                    counts,
+                    members,
+                };
+                match self.watches.iter_mut().find(|w| watched(w) == Some(&group)) {
+                    Some(w) => *w = msg.clone(),
+                    None => self.watches.push(msg.clone()),
+                }
+                Some(msg)
+            }
+            View::Unwatch(group) => {
+                let before = self.watches.len();
+                self.watches.retain(|w| watched(w) != Some(&group));
+                (self.watches.len() < before).then_some(ClientMessage::UnwatchGroup { group })
+            }
+        }
+    }
+
+    /// A group the node watches no more (deleted, or the user left it: a count of zeros).
+    fn forget(&mut self, group: &str) {
+        self.watches
+            .retain(|w| watched(w).map(String::as_str) != Some(group));
+    }
+
+    /// What a new session needs to show the same views.
+    fn replay(&self) -> impl Iterator<Item = ClientMessage> + '_ {
+        let focus = self
+            .focus
+            .clone()
+            .map(|users| ClientMessage::Focus { users: Some(users) });
+        focus.into_iter().chain(self.watches.iter().cloned())
+    }
+}
+
+fn watched(msg: &ClientMessage) -> Option<&String> {
+    match msg {
+        ClientMessage::WatchGroup { group, .. } => Some(group),
+        _ => None,
+    }
+}
+
+/// Refuses a list over the protocol's limit, and a message over the frame limit, before it
+/// is kept (a kept view is sent again after every reconnect).
+fn check_view(ids: Option<&Vec<String>>, msg: &ClientMessage) -> Result<(), ClientError> {
+    let n = ids.map_or(0, Vec::len);
+    if n > MAX_VIEW_IDS {
+        return Err(ClientError::Protocol(format!(
+            "{n} ids: at most {MAX_VIEW_IDS} in a focus or a watch"
+        )));
+    }
+    let len = msg.to_frame().len();
+    if len > MAX_FRAME {
+        return Err(ClientError::Protocol(format!(
+            "a frame of {len} bytes is over the protocol's {MAX_FRAME}"
+        )));
+    }
+    Ok(())
 }
 
 /// No position yet, in [`Session::resume_after`]'s atomic.
@@ -108,6 +210,7 @@ impl Session {
             position: position.clone(),
             commands: commands_rx,
             events: events_tx,
+            views: Views::default(),
         };
         driver.publish();
         let task = tokio::spawn(driver.run());
@@ -134,6 +237,57 @@ impl Session {
             .await
             .map_err(|_| ClientError::Closed)?;
         rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// v1.1: only these friends' presence (at most 200 ids) reaches this session from now on;
+    /// `None`: every friend again. Kept: sent now if connected, and again after every
+    /// `Connected` (the node forgets it with the connection). `Err` when the list is over the
+    /// limit or the session has ended; the node's refusals arrive as `Error` messages.
+    pub async fn focus(&self, users: Option<Vec<String>>) -> Result<(), ClientError> {
+        check_view(
+            users.as_ref(),
+            &ClientMessage::Focus {
+                users: users.clone(),
+            },
+        )?;
+        self.view(View::Focus(users)).await
+    }
+
+    /// v1.1: `group_counts` for a group the user belongs to (when `counts`), and with
+    /// `members` (at most 200 of its members) their presence like friends'. Again for the same
+    /// group replaces the watch. Kept like [`Session::focus`]; after a reconnect the watches
+    /// are sent in the order they were first asked for, after the focus.
+    pub async fn watch_group(
+        &self,
+        group: impl Into<String>,
+        counts: bool,
+        members: Option<Vec<String>>,
+    ) -> Result<(), ClientError> {
+        let group = group.into();
+        let msg = ClientMessage::WatchGroup {
+            group: group.clone(),
+            counts,
+            members: members.clone(),
+        };
+        check_view(members.as_ref(), &msg)?;
+        self.view(View::Watch {
+            group,
+            counts,
+            members,
+        })
+        .await
+    }
+
+    /// v1.1: stops watching a group (sent only if it is watched: the node refuses others).
+    pub async fn unwatch_group(&self, group: impl Into<String>) -> Result<(), ClientError> {
+        self.view(View::Unwatch(group.into())).await
+    }
+
+    async fn view(&self, view: View) -> Result<(), ClientError> {
+        self.commands
+            .send(Command::View(view))
+            .await
+            .map_err(|_| ClientError::Closed)
     }
 
     /// The token for the next connections (tokens expire); after a refused token, also
@@ -173,6 +327,7 @@ struct Driver {
     position: Arc<AtomicU64>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
+    views: Views,
 }
 
 /// How a live connection ended.
@@ -318,6 +473,11 @@ impl Driver {
                 self.opts.connect.token = t;
                 true
             }
+            Some(Command::View(v)) => {
+                // Sent after the next welcome with the rest.
+                let _ = self.views.apply(v);
+                true
+            }
             Some(Command::Close) | None => false,
         }
     }
@@ -384,8 +544,15 @@ impl Driver {
             position,
             commands,
             events,
+            views,
             ..
         } = self;
+        // A new session on the node: it knows nothing of the focus and the watches.
+        for msg in views.replay() {
+            if let Err(e) = conn.send(&msg).await {
+                return Served::Lost(e);
+            }
+        }
         let publish = |cursor: &InboxCursor| {
             position.store(
                 cursor.resume_after().unwrap_or(NO_POSITION),
@@ -415,6 +582,13 @@ impl Driver {
                         }
                     }
                     Some(Command::SetToken(t)) => opts.connect.token = t,
+                    Some(Command::View(v)) => {
+                        if let Some(msg) = views.apply(v)
+                            && let Err(e) = conn.send(&msg).await
+                        {
+                            return Served::Lost(e);
+                        }
+                    }
                     Some(Command::Close) | None => {
                         let _ = conn.close().await;
                         return Served::Stop;
@@ -454,6 +628,13 @@ impl Driver {
                         }
                         ServerMessage::Error(e) if e.code.closes() => {
                             return Served::Lost(ClientError::from(&e));
+                        }
+                        ServerMessage::GroupCounts(c) => {
+                            // A count of zeros: deleted, or left; the node watches it no more.
+                            for g in c.groups.iter().filter(|g| g.total == 0) {
+                                views.forget(&g.group);
+                            }
+                            permit.send(Event::Message(ServerMessage::GroupCounts(c)));
                         }
                         other => permit.send(Event::Message(other)),
                     }

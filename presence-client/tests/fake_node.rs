@@ -370,3 +370,175 @@ async fn websocket_frames_leave_from_the_given_address_on_flush() {
         vec![json!({"type": "activity"}), json!({"type": "heartbeat"})]
     );
 }
+
+/// Every frame after the hello, per connection (heartbeats left out).
+#[derive(Clone, Default)]
+struct Frames(Arc<Mutex<Vec<(usize, Value)>>>);
+
+impl Frames {
+    fn push(&self, n: usize, v: Value) {
+        self.0.lock().expect("lock").push((n, v));
+    }
+
+    fn of(&self, n: usize) -> Vec<Value> {
+        let all = self.0.lock().expect("lock");
+        all.iter()
+            .filter(|(c, _)| *c == n)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Waits until connection `n` has sent `count` frames of type `kind`.
+    async fn until(&self, n: usize, kind: &str, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let got = self.of(n);
+            if got.iter().filter(|v| v["type"] == kind).count() >= count {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connection {n}: no {count} {kind} in {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn focus_and_watches_are_sent_again_after_every_welcome() {
+    let frames = Frames::default();
+    let f = frames.clone();
+    let server = fake(move |n, mut ws| {
+        let f = f.clone();
+        async move {
+            let _ = read(&mut ws).await;
+            say(&mut ws, welcome("alice", 0, 45_000)).await;
+            let mut activities = 0;
+            while let Some(v) = read(&mut ws).await {
+                if v["type"] == "heartbeat" {
+                    continue;
+                }
+                f.push(n, v.clone());
+                activities += usize::from(v["type"] == "activity");
+                if n == 0 && v["type"] == "watch_group" && v["group"] == "d" {
+                    // d deleted: a last count of zeros, and the node watches it no more.
+                    let counts = json!({"type": "group_counts", "tick": 9, "groups": [
+                        {"group": "d", "online": 0, "idle": 0, "total": 0},
+                        {"group": "b", "online": 1, "idle": 1, "total": 3},
+                    ]});
+                    say(&mut ws, counts).await;
+                    let _ = ws.close(None).await;
+                    return;
+                }
+                if n == 1 && activities == 2 {
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let mut o = options(server);
+    o.backoff = Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(50),
+        reset_after: Duration::from_secs(30),
+    };
+    let mut s = Session::start(o);
+    let ids = |ids: &[&str]| Some(ids.iter().map(|u| u.to_string()).collect::<Vec<_>>());
+
+    // Over the protocol's 200 ids: refused here, and not kept.
+    let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+    assert!(matches!(
+        s.focus(Some(many.clone())).await,
+        Err(ClientError::Protocol(_))
+    ));
+    assert!(matches!(
+        s.watch_group("x", true, Some(many)).await,
+        Err(ClientError::Protocol(_))
+    ));
+    // Asked for before (or while) the first connection comes up.
+    s.focus(ids(&["bob"])).await.expect("focus");
+    s.watch_group("a", true, None).await.expect("watch a");
+    s.watch_group("b", false, ids(&["m1"]))
+        .await
+        .expect("watch b");
+    assert!(matches!(next(&mut s).await, Event::Connected(_)));
+    // Changed on the live connection.
+    s.unwatch_group("a").await.expect("unwatch a");
+    s.unwatch_group("never").await.expect("unwatch never");
+    s.watch_group("c", true, None).await.expect("watch c");
+    s.watch_group("b", true, ids(&["m2"]))
+        .await
+        .expect("watch b again");
+    s.watch_group("d", true, None).await.expect("watch d");
+    match next(&mut s).await {
+        Event::Message(ServerMessage::GroupCounts(c)) => {
+            assert_eq!(c.tick, 9);
+            assert_eq!(c.groups.len(), 2);
+            assert_eq!((&*c.groups[1].group, c.groups[1].total), ("b", 3));
+        }
+        other => panic!("expected the counts, got {other:?}"),
+    }
+    let watch = |g: &str, counts: bool, members: Option<&[&str]>| match members {
+        Some(m) => json!({"type": "watch_group", "group": g, "counts": counts, "members": m}),
+        None => json!({"type": "watch_group", "group": g, "counts": counts}),
+    };
+    let focus_bob = json!({"type": "focus", "users": ["bob"]});
+    assert_eq!(
+        frames.of(0),
+        [
+            focus_bob.clone(),
+            watch("a", true, None),
+            watch("b", false, Some(&["m1"])),
+            json!({"type": "unwatch_group", "group": "a"}),
+            watch("c", true, None),
+            watch("b", true, Some(&["m2"])),
+            watch("d", true, None),
+        ],
+        "as asked, and no unwatch of a group not watched"
+    );
+
+    // A new connection: the focus, then the watches left (b replaced in place, a unwatched,
+    // d gone with its group), before anything the app sends.
+    assert!(matches!(
+        next(&mut s).await,
+        Event::Disconnected {
+            retry_in: Some(_),
+            ..
+        }
+    ));
+    assert!(matches!(next(&mut s).await, Event::Connected(_)));
+    s.send(ClientMessage::Activity {}).await.expect("activity");
+    let activity = json!({"type": "activity"});
+    assert_eq!(
+        frames.until(1, "activity", 1).await,
+        [
+            focus_bob,
+            watch("b", true, Some(&["m2"])),
+            watch("c", true, None),
+            activity.clone(),
+        ]
+    );
+
+    // No focus any more: not sent after the next welcome.
+    s.focus(None).await.expect("unfocus");
+    s.send(ClientMessage::Activity {}).await.expect("activity");
+    assert!(matches!(next(&mut s).await, Event::Disconnected { .. }));
+    assert!(matches!(next(&mut s).await, Event::Connected(_)));
+    s.send(ClientMessage::Activity {}).await.expect("activity");
+    assert_eq!(
+        frames.of(1)[4..],
+        [json!({"type": "focus", "users": null}), activity.clone()]
+    );
+    assert_eq!(
+        frames.until(2, "activity", 1).await,
+        [
+            watch("b", true, Some(&["m2"])),
+            watch("c", true, None),
+            activity
+        ]
+    );
+    s.close().await;
+}

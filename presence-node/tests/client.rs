@@ -1,6 +1,6 @@
 //! `presence-client` against the real node binary: typed welcomes over both transports, typed
 //! refusals, typed presence and chat, and a session that resumes across restarts with
-//! exactly the inbox entries it missed.
+//! exactly the inbox entries it missed, and keeps its v1.1 focus and group watches.
 
 mod common;
 
@@ -302,4 +302,130 @@ async fn a_session_resumes_after_restarts_ws() {
 async fn a_session_resumes_after_restarts_quic() {
     common::init();
     session_resumes_after_restarts(Via::Quic).await;
+}
+
+/// Events of `s` until `pick` returns something, with every presence entry's user seen on
+/// the way; panics after `SOON` (3x).
+async fn events_until<T>(
+    s: &mut Session,
+    seen: &mut Vec<String>,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + SOON * 3;
+    loop {
+        let e = match tokio::time::timeout_at(deadline, s.next_event()).await {
+            Ok(Some(e)) => e,
+            Ok(None) => panic!("the session ended waiting for {what}"),
+            Err(_) => panic!("no {what} in time; presence seen: {seen:?}"),
+        };
+        if let Event::Message(ServerMessage::Presence(p)) = &e {
+            seen.extend(p.changes.iter().map(|c| c.user.to_string()));
+        }
+        if let Some(t) = pick(&e) {
+            return t;
+        }
+    }
+}
+
+fn counts_of(e: &Event, group: &str) -> Option<(u64, u64)> {
+    match e {
+        Event::Message(ServerMessage::GroupCounts(c)) => c
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .map(|g| (g.online + g.idle, g.total)),
+        _ => None,
+    }
+}
+
+fn shows(e: &Event, user: &str) -> bool {
+    matches!(e, Event::Message(ServerMessage::Presence(p))
+        if p.changes.iter().any(|c| c.user == user && c.removed != Some(true)))
+}
+
+/// g1's counts (here, total) and dave's presence, in either order.
+async fn watch_shown(s: &mut Session, seen: &mut Vec<String>, what: &str) -> (u64, u64) {
+    let (mut counts, mut dave) = (None, false);
+    events_until(s, seen, what, |e| {
+        counts = counts.or(counts_of(e, "g1"));
+        dave |= shows(e, "dave");
+        counts.filter(|_| dave)
+    })
+    .await
+}
+
+/// The node forgets a session's focus and watches with its connection: the session sends
+/// them again after the welcome of a restarted node.
+#[tokio::test]
+async fn a_session_keeps_its_focus_and_watches_across_a_restart() {
+    common::init();
+    let node = Node::start(FAST);
+    node.befriend(&[("alice", "bob"), ("alice", "carol")]).await;
+    let group = serde_json::json!({"members": ["alice", "dave", "erin"]});
+    let (status, _) = node.admin("PUT", "/v1/groups/g1", Some(group)).await;
+    assert_eq!(status, 204);
+    let (ws, quic) = (node.ready.ws, node.ready.quic);
+    let mut opts = SessionOptions::new(options(&node, Via::Ws, "alice").await);
+    opts.connect.transport_options.connect_timeout = Duration::from_secs(3);
+    opts.backoff = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_millis(300),
+        reset_after: Duration::from_secs(30),
+    };
+    opts.seed = Some(7);
+    let mut alice = Session::start(opts);
+    alice.focus(Some(vec!["bob".into()])).await.expect("focus");
+    alice
+        .watch_group("g1", true, Some(vec!["dave".into()]))
+        .await
+        .expect("watch");
+    let mut seen = Vec::new();
+    events_until(&mut alice, &mut seen, "the first welcome", |e| {
+        matches!(e, Event::Connected(_)).then_some(())
+    })
+    .await;
+    let first = watch_shown(&mut alice, &mut seen, "the first counts and dave").await;
+    assert_eq!(first.1, 3, "every member counted");
+
+    let mut node = node;
+    assert!(node.stop().success());
+    events_until(&mut alice, &mut seen, "the disconnect", |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    let node = node.restart_at(ws, quic);
+    events_until(&mut alice, &mut seen, "the second welcome", |e| {
+        matches!(e, Event::Connected(_)).then_some(())
+    })
+    .await;
+    // The watch again: counts and the member, from the new session.
+    seen.clear();
+    let again = watch_shown(&mut alice, &mut seen, "counts and dave again").await;
+    assert_eq!(again.1, 3);
+    // The focus again: carol (a friend out of focus) comes online and is not shown; bob is.
+    let mut others = Vec::new();
+    for user in ["carol", "bob"] {
+        let mut s = Session::start(SessionOptions::new(options(&node, Via::Ws, user).await));
+        assert!(matches!(next(&mut s).await, Event::Connected(_)));
+        others.push(s);
+    }
+    events_until(&mut alice, &mut seen, "bob", |e| {
+        shows(e, "bob").then_some(())
+    })
+    .await;
+    let quiet = tokio::time::Instant::now() + QUIET;
+    while let Ok(Some(e)) = tokio::time::timeout_at(quiet, alice.next_event()).await {
+        if let Event::Message(ServerMessage::Presence(p)) = e {
+            seen.extend(p.changes.iter().map(|c| c.user.to_string()));
+        }
+    }
+    assert!(
+        !seen.iter().any(|u| u == "carol"),
+        "carol is out of focus: {seen:?}"
+    );
+    alice.close().await;
+    for s in others {
+        s.close().await;
+    }
 }

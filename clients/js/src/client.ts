@@ -7,10 +7,13 @@ import { PresenceMap, type PresenceChange } from "./presence.js";
 import type {
   ClientMessage,
   ErrorMessage,
+  GroupCount,
+  GroupCounts,
   HistoryPage,
   InboxEntry,
   ServerMessage,
   Status,
+  WatchGroup,
   Welcome,
 } from "./protocol.js";
 import { openLongPoll, openWebSocket, type Transport, type TransportKind } from "./transport.js";
@@ -54,6 +57,8 @@ export interface ClientEvents {
   inbox: InboxEntry;
   typing: { from: string; group?: string };
   history: HistoryPage;
+  /** v1.1: counts of watched groups that changed (`client.groups` has the latest). */
+  groupCounts: GroupCounts;
   error: ErrorMessage;
   /** Every server message, as it came. */
   message: ServerMessage;
@@ -75,6 +80,14 @@ interface PendingHistory {
 }
 
 export type Target = { to: string } | { group: string };
+
+/** How to watch a group (v1.1). */
+export interface WatchOptions {
+  /** `group_counts` for the group (default true). */
+  counts?: boolean;
+  /** At most 200 of the group's members whose presence lands in `presence` like friends'. */
+  members?: string[];
+}
 
 function refused(code: string, message: string): ErrorMessage {
   return { type: "error", code, message };
@@ -98,8 +111,10 @@ function lpFromWs(ws: string): string {
 }
 
 export class PresenceClient {
-  /** Friends' presence, from the last welcome and the diffs since. */
+  /** Friends' presence (and watched members'), from the last welcome and the diffs since. */
   readonly presence = new PresenceMap();
+  /** v1.1: the latest counts of each group watched with counts; dropped on `unwatchGroup`. */
+  readonly groups = new Map<string, GroupCount>();
   /** This device's id. */
   readonly device: string;
   private readonly opts: ClientOptions;
@@ -122,6 +137,10 @@ export class PresenceClient {
   private queued: ClientMessage[] = [];
   /** The current transport delivered its welcome. */
   private welcomed = false;
+  /** The focus and the group watches: the node forgets them with its session, so they are
+   * sent again after every welcome (the focus first, then the watches in order). */
+  private focused: string[] | null = null;
+  private readonly watches = new Map<string, WatchGroup>();
 
   constructor(opts: ClientOptions) {
     if (!opts.ws && !opts.lp) throw new Error("give ws or lp");
@@ -273,6 +292,9 @@ export class PresenceClient {
         this.backoff.reset();
         // Without `after`, the node sends nothing older: the inbox starts at its head.
         if (this.seq === undefined) this.seq = w.inbox_seq;
+        // A new session: the node has forgotten the focus and the watches.
+        if (this.focused) this.transport?.send({ type: "focus", users: this.focused });
+        for (const v of this.watches.values()) this.transport?.send(v);
         this.setState("open", "welcome");
         this.emit("presence", this.presence.reset(w.friends));
         this.emit("welcome", w);
@@ -298,6 +320,16 @@ export class PresenceClient {
           this.pending.delete(s.id);
           p.resolve({ id: s.id, msg_id: s.msg_id, ts: s.ts });
         }
+        break;
+      }
+      case "group_counts": {
+        const c = m as GroupCounts;
+        for (const g of c.groups) {
+          // All zeros: the group was deleted or the user left it; the node watches it no more.
+          if (g.total === 0) this.unwatched(g.group);
+          else if (this.watches.get(g.group)?.counts) this.groups.set(g.group, g);
+        }
+        this.emit("groupCounts", c);
         break;
       }
       case "typing":
@@ -441,6 +473,42 @@ export class PresenceClient {
 
   delete(msgId: string): void {
     this.later({ type: "delete", msg_id: msgId });
+  }
+
+  /** v1.1: only these friends' presence (at most 200 ids) reaches this session from now on;
+   * their current state follows at once. `null`: every friend again, with the current state of
+   * those the focus kept out. Kept across reconnects (sent again after every welcome). Friends
+   * out of focus keep their last known entry in `presence`; other devices are not narrowed. */
+  focus(users: string[] | null): void {
+    if (users && users.length > 200) throw new RangeError("focus: at most 200 users");
+    this.focused = users && [...users];
+    this.raw({ type: "focus", users: this.focused });
+  }
+
+  /** v1.1: `groupCounts` events and `groups` entries for a group this user belongs to, and with
+   * `members` their presence in `presence` (a member no longer shown arrives as removed).
+   * Again for the same group replaces the options. Kept across reconnects (after a welcome the
+   * members briefly leave `presence` until the node shows them again). The node's refusals
+   * (`not_found`, `forbidden`, `bad_request`, `unavailable`) come as `error` events. */
+  watchGroup(group: string, opts: WatchOptions = {}): void {
+    if (opts.members && opts.members.length > 200) {
+      throw new RangeError("watchGroup: at most 200 members");
+    }
+    const w: WatchGroup = { type: "watch_group", group, counts: opts.counts ?? true };
+    if (opts.members) w.members = [...opts.members];
+    if (!w.counts) this.groups.delete(group);
+    this.watches.set(group, w);
+    this.raw(w);
+  }
+
+  /** v1.1: stops watching a group; its members shown only for it arrive as removed. */
+  unwatchGroup(group: string): void {
+    if (this.unwatched(group)) this.raw({ type: "unwatch_group", group });
+  }
+
+  private unwatched(group: string): boolean {
+    this.groups.delete(group);
+    return this.watches.delete(group);
   }
 
   /** One page of the conversation with a user or a group, newest first. Refused (`closed`)

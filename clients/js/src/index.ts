@@ -11,6 +11,7 @@ export {
   type SendResult,
   type StateEvent,
   type Target,
+  type WatchOptions,
 } from "./client.js";
 export { PresenceMap, type PresenceChange } from "./presence.js";
 export type * from "./protocol.js";

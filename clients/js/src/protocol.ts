@@ -13,7 +13,7 @@ export interface PresenceEntry {
   last_active?: number;
   status?: Status;
   text?: string;
-  /** The friend was removed. */
+  /** The friend was removed, or (v1.1) a watched group's member is no longer shown. */
   removed?: boolean;
 }
 
@@ -73,6 +73,45 @@ export interface ErrorMessage {
   lp?: string;
 }
 
+/** v1.1: one group's counts: `online` members active now, `idle` those idle, `total` every
+ * member (the rest are offline; invisible members count as offline). */
+export interface GroupCount {
+  group: string;
+  online: number;
+  idle: number;
+  total: number;
+}
+
+/** v1.1: the counts of watched groups that changed (the current counts at once after
+ * `watch_group`, then at most one frame a tick). All zeros: the group was deleted or the user
+ * left it, and it is watched no more. */
+export interface GroupCounts {
+  type: "group_counts";
+  tick: number;
+  groups: GroupCount[];
+}
+
+/** v1.1 client messages: partial subscriptions, per session. */
+export type WatchGroup = {
+  type: "watch_group";
+  group: string;
+  /** `group_counts` for the group (default true). */
+  counts?: boolean;
+  /** At most 200 members whose presence the session gets as if they were friends. */
+  members?: string[];
+};
+
+export type UnwatchGroup = {
+  type: "unwatch_group";
+  group: string;
+};
+
+export type Focus = {
+  type: "focus";
+  /** At most 200 friend ids, or `null`: every friend again. */
+  users: string[] | null;
+};
+
 export type ServerMessage =
   | Welcome
   | { type: "presence"; tick: number; changes: PresenceEntry[] }
@@ -82,6 +121,7 @@ export type ServerMessage =
   | { type: "typing"; from: string; group?: string }
   | HistoryPage
   | ErrorMessage
+  | GroupCounts
   | { type: string; [field: string]: unknown };
 
 /** A client message: an object with a `type`. */

@@ -80,6 +80,12 @@ export class TestNode {
     if (r.status !== 200) throw new Error(`friendships: ${r.status}`);
   }
 
+  /** Creates (or replaces) a group with these members. */
+  async group(gid, members) {
+    const r = await this.admin("PUT", `/v1/groups/${gid}`, { members });
+    if (r.status !== 204) throw new Error(`group: ${r.status}`);
+  }
+
   /** SIGTERM, and waits for the exit (at most 15 s). */
   async stop() {
     this.proc.kill("SIGTERM");

@@ -1,6 +1,6 @@
 // The SDK against the real node: long-poll and WebSocket sessions, presence and chat, the
 // fallback to long-poll when the WebSocket path passes nothing, reconnect and resume across a
-// node restart. Run with `node --experimental-websocket --test` on Node 20.
+// node restart, focus and group watches kept across reconnects. Run with `node --experimental-websocket --test` on Node 20.
 import assert from "node:assert/strict";
 import net from "node:net";
 import { after, before, test } from "node:test";
@@ -231,5 +231,84 @@ test("history pages; read, edit and delete; a status set while disconnected", { 
   } finally {
     erin.close();
     frank.close();
+  }
+});
+
+test("focus and group watches are kept across reconnects", { skip }, async () => {
+  await node.befriend([["gina", "hank"], ["gina", "ivy"]]);
+  await node.group("g-focus", ["gina", "jay", "kim"]);
+  const others = ["hank", "ivy", "jay"].map((u) => client(u, { transport: "ws" }));
+  const [hank, ivy] = others;
+  const gina = client("gina", { transport: "ws" });
+  const welcomes = [];
+  const counts = [];
+  const ivySeen = [];
+  gina.on("welcome", () => welcomes.push(Date.now()));
+  gina.on("groupCounts", (c) => counts.push({ at: welcomes.length, c }));
+  gina.on("presence", (p) => {
+    for (const e of p.updated) if (e.user === "ivy") ivySeen.push(e);
+  });
+  // The fast node's idle thresholds start at 400 ms: "here" is online or idle.
+  const here = (e) => e?.state === "online" || e?.state === "idle";
+  const live = (g) => (g ? g.online + g.idle : -1);
+  const ticks = () => new Promise((r) => setTimeout(r, 400)); // 8 ticks of the fast node
+  /** hank and ivy change status; hank's change shows, ivy's (out of focus) must not. */
+  async function onlyHankShows(status) {
+    ivySeen.length = 0;
+    ivy.setStatus(status);
+    hank.setStatus(status);
+    await until(() => gina.presence.get("hank")?.status === status, 5000, `hank ${status}`);
+    await ticks();
+    assert.deepEqual(ivySeen, [], `ivy is out of focus (${status})`);
+  }
+  try {
+    for (const c of others) c.connect();
+    await until(() => others.every((c) => c.state === "open"), 5000, "the others open");
+    // Asked for before connecting: sent after the first welcome.
+    gina.focus(["hank"]);
+    gina.watchGroup("g-focus", { members: ["jay", "kim"] });
+    gina.connect();
+    await until(() => gina.groups.get("g-focus"), 5000, "the first counts");
+    assert.equal(gina.groups.get("g-focus").total, 3);
+    // gina and jay (the others' sessions count from the node's next tick on).
+    await until(() => live(gina.groups.get("g-focus")) === 2, 5000, "two members here");
+    // Members are shown like friends, though none is a friend.
+    await until(() => here(gina.presence.get("jay")), 5000, "jay here");
+    assert.equal(gina.presence.get("kim")?.state, "offline");
+    await onlyHankShows("dnd");
+    // Counts follow the group: kim comes online.
+    const kim = client("kim", { transport: "ws" });
+    others.push(kim);
+    kim.connect();
+    await until(() => live(gina.groups.get("g-focus")) === 3, 5000, "kim counted");
+    await until(() => here(gina.presence.get("kim")), 5000, "kim here");
+
+    // A new session on the node, which knows nothing of the old one's focus and watch.
+    gina.reconnectNow("test");
+    await until(() => welcomes.length === 2, 5000, "the second welcome");
+    await until(() => counts.some((x) => x.at === 2), 5000, "counts after the new welcome");
+    assert.equal(live(gina.groups.get("g-focus")), 3);
+    await until(() => here(gina.presence.get("jay")), 5000, "jay shown again");
+    await onlyHankShows("busy");
+
+    // Unwatching drops the counts and the members; no focus shows ivy again.
+    gina.unwatchGroup("g-focus");
+    assert.equal(gina.groups.has("g-focus"), false);
+    await until(() => gina.presence.get("jay") === undefined, 5000, "jay removed");
+    gina.focus(null);
+    await until(() => gina.presence.get("ivy")?.status === "busy", 5000, "ivy's missed status");
+    // And neither comes back after another reconnect.
+    const before = counts.length;
+    gina.reconnectNow("test again");
+    await until(() => welcomes.length === 3 && gina.state === "open", 5000, "the third welcome");
+    ivySeen.length = 0;
+    ivy.setStatus("available");
+    await until(() => ivySeen.some((e) => e.status === "available"), 5000, "ivy in view");
+    await ticks();
+    assert.equal(counts.length, before, "no counts for an unwatched group");
+    assert.equal(gina.presence.get("jay"), undefined);
+  } finally {
+    gina.close();
+    for (const c of others) c.close();
   }
 });
