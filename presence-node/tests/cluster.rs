@@ -133,6 +133,49 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         assert!(*lag < TICK * 2 + Duration::from_millis(400), "{lags:?}");
     }
 
+    // v1.1 focus across nodes: the hub focuses on the first remote friend; the second's
+    // change (mirrored from its node) stays out, the first's comes in; `null` brings the
+    // second's missed state at once.
+    let (a, b) = (remote[0].0.clone(), remote[1].0.clone());
+    hub.send(serde_json::json!({"type": "focus", "users": [a]}))
+        .await;
+    hub.expect_presence(&a, Duration::from_secs(5), |e| e["state"] == "online")
+        .await;
+    friends[1]
+        .0
+        .send(serde_json::json!({"type": "status", "status": "busy", "text": "out of focus"}))
+        .await;
+    friends[0]
+        .0
+        .send(serde_json::json!({"type": "status", "status": "dnd"}))
+        .await;
+    let deadline = Instant::now() + TICK * 6;
+    let mut saw_a = false;
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match hub.recv_within(left).await {
+            Ok(Some(v)) if v["type"] == "presence" => {
+                for e in v["changes"].as_array().into_iter().flatten() {
+                    assert_ne!(e["user"], b.as_str(), "out of focus, yet sent: {v}");
+                    saw_a |= e["user"] == a.as_str() && e["status"] == "dnd";
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the hub's connection closed"),
+            Err(()) => break,
+        }
+    }
+    if !saw_a {
+        hub.expect_presence(&a, Duration::from_secs(5), |e| e["status"] == "dnd")
+            .await;
+    }
+    hub.send(serde_json::json!({"type": "focus", "users": null}))
+        .await;
+    let e = hub
+        .expect_presence(&b, Duration::from_secs(5), |e| e["status"] == "busy")
+        .await;
+    assert_eq!(e["text"], "out of focus", "{e}");
+
     // The hub goes away: both remote friends see it offline (after the grace).
     hub.close().await;
     for (f, _) in &mut friends {
