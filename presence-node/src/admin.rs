@@ -57,6 +57,7 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
                 put(c::put_group).delete(c::delete_group).get(c::get_group),
             )
             .route("/v1/presence", get(c::get_presence))
+            .route("/v1/groups/{gid}/presence", get(c::get_group_presence))
     } else {
         Router::new()
             .route("/v1/users/{id}/friends", put(put_friends).get(get_friends))
@@ -66,10 +67,10 @@ pub fn router(node: Arc<Node>, topology: Arc<Topology>, metrics: PrometheusHandl
                 put(put_group).delete(delete_group).get(get_group),
             )
             .route("/v1/presence", get(get_presence))
+            .route("/v1/groups/{gid}/presence", get(get_group_presence))
     };
     let api = Router::new()
         .merge(graph)
-        .route("/v1/groups/{gid}/presence", get(get_group_presence))
         .route("/v1/tokens", post(post_token))
         .route("/v1/route", get(get_route))
         .route("/v1/cluster", get(get_cluster))
@@ -374,7 +375,9 @@ pub struct GroupPresence {
     responses(
         (status = 200, description = "the group's counts", body = GroupPresence),
         (status = 404, description = "no such group", body = ErrorBody),
-        (status = 503, description = "cluster: not served in a cluster yet", body = ErrorBody),
+        (status = 502, description = "cluster: another node's answer failed", body = ErrorBody),
+        (status = 503, description = "cluster: not joined yet, or no node owns a member \
+            right now; retry", body = ErrorBody),
     ))]
 async fn get_group_presence(
     State(s): State<AdminState>,

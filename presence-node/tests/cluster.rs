@@ -176,6 +176,28 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         .await;
     assert_eq!(e["text"], "out of focus", "{e}");
 
+    // A group's counts on any node, its members' presence asked of their owners.
+    let members = serde_json::json!({"members": ["hub", a, b, "nobody-1", "nobody-2"]});
+    let (status, v) = c
+        .node("n1")
+        .admin("PUT", "/v1/groups/g", Some(members))
+        .await;
+    assert_eq!(status, 204, "{v}");
+    for id in ["n1", "n2", "n3"] {
+        let (status, v) = c.node(id).admin("GET", "/v1/groups/g/presence", None).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            (&v["online"], &v["idle"], &v["total"]),
+            (&3.into(), &0.into(), &5.into()),
+            "on {id}: {v}"
+        );
+    }
+    let (status, _) = c
+        .node("n2")
+        .admin("GET", "/v1/groups/none/presence", None)
+        .await;
+    assert_eq!(status, 404);
+
     // The hub goes away: both remote friends see it offline (after the grace).
     hub.close().await;
     for (f, _) in &mut friends {

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::Hooks;
 use crate::admin::{
     AdminState, ApiError, Friends, FriendsBody, FriendshipsApplied, FriendshipsBody, Group,
-    GroupBody, PresenceQuery, body,
+    GroupBody, GroupPresence, PresenceQuery, body,
 };
 use crate::service::admin::check_id;
 
@@ -186,14 +186,45 @@ pub(crate) async fn get_presence(
     let axum::extract::Query(q) =
         q.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let names: Vec<&str> = q.users.split(',').filter(|u| !u.is_empty()).collect();
-    let svc = s.node.service();
-    // The same checks as on one node, before anything is asked of another node.
-    let local = svc.presence(&names)?;
-    let routes = svc.routes();
     if headers.contains_key(FORWARDED) {
+        let local = s.node.service().presence(&names)?;
         return Ok(Json(json!({ "presence": local })));
     }
-    let Some(routes) = routes else {
+    let entries = presence_from_owners(&s, &names).await?;
+    Ok(Json(json!({ "presence": entries })))
+}
+
+/// `GET /v1/groups/{gid}/presence` on a cluster node: the members (from PostgreSQL) counted
+/// from their owners' answers, as [`get_presence`] asks them.
+pub(crate) async fn get_group_presence(
+    State(s): State<AdminState>,
+    Path(gid): Path<String>,
+) -> Result<Json<GroupPresence>, ApiError> {
+    check_id("group id", &gid)?;
+    let Some(members) = hooks(&s)?.store.group(&gid).await.map_err(store_error)? else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no group {gid:?}")));
+    };
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    let entries = presence_from_owners(&s, &names).await?;
+    let count = |state: &str| entries.iter().filter(|e| e["state"] == state).count() as u64;
+    Ok(Json(GroupPresence {
+        group: gid,
+        idle: count("idle"),
+        online: count("online"),
+        total: members.len() as u64,
+    }))
+}
+
+/// Each user's presence entry from its owner: this node's engine for its own users, the
+/// owner's admin API for the others (one request per owner), in the order asked.
+async fn presence_from_owners(
+    s: &AdminState,
+    names: &[&str],
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let svc = s.node.service();
+    // The same checks as on one node, before anything is asked of another node.
+    let local = svc.presence(names)?;
+    let Some(routes) = svc.routes() else {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the node has not joined its cluster yet".into(),
@@ -235,7 +266,7 @@ pub(crate) async fn get_presence(
             entries[i] = e;
         }
     }
-    Ok(Json(json!({ "presence": entries })))
+    Ok(entries)
 }
 
 type HttpClient = hyper_util::client::legacy::Client<

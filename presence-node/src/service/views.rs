@@ -616,12 +616,13 @@ impl Service {
         }
     }
 
-    /// `GET /v1/groups/{gid}/presence`: from the live counts of a watched group, else counted
-    /// now.
+    /// `GET /v1/groups/{gid}/presence` on a single node: from the live counts of a watched
+    /// group, else counted now. (A cluster node asks the members' owners:
+    /// `cluster::admin::get_group_presence`.)
     pub fn group_presence(&self, gid: &str) -> Result<GroupPresence, AdminError> {
         if self.routes.read().is_some() {
             return Err(AdminError::Unavailable(
-                "group presence is not served in a cluster yet".into(),
+                "a cluster node counts a group from its members' owners".into(),
             ));
         }
         if let Some(t) = self.counter.lock().groups.get(gid) {
