@@ -10,6 +10,9 @@ pub const TRANSITIONS: &str = "presence_transitions_total";
 pub const ENTRIES_SENT: &str = "presence_entries_sent_total";
 pub const FRAMES_SENT: &str = "presence_frames_sent_total";
 pub const MERGES: &str = "presence_outbox_merges_total";
+pub const GROUP_COUNTS_SENT: &str = "presence_group_counts_sent_total";
+pub const WATCHED_GROUPS: &str = "presence_watched_groups";
+pub const VIEW_CHANGES: &str = "presence_view_changes_total";
 pub const ERRORS: &str = "presence_errors_total";
 pub const ADMIN_REQUESTS: &str = "presence_admin_requests_total";
 pub const LP_REQUESTS: &str = "presence_lp_requests_total";
@@ -97,6 +100,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         MERGES,
         Kind::Counter,
         "Presence frames merged into a slow client's pending frame",
+    ),
+    (
+        GROUP_COUNTS_SENT,
+        Kind::Counter,
+        "Watched groups' counts handed to sessions (group_counts entries)",
+    ),
+    (
+        WATCHED_GROUPS,
+        Kind::Gauge,
+        "Groups some session watches (their counts kept tick by tick)",
+    ),
+    (
+        VIEW_CHANGES,
+        Kind::Counter,
+        "Focus, watch_group and unwatch_group messages taken, by type",
     ),
     (ERRORS, Kind::Counter, "Error frames sent, by code"),
     (

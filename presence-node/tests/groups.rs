@@ -104,6 +104,10 @@ async fn a_thousand_member_group_counts_within_a_tick_one_frame_a_tick() {
     assert_eq!(v["total"], 1000);
     let (status, _) = node.admin("GET", "/v1/groups/nope/presence", None).await;
     assert_eq!(status, 404);
+    // What an operator graphs: one watched group, its counts handed out, one watch taken.
+    assert_eq!(node.metric("presence_watched_groups").await, 1.0);
+    assert!(node.metric("presence_group_counts_sent_total").await >= 4.0);
+    assert_eq!(node.metric("presence_view_changes_total").await, 1.0);
 }
 
 #[tokio::test]

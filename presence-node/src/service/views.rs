@@ -25,6 +25,7 @@ use presence_wire::{ErrorCode, ProtocolError};
 use super::Service;
 use super::admin::AdminError;
 use crate::frames;
+use crate::metrics as m;
 
 /// Friends in one `focus` list.
 pub const MAX_FOCUS: usize = 200;
@@ -240,6 +241,7 @@ impl Service {
         h: &Arc<SessionHandle>,
         users: Option<Vec<String>>,
     ) -> Result<(), ProtocolError> {
+        metrics::counter!(m::VIEW_CHANGES, "type" => "focus").increment(1);
         let focus = match users {
             None => None,
             Some(list) if list.len() > MAX_FOCUS => {
@@ -292,6 +294,7 @@ impl Service {
         counts: bool,
         members: Option<Vec<String>>,
     ) -> Result<(), ProtocolError> {
+        metrics::counter!(m::VIEW_CHANGES, "type" => "watch_group").increment(1);
         if self.routes.read().is_some() {
             return Err(refuse(
                 ErrorCode::Unavailable,
@@ -386,6 +389,7 @@ impl Service {
         h: &Arc<SessionHandle>,
         group: &str,
     ) -> Result<(), ProtocolError> {
+        metrics::counter!(m::VIEW_CHANGES, "type" => "unwatch_group").increment(1);
         let mut counter = self.counter.lock();
         let me = UserId(h.sid.user);
         let r = self.registry.with_sessions(me.0, |us| {
@@ -493,6 +497,7 @@ impl Service {
     /// `group_counts` frame per session at most.
     pub(super) fn hand_out_counts(&self, batch: &Batch) {
         let mut counter = self.counter.lock();
+        metrics::gauge!(m::WATCHED_GROUPS).set(counter.groups.len() as f64);
         if counter.groups.is_empty() {
             return;
         }
@@ -515,11 +520,14 @@ impl Service {
             // The common case, one group: straight to its watchers.
             [(g, (key, item))] => {
                 if let Some(t) = counter.groups.get(g) {
+                    let mut sent = 0;
                     for (w, wants) in &t.watchers {
                         if *wants {
                             w.push_counts(batch.tick, vec![(*key, item.clone())]);
+                            sent += 1;
                         }
                     }
+                    metrics::counter!(m::GROUP_COUNTS_SENT).increment(sent);
                 }
             }
             _ => {
@@ -538,9 +546,12 @@ impl Service {
                         }
                     }
                 }
+                let mut sent = 0;
                 for (_, (h, items)) in per_session {
+                    sent += items.len() as u64;
                     h.push_counts(batch.tick, items);
                 }
+                metrics::counter!(m::GROUP_COUNTS_SENT).increment(sent);
             }
         }
     }
