@@ -361,27 +361,36 @@ impl Synced {
 /// Assembles a `presence` frame from entries rendered once per tick (shared by every watcher),
 /// the same bytes as [`Presence::to_frame`].
 pub fn presence_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(br#"{"type":"presence","tick":"#);
-    out.extend_from_slice(tick.to_string().as_bytes());
-    out.extend_from_slice(br#","changes":["#);
-    for (i, e) in entries.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(e);
-    }
-    out.extend_from_slice(b"]}");
-    out
+    list_frame(
+        br#"{"type":"presence","tick":"#,
+        br#","changes":["#,
+        tick,
+        entries,
+    )
 }
 
 /// A `group_counts` frame from pre-rendered [`GroupCount`] entries (each group's counts are
 /// rendered once per tick and shared by every session watching it).
 pub fn group_counts_frame<'a>(tick: u64, entries: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(br#"{"type":"group_counts","tick":"#);
+    list_frame(
+        br#"{"type":"group_counts","tick":"#,
+        br#","groups":["#,
+        tick,
+        entries,
+    )
+}
+
+/// `head` tick `list` entries (comma-separated) `]}`.
+fn list_frame<'a>(
+    head: &[u8],
+    list: &[u8],
+    tick: u64,
+    entries: impl Iterator<Item = &'a [u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(head);
     out.extend_from_slice(tick.to_string().as_bytes());
-    out.extend_from_slice(br#","groups":["#);
+    out.extend_from_slice(list);
     for (i, e) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
