@@ -57,6 +57,9 @@ function conv(key) {
       unread: 0,
     };
     convs.set(key, c);
+    // v1.1: how many of the group are here, kept live (the SDK sends the watch again after
+    // every reconnect).
+    if (kind === "g") client.watchGroup(id);
   }
   return c;
 }
@@ -106,6 +109,8 @@ function renderGroups() {
     li.dataset.group = key.slice(2);
     if (current === key) li.classList.add("current");
     li.append(el("span", "name", c.title));
+    const n = client.groups.get(key.slice(2));
+    if (n) li.append(el("span", "counts", `${n.online + n.idle} of ${n.total} here`));
     if (c.unread) li.append(el("span", "unread", String(c.unread)));
     li.onclick = () => open(key);
     list.append(li);
@@ -222,6 +227,7 @@ $("login").onsubmit = (ev) => {
     c.textContent = `${s.state}${s.transport ? ` (${s.transport})` : ""}: ${s.reason}`;
   });
   client.on("presence", renderFriends);
+  client.on("groupCounts", renderGroups);
   client.on("inbox", onInbox);
   client.on("typing", onTyping);
   client.on("error", (e) => console.warn("node:", e.code, e.message));

@@ -163,6 +163,9 @@ test("two users: online, idle, status, 1:1 and group chat, one of them on long-p
     await alice.page.fill("#text", "table for three at noon");
     await alice.page.press("#text", "Enter");
     await bob.page.locator('#groups li[data-group="lunch"] .unread').waitFor();
+    // v1.1 group counts: alice and bob are here, carol is not.
+    await bob.page.locator('#groups li[data-group="lunch"] .counts', { hasText: "2 of 3 here" }).waitFor();
+    await alice.page.locator('#groups li[data-group="lunch"] .counts', { hasText: "2 of 3 here" }).waitFor();
     await bob.page.click('#groups li[data-group="lunch"]');
     const msg = bob.page.locator("#messages li", { hasText: "table for three at noon" });
     await msg.waitFor();
