@@ -198,6 +198,51 @@ async fn presence_crosses_nodes_and_hellos_are_routed() {
         .await;
     assert_eq!(status, 404);
 
+    // watch_group on a cluster node: a member no one on the hub's node is a friend of, owned
+    // elsewhere, is streamed here for the watch (PeerFrame::Follow): the counts and its
+    // presence follow it.
+    let mut x = String::new();
+    for i in 0..100 {
+        let name = format!("w{i}");
+        if c.owner("n1", &name).await != hub_node {
+            x = name;
+            break;
+        }
+    }
+    assert!(!x.is_empty(), "a user owned by another node");
+    let x_node = c.owner("n1", &x).await;
+    let members = serde_json::json!({"members": ["hub", x]});
+    let (status, v) = c
+        .node("n2")
+        .admin("PUT", "/v1/groups/w", Some(members))
+        .await;
+    assert_eq!(status, 204, "{v}");
+    hub.send(serde_json::json!({"type": "watch_group", "group": "w", "members": [x]}))
+        .await;
+    let counts = hub.expect("group_counts", Duration::from_secs(5)).await;
+    assert_eq!(counts["groups"][0]["total"], 2, "{counts}");
+    // x connects on its node and sets a status: the hub sees both, and the counts move.
+    let (mut xc, _) = Client::hello(c.node(&x_node), Via::Ws, &x, "d").await;
+    xc.send(serde_json::json!({"type": "status", "status": "busy", "text": "watched"}))
+        .await;
+    let (mut busy, mut two) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(busy && two) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = match hub.recv_within(left).await {
+            Ok(Some(v)) => v,
+            Ok(None) => panic!("the hub's connection closed"),
+            Err(()) => panic!("within 5 s: x busy {busy}, counts at 2 online {two}"),
+        };
+        if v["type"] == "group_counts" {
+            two |= v["groups"][0]["online"] == 2;
+        }
+        for e in v["changes"].as_array().into_iter().flatten() {
+            busy |= e["user"] == x.as_str() && e["status"] == "busy" && e["text"] == "watched";
+        }
+    }
+    xc.close().await;
+
     // The hub goes away: both remote friends see it offline (after the grace).
     hub.close().await;
     for (f, _) in &mut friends {

@@ -34,6 +34,12 @@ pub enum PeerFrame {
     /// committed here; the receiver's session fills any gap from the store) and typing
     /// notices, as the client frames they become.
     Chat { items: Vec<ChatPush> },
+    /// Every user the sender wants mirrored beyond its users' friends (the members of big
+    /// groups watched there, protocol v1.1 `watch_group`), replacing the set it sent before.
+    /// Each receiver streams the ones it owns as if they had a friend on the sender: in its
+    /// ticks' updates and in its slot snapshots. Sent whole on a link coming up and whenever
+    /// it changes, so a slot's new owner knows it already.
+    Follow { users: Vec<String> },
 }
 
 /// One chat frame for the live devices of `owner`, a user the receiver serves.

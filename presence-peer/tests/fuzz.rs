@@ -71,6 +71,8 @@ fn frame() -> impl Strategy<Value = PeerFrame> {
         any::<u16>().prop_map(|slot| PeerFrame::Resync { slot }),
         any::<i64>().prop_map(|change| PeerFrame::Applied { change }),
         proptest::collection::vec(push(), 0..6).prop_map(|items| PeerFrame::Chat { items }),
+        proptest::collection::vec(support::text(40), 0..6)
+            .prop_map(|users| PeerFrame::Follow { users }),
     ]
 }
 

@@ -148,6 +148,8 @@ impl Peers {
                         PeerFrame::Chat { .. } => {
                             self.chat_owed.lock().insert(peer.clone());
                         }
+                        // Sent whole again with the next tick.
+                        PeerFrame::Follow { .. } => node.service().follows_changed(),
                         _ => {}
                     }
                 }
@@ -224,7 +226,7 @@ impl Peers {
         // handovers of slots it took before the link was up.
         let change = self.announced.load(Ordering::Acquire);
         let mut frames = vec![(peer.clone(), PeerFrame::Applied { change })];
-        frames.extend(held.map(|f| (peer.clone(), f)));
+        frames.extend(held.into_iter().map(|f| (peer.clone(), f)));
         self.send(node, frames);
         info!(peer, "peer link up");
         let span = info_span!("peer", peer = %peer);

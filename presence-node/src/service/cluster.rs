@@ -300,11 +300,29 @@ impl super::Service {
         self.replica.lock().serving(slot);
     }
 
-    /// A peer link is up; returns the handovers held for it, to send.
-    #[must_use = "send the held handovers to the peer"]
-    pub fn peer_connected(&self, peer: &str) -> Option<presence_peer::PeerFrame> {
+    /// A peer link is up; returns what to send it first: the handovers held for it, and
+    /// whom it must stream here for watched groups.
+    #[must_use = "send the held handovers and the follows to the peer"]
+    pub fn peer_connected(&self, peer: &str) -> Vec<presence_peer::PeerFrame> {
         let routes = self.routes().unwrap_or_else(|| Arc::new(Routes::none("")));
-        self.replica.lock().connected(peer, &routes)
+        let mut frames: Vec<presence_peer::PeerFrame> = self
+            .replica
+            .lock()
+            .connected(peer, &routes)
+            .into_iter()
+            .collect();
+        let users = self.follow_set();
+        if !users.is_empty() {
+            frames.push(presence_peer::PeerFrame::Follow { users });
+        }
+        frames
+    }
+
+    /// A `Follow` frame was lost on a full queue: every peer gets the set again with the
+    /// next tick.
+    pub fn follows_changed(&self) {
+        self.follows_again
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether every one of `slots` has been handed over here by its former owner.
@@ -391,10 +409,12 @@ impl super::Service {
         self.groups
             .write()
             .insert(gid.to_owned(), members.to_vec().into());
+        self.group_changed(gid, Some(members));
     }
 
     /// A group removed, from the store's log.
     pub fn delete_group_from_store(&self, gid: &str) {
         self.groups.write().remove(gid);
+        self.group_changed(gid, None);
     }
 }

@@ -87,6 +87,10 @@ pub struct Service {
     peer_chat: parking_lot::Mutex<HashMap<String, Vec<presence_peer::ChatPush>>>,
     /// Watched groups' counts (v1.1).
     counter: parking_lot::Mutex<views::Counter>,
+    /// Cluster mode: the counter's generation last told to peers (`PeerFrame::Follow`), and
+    /// whether it must be told again (a frame lost on a full queue).
+    follows_sent: std::sync::atomic::AtomicU64,
+    follows_again: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -166,6 +170,8 @@ impl Service {
             statuses: statuses::StatusLog::default(),
             peer_chat: parking_lot::Mutex::new(HashMap::new()),
             counter: parking_lot::Mutex::new(views::Counter::default()),
+            follows_sent: std::sync::atomic::AtomicU64::new(0),
+            follows_again: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -322,6 +328,18 @@ impl Service {
                     .lock()
                     .outgoing(&self.engine, r, &batch, may_send),
             );
+            // Whom the peers must stream here for watched groups, when that changed.
+            let again = self
+                .follows_again
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            if let Some(users) = self.follows_due(again) {
+                for peer in self.replica.lock().peer_names() {
+                    let frame = presence_peer::PeerFrame::Follow {
+                        users: users.clone(),
+                    };
+                    peer_frames.push((peer, frame));
+                }
+            }
         }
         let ecfg = self.engine.config();
         // Render each referenced entry once; every watcher shares the bytes.

@@ -54,6 +54,9 @@ pub struct Replica {
     held: HashMap<String, BTreeMap<u16, SlotUpdate>>,
     /// Slots handed over to this node and not taken yet.
     handed: HashSet<u16>,
+    /// Per peer: the users it wants mirrored beyond friends ([`PeerFrame::Follow`]), sent
+    /// to it as if they had a friend there.
+    follows: HashMap<String, HashSet<UserId>>,
 }
 
 impl Default for Replica {
@@ -73,6 +76,7 @@ impl Replica {
             asks: BTreeSet::new(),
             held: HashMap::new(),
             handed: HashSet::new(),
+            follows: HashMap::new(),
         }
     }
 
@@ -100,6 +104,8 @@ impl Replica {
     /// wait for fresh snapshots.
     pub fn disconnected(&mut self, peer: &str, routes: &Routes) {
         self.peers.remove(peer);
+        // The peer sends its follows again when the link is back.
+        self.follows.remove(peer);
         self.inbound.forget(
             Slot::all()
                 .filter(|&s| routes.owner_of(s) == Some(peer))
@@ -224,11 +230,51 @@ impl Replica {
                     folded.stale += f.stale;
                     folded.refused += f.refused;
                 }
+                PeerFrame::Follow { users } => {
+                    folded.refused += self.followed_by(engine, &peer, &users);
+                }
                 // The links handle these themselves.
                 PeerFrame::Hello { .. } | PeerFrame::Applied { .. } | PeerFrame::Chat { .. } => {}
             }
         }
         (folded, replies)
+    }
+
+    /// The users `peer` follows now (the whole set): the slots of those newly followed
+    /// that are owned here start again for it, so their snapshot carries them at once.
+    /// Returns how many ids were refused.
+    fn followed_by(&mut self, engine: &Engine, peer: &str, users: &[String]) -> usize {
+        let mut refused = 0;
+        let mut set = HashSet::with_capacity(users.len());
+        for u in users {
+            match engine.intern(u) {
+                Ok(id) => {
+                    set.insert(id);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        let before = self.follows.remove(peer).unwrap_or_default();
+        let mut restart = BTreeSet::new();
+        for (slot, owned) in &self.owned {
+            if owned.iter().any(|u| set.contains(u) && !before.contains(u)) {
+                restart.insert(*slot);
+            }
+        }
+        if let Some(out) = self.peers.get_mut(peer) {
+            for s in restart {
+                out.resync(s);
+            }
+        }
+        if !set.is_empty() {
+            self.follows.insert(peer.to_owned(), set);
+        }
+        refused
+    }
+
+    /// Connected peers.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers.keys().cloned().collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -426,8 +472,11 @@ impl Replica {
             let (u, c) = batch.entries.get(i as usize)?;
             matches!(c, Change::Presence(_)).then_some(*u)
         });
+        let changed: Vec<UserId> = changed.collect();
         let mut pairs = Vec::new();
-        engine.for_each_remote_friend(changed, |user, friend| pairs.push((user, friend)));
+        engine.for_each_remote_friend(changed.iter().copied(), |user, friend| {
+            pairs.push((user, friend))
+        });
         // Each pair's slots under one hold of the names (no name copied).
         let slotted: Vec<(UserId, Slot, Slot)> = engine.with_names(|name| {
             let slot = |u: UserId| name(u).map(|n| slot_of(n.as_bytes()));
@@ -446,6 +495,34 @@ impl Replica {
             let list = plan.entry(peer).or_default().entry(us.get()).or_default();
             if list.last() != Some(&user) {
                 list.push(user);
+            }
+        }
+        // Users a peer follows go there as if they had a friend there.
+        if !self.follows.is_empty() {
+            let followed: Vec<(&str, UserId)> = self
+                .follows
+                .iter()
+                .flat_map(|(peer, set)| {
+                    changed
+                        .iter()
+                        .filter(|u| set.contains(u))
+                        .map(move |&u| (peer.as_str(), u))
+                })
+                .collect();
+            let slotted: Vec<(&str, UserId, Slot)> = engine.with_names(|name| {
+                followed
+                    .iter()
+                    .filter_map(|&(p, u)| Some((p, u, slot_of(name(u)?.as_bytes()))))
+                    .collect()
+            });
+            for (peer, user, us) in slotted {
+                if self.peers.contains_key(peer) {
+                    plan.entry(peer)
+                        .or_default()
+                        .entry(us.get())
+                        .or_default()
+                        .push(user);
+                }
             }
         }
         let mut frames = Vec::new();
@@ -469,6 +546,12 @@ impl Replica {
                 let next = out.next(s, epoch);
                 if next.snapshot {
                     users = snapshot_users(&self.owned, engine, routes, slot, &peer);
+                    if let (Some(set), Some(owned)) = (self.follows.get(&peer), self.owned.get(&s))
+                    {
+                        users.extend(owned.iter().filter(|u| {
+                            set.contains(u) && engine.presence(**u) != Presence::NEVER_SEEN
+                        }));
+                    }
                 }
                 users.sort_unstable();
                 users.dedup();

@@ -95,6 +95,9 @@ pub struct Counter {
     /// Groups whose members changed since the last tick (their counts go out with it).
     changed: Vec<Arc<str>>,
     next_key: u32,
+    /// Bumped whenever the tracked members change (cluster mode: peers are told whom to
+    /// stream here).
+    generation: u64,
 }
 
 impl Counter {
@@ -113,6 +116,7 @@ impl Counter {
         }
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
+        self.generation += 1;
         self.groups.insert(
             group.clone(),
             Tracked {
@@ -129,6 +133,7 @@ impl Counter {
     /// Stops counting `group`.
     fn untrack(&mut self, group: &str) -> Option<Tracked> {
         let t = self.groups.remove(group)?;
+        self.generation += 1;
         for m in &t.members {
             if let Some((_, gs)) = self.members.get_mut(m) {
                 gs.retain(|g| &**g != group);
@@ -295,12 +300,6 @@ impl Service {
         members: Option<Vec<String>>,
     ) -> Result<(), ProtocolError> {
         metrics::counter!(m::VIEW_CHANGES, "type" => "watch_group").increment(1);
-        if self.routes.read().is_some() {
-            return Err(refuse(
-                ErrorCode::Unavailable,
-                "watch_group is not served in a cluster yet",
-            ));
-        }
         let members = members.unwrap_or_default();
         if members.len() > MAX_MEMBERS {
             return Err(bad(format!(
@@ -625,6 +624,28 @@ impl Service {
                 counter.untrack(&group);
             }
         }
+    }
+
+    /// Cluster mode: the users peers must stream here beyond friends (every member of a
+    /// group watched here), if that set changed since the last call or `again`; its
+    /// generation is remembered.
+    pub(crate) fn follows_due(&self, again: bool) -> Option<Vec<String>> {
+        let generation = self.counter.lock().generation;
+        let last = self
+            .follows_sent
+            .swap(generation, std::sync::atomic::Ordering::AcqRel);
+        (last != generation || again).then(|| self.follow_set())
+    }
+
+    /// Cluster mode: every member of a group watched here (the set `PeerFrame::Follow`
+    /// carries).
+    pub(crate) fn follow_set(&self) -> Vec<String> {
+        let ids: Vec<u32> = self.counter.lock().members.keys().copied().collect();
+        self.engine.with_names(|name| {
+            ids.iter()
+                .filter_map(|&u| name(UserId(u)).map(str::to_owned))
+                .collect()
+        })
     }
 
     /// `GET /v1/groups/{gid}/presence` on a single node: from the live counts of a watched
