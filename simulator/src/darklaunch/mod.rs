@@ -1670,6 +1670,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
             frames_per_s: st.frames as f64 / active,
             entries_per_s: st.entries as f64 / active,
             pongs: st.pongs,
+            cost: out::DeliveryCost::new(st.frames, st.entries, &dr.server, &dr.driver, &dr.series),
         },
         presence_latency: probes,
         chat,

@@ -121,6 +121,68 @@ pub struct ThroughputOut {
     pub frames_per_s: f64,
     pub entries_per_s: f64,
     pub pongs: u64,
+    /// CPU over the whole run per presence frame and per entry the clients received (issue
+    /// #20's figures); chat, connects and heartbeats are included, so read them on runs
+    /// without chat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<DeliveryCost>,
+}
+
+/// CPU per delivered presence frame and entry, of the node and of the load generator beside it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeliveryCost {
+    pub node_us_per_frame: f64,
+    pub node_sys_us_per_frame: f64,
+    pub node_us_per_entry: f64,
+    pub driver_us_per_frame: f64,
+    pub driver_us_per_entry: f64,
+    /// The node's CPU per frame and per entry over the run's second half alone (the
+    /// per-second samples), once the sessions have connected: the steady cost of delivery.
+    pub node_us_per_frame_second_half: f64,
+    pub node_us_per_entry_second_half: f64,
+}
+
+impl DeliveryCost {
+    /// `None` when no frame arrived or the node's CPU was not measured.
+    pub fn new(
+        frames: u64,
+        entries: u64,
+        server: &ServerOut,
+        driver: &DriverOut,
+        series: &[SampleOut],
+    ) -> Option<Self> {
+        if frames == 0 || !server.measured {
+            return None;
+        }
+        let us = |secs: f64, n: u64| secs * 1e6 / n.max(1) as f64;
+        let driver_s = if driver.measured {
+            driver.cpu_user_seconds + driver.cpu_sys_seconds
+        } else {
+            f64::NAN
+        };
+        // Each sample covers the time since the one before it.
+        let half = series.last().map_or(0.0, |l| l.t_s / 2.0);
+        let (mut cpu_s, mut half_frames, mut half_entries) = (0.0, 0.0, 0.0);
+        for w in series.windows(2) {
+            if w[0].t_s < half {
+                continue;
+            }
+            let dt = w[1].t_s - w[0].t_s;
+            cpu_s += w[1].cpu_percent / 100.0 * dt;
+            half_frames += w[1].frames_per_s * dt;
+            half_entries += w[1].entries_per_s * dt;
+        }
+        let per = |n: f64| if n > 0.0 { cpu_s * 1e6 / n } else { f64::NAN };
+        Some(Self {
+            node_us_per_frame_second_half: per(half_frames),
+            node_us_per_entry_second_half: per(half_entries),
+            node_us_per_frame: us(server.cpu_seconds, frames),
+            node_sys_us_per_frame: us(server.cpu_sys_seconds, frames),
+            node_us_per_entry: us(server.cpu_seconds, entries),
+            driver_us_per_frame: us(driver_s, frames),
+            driver_us_per_entry: us(driver_s, entries),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -323,6 +385,19 @@ pub fn table(r: &DarkReport) -> String {
         t.entries_per_s,
         thousands(t.welcome_entries)
     );
+    if let Some(c) = &t.cost {
+        let _ = writeln!(
+            s,
+            "  CPU per presence frame: node {:.1} µs a frame, {:.2} µs an entry over the second half; whole run (connects, heartbeats and chat included): node {:.1} µs ({:.1} in the kernel), {:.2} µs an entry, load generator {:.1} µs a frame, {:.2} µs an entry",
+            c.node_us_per_frame_second_half,
+            c.node_us_per_entry_second_half,
+            c.node_us_per_frame,
+            c.node_sys_us_per_frame,
+            c.node_us_per_entry,
+            c.driver_us_per_frame,
+            c.driver_us_per_entry
+        );
+    }
     let p = &r.presence_latency;
     let _ = writeln!(
         s,

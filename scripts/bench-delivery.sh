@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 20's delivery-cost benchmark in one command: builds the node and the simulator
+# (release), makes a 10,000-user graph with a mean of 50 friends (seed 1) if missing, then runs
+# four dark launches against one node started here, WebSocket clients, all 10,000 users online:
+#   presence-25k   status probes at 500/s   -> ~25,000 presence deliveries/s offered
+#   presence-250k  status probes at 5,000/s -> ~250,000 presence deliveries/s offered
+#   chat-5k        1:1 chat at 5,000 sends/s (probes at 20/s)
+#   chat-20k       1:1 chat at 20,000 sends/s
+# Each report's "CPU per presence frame" line (the node's over the run's second half, once
+# every session is up; node and load generator over the whole run) and "CPU per durable send"
+# line are the figures; presence p99 is the "change ->
+# receipt" row, send -> sent p99 the chat one. Reports go to $OUT (default bench-delivery/):
+# one JSON and one log a run, and summary.txt, which is also printed. About 7 minutes.
+#   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
+# NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph).
+# Everything shares the machine's cores: read CPU per unit of work, not the rates alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
+out=${OUT:-bench-delivery}
+duration=${DURATION:-90s}
+nice -n 5 cargo build --release --locked -p presence-node -p simulator >&2
+mkdir -p "$out"
+graph="$out/g10k-50.rkyv"
+if [ ! -f "$graph" ]; then
+  "$target/release/simulator" --no-progress graph --users 10000 --avg-friends 50 --seed 1 \
+    --out "$graph" >&2
+fi
+runs=("$@")
+[ ${#runs[@]} -gt 0 ] || runs=(presence-25k presence-250k chat-5k chat-20k)
+node_bin=${NODE_BIN:-$target/release/presence-node}
+common=(--graph "$graph" --node-bin "$node_bin" --duration "$duration"
+  --peak-online 1.0 --workers 1 --max-sessions 15000 --source-ips 2 --quic-share 0 --seed 1)
+: > "$out/summary.txt"
+for run in "${runs[@]}"; do
+  case "$run" in
+    presence-25k) extra=(--probe-rate 500) ;;
+    presence-250k) extra=(--probe-rate 5000) ;;
+    chat-5k) extra=(--probe-rate 20 --chat-rate 5000) ;;
+    chat-20k) extra=(--probe-rate 20 --chat-rate 20000) ;;
+    *) echo "unknown run $run (presence-25k, presence-250k, chat-5k, chat-20k)" >&2; exit 2 ;;
+  esac
+  echo "== $run: simulator dark-launch ${common[*]} ${extra[*]}" >&2
+  "$target/release/simulator" --no-progress dark-launch "${common[@]}" "${extra[@]}" \
+    --json "$out/$run.json" > "$out/$run.log" 2>&1 || { tail -20 "$out/$run.log" >&2; exit 1; }
+  {
+    echo "== $run (${extra[*]})"
+    grep -E '^throughput:|CPU per presence frame|change → receipt|send → sent|CPU per durable send|^chat:|^node process:|^driver processes' "$out/$run.log" || true
+  } | tee -a "$out/summary.txt"
+done
