@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use presence_core::{Batch, SessionId, UserId, Welcome};
 
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Outbox, Pushed};
 use crate::sync::{Mutex, MutexGuard};
 use crate::view::View;
 
@@ -127,6 +127,8 @@ pub struct HandOut {
     pub handed: usize,
     /// Frames merged into one the session had not taken yet.
     pub merges: u64,
+    /// Frames written straight into the sessions' connections (no task woken).
+    pub written: u64,
 }
 
 /// The sessions of every user with one.
@@ -171,7 +173,8 @@ impl Registry {
 
     /// Hands one tick's batch to the sessions: each watcher's diff to the outboxes of its
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
-    /// watcher), and a close to the sessions the heartbeat timeout expired.
+    /// watcher; written straight into a connection where the outbox can, [`Outbox::offer`]),
+    /// and a close to the sessions the heartbeat timeout expired.
     pub fn hand_out(
         &self,
         batch: &Batch,
@@ -212,7 +215,11 @@ impl Registry {
                     continue;
                 }
                 out.handed += entries.len();
-                out.merges += u64::from(h.outbox.push(batch.tick, entries));
+                match h.outbox.offer(batch.tick, entries) {
+                    Pushed::Written => out.written += 1,
+                    Pushed::Merged => out.merges += 1,
+                    Pushed::Queued => {}
+                }
             }
         }
         for sid in &batch.expired {

@@ -1030,3 +1030,63 @@ fn the_shape_check_refuses_undocumented_keys_wrong_types_and_missing_fields() {
     assert!(conforms(&entry("idle"), &presence, &doc).is_ok());
     assert!(conforms(&entry("asleep"), &presence, &doc).is_err());
 }
+
+/// Presence to a WebSocket reader with room goes from the tick straight into its socket
+/// (`presence_frames_direct_total`), between the frames its own task writes (here the pongs to
+/// its heartbeats): every frame arrives whole and parses, and the friend's changes arrive in
+/// the order they were made, ending at the last.
+#[tokio::test]
+async fn presence_goes_straight_from_the_tick_into_websockets_in_order() {
+    common::init();
+    let node = Node::start(FAST);
+    node.befriend(&[("alice", "bob")]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "web").await;
+    let (mut alice, _) = Client::hello(&node, Via::Quic, "alice", "phone").await;
+    let (mut bob_tx, mut bob_rx) = bob.split();
+    let reader = async {
+        let mut texts = Vec::new();
+        let mut pongs = 0;
+        loop {
+            let frame =
+                match tokio::time::timeout(Duration::from_secs(2), bob_rx.recv_frame()).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => panic!("bob's connection: {e}"),
+                    Err(_) => return (texts, pongs),
+                };
+            let v: serde_json::Value = serde_json::from_slice(&frame).expect("a whole JSON frame");
+            if v["type"] == "presence" {
+                texts.extend(
+                    v["changes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e["user"] == "alice")
+                        .filter_map(|e| e["text"].as_str().map(str::to_owned)),
+                );
+            } else if v["type"] == "pong" {
+                pongs += 1;
+            }
+        }
+    };
+    let writer = async {
+        for i in 0..40u64 {
+            alice
+                .send(json!({"type": "status", "status": "busy", "text": format!("s{i:02}")}))
+                .await;
+            bob_tx
+                .send_frame(br#"{"type":"heartbeat"}"#)
+                .await
+                .expect("heartbeat");
+            tokio::time::sleep(Duration::from_millis(15 + (i % 4) * 10)).await;
+        }
+    };
+    let ((texts, pongs), ()) = tokio::join!(reader, writer);
+    assert_eq!(pongs, 40, "every heartbeat answered");
+    assert_eq!(texts.last().map(String::as_str), Some("s39"), "{texts:?}");
+    assert!(texts.is_sorted(), "changes out of order: {texts:?}");
+    let direct = node.metric("presence_frames_direct_total").await;
+    let sent = node.metric("presence_frames_sent_total").await;
+    assert!(direct > 0.0, "no frame written by the tick itself");
+    assert!(direct <= sent, "{direct} direct of {sent} frames");
+}

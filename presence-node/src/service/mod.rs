@@ -351,15 +351,20 @@ impl Service {
                 .collect()
         });
         let engine = &self.engine;
-        let registry::HandOut { handed, merges } =
-            self.registry.hand_out(&batch, &rendered, |w, u| {
-                engine.are_friends(UserId(w), UserId(u))
-            });
+        let registry::HandOut {
+            handed,
+            merges,
+            written,
+        } = self.registry.hand_out(&batch, &rendered, |w, u| {
+            engine.are_friends(UserId(w), UserId(u))
+        });
         self.hand_out_counts(&batch);
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);
         metrics::counter!(m::MERGES).increment(merges);
+        metrics::counter!(m::FRAMES_SENT).increment(written);
+        metrics::counter!(m::FRAMES_DIRECT).increment(written);
         metrics::counter!(m::EXPIRED).increment(batch.expired.len() as u64);
         metrics::gauge!(m::LIVE).set(batch.stats.live_watchers as f64);
         TickReport {
