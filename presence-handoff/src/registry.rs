@@ -175,12 +175,18 @@ impl Registry {
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
     /// watcher; written straight into a connection where the outbox can, [`Outbox::offer`]),
     /// and a close to the sessions the heartbeat timeout expired.
+    ///
+    /// `direct` is asked before each offer that could be written into a connection: once it
+    /// says no (the node's time budget for writing on the tick thread is spent), the rest of
+    /// the tick's entries are queued for their session tasks.
     pub fn hand_out(
         &self,
         batch: &Batch,
         rendered: &[Bytes],
         friends: impl Fn(u32, u32) -> bool,
+        mut direct: impl FnMut() -> bool,
     ) -> HandOut {
+        let mut direct_ok = true;
         let mut out = HandOut::default();
         for (watcher, items) in batch.diffs() {
             let stripe = self.lock(watcher.0);
@@ -215,6 +221,11 @@ impl Registry {
                     continue;
                 }
                 out.handed += entries.len();
+                direct_ok = direct_ok && direct();
+                if !direct_ok {
+                    out.merges += u64::from(h.outbox.push(batch.tick, entries));
+                    continue;
+                }
                 match h.outbox.offer(batch.tick, entries) {
                     Pushed::Written => out.written += 1,
                     Pushed::Merged => out.merges += 1,

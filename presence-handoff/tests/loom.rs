@@ -255,7 +255,9 @@ fn a_session_registering_races_the_tick() {
                 .into_iter()
                 .map(|now| {
                     let batch = e1.tick(now);
-                    let handed = r1.hand_out(&batch, &render(&batch), |_, _| true).handed;
+                    let handed = r1
+                        .hand_out(&batch, &render(&batch), |_, _| true, || true)
+                        .handed;
                     (batch, handed)
                 })
                 .collect::<Vec<_>>()
