@@ -16,7 +16,6 @@
 //! `outbox.wakeup.notified()` and then takes everything at once.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -32,39 +31,6 @@ pub enum ChatItem {
     Inbox { seq: u64, frame: Bytes },
     /// Any other frame (`sent`, `typing`, an `error` for a failed send).
     Frame(Bytes),
-}
-
-/// A connection the tick can write a presence frame straight into, sparing the session task a
-/// wake-up (the node's WebSocket sockets). Its bytes must not interleave with what the task
-/// writes: an implementation writes only when the task has nothing of its own waiting there.
-pub trait DirectWrite: Send + Sync {
-    /// Writes one tick's entries (ascending by friend) as one presence frame, without
-    /// blocking.
-    fn write_presence(&self, tick: u64, items: &[(u32, Bytes)]) -> Direct;
-}
-
-/// What [`DirectWrite::write_presence`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direct {
-    /// The whole frame is in the socket.
-    Written,
-    /// Part of it is; the rest waits in the connection's buffer until the session task
-    /// writes it out (the outbox wakes the task with [`Taken::flush`]).
-    Started,
-    /// Nothing was written (the socket is full, or the task has bytes of its own waiting):
-    /// the entries queue as before.
-    Refused,
-}
-
-/// What became of one tick's entries for a session ([`Outbox::offer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    /// Written into the connection by the caller (no wake-up, unless it had to be finished).
-    Written,
-    /// Queued for the session task.
-    Queued,
-    /// Merged into a frame the client had not taken yet.
-    Merged,
 }
 
 /// Why the node closes a session on its own.
@@ -89,13 +55,6 @@ struct Inner {
     inbox_cap: u32,
     lagging: bool,
     ping: bool,
-    /// Where the tick may write presence itself (set once the welcome is out).
-    direct: Option<Arc<dyn DirectWrite>>,
-    /// Presence taken by the task and not yet written by it: a frame written directly now
-    /// would overtake it.
-    in_flight: bool,
-    /// A direct write left part of a frame in the connection's buffer.
-    flush: bool,
 }
 
 /// What the session task takes from its outbox.
@@ -107,8 +66,6 @@ pub struct Taken {
     pub close: Option<CloseReason>,
     /// Ask the client for a sign of life.
     pub ping: bool,
-    /// Write out what a direct write left in the connection's buffer.
-    pub flush: bool,
 }
 
 pub struct Outbox {
@@ -146,54 +103,17 @@ impl Outbox {
             // A snapshot pushed between ticks carries the tick it was read at, which may be
             // behind the tick of entries already waiting.
             inner.tick = inner.tick.max(tick);
-            queue(&mut inner, items)
+            if inner.pending.is_empty() {
+                inner.pending = items;
+                false
+            } else {
+                let old = std::mem::take(&mut inner.pending);
+                inner.pending = merge(old, items);
+                true
+            }
         };
         self.wakeup.notify();
         merged
-    }
-
-    /// Lets the tick write presence straight into `direct` ([`Outbox::offer`]); `None` stops
-    /// it. Set only once everything the session must say first (its welcome) is written.
-    pub fn set_direct(&self, direct: Option<Arc<dyn DirectWrite>>) {
-        self.inner.lock().direct = direct;
-    }
-
-    /// One tick's entries (any order): written straight into the connection when it has a
-    /// [`DirectWrite`] and nothing older is waiting or being written (no presence queued or
-    /// in the task's hands, no close), else queued as [`Outbox::push`] does.
-    pub fn offer(&self, tick: u64, mut items: Vec<(u32, Bytes)>) -> Pushed {
-        items.sort_unstable_by_key(|(u, _)| *u);
-        let mut inner = self.inner.lock();
-        inner.tick = inner.tick.max(tick);
-        let direct = match &inner.direct {
-            Some(d) if inner.pending.is_empty() && !inner.in_flight && inner.close.is_none() => {
-                d.write_presence(tick, &items)
-            }
-            _ => Direct::Refused,
-        };
-        match direct {
-            Direct::Written => return Pushed::Written,
-            Direct::Started => {
-                inner.flush = true;
-                drop(inner);
-                self.wakeup.notify();
-                return Pushed::Written;
-            }
-            Direct::Refused => {}
-        }
-        let merged = queue(&mut inner, items);
-        drop(inner);
-        self.wakeup.notify();
-        if merged {
-            Pushed::Merged
-        } else {
-            Pushed::Queued
-        }
-    }
-
-    /// The session task has written what it took: presence may be written directly again.
-    pub fn written(&self) {
-        self.inner.lock().in_flight = false;
     }
 
     /// Asks the session to ping its client.
@@ -246,14 +166,12 @@ impl Outbox {
         let presence =
             (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
         inner.inbox_queued = 0;
-        inner.in_flight |= presence.is_some();
         Taken {
             presence,
             chat: std::mem::take(&mut inner.chat),
             lagging: std::mem::take(&mut inner.lagging),
             close: inner.close.clone(),
             ping: std::mem::take(&mut inner.ping),
-            flush: std::mem::take(&mut inner.flush),
         }
     }
 
@@ -266,18 +184,6 @@ impl Outbox {
     /// Entries waiting to be written.
     pub fn pending_len(&self) -> usize {
         self.inner.lock().pending.len()
-    }
-}
-
-/// Queues entries (ascending) behind what waits, merging; true if something was waiting.
-fn queue(inner: &mut Inner, items: Vec<(u32, Bytes)>) -> bool {
-    if inner.pending.is_empty() {
-        inner.pending = items;
-        false
-    } else {
-        let old = std::mem::take(&mut inner.pending);
-        inner.pending = merge(old, items);
-        true
     }
 }
 
@@ -398,83 +304,8 @@ mod tests {
     /// An idle session holds one outbox; the node's target is 4 KiB of user space a session.
     /// 120 bytes (88 of state behind the mutex, 32 of [`Wakeup`]), as it was with tokio's
     /// `Notify`.
-    /// One presence frame: its tick and entries.
-    type Frame = (u64, Vec<(u32, Bytes)>);
-
-    /// A connection that takes what it is told to, recording what it was given.
-    struct Conn {
-        answer: Mutex<Direct>,
-        got: Mutex<Vec<Frame>>,
-    }
-
-    impl DirectWrite for Conn {
-        fn write_presence(&self, tick: u64, items: &[(u32, Bytes)]) -> Direct {
-            let answer = *self.answer.lock();
-            if answer != Direct::Refused {
-                self.got.lock().push((tick, items.to_vec()));
-            }
-            answer
-        }
-    }
-
-    fn conn(answer: Direct) -> Arc<Conn> {
-        Arc::new(Conn {
-            answer: Mutex::new(answer),
-            got: Mutex::new(Vec::new()),
-        })
-    }
-
-    #[test]
-    fn offers_go_straight_to_the_connection_only_when_nothing_older_waits() {
-        let o = Outbox::default();
-        // No connection yet (the welcome is not out): queued.
-        assert_eq!(o.offer(1, vec![e(2, "a2")]), Pushed::Queued);
-        let c = conn(Direct::Written);
-        o.set_direct(Some(c.clone()));
-        // Tick 1 still waits: tick 2 must not overtake it.
-        assert_eq!(o.offer(2, vec![e(3, "b3")]), Pushed::Merged);
-        assert!(c.got.lock().is_empty());
-        assert!(o.wakeup.try_take());
-        let taken = o.take();
-        assert_eq!(taken.presence.map(|p| p.0), Some(2));
-        // Taken but not yet written by the task: still not.
-        assert_eq!(o.offer(3, vec![e(2, "c2")]), Pushed::Queued);
-        let taken = o.take();
-        assert_eq!(taken.presence.map(|p| p.0), Some(3));
-        o.written();
-        // Nothing waiting or in flight: written, sorted, no wake-up.
-        assert!(o.wakeup.try_take());
-        assert_eq!(o.offer(4, vec![e(5, "d5"), e(1, "d1")]), Pushed::Written);
-        assert!(!o.wakeup.try_take(), "a direct write wakes nobody");
-        assert_eq!(*c.got.lock(), vec![(4, vec![e(1, "d1"), e(5, "d5")])]);
-        assert!(o.take().presence.is_none());
-        // The connection refuses (full socket): queued and the task woken.
-        *c.answer.lock() = Direct::Refused;
-        assert_eq!(o.offer(5, vec![e(1, "e1")]), Pushed::Queued);
-        assert!(o.wakeup.try_take());
-        assert_eq!(o.take().presence.map(|p| p.0), Some(5));
-        o.written();
-        // Started: the task is woken to write out the rest.
-        *c.answer.lock() = Direct::Started;
-        assert_eq!(o.offer(6, vec![e(1, "f1")]), Pushed::Written);
-        assert!(o.wakeup.try_take());
-        let taken = o.take();
-        assert!(taken.flush && taken.presence.is_none());
-        assert!(!o.take().flush, "once");
-        // Closing: nothing more goes straight in.
-        *c.answer.lock() = Direct::Written;
-        o.close(CloseReason::Shutdown);
-        assert_eq!(o.offer(7, vec![e(1, "g1")]), Pushed::Queued);
-        // Unset: queued.
-        let _ = o.take();
-        o.set_direct(None);
-        assert_eq!(o.offer(8, vec![e(1, "h1")]), Pushed::Queued);
-        assert_eq!(c.got.lock().len(), 2);
-    }
-
     #[test]
     fn stays_small() {
-        // 120 until the direct writer's (fat) pointer joined it.
-        assert!(size_of::<Outbox>() <= 136, "{} bytes", size_of::<Outbox>());
+        assert!(size_of::<Outbox>() <= 120, "{} bytes", size_of::<Outbox>());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use presence_core::{Batch, SessionId, UserId, Welcome};
 
-use crate::outbox::{CloseReason, Outbox, Pushed};
+use crate::outbox::{CloseReason, Outbox};
 use crate::sync::{Mutex, MutexGuard};
 use crate::view::View;
 
@@ -127,8 +127,6 @@ pub struct HandOut {
     pub handed: usize,
     /// Frames merged into one the session had not taken yet.
     pub merges: u64,
-    /// Frames written straight into the sessions' connections (no task woken).
-    pub written: u64,
 }
 
 /// The sessions of every user with one.
@@ -173,20 +171,13 @@ impl Registry {
 
     /// Hands one tick's batch to the sessions: each watcher's diff to the outboxes of its
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
-    /// watcher; written straight into a connection where the outbox can, [`Outbox::offer`]),
-    /// and a close to the sessions the heartbeat timeout expired.
-    ///
-    /// `direct` is asked before each offer that could be written into a connection: once it
-    /// says no (the node's time budget for writing on the tick thread is spent), the rest of
-    /// the tick's entries are queued for their session tasks.
+    /// watcher), and a close to the sessions the heartbeat timeout expired.
     pub fn hand_out(
         &self,
         batch: &Batch,
         rendered: &[Bytes],
         friends: impl Fn(u32, u32) -> bool,
-        mut direct: impl FnMut() -> bool,
     ) -> HandOut {
-        let mut direct_ok = true;
         let mut out = HandOut::default();
         for (watcher, items) in batch.diffs() {
             let stripe = self.lock(watcher.0);
@@ -221,16 +212,7 @@ impl Registry {
                     continue;
                 }
                 out.handed += entries.len();
-                direct_ok = direct_ok && direct();
-                if !direct_ok {
-                    out.merges += u64::from(h.outbox.push(batch.tick, entries));
-                    continue;
-                }
-                match h.outbox.offer(batch.tick, entries) {
-                    Pushed::Written => out.written += 1,
-                    Pushed::Merged => out.merges += 1,
-                    Pushed::Queued => {}
-                }
+                out.merges += u64::from(h.outbox.push(batch.tick, entries));
             }
         }
         for sid in &batch.expired {

@@ -255,9 +255,7 @@ fn a_session_registering_races_the_tick() {
                 .into_iter()
                 .map(|now| {
                     let batch = e1.tick(now);
-                    let handed = r1
-                        .hand_out(&batch, &render(&batch), |_, _| true, || true)
-                        .handed;
+                    let handed = r1.hand_out(&batch, &render(&batch), |_, _| true).handed;
                     (batch, handed)
                 })
                 .collect::<Vec<_>>()
@@ -338,99 +336,5 @@ fn a_dropped_wait_races_the_notify() {
     SEEN.all(&[
         "the first wait had the permit",
         "the first wait was dropped",
-    ]);
-}
-
-/// A connection the tick may write into itself: every frame that reaches the client, in order,
-/// whoever wrote it (the real one is the node's WebSocket `Socket`, whose own lock keeps the
-/// two writers' bytes apart).
-#[derive(Default)]
-struct Wire {
-    frames: loom::sync::Mutex<Vec<(u64, Vec<(u32, Bytes)>)>>,
-}
-
-impl presence_handoff::outbox::DirectWrite for Wire {
-    fn write_presence(
-        &self,
-        tick: u64,
-        items: &[(u32, Bytes)],
-    ) -> presence_handoff::outbox::Direct {
-        self.frames
-            .lock()
-            .expect("wire")
-            .push((tick, items.to_vec()));
-        presence_handoff::outbox::Direct::Written
-    }
-}
-
-/// The tick offers ticks 7 and 8 to a session whose outbox can be written directly, while a
-/// snapshot (tick 6) waits and the session's task takes and writes what it took, then says so
-/// (`written`): no frame reaches the client before an older one it overtook, whoever wrote
-/// it, and the client ends with the latest state of every friend; nothing is left without a
-/// wakeup.
-#[test]
-fn direct_writes_race_the_session_task() {
-    static SEEN: Seen<2> = Seen::new();
-    explore("direct_writes_race_the_session_task", || {
-        let wire = std::sync::Arc::new(Wire::default());
-        let outbox = Arc::new(Outbox::default());
-        let direct: std::sync::Arc<dyn presence_handoff::outbox::DirectWrite> = wire.clone();
-        outbox.set_direct(Some(direct));
-        // A snapshot pushed between ticks: queued for the task.
-        outbox.push(6, vec![entry(2, "6:2"), entry(4, "6:4")]);
-        let o = outbox.clone();
-        let tick = thread::spawn(move || {
-            [
-                o.offer(7, vec![entry(1, "7:1"), entry(2, "7:2")]),
-                o.offer(8, vec![entry(3, "8:3"), entry(2, "8:2")]),
-            ]
-        });
-        let (o, w) = (outbox.clone(), wire.clone());
-        let session = thread::spawn(move || {
-            loom::future::block_on(o.wakeup.notified());
-            if let Some(frame) = o.take().presence {
-                w.frames.lock().expect("wire").push(frame);
-            }
-            o.written();
-        });
-        session.join().expect("join");
-        let pushed = tick.join().expect("join");
-        // Every offer is done: what is left must come with a wakeup.
-        if let Some(frame) = outbox.take().presence {
-            assert!(
-                outbox.wakeup.try_take(),
-                "entries left behind with no wakeup"
-            );
-            wire.frames.lock().expect("wire").push(frame);
-        }
-        let direct = pushed
-            .iter()
-            .any(|p| *p == presence_handoff::outbox::Pushed::Written);
-        SEEN.saw(usize::from(direct));
-        let frames = wire.frames.lock().expect("wire").clone();
-        let mut view = BTreeMap::new();
-        let mut last = 0;
-        for (tick, items) in frames {
-            assert!(
-                tick > last,
-                "a frame overtook an older one: {last} then {tick}"
-            );
-            last = tick;
-            view.extend(items);
-        }
-        assert_eq!(last, 8);
-        assert_eq!(
-            view,
-            BTreeMap::from([
-                entry(1, "7:1"),
-                entry(2, "8:2"),
-                entry(3, "8:3"),
-                entry(4, "6:4")
-            ])
-        );
-    });
-    SEEN.all(&[
-        "every tick went through the task",
-        "a tick was written directly",
     ]);
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use presence_core::Disconnect;
-use presence_handoff::outbox::DirectWrite;
 use tracing::{Instrument, info_span};
 
 use crate::metrics as m;
@@ -40,11 +39,6 @@ pub trait Transport: Send {
     fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Closes with a short reason.
     fn close(&mut self, reason: &str) -> impl Future<Output = ()> + Send;
-    /// Where the tick may write presence frames itself, sparing this task a wake-up per
-    /// frame (WebSocket); `None` where every byte goes through the task.
-    fn direct(&self) -> Option<Arc<dyn DirectWrite>> {
-        None
-    }
 }
 
 /// Serves one connection to the end.
@@ -60,16 +54,7 @@ pub async fn run<T: Transport>(node: Arc<Node>, mut t: T, transport: &'static st
     }
     let span = info_span!("session", user = %session.user(), device = %session.device(), transport);
     metrics::gauge!(m::SESSIONS, "transport" => transport).increment(1.0);
-    // The welcome is out: from here on the tick may write presence into the socket itself.
-    let direct = t.direct();
-    let direct_set = direct.is_some();
-    if direct_set {
-        session.handle().outbox.set_direct(direct);
-    }
     let how = serve(&node, &mut t, &mut session).instrument(span).await;
-    if direct_set {
-        session.handle().outbox.set_direct(None);
-    }
     node.service().close(session, how, now_ms());
     metrics::gauge!(m::SESSIONS, "transport" => transport).decrement(1.0);
 }
@@ -102,17 +87,16 @@ async fn hello<T: Transport>(node: &Arc<Node>, t: &mut T) -> Option<(Session, Op
 
 /// Writes a refusal's frames and closes (no session was opened).
 async fn refuse<T: Transport>(t: &mut T, fx: Effects) {
-    if write_out(t, fx.frames, false).await.is_ok()
+    if write_out(t, fx.frames).await.is_ok()
         && let Some(close) = fx.end.and_then(|e| e.close)
     {
         t.close(&close).await;
     }
 }
 
-/// Writes `frames` in one flush (nothing for none, unless `flush`: what the tick left in the
-/// transport's buffer); `Err` when the connection is gone.
-async fn write_out<T: Transport>(t: &mut T, frames: Vec<Bytes>, flush: bool) -> Result<(), ()> {
-    if frames.is_empty() && !flush {
+/// Writes `frames` in one flush (nothing for none); `Err` when the connection is gone.
+async fn write_out<T: Transport>(t: &mut T, frames: Vec<Bytes>) -> Result<(), ()> {
+    if frames.is_empty() {
         return Ok(());
     }
     for f in frames {
@@ -161,20 +145,8 @@ pub(crate) async fn execute<T: Transport>(
         } else {
             false
         };
-        let wrote = !fx.frames.is_empty();
-        if write_out(
-            t,
-            std::mem::take(&mut fx.frames),
-            std::mem::take(&mut fx.flush),
-        )
-        .await
-        .is_err()
-        {
+        if write_out(t, std::mem::take(&mut fx.frames)).await.is_err() {
             return Some(Disconnect::Dropped);
-        }
-        if wrote {
-            // What the task took is in the transport now: the tick may write directly again.
-            s.handle().outbox.written();
         }
         if let Some(end) = fx.end {
             if let Some(reason) = end.close {

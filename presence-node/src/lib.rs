@@ -9,7 +9,6 @@
 //! `presence-wire` frames), [`token`], [`store`] (the graph store), [`topology`] (where users' sessions belong), [`datadir`], [`metrics`], [`openapi`] (the admin API's OpenAPI document).
 
 pub mod admin;
-pub mod client_port;
 pub mod cluster;
 pub mod config;
 pub mod connection;

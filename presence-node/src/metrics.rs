@@ -9,7 +9,6 @@ pub const TICK_SECONDS: &str = "presence_tick_seconds";
 pub const TRANSITIONS: &str = "presence_transitions_total";
 pub const ENTRIES_SENT: &str = "presence_entries_sent_total";
 pub const FRAMES_SENT: &str = "presence_frames_sent_total";
-pub const FRAMES_DIRECT: &str = "presence_frames_direct_total";
 pub const MERGES: &str = "presence_outbox_merges_total";
 pub const GROUP_COUNTS_SENT: &str = "presence_group_counts_sent_total";
 pub const WATCHED_GROUPS: &str = "presence_watched_groups";
@@ -96,12 +95,6 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         FRAMES_SENT,
         Kind::Counter,
         "Presence frames written to clients",
-    ),
-    (
-        FRAMES_DIRECT,
-        Kind::Counter,
-        "Presence frames the tick wrote straight into a WebSocket with room, no session task \
-         woken (also counted in presence_frames_sent_total)",
     ),
     (
         MERGES,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -162,15 +163,22 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         None => Topology::Single(me.clone()),
     });
 
+    // TCP_NODELAY: two small frames in a row to an idle client (an inbox entry after a
+    // `sent`, two presence frames) would otherwise wait out the client's 40 ms delayed ACK.
+    let ws_listener = ws_listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!("could not set TCP_NODELAY on a WebSocket connection: {e}");
+        }
+    });
     let mut client_routes = ws::router(node.clone()).merge(longpoll::router(node.clone())?);
     if let Some(demo) = crate::demo::router(node.clone()) {
         client_routes = client_routes.merge(demo);
     }
-    let ws_task = tokio::spawn(crate::client_port::serve(
-        ws_listener,
-        client_routes,
-        node.shutdown().clone(),
-    ));
+    let ws_task = tokio::spawn(
+        axum::serve(ws_listener, client_routes)
+            .with_graceful_shutdown(node.shutdown().clone().cancelled_owned())
+            .into_future(),
+    );
     let admin_task = tokio::spawn(
         axum::serve(
             admin_listener,
@@ -248,8 +256,9 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
         task.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws_task).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    for task in [ws_task, admin_task] {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     quic_task.abort();
     if let Some(c) = cluster {
         c.leave().await;

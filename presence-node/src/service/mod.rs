@@ -33,7 +33,7 @@ pub use presence_handoff::{outbox, registry};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
@@ -51,14 +51,6 @@ pub use session::{Effects, End, Read, ReadResult, Received, RecvError, Session};
 
 /// Groups: id -> members.
 pub type Groups = HashMap<String, Arc<[String]>>;
-
-/// How long a tick may spend, from its start, writing presence frames into sockets itself
-/// (the WebSockets with room, [`presence_handoff::outbox::DirectWrite`]); the rest of its
-/// entries go to the session tasks, which write in parallel on the runtime's threads. A tick
-/// thread that wrote every frame itself fell behind at ~180,000 entries a second on this
-/// 2-core machine (p99 1.2 s against 0.5 s), while below that the direct writes save ~12% of the
-/// node's CPU per frame (docs/benchmarks.md, issue #20).
-pub const DIRECT_WRITE_BUDGET: Duration = Duration::from_millis(25);
 
 /// What one tick did, for the driver's bookkeeping.
 #[derive(Debug, Clone, Default)]
@@ -359,23 +351,15 @@ impl Service {
                 .collect()
         });
         let engine = &self.engine;
-        let registry::HandOut {
-            handed,
-            merges,
-            written,
-        } = self.registry.hand_out(
-            &batch,
-            &rendered,
-            |w, u| engine.are_friends(UserId(w), UserId(u)),
-            || started.elapsed() < DIRECT_WRITE_BUDGET,
-        );
+        let registry::HandOut { handed, merges } =
+            self.registry.hand_out(&batch, &rendered, |w, u| {
+                engine.are_friends(UserId(w), UserId(u))
+            });
         self.hand_out_counts(&batch);
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);
         metrics::counter!(m::MERGES).increment(merges);
-        metrics::counter!(m::FRAMES_SENT).increment(written);
-        metrics::counter!(m::FRAMES_DIRECT).increment(written);
         metrics::counter!(m::EXPIRED).increment(batch.expired.len() as u64);
         metrics::gauge!(m::LIVE).set(batch.stats.live_watchers as f64);
         TickReport {

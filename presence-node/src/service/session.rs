@@ -113,17 +113,13 @@ pub struct End {
     pub how: Disconnect,
 }
 
-/// What the driver must do, in this order: ping, write `frames` (in one write where it can,
-/// and write out what the tick left in the connection's buffer when `flush` says so), run
-/// `read` and hand its result to [`Service::on_read`], or end the session.
+/// What the driver must do, in this order: ping, write `frames` (in one write where it can),
+/// run `read` and hand its result to [`Service::on_read`], or end the session.
 #[must_use = "the driver must execute every effect"]
 #[derive(Debug, Default)]
 pub struct Effects {
     pub ping: bool,
     pub frames: Vec<Bytes>,
-    /// The tick wrote part of a presence frame into the connection itself
-    /// ([`presence_handoff::outbox::DirectWrite`]): the rest waits in its buffer.
-    pub flush: bool,
     /// Boxed: reads are rare, and effects pass by value on every wakeup.
     pub read: Option<Box<Read>>,
     pub end: Option<End>,
@@ -671,7 +667,6 @@ impl Service {
         let taken = s.handle.outbox.take();
         let mut fx = Effects {
             ping: taken.ping,
-            flush: taken.flush,
             ..Effects::default()
         };
         if let Some((tick, items)) = taken.presence {
