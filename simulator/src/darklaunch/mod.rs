@@ -1599,10 +1599,8 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     chat.ledger = ledger;
     // The rate once the sessions have ramped up: a saturated run's capacity, which the
     // whole-run mean understates (few sessions at the start, answers in flight at the end).
-    let second_half: Vec<f64> = dr
-        .series
+    let second_half: Vec<f64> = dr.series[out::second_half_from(&dr.series, dr.active_s)..]
         .iter()
-        .filter(|p| p.t_s >= dr.active_s / 2.0)
         .map(|p| p.chat_acked_per_s)
         .collect();
     chat.acked_per_s = st.chat_sent as f64 / dr.active_s.max(1e-9);
@@ -1670,7 +1668,14 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
             frames_per_s: st.frames as f64 / active,
             entries_per_s: st.entries as f64 / active,
             pongs: st.pongs,
-            cost: out::DeliveryCost::new(st.frames, st.entries, &dr.server, &dr.driver, &dr.series),
+            cost: out::DeliveryCost::new(
+                st.frames,
+                st.entries,
+                &dr.server,
+                &dr.driver,
+                &dr.series,
+                dr.active_s,
+            ),
         },
         presence_latency: probes,
         chat,

@@ -128,6 +128,12 @@ pub struct ThroughputOut {
     pub cost: Option<DeliveryCost>,
 }
 
+/// Where the run's second half starts in `series` (the samples from `active_s / 2` on): the
+/// sessions have ramped up by then, so rates and costs there are the steady ones.
+pub fn second_half_from(series: &[SampleOut], active_s: f64) -> usize {
+    series.partition_point(|p| p.t_s < active_s / 2.0)
+}
+
 /// CPU per delivered presence frame and entry, of the node and of the load generator beside it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DeliveryCost {
@@ -150,6 +156,7 @@ impl DeliveryCost {
         server: &ServerOut,
         driver: &DriverOut,
         series: &[SampleOut],
+        active_s: f64,
     ) -> Option<Self> {
         if frames == 0 || !server.measured {
             return None;
@@ -161,12 +168,9 @@ impl DeliveryCost {
             f64::NAN
         };
         // Each sample covers the time since the one before it.
-        let half = series.last().map_or(0.0, |l| l.t_s / 2.0);
+        let from = second_half_from(series, active_s).max(1);
         let (mut cpu_s, mut half_frames, mut half_entries) = (0.0, 0.0, 0.0);
-        for w in series.windows(2) {
-            if w[0].t_s < half {
-                continue;
-            }
+        for w in series.get(from - 1..).unwrap_or_default().windows(2) {
             let dt = w[1].t_s - w[0].t_s;
             cpu_s += w[1].cpu_percent / 100.0 * dt;
             half_frames += w[1].frames_per_s * dt;
