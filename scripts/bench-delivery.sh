@@ -45,6 +45,6 @@ for run in "${runs[@]}"; do
     --json "$out/$run.json" > "$out/$run.log" 2>&1 || { tail -20 "$out/$run.log" >&2; exit 1; }
   {
     echo "== $run (${extra[*]})"
-    grep -E '^throughput:|CPU per presence frame|change → receipt|send → sent|CPU per durable send|^chat:|^node process:|^driver processes' "$out/$run.log" || true
+    grep -E '^throughput:|CPU per presence frame|change → receipt|node.s part \(its presence|send → sent|CPU per durable send|^chat:|^node process:|^driver processes' "$out/$run.log" || true
   } | tee -a "$out/summary.txt"
 done

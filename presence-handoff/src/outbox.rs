@@ -46,6 +46,9 @@ pub enum CloseReason {
 #[derive(Default)]
 struct Inner {
     tick: u64,
+    /// How many ticks the oldest pending entries are behind `tick` (merged frames span
+    /// several ticks; saturating: a u32 keeps the outbox small).
+    behind: u32,
     /// (friend dense id, rendered entry), ascending by friend.
     pending: Vec<(u32, Bytes)>,
     close: Option<CloseReason>,
@@ -59,7 +62,11 @@ struct Inner {
 
 /// What the session task takes from its outbox.
 pub struct Taken {
+    /// The newest tick and the entries (latest per friend, ascending by friend).
     pub presence: Option<(u64, Vec<(u32, Bytes)>)>,
+    /// The tick of the oldest entries in `presence` (the same tick unless frames merged):
+    /// what a frame's delay is measured from.
+    pub presence_since: u64,
     pub chat: VecDeque<ChatItem>,
     /// Inbox entries were left out: read the inbox back from the store.
     pub lagging: bool,
@@ -102,8 +109,15 @@ impl Outbox {
             let mut inner = self.inner.lock();
             // A snapshot pushed between ticks carries the tick it was read at, which may be
             // behind the tick of entries already waiting.
-            inner.tick = inner.tick.max(tick);
-            if inner.pending.is_empty() {
+            let (newest, merging) = (inner.tick.max(tick), !inner.pending.is_empty());
+            let since = if merging {
+                inner.tick.saturating_sub(u64::from(inner.behind)).min(tick)
+            } else {
+                tick
+            };
+            inner.behind = u32::try_from(newest - since).unwrap_or(u32::MAX);
+            inner.tick = newest;
+            if !merging {
                 inner.pending = items;
                 false
             } else {
@@ -165,9 +179,12 @@ impl Outbox {
         let mut inner = self.inner.lock();
         let presence =
             (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
+        let presence_since = inner.tick.saturating_sub(u64::from(inner.behind));
+        inner.behind = 0;
         inner.inbox_queued = 0;
         Taken {
             presence,
+            presence_since,
             chat: std::mem::take(&mut inner.chat),
             lagging: std::mem::take(&mut inner.lagging),
             close: inner.close.clone(),
@@ -228,8 +245,29 @@ mod tests {
         let taken = o.take();
         let (tick, items) = taken.presence.expect("pending");
         assert_eq!(tick, 999);
+        assert_eq!(
+            taken.presence_since, 1,
+            "the merged frame waited since tick 1"
+        );
         assert_eq!(items, vec![e(1, "b1"), e(2, "c2"), e(3, "c3")]);
         assert!(o.take().presence.is_none());
+        assert!(!o.push(1000, vec![e(1, "d1")]));
+        let taken = o.take();
+        assert_eq!(
+            taken.presence_since, 1000,
+            "a frame taken starts the next one afresh"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_behind_the_pending_tick_is_the_oldest() {
+        let o = Outbox::default();
+        assert!(!o.push(7, vec![e(1, "a1")]));
+        // A snapshot read at tick 5, pushed after tick 7's entries.
+        assert!(o.push(5, vec![e(2, "s2")]));
+        let taken = o.take();
+        assert_eq!(taken.presence.expect("pending").0, 7);
+        assert_eq!(taken.presence_since, 5);
     }
 
     #[test]

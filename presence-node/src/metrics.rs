@@ -9,6 +9,7 @@ pub const TICK_SECONDS: &str = "presence_tick_seconds";
 pub const TRANSITIONS: &str = "presence_transitions_total";
 pub const ENTRIES_SENT: &str = "presence_entries_sent_total";
 pub const FRAMES_SENT: &str = "presence_frames_sent_total";
+pub const FRAME_DELAY_SECONDS: &str = "presence_frame_delay_seconds";
 pub const MERGES: &str = "presence_outbox_merges_total";
 pub const GROUP_COUNTS_SENT: &str = "presence_group_counts_sent_total";
 pub const WATCHED_GROUPS: &str = "presence_watched_groups";
@@ -95,6 +96,12 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         FRAMES_SENT,
         Kind::Counter,
         "Presence frames written to clients",
+    ),
+    (
+        FRAME_DELAY_SECONDS,
+        Kind::Histogram,
+        "From the tick that made a presence frame's oldest entries to the frame handed to its \
+         connection (ms resolution; a long-poll frame waits for its poll)",
     ),
     (
         MERGES,
@@ -314,6 +321,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
 ];
 
+/// Buckets (seconds) of a presence frame's delay after its tick: the target is 50 ms.
+const FRAME_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
+
 /// Buckets (seconds) of the node's part of a send's latency: fine where the target is.
 const SEND_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.2,
@@ -330,6 +342,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             LATENCY_BUCKETS,
         )?
         .set_buckets_for_metric(Matcher::Full(CHAT_SEND_SECONDS.to_owned()), SEND_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(FRAME_DELAY_SECONDS.to_owned()), FRAME_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(CHAT_COMMIT_ROWS.to_owned()),
             &[

@@ -32,6 +32,14 @@ async fn snapshot_and_live_change(via: Via) {
         started.elapsed() < Duration::from_secs(1),
         "within a tick or so"
     );
+    // The frame's wait after its tick was measured before it was written.
+    let (s, text) = common::http_text(node.ready.admin, "GET", "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("presence_frame_delay_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(count.is_some_and(|c| c >= 1.0), "{text}");
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod replicate;
 pub mod session;
 pub mod statuses;
+mod ticks;
 pub mod views;
 
 // The hand-offs to session tasks live in a tokio-free crate so that loom can model them.
@@ -91,6 +92,8 @@ pub struct Service {
     /// whether it must be told again (a frame lost on a full queue).
     follows_sent: std::sync::atomic::AtomicU64,
     follows_again: std::sync::atomic::AtomicBool,
+    /// When the last ticks ran (for `presence_frame_delay_seconds`).
+    tick_times: ticks::TickTimes,
 }
 
 impl Service {
@@ -172,6 +175,7 @@ impl Service {
             counter: parking_lot::Mutex::new(views::Counter::default()),
             follows_sent: std::sync::atomic::AtomicU64::new(0),
             follows_again: std::sync::atomic::AtomicBool::new(false),
+            tick_times: ticks::TickTimes::default(),
         })
     }
 
@@ -322,6 +326,7 @@ impl Service {
             }
         }
         let batch = self.engine.tick(now);
+        self.tick_times.record(batch.tick, now);
         if let Some(r) = &routes {
             peer_frames.extend(
                 self.replica

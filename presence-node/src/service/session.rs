@@ -663,7 +663,7 @@ impl Service {
     }
 
     /// The session's outbox has something: presence, chat frames, a ping or a close.
-    pub fn on_outbox(&self, s: &mut Session, _now: u64) -> Effects {
+    pub fn on_outbox(&self, s: &mut Session, now: u64) -> Effects {
         let taken = s.handle.outbox.take();
         let mut fx = Effects {
             ping: taken.ping,
@@ -675,6 +675,10 @@ impl Service {
                 items.iter().map(|(_, b)| b.as_ref()),
             ));
             metrics::counter!(m::FRAMES_SENT).increment(1);
+            if let Some(at) = self.tick_times.at(taken.presence_since) {
+                let waited = now.saturating_sub(at) as f64 / 1000.0;
+                metrics::histogram!(m::FRAME_DELAY_SECONDS).record(waited);
+            }
         }
         if let Some((tick, items)) = s.handle.take_counts() {
             fx = fx.frame(presence_wire::group_counts_frame(

@@ -1450,7 +1450,7 @@ struct Stopped {
     drive: DriveOut,
     ledger: Option<ledger::LedgerOut>,
     stats: HostStats,
-    node_chat: node::NodeChat,
+    node_measures: node::NodeMeasures,
     cluster: Option<cluster::ClusterOut>,
 }
 
@@ -1466,16 +1466,12 @@ async fn stop(
         Err(_) => None,
     };
     // The node's own measures of the run, before the settle adds its traffic.
-    let node_chat = if d.a.chat_rate > 0.0 {
-        match node::node_chat_metrics(&mut target.admin).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("could not read the node's /metrics: {e:#}");
-                node::NodeChat::default()
-            }
+    let node_measures = match node::node_measures(&mut target.admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("could not read the node's /metrics: {e:#}");
+            node::NodeMeasures::default()
         }
-    } else {
-        node::NodeChat::default()
     };
     let wall = result.as_ref().map_or(0.0, |r| r.active_s);
     let kill = d.kill.take().map(cluster::KillTrack::report);
@@ -1519,7 +1515,7 @@ async fn stop(
         drive,
         ledger,
         stats,
-        node_chat,
+        node_measures,
         cluster,
     })
 }
@@ -1544,7 +1540,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
         drive: dr,
         ledger,
         stats: st,
-        node_chat,
+        node_measures,
         cluster,
     } = stopped;
     let cluster = cluster.map(|mut c| {
@@ -1575,6 +1571,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     let mut probes = std::mem::take(&mut d.probes);
     probes.receipts = st.probe_receipts;
     probes.latency = lat(&st.probe_us);
+    probes.node_tick_to_write = node_measures.frame_delay.clone();
     let mut chat = std::mem::take(&mut d.chat);
     chat.acked = st.chat_sent;
     chat.inbox = st.chat_inbox;
@@ -1585,11 +1582,11 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     }
     chat.send_to_sent = lat(&st.chat_sent_us);
     chat.send_to_inbox = lat(&st.chat_inbox_us);
-    chat.node_send_to_sent = node_chat.send;
-    chat.node_commit = node_chat.commit;
-    chat.node_sends = node_chat.sends;
-    chat.node_commits = node_chat.commits;
-    chat.node_committed_rows = node_chat.rows;
+    chat.node_send_to_sent = node_measures.send;
+    chat.node_commit = node_measures.commit;
+    chat.node_sends = node_measures.sends;
+    chat.node_commits = node_measures.commits;
+    chat.node_committed_rows = node_measures.rows;
     if let Some(c) = &cluster {
         // Every node's counts (the histogram above is the first node's).
         chat.node_sends = c.chat.sends;

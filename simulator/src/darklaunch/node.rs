@@ -438,12 +438,14 @@ pub struct NodeQuantiles {
     pub p999_le_ms: Option<f64>,
 }
 
-/// The node's chat figures from its `/metrics`: its part of send → sent, and its group
-/// commits (how many fsyncs, how many rows they wrote).
-pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
+/// The node's own figures from its `/metrics`: its part of a presence frame's way (tick →
+/// frame written), its part of send → sent, and its group commits (how many fsyncs, how many
+/// rows they wrote).
+pub async fn node_measures(admin: &mut Admin) -> Result<NodeMeasures> {
     let text = admin.ok("GET", "/metrics", None).await?;
     let n = |name: &str| counter_value(&text, name).unwrap_or(0.0) as u64;
-    Ok(NodeChat {
+    Ok(NodeMeasures {
+        frame_delay: histogram_quantiles(&text, "presence_frame_delay_seconds"),
         send: histogram_quantiles(&text, "chat_send_seconds"),
         commit: histogram_quantiles(&text, "chat_commit_seconds"),
         sends: n("chat_sends_total"),
@@ -452,9 +454,11 @@ pub async fn node_chat_metrics(admin: &mut Admin) -> Result<NodeChat> {
     })
 }
 
-/// What [`node_chat_metrics`] reads.
+/// What [`node_measures`] reads.
 #[derive(Debug, Clone, Default)]
-pub struct NodeChat {
+pub struct NodeMeasures {
+    /// From a frame's oldest tick to its write (`presence_frame_delay_seconds`).
+    pub frame_delay: Option<NodeQuantiles>,
     pub send: Option<NodeQuantiles>,
     /// One group commit's time (`chat_commit_seconds`).
     pub commit: Option<NodeQuantiles>,

@@ -197,6 +197,10 @@ pub struct ProbeOut {
     /// Scheduled send → receipt at each online friend (schedule-based: a late driver counts).
     pub latency: Latency,
     pub target_ms: f64,
+    /// The node's part of it, from its `presence_frame_delay_seconds`: from the tick that made
+    /// a frame's oldest entries to the frame handed to its connection. The rest is the wait
+    /// for the tick, the driver's own send of the change and its read of the frame.
+    pub node_tick_to_write: Option<super::node::NodeQuantiles>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -293,6 +297,11 @@ pub struct DarkReport {
     /// `--cluster`: per node, the peer traffic, cross-node latency and the kill.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<super::cluster::ClusterOut>,
+}
+
+/// A bucket bound of the node's histograms, as "≤ 5" (ms).
+fn le_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"))
 }
 
 fn lat_row(s: &mut String, name: &str, l: &Latency) {
@@ -412,6 +421,17 @@ pub fn table(r: &DarkReport) -> String {
         p.target_ms
     );
     lat_row(&mut s, "change → receipt", &p.latency);
+    if let Some(q) = &p.node_tick_to_write {
+        let _ = writeln!(
+            s,
+            "  node's part (its presence_frame_delay_seconds: the frame's tick → written): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
+            q.count,
+            le_ms(q.p50_le_ms),
+            le_ms(q.p90_le_ms),
+            le_ms(q.p99_le_ms),
+            le_ms(q.p999_le_ms)
+        );
+    }
     let ch = &r.chat;
     if ch.enabled {
         if let Some(m) = &ch.disabled_message {
@@ -440,29 +460,25 @@ pub fn table(r: &DarkReport) -> String {
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
             if let Some(q) = &ch.node_send_to_sent {
-                let le =
-                    |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
                 let _ = writeln!(
                     s,
                     "  node's part of send → sent (its chat_send_seconds: accepted → sent queued, durable): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
                     q.count,
-                    le(q.p50_le_ms),
-                    le(q.p90_le_ms),
-                    le(q.p99_le_ms),
-                    le(q.p999_le_ms)
+                    le_ms(q.p50_le_ms),
+                    le_ms(q.p90_le_ms),
+                    le_ms(q.p99_le_ms),
+                    le_ms(q.p999_le_ms)
                 );
             }
             if let Some(q) = &ch.node_commit {
-                let le =
-                    |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
                 let _ = writeln!(
                     s,
                     "  node's group commit (its chat_commit_seconds): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
                     q.count,
-                    le(q.p50_le_ms),
-                    le(q.p90_le_ms),
-                    le(q.p99_le_ms),
-                    le(q.p999_le_ms)
+                    le_ms(q.p50_le_ms),
+                    le_ms(q.p90_le_ms),
+                    le_ms(q.p99_le_ms),
+                    le_ms(q.p999_le_ms)
                 );
             }
             if ch.node_sends > 0 && r.server.measured {
