@@ -39,6 +39,28 @@ pub mod tag {
                     s.serialize_str($wire)
                 }
             }
+
+            /// Only its own name: a frame read straight into its struct
+            /// ([`ServerMessage::parse`](super::ServerMessage::parse)) checks its type so.
+            impl<'de> serde::Deserialize<'de> for $name {
+                fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    struct V;
+                    impl serde::de::Visitor<'_> for V {
+                        type Value = $name;
+                        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                            f.write_str(concat!("\"", $wire, "\""))
+                        }
+                        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                            if v == $wire {
+                                Ok($name)
+                            } else {
+                                Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                            }
+                        }
+                    }
+                    d.deserialize_str(V)
+                }
+            }
         )*};
     }
     tags!(
@@ -140,7 +162,7 @@ pub struct Welcome<'a> {
     /// Extension: the tick this snapshot follows.
     #[serde(default)]
     pub tick: u64,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Welcome,
     pub user: Cow<'a, str>,
 }
@@ -149,7 +171,7 @@ pub struct Welcome<'a> {
 /// ([`presence_frame`]); this struct is the same frame, typed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Presence<'a> {
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Presence,
     pub tick: u64,
     pub changes: Vec<PresenceEntry<'a>>,
@@ -161,7 +183,7 @@ pub struct Sent<'a> {
     pub id: Cow<'a, str>,
     pub msg_id: MsgId,
     pub ts: u64,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Sent,
 }
 
@@ -190,7 +212,7 @@ pub struct Inbox<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<Cow<'a, str>>,
     pub ts: u64,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Inbox,
 }
 
@@ -200,7 +222,7 @@ pub struct Typing<'a> {
     pub from: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<Cow<'a, str>>,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Typing,
 }
 
@@ -208,7 +230,7 @@ pub struct Typing<'a> {
 /// owner's addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Error<'a> {
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub kind: tag::Error,
     pub code: ErrorCode,
     pub message: Cow<'a, str>,
@@ -242,7 +264,7 @@ pub struct Synced {
     pub after: u64,
     pub last: u64,
     pub more: bool,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::Synced,
 }
 
@@ -258,7 +280,7 @@ pub struct GroupCount<'a> {
 /// `group_counts` (v1.1): at most one a tick, for watched groups whose counts changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupCounts<'a> {
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::GroupCounts,
     pub tick: u64,
     pub groups: Vec<GroupCount<'a>>,
@@ -289,7 +311,7 @@ pub struct History<'a> {
     pub group: Option<Cow<'a, str>>,
     pub messages: Vec<HistoryMessage<'a>>,
     pub more: bool,
-    #[serde(rename = "type", skip_deserializing)]
+    #[serde(rename = "type", default)]
     pub tag: tag::History,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<Cow<'a, str>>,
@@ -319,9 +341,45 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     /// Parses one frame.
+    ///
+    /// A frame whose type is its first or last member, as the node writes them
+    /// (`{"type":"presence",…`, `{…,"type":"sent"}`), is read in one pass straight into its
+    /// struct, whose `type` field must then hold that name, once; any other frame goes through
+    /// the tagged enum, which first buffers the whole object to find its `type`. Both read
+    /// every frame to the same message or both refuse it (`tests/fuzz.rs` holds them to it).
     pub fn parse(frame: &[u8]) -> Result<ServerMessage, serde_json::Error> {
+        use serde_json::from_slice;
+        match frame_type(frame) {
+            Some(b"presence") => from_slice(frame).map(ServerMessage::Presence),
+            Some(b"group_counts") => from_slice(frame).map(ServerMessage::GroupCounts),
+            Some(b"inbox") => from_slice(frame).map(ServerMessage::Inbox),
+            Some(b"sent") => from_slice(frame).map(ServerMessage::Sent),
+            Some(b"typing") => from_slice(frame).map(ServerMessage::Typing),
+            Some(b"welcome") => from_slice(frame).map(ServerMessage::Welcome),
+            _ => Self::parse_tagged(frame),
+        }
+    }
+
+    /// Parses one frame through the tagged enum only: what [`ServerMessage::parse`] does for
+    /// frames that do not begin with their type, and the reference it is tested against.
+    pub fn parse_tagged(frame: &[u8]) -> Result<ServerMessage, serde_json::Error> {
         serde_json::from_slice(frame)
     }
+}
+
+/// The type of a frame that begins `{"type":"name",` or ends `,"type":"name"}` (an unescaped
+/// name): in a valid JSON object either is its top-level `type` (a nested object would end
+/// `}}`; quotes inside a string are escaped). A wrong guess on invalid JSON is refused by the
+/// parse it leads to.
+fn frame_type(frame: &[u8]) -> Option<&[u8]> {
+    if let Some(rest) = frame.strip_prefix(br#"{"type":""#) {
+        let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+        return (rest[end] == b'"').then(|| &rest[..end]);
+    }
+    let body = frame.strip_suffix(b"\"}")?;
+    let start = body.iter().rposition(|&b| b == b'"' || b == b'\\')?;
+    let name = &body[start + 1..];
+    (body[start] == b'"' && body[..start].ends_with(br#","type":"#)).then_some(name)
 }
 
 pub(crate) fn to_vec(v: &impl Serialize) -> Vec<u8> {
@@ -485,5 +543,50 @@ mod tests {
             Some(ServerMessage::Unknown)
         );
         assert!(ServerMessage::parse(b"{nope").is_err());
+    }
+
+    /// Frames where guessing the type from the first or last member could go wrong: `parse`
+    /// must read each as the tagged enum does.
+    #[test]
+    fn the_type_is_taken_only_from_the_top_level_type_member() {
+        let frames: &[&[u8]] = &[
+            // A value that is a type name, last: not the type.
+            br#"{"from":"a","type":"typing","group":"sent"}"#,
+            br#"{"from":"a","type":"typing","group":"inbox"}"#,
+            // A nested object's type last.
+            br#"{"type":"typing","from":"a","x":{"type":"sent"}}"#,
+            br#"{"from":"a","type":"typing","x":{"y":1,"type":"sent"}}"#,
+            // The type twice, or of another kind, or escaped.
+            br#"{"type":"sent","id":"c","msg_id":"0553540624800000","ts":1,"type":"sent"}"#,
+            br#"{"type":"sent","id":"c","msg_id":"0553540624800000","ts":1,"type":"inbox"}"#,
+            br#"{"id":"c","msg_id":"0553540624800000","ts":1,"type":"s\u0065nt"}"#,
+            br#"{"type":"s\u0065nt","id":"c","msg_id":"0553540624800000","ts":1}"#,
+            // A string holding what looks like a type member.
+            br#"{"from":"a","group":"\",\"type\":\"sent\"}","type":"typing"}"#,
+            br#"{"type":"presence","tick":1,"changes":[]} "#,
+            br#"{"type":"presence","tick":1,"changes":[]}"#,
+            br#"{"type":"presence"}"#,
+            br#"{"type":7}"#,
+            br#"{"type":"sent"}"#,
+        ];
+        for f in frames {
+            let (direct, tagged) = (ServerMessage::parse(f), ServerMessage::parse_tagged(f));
+            assert_eq!(
+                direct.as_ref().ok(),
+                tagged.as_ref().ok(),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
+            assert_eq!(
+                direct.is_ok(),
+                tagged.is_ok(),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
+        }
+        assert!(matches!(
+            ServerMessage::parse(frames[0]),
+            Ok(ServerMessage::Typing(_))
+        ));
     }
 }

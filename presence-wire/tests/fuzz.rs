@@ -703,6 +703,58 @@ fn unknown_server_types_are_ignored() {
     });
 }
 
+/// `parse` reads a frame whose type comes first or last straight into its struct; the tagged
+/// enum (`parse_tagged`) is the reference: the same message or both refuse, for well-formed,
+/// mutated (duplicated, cut, spliced) and arbitrary frames, and for frames with their `type`
+/// moved to the front, the back or the middle.
+#[test]
+fn the_direct_parse_reads_what_the_tagged_enum_reads() {
+    let moved = || {
+        server_frame().prop_map(|(f, _)| f).prop_flat_map(|f| {
+            (Just(f), 0usize..3).prop_map(|(f, at)| {
+                let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&f) else {
+                    return f;
+                };
+                let mut pairs: Vec<_> = m.into_iter().collect();
+                if let Some(i) = pairs.iter().position(|(k, _)| k == "type") {
+                    let t = pairs.remove(i);
+                    let to = [0, pairs.len(), pairs.len() / 2][at];
+                    pairs.insert(to, t);
+                }
+                let body: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+                    .collect();
+                format!("{{{}}}", body.join(",")).into_bytes()
+            })
+        })
+    };
+    let frames = prop_oneof![
+        3 => moved(),
+        4 => mutated(moved()),
+        1 => mutated(unknown_server_frame()),
+        1 => arbitrary_bytes(),
+    ];
+    fuzz(
+        "server direct parse",
+        4000,
+        1,
+        frames.prop_map(Frame),
+        |Frame(f)| {
+            let direct = ServerMessage::parse(&f);
+            let tagged = ServerMessage::parse_tagged(&f);
+            prop_assert!(
+                direct.as_ref().ok() == tagged.as_ref().ok() && direct.is_ok() == tagged.is_ok(),
+                "frame {:?}: parse {:?}, parse_tagged {:?}",
+                String::from_utf8_lossy(&f),
+                direct,
+                tagged
+            );
+            Ok(())
+        },
+    );
+}
+
 #[test]
 fn mutated_server_frames_never_panic() {
     let frames = prop_oneof![
