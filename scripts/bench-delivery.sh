@@ -12,7 +12,8 @@
 # receipt" row, send -> sent p99 the chat one. Reports go to $OUT (default bench-delivery/):
 # one JSON and one log a run, and summary.txt, which is also printed. About 7 minutes.
 #   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
-# NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph).
+# NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph);
+# SIM_BIN=path another simulator (the load generator) against the same node.
 # Everything shares the machine's cores: read CPU per unit of work, not the rates alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ fi
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(presence-25k presence-250k chat-5k chat-20k)
 node_bin=${NODE_BIN:-$target/release/presence-node}
+sim_bin=${SIM_BIN:-$target/release/simulator}
 common=(--graph "$graph" --node-bin "$node_bin" --duration "$duration"
   --peak-online 1.0 --workers 1 --max-sessions 15000 --source-ips 2 --quic-share 0 --seed 1)
 : > "$out/summary.txt"
@@ -41,7 +43,7 @@ for run in "${runs[@]}"; do
     *) echo "unknown run $run (presence-25k, presence-250k, chat-5k, chat-20k)" >&2; exit 2 ;;
   esac
   echo "== $run: simulator dark-launch ${common[*]} ${extra[*]}" >&2
-  "$target/release/simulator" --no-progress dark-launch "${common[@]}" "${extra[@]}" \
+  "$sim_bin" --no-progress dark-launch "${common[@]}" "${extra[@]}" \
     --json "$out/$run.json" > "$out/$run.log" 2>&1 || { tail -20 "$out/$run.log" >&2; exit 1; }
   {
     echo "== $run (${extra[*]})"

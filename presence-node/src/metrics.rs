@@ -332,6 +332,24 @@ const SEND_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.0, 5.0,
 ];
 
+/// How often histogram samples are folded into their buckets. The exporter keeps every
+/// sample recorded since the last fold; `install_recorder` leaves the folding to us, and
+/// without it a node nobody scrapes grows by 8 bytes a presence frame.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds `handle`'s histogram samples into their buckets every [`UPKEEP_EVERY`], for as long
+/// as the runtime runs.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 /// Installs the global recorder; returns the handle `/metrics` renders. Histograms get real
 /// buckets so they aggregate across nodes.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
