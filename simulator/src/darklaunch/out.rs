@@ -299,9 +299,18 @@ pub struct DarkReport {
     pub cluster: Option<super::cluster::ClusterOut>,
 }
 
-/// A bucket bound of the node's histograms, as "≤ 5" (ms).
-fn le_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"))
+/// A row of quantiles the node measured itself (bucket bounds, so "p99 ≤ 5 ms").
+fn node_row(s: &mut String, label: &str, q: &super::node::NodeQuantiles) {
+    let le = |v: Option<f64>| v.map_or_else(|| "> last bucket".into(), |v| format!("≤ {v}"));
+    let _ = writeln!(
+        s,
+        "  {label}: n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
+        q.count,
+        le(q.p50_le_ms),
+        le(q.p90_le_ms),
+        le(q.p99_le_ms),
+        le(q.p999_le_ms)
+    );
 }
 
 fn lat_row(s: &mut String, name: &str, l: &Latency) {
@@ -422,14 +431,10 @@ pub fn table(r: &DarkReport) -> String {
     );
     lat_row(&mut s, "change → receipt", &p.latency);
     if let Some(q) = &p.node_tick_to_write {
-        let _ = writeln!(
-            s,
-            "  node's part (its presence_frame_delay_seconds: the frame's tick → written): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
-            q.count,
-            le_ms(q.p50_le_ms),
-            le_ms(q.p90_le_ms),
-            le_ms(q.p99_le_ms),
-            le_ms(q.p999_le_ms)
+        node_row(
+            &mut s,
+            "node's part (its presence_frame_delay_seconds: the frame's tick → written)",
+            q,
         );
     }
     let ch = &r.chat;
@@ -460,26 +465,14 @@ pub fn table(r: &DarkReport) -> String {
             lat_row(&mut s, "send → sent", &ch.send_to_sent);
             lat_row(&mut s, "send → inbox", &ch.send_to_inbox);
             if let Some(q) = &ch.node_send_to_sent {
-                let _ = writeln!(
-                    s,
-                    "  node's part of send → sent (its chat_send_seconds: accepted → sent queued, durable): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
-                    q.count,
-                    le_ms(q.p50_le_ms),
-                    le_ms(q.p90_le_ms),
-                    le_ms(q.p99_le_ms),
-                    le_ms(q.p999_le_ms)
+                node_row(
+                    &mut s,
+                    "node's part of send → sent (its chat_send_seconds: accepted → sent queued, durable)",
+                    q,
                 );
             }
             if let Some(q) = &ch.node_commit {
-                let _ = writeln!(
-                    s,
-                    "  node's group commit (its chat_commit_seconds): n={}  p50 {}  p90 {}  p99 {}  p99.9 {} ms",
-                    q.count,
-                    le_ms(q.p50_le_ms),
-                    le_ms(q.p90_le_ms),
-                    le_ms(q.p99_le_ms),
-                    le_ms(q.p999_le_ms)
-                );
+                node_row(&mut s, "node's group commit (its chat_commit_seconds)", q);
             }
             if ch.node_sends > 0 && r.server.measured {
                 let per_send = |secs: f64| secs * 1e6 / ch.node_sends as f64;
