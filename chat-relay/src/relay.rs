@@ -341,24 +341,7 @@ impl Relay {
         store.dedupe_keys(&mut |k| {
             used_ids.insert(k);
         })?;
-        Ok(Self {
-            reader: Reader { store, limits },
-            ids,
-            heads: HashMap::new(),
-            pending: WriteBatch {
-                id: 1,
-                ..WriteBatch::default()
-            },
-            pending_msgs: HashMap::new(),
-            unsettled_acks: HashMap::new(),
-            pending_acks: 0,
-            unsettled_msgs: HashMap::new(),
-            unsettled_dedupe: HashMap::new(),
-            used_ids,
-            typing: HashMap::new(),
-            typing_floor: 1024,
-            shared: false,
-        })
+        Ok(Self::with(store, ids, limits, used_ids, false))
     }
 
     /// A relay over a store that other relays write too (a cluster's nodes on one
@@ -377,7 +360,20 @@ impl Relay {
         if let Some(last) = store.last_msg_id()? {
             ids.observe(last);
         }
-        Ok(Self {
+        // The store checks every send's client id in the commit: no filter to keep here.
+        let used_ids = BloomFilter::with_false_pos(0.01).expected_items(1);
+        Ok(Self::with(store, ids, limits, used_ids, true))
+    }
+
+    /// The state both constructors start from: nothing pending, nothing cached.
+    fn with(
+        store: Arc<dyn ChatStore>,
+        ids: IdGen,
+        limits: Limits,
+        used_ids: BloomFilter,
+        shared: bool,
+    ) -> Self {
+        Self {
             reader: Reader { store, limits },
             ids,
             heads: HashMap::new(),
@@ -390,11 +386,11 @@ impl Relay {
             pending_acks: 0,
             unsettled_msgs: HashMap::new(),
             unsettled_dedupe: HashMap::new(),
-            used_ids: BloomFilter::with_false_pos(0.01).expected_items(1),
+            used_ids,
             typing: HashMap::new(),
             typing_floor: 1024,
-            shared: true,
-        })
+            shared,
+        }
     }
 
     /// Whether other relays write this relay's store ([`Relay::shared`]).

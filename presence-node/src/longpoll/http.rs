@@ -232,12 +232,7 @@ pub async fn preflight(State(lp): State<Arc<LongPoll>>, headers: HeaderMap) -> R
 
 /// `POST /v1/lp/open`: a hello; the session's first frames (the welcome) as the answer.
 pub async fn open(State(lp): State<Arc<LongPoll>>, headers: HeaderMap, body: Body) -> Response {
-    let origin = match lp.origin(&headers) {
-        Ok(o) => o,
-        Err(r) => return finish(None, "open", r.into_response()),
-    };
-    let resp = open_inner(&lp, &headers, body).await;
-    finish(origin, "open", resp)
+    with_origin(&lp, &headers, "open", open_inner(&lp, &headers, body)).await
 }
 
 async fn open_inner(lp: &Arc<LongPoll>, headers: &HeaderMap, body: Body) -> Response {
@@ -320,12 +315,13 @@ pub async fn poll(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let origin = match lp.origin(&headers) {
-        Ok(o) => o,
-        Err(r) => return finish(None, "poll", r.into_response()),
-    };
-    let resp = poll_inner(&lp, &headers, q.as_deref()).await;
-    finish(origin, "poll", resp)
+    with_origin(
+        &lp,
+        &headers,
+        "poll",
+        poll_inner(&lp, &headers, q.as_deref()),
+    )
+    .await
 }
 
 async fn poll_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>) -> Response {
@@ -333,13 +329,10 @@ async fn poll_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>) -> Resp
         Ok(q) => q,
         Err(e) => return bad_body(&e),
     };
-    let s = match lp.session(&q.session, headers) {
+    let s = match live_session(lp, &q.session, headers) {
         Ok(s) => s,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
-    if let Some(body) = s.ended() {
-        return json(StatusCode::GONE, body);
-    }
     let n = match s.start_poll(q.cursor) {
         Ok(n) => n,
         Err(CursorError::Ahead { last }) => {
@@ -390,12 +383,13 @@ pub async fn send(
     RawQuery(q): RawQuery,
     body: Body,
 ) -> Response {
-    let origin = match lp.origin(&headers) {
-        Ok(o) => o,
-        Err(r) => return finish(None, "send", r.into_response()),
-    };
-    let resp = send_inner(&lp, &headers, q.as_deref(), body).await;
-    finish(origin, "send", resp)
+    with_origin(
+        &lp,
+        &headers,
+        "send",
+        send_inner(&lp, &headers, q.as_deref(), body),
+    )
+    .await
 }
 
 async fn send_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>, body: Body) -> Response {
@@ -403,13 +397,10 @@ async fn send_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>, body: B
         Ok(q) => q,
         Err(e) => return bad_body(&e),
     };
-    let s = match lp.session(&q.session, headers) {
+    let s = match live_session(lp, &q.session, headers) {
         Ok(s) => s,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
-    if let Some(body) = s.ended() {
-        return json(StatusCode::GONE, body);
-    }
     let bytes = match read_body(headers, body, body::MAX_SEND_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -438,6 +429,32 @@ async fn send_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>, body: B
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// Checks the request's origin, then runs `inner` (a future: a refused origin never runs it),
+/// and adds the CORS headers and the request's metric either way.
+async fn with_origin(
+    lp: &LongPoll,
+    headers: &HeaderMap,
+    endpoint: &'static str,
+    inner: impl std::future::Future<Output = Response>,
+) -> Response {
+    match lp.origin(headers) {
+        Ok(origin) => finish(origin, endpoint, inner.await),
+        Err(r) => finish(None, endpoint, r.into_response()),
+    }
+}
+
+/// The session `sid` names, if it has not ended: `404` for an unknown one, `410` with its
+/// ending for an ended one.
+fn live_session(lp: &LongPoll, sid: &str, headers: &HeaderMap) -> Result<Arc<Lp>, Box<Response>> {
+    let s = lp
+        .session(sid, headers)
+        .map_err(|r| Box::new(r.into_response()))?;
+    match s.ended() {
+        Some(body) => Err(Box::new(json(StatusCode::GONE, body))),
+        None => Ok(s),
+    }
+}
+
 fn gone(s: &Lp) -> Response {
     let body = s
         .ended()
@@ -451,12 +468,13 @@ pub async fn close(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let origin = match lp.origin(&headers) {
-        Ok(o) => o,
-        Err(r) => return finish(None, "close", r.into_response()),
-    };
-    let resp = close_inner(&lp, &headers, q.as_deref()).await;
-    finish(origin, "close", resp)
+    with_origin(
+        &lp,
+        &headers,
+        "close",
+        close_inner(&lp, &headers, q.as_deref()),
+    )
+    .await
 }
 
 async fn close_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>) -> Response {
@@ -464,13 +482,10 @@ async fn close_inner(lp: &LongPoll, headers: &HeaderMap, q: Option<&str>) -> Res
         Ok(q) => q,
         Err(e) => return bad_body(&e),
     };
-    let s = match lp.session(&q.session, headers) {
+    let s = match live_session(lp, &q.session, headers) {
         Ok(s) => s,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
-    if let Some(body) = s.ended() {
-        return json(StatusCode::GONE, body);
-    }
     let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     s.request_close();
     s.wait_ended(deadline)
