@@ -11,7 +11,7 @@
 # line are the figures; presence p99 is the "change -> receipt" row (the line under it, the
 # node's own part: its presence_frame_delay_seconds, tick -> frame written), send -> sent p99
 # the chat one. Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and
-# summary.txt, which is also printed. About 13 minutes.
+# summary.txt, which is also printed. About 10 minutes.
 #   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
 # NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph);
 # SIM_BIN=path another simulator (the load generator) against the same node.
