@@ -355,7 +355,6 @@ impl ServerMessage {
             Some(b"inbox") => from_slice(frame).map(ServerMessage::Inbox),
             Some(b"sent") => from_slice(frame).map(ServerMessage::Sent),
             Some(b"typing") => from_slice(frame).map(ServerMessage::Typing),
-            Some(b"welcome") => from_slice(frame).map(ServerMessage::Welcome),
             _ => Self::parse_tagged(frame),
         }
     }

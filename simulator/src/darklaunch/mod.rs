@@ -1571,7 +1571,7 @@ fn report(a: &DarkLaunchArgs, d: &mut Driver<'_>, run: RunFacts, stopped: Stoppe
     let mut probes = std::mem::take(&mut d.probes);
     probes.receipts = st.probe_receipts;
     probes.latency = lat(&st.probe_us);
-    probes.node_tick_to_write = node_measures.frame_delay.clone();
+    probes.node_tick_to_write = node_measures.frame_delay;
     let mut chat = std::mem::take(&mut d.chat);
     chat.acked = st.chat_sent;
     chat.inbox = st.chat_inbox;
