@@ -17,9 +17,10 @@
 //! In release, 2,000,000 cases of every property took about 4 minutes on the busy 2-core
 //! development machine.
 //!
-//! `FUZZ_CASES` sets the cases of every property. A failure prints the smallest input proptest
-//! shrank it to, and proptest saves its seed in `tests/fuzz.proptest-regressions` (commit it)
-//! to replay first from then on.
+//! `FUZZ_CASES` sets the cases of every property. Every run draws the same inputs (each
+//! property seeds from its name); a long run should explore: `PROPTEST_RNG_SEED=<a new
+//! number>`. A failure prints the smallest input proptest shrank it to, and proptest saves its
+//! seed in `tests/fuzz.proptest-regressions` (commit it) to replay first from then on.
 
 use std::fmt::Debug;
 

@@ -346,7 +346,12 @@ impl ServerMessage {
     /// (`{"type":"presence",…`, `{…,"type":"sent"}`), is read in one pass straight into its
     /// struct, whose `type` field must then hold that name, once; any other frame goes through
     /// the tagged enum, which first buffers the whole object to find its `type`. Both read
-    /// every frame to the same message or both refuse it (`tests/fuzz.rs` holds them to it).
+    /// every JSON frame to the same message or both refuse it (`tests/fuzz.rs` holds them to
+    /// it). One difference, on frames that are not JSON serde_json reads: the one-pass read
+    /// skips the members it does not know, as serde does for any struct, checking their
+    /// syntax but not their text, so invalid UTF-8, a lone surrogate escape or an
+    /// out-of-range number there is ignored with the member; the tagged enum decodes every
+    /// member and refuses such a frame.
     pub fn parse(frame: &[u8]) -> Result<ServerMessage, serde_json::Error> {
         use serde_json::from_slice;
         match frame_type(frame) {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
 
 // ---- the runner ------------------------------------------------------------------------------
 
@@ -34,6 +34,7 @@ pub fn fuzz<S>(
         .map_or(default_cases, |n| (n / weight).max(1));
     let config = Config {
         cases,
+        rng_seed: seed(name),
         source_file: Some(source),
         // Failing seeds go next to this file (tests/ has no lib.rs for the default to find).
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
@@ -54,6 +55,17 @@ pub fn fuzz<S>(
     );
     if let Err(e) = result {
         panic!("fuzz {name}: {e}");
+    }
+}
+
+/// The same inputs on every run, as CI needs: a seed of each property's own, from its name,
+/// unless `PROPTEST_RNG_SEED` sets one (for a long exploratory run: a new number each time).
+fn seed(name: &str) -> RngSeed {
+    match Config::default().rng_seed {
+        RngSeed::Random => RngSeed::Fixed(name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })),
+        set => set,
     }
 }
 
