@@ -6,12 +6,17 @@
 #   presence-250k  status probes at 5,000/s -> ~250,000 presence deliveries/s offered
 #   chat-5k        1:1 chat at 5,000 sends/s (probes at 20/s)
 #   chat-20k       1:1 chat at 20,000 sends/s
+#   floor          the baseline under the presence figures (simulator write-floor): 10,000
+#                  loopback TCP sockets taking ~14,000 and ~32,000 frames/s (the frame rates
+#                  of the two presence runs), by one write a frame from one thread, and by a
+#                  task a socket woken once a frame; its "CPU per frame" is what any
+#                  socket-per-session server pays here before its own code runs
 # Each report's "CPU per presence frame" line (the node's over the run's second half, once
 # every session is up; node and load generator over the whole run) and "CPU per durable send"
 # line are the figures; presence p99 is the "change -> receipt" row (the line under it, the
 # node's own part: its presence_frame_delay_seconds, tick -> frame written), send -> sent p99
 # the chat one. Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and
-# summary.txt, which is also printed. About 10 minutes.
+# summary.txt, which is also printed. About 12 minutes.
 #   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
 # NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph);
 # SIM_BIN=path another simulator (the load generator) against the same node.
@@ -29,19 +34,29 @@ if [ ! -f "$graph" ]; then
     --out "$graph" >&2
 fi
 runs=("$@")
-[ ${#runs[@]} -gt 0 ] || runs=(presence-25k presence-250k chat-5k chat-20k)
+[ ${#runs[@]} -gt 0 ] || runs=(presence-25k presence-250k floor chat-5k chat-20k)
 node_bin=${NODE_BIN:-$target/release/presence-node}
 sim_bin=${SIM_BIN:-$target/release/simulator}
 common=(--graph "$graph" --node-bin "$node_bin" --duration "$duration"
   --peak-online 1.0 --workers 1 --max-sessions 15000 --source-ips 2 --quic-share 0 --seed 1)
 : > "$out/summary.txt"
 for run in "${runs[@]}"; do
+  if [ "$run" = floor ]; then
+    echo "== floor" | tee -a "$out/summary.txt"
+    for rate in 14000 32000; do
+      for mode in write task; do
+        "$sim_bin" --no-progress write-floor --sessions 10000 --frame-rate "$rate" \
+          --duration 30s --mode "$mode" | tee -a "$out/summary.txt"
+      done
+    done
+    continue
+  fi
   case "$run" in
     presence-25k) extra=(--probe-rate 500) ;;
     presence-250k) extra=(--probe-rate 5000) ;;
     chat-5k) extra=(--probe-rate 20 --chat-rate 5000) ;;
     chat-20k) extra=(--probe-rate 20 --chat-rate 20000) ;;
-    *) echo "unknown run $run (presence-25k, presence-250k, chat-5k, chat-20k)" >&2; exit 2 ;;
+    *) echo "unknown run $run (presence-25k, presence-250k, floor, chat-5k, chat-20k)" >&2; exit 2 ;;
   esac
   echo "== $run: simulator dark-launch ${common[*]} ${extra[*]}" >&2
   "$sim_bin" --no-progress dark-launch "${common[@]}" "${extra[@]}" \

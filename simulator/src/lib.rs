@@ -19,6 +19,7 @@
 pub mod activity;
 pub mod clusterbench;
 pub mod darklaunch;
+pub mod floor;
 pub mod graphgen;
 pub mod hugepages;
 pub mod moonshot;

@@ -54,6 +54,17 @@ enum Cmd {
     /// Internal: a client host process of `dark-launch` (JSON lines on stdin/stdout).
     #[command(hide = true)]
     DarkLaunchWorker,
+    /// The floor under a presence frame's cost here: CPU per small frame written to many
+    /// loopback TCP sockets, by one thread or by a woken task a socket (a baseline for the node).
+    WriteFloor(simulator::floor::FloorArgs),
+    /// Internal: the reader process of `write-floor`.
+    #[command(hide = true)]
+    WriteFloorReader {
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        #[arg(long)]
+        sessions: u32,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -218,6 +229,10 @@ fn main() -> ExitCode {
         Cmd::ClusterBench(a) => simulator::clusterbench::main(a),
         Cmd::DarkLaunchWorker => {
             simulator::darklaunch::host::worker_main().map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::WriteFloor(a) => simulator::floor::run(&a).map(|()| ExitCode::SUCCESS),
+        Cmd::WriteFloorReader { addr, sessions } => {
+            simulator::floor::reader(addr, sessions).map(|()| ExitCode::SUCCESS)
         }
     };
     match result {

@@ -250,3 +250,36 @@ fn bad_input_is_refused_with_a_message() {
     );
     assert_refused(&["replay", "--graph", g, "--shards", "3"], "shards");
 }
+
+/// `write-floor` writes real frames to real loopback sockets, by both modes, and its reader
+/// process accounts for every byte (the run fails otherwise); its figures are per frame.
+#[test]
+fn write_floor_delivers_every_frame_in_both_modes() {
+    for mode in ["write", "task"] {
+        let o = sim(&[
+            "write-floor",
+            "--sessions",
+            "40",
+            "--frame-rate",
+            "400",
+            "--tick",
+            "50ms",
+            "--duration",
+            "500ms",
+            "--mode",
+            mode,
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{mode}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // 10 ticks of 20 frames, each 83 bytes.
+        assert!(
+            out.contains("200 frames of 83 bytes") && out.contains("all 16600 bytes read"),
+            "{mode}: {out}"
+        );
+        assert!(out.contains("CPU per frame: writer"), "{mode}: {out}");
+    }
+}
