@@ -13,9 +13,9 @@
 #                  socket-per-session server pays here before its own code runs
 # Each report's "CPU per presence frame" line (the node's over the run's second half, once
 # every session is up; node and load generator over the whole run) and "CPU per durable send"
-# line are the figures; presence p99 is the "change -> receipt" row (the line under it, the
-# node's own part: its presence_frame_delay_seconds, tick -> frame written), send -> sent p99
-# the chat one. Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and
+# line are the figures (the last lines put the presence ones over the floor); presence p99
+# is the "change -> receipt" row (the line under it, the node's own part: its
+# presence_frame_delay_seconds, tick -> frame written), send -> sent p99 the chat one. Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and
 # summary.txt, which is also printed. About 12 minutes.
 #   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
 # NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph);
@@ -46,7 +46,8 @@ for run in "${runs[@]}"; do
     for rate in 14000 32000; do
       for mode in write task; do
         "$sim_bin" --no-progress write-floor --sessions 10000 --frame-rate "$rate" \
-          --duration 30s --mode "$mode" | tee -a "$out/summary.txt"
+          --duration 30s --mode "$mode" | tee "$out/floor-$rate-$mode.txt" >> "$out/summary.txt"
+        cat "$out/floor-$rate-$mode.txt"
       done
     done
     continue
@@ -66,3 +67,19 @@ for run in "${runs[@]}"; do
     grep -E '^throughput:|CPU per presence frame|change → receipt|node.s part \(its presence|send → sent|CPU per durable send|^chat:|^node process:|^driver processes' "$out/$run.log" || true
   } | tee -a "$out/summary.txt"
 done
+# Each presence run's node CPU a frame against the floor at its frame rate, when both ran.
+ratio() { # presence run, floor rate
+  local node write task
+  [[ " ${runs[*]} " == *" $1 "* ]] || return 0
+  node=$(grep -oP 'CPU per presence frame: node \K[0-9.]+' "$out/$1.log" 2>/dev/null) || return 0
+  write=$(grep -oP 'writer \K[0-9.]+' "$out/floor-$2-write.txt" 2>/dev/null) || return 0
+  task=$(grep -oP 'writer \K[0-9.]+' "$out/floor-$2-task.txt" 2>/dev/null) || return 0
+  awk -v r="$1" -v n="$node" -v w="$write" -v t="$task" 'BEGIN { printf "%s: node %.1f µs a \
+frame = %.2f× the one-write floor (%.1f µs), %.2f× the woken-task floor (%.1f µs)\n", r, n, \
+n / w, w, n / t, t }' | tee -a "$out/summary.txt"
+}
+if [[ " ${runs[*]} " == *" floor "* && " ${runs[*]} " == *" presence-"* ]]; then
+  echo "== node ÷ floor (CPU a frame)" | tee -a "$out/summary.txt"
+  ratio presence-25k 14000
+  ratio presence-250k 32000
+fi
