@@ -335,11 +335,11 @@ const SEND_BUCKETS: &[f64] = &[
 /// How often histogram samples are folded into their buckets. The exporter keeps every
 /// sample recorded since the last fold; `install_recorder` leaves the folding to us, and
 /// without it a node nobody scrapes grows by 8 bytes a presence frame.
-pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Folds `handle`'s histogram samples into their buckets every [`UPKEEP_EVERY`], for as long
 /// as the runtime runs.
-pub fn spawn_upkeep(handle: PrometheusHandle) {
+fn spawn_upkeep(handle: PrometheusHandle) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -351,7 +351,8 @@ pub fn spawn_upkeep(handle: PrometheusHandle) {
 }
 
 /// Installs the global recorder; returns the handle `/metrics` renders. Histograms get real
-/// buckets so they aggregate across nodes.
+/// buckets so they aggregate across nodes. Also starts the task that folds their samples
+/// (so it must run inside the node's tokio runtime): without it they pile up unscraped.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(TICK_SECONDS.to_owned()), LATENCY_BUCKETS)?
@@ -376,5 +377,6 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
             Kind::Histogram => describe_histogram!(name, help),
         }
     }
+    spawn_upkeep(handle.clone());
     Ok(handle)
 }

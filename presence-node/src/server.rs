@@ -40,7 +40,6 @@ pub async fn serve(mut cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
 
     let metrics = crate::metrics::install()?;
-    crate::metrics::spawn_upkeep(metrics.clone());
     let secret = secret.into_bytes();
     // With a webhook URL: the queue's sender goes to the node (its delivery thread hands the
     // service's undelivered events over), its receiver and the URL to the task started below.
