@@ -813,92 +813,62 @@ fn the_direct_parse_ignores_unreadable_text_only_in_members_it_skips() {
 }
 
 /// A JSON value with every object member that serde_json cannot decode left out, at any depth
-/// (array elements are all kept: a struct reads each of them), found by syntax alone: strings,
-/// escapes and nesting are followed but their text is not decoded, so invalid UTF-8 does not
-/// stop it. `None` if the bytes are not one value of that shape.
-fn without_unreadable_members(v: &[u8]) -> Option<Vec<u8>> {
-    const WS: &[u8] = b" \t\n\r";
-    let ws = |f: &[u8], mut i: usize| {
-        while f.get(i).is_some_and(|b| WS.contains(b)) {
-            i += 1;
-        }
-        i
-    };
-    // The index just past the string that opens at `i`.
-    let string_end = |f: &[u8], mut i: usize| -> Option<usize> {
-        i += 1;
-        loop {
-            match *f.get(i)? {
-                b'"' => return Some(i + 1),
-                b'\\' => i += 2,
-                _ => i += 1,
-            }
-        }
-    };
-    // The index just past the value that opens at `i`: a string, an array or object (to its
-    // matching close), or a scalar (to the next separator).
-    let value_end = |f: &[u8], mut i: usize| -> Option<usize> {
-        let mut depth = 0usize;
-        loop {
-            // A scalar may end with the bytes.
-            let Some(&b) = f.get(i) else {
-                return (depth == 0).then_some(i);
-            };
-            match b {
-                b'"' => i = string_end(f, i)?,
-                b'{' | b'[' => {
-                    depth += 1;
-                    i += 1;
+/// (array elements are all kept: a struct reads each of them); `None` if it is not one value.
+/// serde_json's `RawValue` splits it, and like the one-pass read it checks the syntax of what it
+/// holds but not its text. Invalid UTF-8 can stand only inside such text here (the one-pass read
+/// decoded every other string), so it is replaced first, which keeps those members unreadable.
+fn without_unreadable_members(frame: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
+
+    /// An object's members in their order, duplicates kept.
+    struct Members(Vec<(String, Box<RawValue>)>);
+    impl<'de> serde::Deserialize<'de> for Members {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
                 }
-                b'}' | b']' if depth > 0 => {
-                    depth -= 1;
-                    i += 1;
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Members, A::Error> {
+                    let mut members = Vec::new();
+                    while let Some(member) = m.next_entry()? {
+                        members.push(member);
+                    }
+                    Ok(Members(members))
                 }
-                b',' | b'}' | b']' if depth == 0 => return Some(i),
-                _ if depth == 0 && WS.contains(&b) => return Some(i),
-                _ => i += 1,
             }
-            if depth == 0 && matches!(b, b'"' | b'}' | b']') {
-                return Some(i);
-            }
-        }
-    };
-    let decodes = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).is_ok();
-    let start = ws(v, 0);
-    let (open, close) = match v.get(start) {
-        Some(b'{') => (b'{', b'}'),
-        Some(b'[') => (b'[', b']'),
-        _ => return (ws(v, value_end(v, start)?) == v.len()).then(|| v.to_vec()),
-    };
-    let mut kept: Vec<Vec<u8>> = Vec::new();
-    let mut i = ws(v, start + 1);
-    if v.get(i) != Some(&close) {
-        loop {
-            let mut key: &[u8] = b"";
-            if open == b'{' {
-                (v.get(i) == Some(&b'"')).then_some(())?;
-                let key_end = string_end(v, i)?;
-                key = &v[i..key_end];
-                i = ws(v, key_end);
-                (v.get(i) == Some(&b':')).then_some(())?;
-                i = ws(v, i + 1);
-            }
-            let end = value_end(v, i)?;
-            let value = without_unreadable_members(&v[i..end])?;
-            if open == b'[' {
-                kept.push(value);
-            } else if serde_json::from_slice::<String>(key).is_ok() && decodes(&value) {
-                kept.push([key, b":", &value].concat());
-            }
-            i = ws(v, end);
-            match *v.get(i)? {
-                b',' => i = ws(v, i + 1),
-                b if b == close => break,
-                _ => return None,
-            }
+            d.deserialize_map(Visit)
         }
     }
-    (ws(v, i + 1) == v.len()).then(|| [&[open][..], &kept.join(&b','), &[close]].concat())
+
+    fn readable(raw: &RawValue) -> Option<String> {
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                let mut kept = Vec::new();
+                for (key, value) in serde_json::from_str::<Members>(text).ok()?.0 {
+                    let value = readable(&value)?;
+                    if serde_json::from_str::<serde_json::Value>(&value).is_ok() {
+                        kept.push(format!("{}:{value}", serde_json::to_string(&key).ok()?));
+                    }
+                }
+                Some(format!("{{{}}}", kept.join(",")))
+            }
+            Some(b'[') => {
+                let items = serde_json::from_str::<Vec<Box<RawValue>>>(text).ok()?;
+                let items: Option<Vec<String>> = items.iter().map(|v| readable(v)).collect();
+                Some(format!("[{}]", items?.join(",")))
+            }
+            _ => Some(text.to_owned()),
+        }
+    }
+
+    let raw = serde_json::from_str::<Box<RawValue>>(&String::from_utf8_lossy(frame)).ok()?;
+    readable(&raw).map(String::into_bytes)
 }
 
 #[test]
