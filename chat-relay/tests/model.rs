@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test here
 
 mod common;
+#[path = "../../presence-wire/tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -279,11 +281,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: 48,
         failure_persistence: None,
-        // The same cases on every run unless PROPTEST_RNG_SEED sets another seed.
-        rng_seed: match ProptestConfig::default().rng_seed {
-            proptest::test_runner::RngSeed::Random => proptest::test_runner::RngSeed::Fixed(0x5eed_c4a7),
-            set => set,
-        },
+        rng_seed: support::fixed_seed(0x5eed_c4a7),
         ..ProptestConfig::default()
     })]
 

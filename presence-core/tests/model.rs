@@ -41,7 +41,10 @@ use presence_core::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config as RunnerConfig, RngSeed, TestCaseError};
+use proptest::test_runner::{Config as RunnerConfig, TestCaseError};
+
+#[path = "../../presence-wire/tests/support/mod.rs"]
+mod support;
 
 const USERS: u8 = 24;
 const DEVICES: u8 = 3;
@@ -1290,11 +1293,7 @@ fn runner_config() -> RunnerConfig {
         // persisting it next to the source.
         failure_persistence: None,
         max_shrink_iters: 20_000,
-        // The same cases on every run unless PROPTEST_RNG_SEED sets another seed.
-        rng_seed: match RunnerConfig::default().rng_seed {
-            RngSeed::Random => RngSeed::Fixed(0x5eed_c0de),
-            set => set,
-        },
+        rng_seed: support::fixed_seed(0x5eed_c0de),
         ..RunnerConfig::default()
     }
 }

@@ -1,6 +1,7 @@
-//! What both fuzz files share (this one and `presence-node/tests/fuzz.rs`, which includes it
-//! by path): the runner with its `FUZZ_CASES` override, count and timing, and the generators
-//! of text that JSON writers get wrong.
+//! What the property tests share (presence-wire's fuzz file; presence-node's, presence-peer's
+//! and the presence-core and chat-relay models include it by path): the seed, the fuzz runner
+//! with its `FUZZ_CASES` override, count and timing, and the generators of text that JSON
+//! writers get wrong.
 #![allow(dead_code)]
 
 use std::cell::Cell;
@@ -58,15 +59,21 @@ pub fn fuzz<S>(
     }
 }
 
-/// The same inputs on every run, as CI needs: a seed of each property's own, from its name,
-/// unless `PROPTEST_RNG_SEED` sets one (for a long exploratory run: a new number each time).
-fn seed(name: &str) -> RngSeed {
+/// The seed every property test here runs with: `default`, so each run draws the same inputs
+/// as CI needs, unless `PROPTEST_RNG_SEED` sets one (for a long exploratory run: a new number
+/// each time). The model tests of presence-core and chat-relay include this file for it.
+pub fn fixed_seed(default: u64) -> RngSeed {
     match Config::default().rng_seed {
-        RngSeed::Random => RngSeed::Fixed(name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })),
+        RngSeed::Random => RngSeed::Fixed(default),
         set => set,
     }
+}
+
+/// A fuzz property's [`fixed_seed`]: its own, from its name.
+fn seed(name: &str) -> RngSeed {
+    fixed_seed(name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }))
 }
 
 /// Bytes that print as a byte string when a property fails.
