@@ -17,7 +17,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -91,6 +91,18 @@ pub fn run(a: &FloorArgs) -> Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the reader process")?;
+    let result = measure(a, &listener, &mut reader);
+    if result.is_err() {
+        // Don't leave the reader waiting on connections that will never end.
+        let _ = reader.kill();
+        let _ = reader.wait();
+    }
+    result
+}
+
+/// Accepts the reader's connections, writes for `a.duration`, checks every byte arrived and
+/// prints the figures.
+fn measure(a: &FloorArgs, listener: &TcpListener, reader: &mut Child) -> Result<()> {
     let mut socks = Vec::with_capacity(a.sessions as usize);
     for _ in 0..a.sessions {
         let (s, _) = listener
