@@ -14,12 +14,22 @@
 //!
 //! Every push, close and ping gives the outbox's [`Wakeup`] its permit; the session task awaits
 //! `outbox.wakeup.notified()` and then takes everything at once.
+//!
+//! **Pacing.** The tick's entries come through [`Outbox::push_paced`]: a session is woken for
+//! presence at most once every `every` ticks. Entries that come sooner are *held*: merged as
+//! above, not taken (a wakeup for chat leaves them), until [`Outbox::release`] at the due tick,
+//! which the registry calls. So with engine ticks a fraction of the batching period, a session
+//! still gets one presence frame a period at most, an isolated change leaves at the next
+//! engine tick, and the sessions' frames spread over the period instead of all leaving at once.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
 use crate::sync::{Mutex, Wakeup};
+
+/// Entries a tick merges into what waits one by one, in place; more go through [`merge`].
+const SMALL_MERGE: usize = 8;
 
 /// Inbox entries held for a session before it is marked lagging.
 pub const CHAT_QUEUE_MAX: usize = 1024;
@@ -58,6 +68,21 @@ struct Inner {
     inbox_cap: u32,
     lagging: bool,
     ping: bool,
+    /// Presence is waiting for [`Outbox::release`]: not taken, no wakeup.
+    held: bool,
+    /// The first tick a paced push may wake the session at (one `every` after the last paced
+    /// wakeup).
+    free_at: u64,
+}
+
+/// What [`Outbox::push_paced`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paced {
+    /// Merged into entries the client had not taken yet.
+    pub merged: bool,
+    /// Held: call [`Outbox::release`] at this tick (`None` if woken now, or already held,
+    /// whose release is already due).
+    pub release_at: Option<u64>,
 }
 
 /// What the session task takes from its outbox.
@@ -103,31 +128,56 @@ impl Outbox {
 
     /// Queues one tick's entries (any order); returns true if they were merged into a frame the
     /// client had not taken yet.
-    pub fn push(&self, tick: u64, mut items: Vec<(u32, Bytes)>) -> bool {
-        items.sort_unstable_by_key(|(u, _)| *u);
+    /// Unpaced: a snapshot (a welcome's, a new focus's) leaves at once, with whatever is held.
+    pub fn push(&self, tick: u64, items: Vec<(u32, Bytes)>) -> bool {
         let merged = {
             let mut inner = self.inner.lock();
-            // A snapshot pushed between ticks carries the tick it was read at, which may be
-            // behind the tick of entries already waiting.
-            let (newest, merging) = (inner.tick.max(tick), !inner.pending.is_empty());
-            let since = if merging {
-                inner.tick.saturating_sub(u64::from(inner.behind)).min(tick)
-            } else {
-                tick
-            };
-            inner.behind = u32::try_from(newest - since).unwrap_or(u32::MAX);
-            inner.tick = newest;
-            if !merging {
-                inner.pending = items;
-                false
-            } else {
-                let old = std::mem::take(&mut inner.pending);
-                inner.pending = merge(old, items);
-                true
-            }
+            inner.held = false;
+            inner.queue(tick, items)
         };
         self.wakeup.notify();
         merged
+    }
+
+    /// Queues one tick's entries (any order), waking the session only if its last paced
+    /// wakeup is at least `every` ticks old; otherwise the entries are held (merged with what
+    /// waits) until [`Outbox::release`]. `every` 1 wakes on every push, as [`Outbox::push`].
+    #[must_use]
+    pub fn push_paced(&self, tick: u64, items: Vec<(u32, Bytes)>, every: u64) -> Paced {
+        let (merged, release_at, wake) = {
+            let mut inner = self.inner.lock();
+            let merged = inner.queue(tick, items);
+            if inner.held {
+                (merged, None, false)
+            } else if tick >= inner.free_at {
+                inner.free_at = tick.saturating_add(every);
+                (merged, None, true)
+            } else {
+                inner.held = true;
+                (merged, Some(inner.free_at), false)
+            }
+        };
+        if wake {
+            self.wakeup.notify();
+        }
+        Paced { merged, release_at }
+    }
+
+    /// Ends a hold at tick `tick`, a paced wakeup (the next free tick is `every` later): the
+    /// session is woken for what waits. Does nothing if nothing is held (an unpaced push ended
+    /// the hold).
+    pub fn release(&self, tick: u64, every: u64) {
+        let wake = {
+            let mut inner = self.inner.lock();
+            let held = std::mem::take(&mut inner.held);
+            if held {
+                inner.free_at = tick.saturating_add(every);
+            }
+            held && !inner.pending.is_empty()
+        };
+        if wake {
+            self.wakeup.notify();
+        }
     }
 
     /// Asks the session to ping its client.
@@ -174,13 +224,16 @@ impl Outbox {
         self.wakeup.notify();
     }
 
-    /// Everything waiting, at once (a close stays: every later take reports it too).
+    /// Everything waiting, at once, but held presence (a close stays: every later take
+    /// reports it too).
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
-        let presence =
-            (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
+        let presence = (!inner.pending.is_empty() && !inner.held)
+            .then(|| (inner.tick, std::mem::take(&mut inner.pending)));
         let presence_since = inner.tick.saturating_sub(u64::from(inner.behind));
-        inner.behind = 0;
+        if presence.is_some() {
+            inner.behind = 0;
+        }
         inner.inbox_queued = 0;
         Taken {
             presence,
@@ -201,6 +254,39 @@ impl Outbox {
     /// Entries waiting to be written.
     pub fn pending_len(&self) -> usize {
         self.inner.lock().pending.len()
+    }
+}
+
+impl Inner {
+    /// Adds one tick's entries to what waits; true if merged into entries not taken yet.
+    fn queue(&mut self, tick: u64, mut items: Vec<(u32, Bytes)>) -> bool {
+        items.sort_unstable_by_key(|(u, _)| *u);
+        // A snapshot pushed between ticks carries the tick it was read at, which may be
+        // behind the tick of entries already waiting.
+        let (newest, merging) = (self.tick.max(tick), !self.pending.is_empty());
+        let since = if merging {
+            self.tick.saturating_sub(u64::from(self.behind)).min(tick)
+        } else {
+            tick
+        };
+        self.behind = u32::try_from(newest - since).unwrap_or(u32::MAX);
+        self.tick = newest;
+        if merging && items.len() <= SMALL_MERGE {
+            // The common merge, a held session's next tick: a few entries into a short list,
+            // in place (no new list a tick).
+            for item in items {
+                match self.pending.binary_search_by_key(&item.0, |e| e.0) {
+                    Ok(i) => self.pending[i] = item,
+                    Err(i) => self.pending.insert(i, item),
+                }
+            }
+        } else if merging {
+            let old = std::mem::take(&mut self.pending);
+            self.pending = merge(old, items);
+        } else {
+            self.pending = items;
+        }
+        merging
     }
 }
 
@@ -260,6 +346,29 @@ mod tests {
     }
 
     #[test]
+    fn small_merges_in_place_equal_the_list_merge() {
+        // Pending lists and ticks of every size around the in-place bound, keys overlapping.
+        for n in [0usize, 1, 3, 20] {
+            for m in [1usize, 2, SMALL_MERGE, SMALL_MERGE + 1, 30] {
+                let o = Outbox::default();
+                let old: Vec<(u32, Bytes)> = (0..n as u32)
+                    .map(|u| (u * 2, Bytes::from(format!("old{u}"))))
+                    .collect();
+                let new: Vec<(u32, Bytes)> = (0..m as u32)
+                    .rev()
+                    .map(|u| (u * 3, Bytes::from(format!("new{u}"))))
+                    .collect();
+                let _ = o.push(1, old.clone());
+                let _ = o.push(2, new.clone());
+                let mut sorted = new;
+                sorted.sort_unstable_by_key(|e| e.0);
+                let want = if n == 0 { sorted } else { merge(old, sorted) };
+                assert_eq!(o.take().presence, Some((2, want)), "n={n} m={m}");
+            }
+        }
+    }
+
+    #[test]
     fn a_snapshot_behind_the_pending_tick_is_the_oldest() {
         let o = Outbox::default();
         assert!(!o.push(7, vec![e(1, "a1")]));
@@ -268,6 +377,79 @@ mod tests {
         let taken = o.take();
         assert_eq!(taken.presence.expect("pending").0, 7);
         assert_eq!(taken.presence_since, 5);
+    }
+
+    #[test]
+    fn paced_pushes_wake_once_an_interval_and_hold_the_rest() {
+        let o = Outbox::default();
+        let p = o.push_paced(1, vec![e(1, "a1")], 4);
+        assert_eq!(
+            p,
+            Paced {
+                merged: false,
+                release_at: None
+            },
+            "the first wakes at once"
+        );
+        assert!(o.wakeup.try_take());
+        assert!(o.take().presence.is_some());
+        // Ticks 2..4 are within 4 ticks of the wakeup at 1: held until 5.
+        let p = o.push_paced(2, vec![e(2, "b2")], 4);
+        assert_eq!(p.release_at, Some(5));
+        assert!(!o.wakeup.try_take(), "held: no wakeup");
+        let p = o.push_paced(3, vec![e(2, "c2"), e(3, "c3")], 4);
+        assert_eq!(
+            p,
+            Paced {
+                merged: true,
+                release_at: None
+            },
+            "already held"
+        );
+        o.push_chat(ChatItem::Frame(Bytes::from_static(b"sent")));
+        assert!(o.wakeup.try_take());
+        let t = o.take();
+        assert!(t.presence.is_none(), "a chat wakeup leaves held presence");
+        assert_eq!(t.chat.len(), 1);
+        o.release(5, 4);
+        assert!(o.wakeup.try_take(), "the release wakes");
+        let t = o.take();
+        assert_eq!(t.presence, Some((3, vec![e(2, "c2"), e(3, "c3")])));
+        assert_eq!(t.presence_since, 2, "the held frame waited since tick 2");
+        // The release was a paced wakeup: tick 9 is the next free one.
+        assert_eq!(o.push_paced(8, vec![e(1, "d1")], 4).release_at, Some(9));
+        o.release(9, 4);
+        assert!(o.wakeup.try_take());
+        assert!(o.take().presence.is_some());
+        // Quiet for longer than the interval: the next push wakes at once.
+        assert_eq!(o.push_paced(20, vec![e(1, "f1")], 4).release_at, None);
+        assert!(o.wakeup.try_take());
+    }
+
+    #[test]
+    fn an_unpaced_push_ends_a_hold() {
+        let o = Outbox::default();
+        let _ = o.push_paced(1, vec![e(1, "a1")], 4);
+        let _ = o.take();
+        assert_eq!(o.push_paced(2, vec![e(2, "b2")], 4).release_at, Some(5));
+        // A snapshot (a new focus) leaves at once, with what was held.
+        o.push(2, vec![e(3, "s3")]);
+        assert!(o.wakeup.try_take());
+        assert_eq!(o.take().presence, Some((2, vec![e(2, "b2"), e(3, "s3")])));
+        o.release(5, 4);
+        assert!(
+            !o.wakeup.try_take(),
+            "nothing held any more: the release does nothing"
+        );
+    }
+
+    #[test]
+    fn pacing_every_tick_is_the_unpaced_push() {
+        let o = Outbox::default();
+        for t in 1..10 {
+            assert_eq!(o.push_paced(t, vec![e(1, "x")], 1).release_at, None);
+            assert!(o.wakeup.try_take());
+        }
     }
 
     #[test]
@@ -340,10 +522,10 @@ mod tests {
     }
 
     /// An idle session holds one outbox; the node's target is 4 KiB of user space a session.
-    /// 120 bytes (88 of state behind the mutex, 32 of [`Wakeup`]), as it was with tokio's
-    /// `Notify`.
+    /// 128 bytes (96 of state behind the mutex, 32 of [`Wakeup`]): 120 as it was with tokio's
+    /// `Notify`, and 8 more for pacing's next free tick.
     #[test]
     fn stays_small() {
-        assert!(size_of::<Outbox>() <= 120, "{} bytes", size_of::<Outbox>());
+        assert!(size_of::<Outbox>() <= 128, "{} bytes", size_of::<Outbox>());
     }
 }

@@ -7,7 +7,7 @@
 //! first (and its batch is at or before the welcome's tick) or sees the session, so a session
 //! is handed exactly the batches after its welcome.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -127,17 +127,24 @@ pub struct HandOut {
     pub handed: usize,
     /// Frames merged into one the session had not taken yet.
     pub merges: u64,
+    /// Sessions whose entries were held this tick (woken less than the interval ago).
+    pub held: u64,
+    /// Sessions woken this tick for entries held before.
+    pub released: u64,
 }
 
 /// The sessions of every user with one.
 pub struct Registry {
     stripes: Box<[Mutex<Stripe>]>,
+    /// Held outboxes by the tick of their release (see [`Outbox::push_paced`]).
+    due: Mutex<BTreeMap<u64, Vec<Arc<SessionHandle>>>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
             stripes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            due: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -171,14 +178,18 @@ impl Registry {
 
     /// Hands one tick's batch to the sessions: each watcher's diff to the outboxes of its
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
-    /// watcher), and a close to the sessions the heartbeat timeout expired.
+    /// watcher), paced to one presence wakeup a session every `every` ticks (entries that
+    /// come sooner wait in the outbox and leave at the session's next free tick); and a close
+    /// to the sessions the heartbeat timeout expired.
     pub fn hand_out(
         &self,
         batch: &Batch,
         rendered: &[Bytes],
         friends: impl Fn(u32, u32) -> bool,
+        every: u64,
     ) -> HandOut {
         let mut out = HandOut::default();
+        let mut held = Vec::new();
         for (watcher, items) in batch.diffs() {
             let stripe = self.lock(watcher.0);
             let Some(list) = stripe.get(&watcher.0) else {
@@ -212,9 +223,15 @@ impl Registry {
                     continue;
                 }
                 out.handed += entries.len();
-                out.merges += u64::from(h.outbox.push(batch.tick, entries));
+                let paced = h.outbox.push_paced(batch.tick, entries, every);
+                out.merges += u64::from(paced.merged);
+                if let Some(at) = paced.release_at {
+                    held.push((at, h.clone()));
+                }
             }
         }
+        out.held = held.len() as u64;
+        out.released = self.release_due(batch.tick, held, every);
         for sid in &batch.expired {
             let stripe = self.lock(sid.user);
             if let Some(h) = stripe
@@ -225,6 +242,25 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// Files the sessions held this tick and wakes those due by `tick` (an engine tick can be
+    /// skipped by no number: each hand-out's tick is the last plus one).
+    fn release_due(&self, tick: u64, held: Vec<(u64, Arc<SessionHandle>)>, every: u64) -> u64 {
+        let ready = {
+            let mut due = self.due.lock();
+            for (at, h) in held {
+                due.entry(at).or_default().push(h);
+            }
+            let later = due.split_off(&(tick + 1));
+            std::mem::replace(&mut *due, later)
+        };
+        let mut released = 0;
+        for h in ready.into_values().flatten() {
+            h.outbox.release(tick, every);
+            released += 1;
+        }
+        released
     }
 
     /// Runs `f` on `user`'s live sessions under its stripe lock: no hand-out to them runs

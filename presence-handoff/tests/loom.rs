@@ -127,6 +127,72 @@ fn tick_pushes_race_the_session_task() {
     ]);
 }
 
+/// Pacing: the tick pushes tick 1 (a wakeup), holds tick 2 and releases it at tick 5, while
+/// a chat frame arrives from the delivery thread and the session's task takes whenever it is
+/// woken. Held entries are never taken before their release (one presence frame an interval),
+/// and never left without a wakeup once released.
+#[test]
+fn paced_pushes_race_a_chat_wakeup_and_the_session_task() {
+    static SEEN: Seen<2> = Seen::new();
+    explore(
+        "paced_pushes_race_a_chat_wakeup_and_the_session_task",
+        || {
+            let outbox = Arc::new(Outbox::default());
+            let released = Arc::new(AtomicU64::new(0));
+            let (o, r) = (outbox.clone(), released.clone());
+            let tick = thread::spawn(move || {
+                assert_eq!(o.push_paced(1, vec![entry(1, "1:1")], 4).release_at, None);
+                assert_eq!(
+                    o.push_paced(2, vec![entry(1, "2:1")], 4).release_at,
+                    Some(5)
+                );
+                r.store(1, Ordering::Release);
+                o.release(5, 4);
+            });
+            let o = outbox.clone();
+            let chat = thread::spawn(move || {
+                o.push_chat(ChatItem::Frame(Bytes::from_static(b"sent")));
+            });
+            let (o, r) = (outbox.clone(), released.clone());
+            let session = thread::spawn(move || {
+                loom::future::block_on(o.wakeup.notified());
+                let taken = o.take().presence.map(|(tick, _)| tick);
+                // Tick 2 is held until the release (which the tick announces just before): taking
+                // it before would be a second presence frame within the interval.
+                assert!(
+                    taken != Some(2) || r.load(Ordering::Acquire) == 1,
+                    "held entries taken early"
+                );
+                taken
+            });
+            let mut frames: Vec<u64> = session.join().expect("join").into_iter().collect();
+            tick.join().expect("join");
+            chat.join().expect("join");
+            // Everything is done: what is left must come with a wakeup.
+            if let Some((tick, _)) = outbox.take().presence {
+                assert!(
+                    outbox.wakeup.try_take(),
+                    "released entries left with no wakeup"
+                );
+                frames.push(tick);
+                SEEN.saw(0);
+            } else {
+                SEEN.saw(1);
+            }
+            assert_eq!(
+                frames.last(),
+                Some(&2),
+                "the held tick was lost: {frames:?}"
+            );
+            assert!(frames.is_sorted(), "frames out of order: {frames:?}");
+        },
+    );
+    SEEN.all(&[
+        "the session's wakeup came before the release",
+        "the session took the released entries itself",
+    ]);
+}
+
 /// The delivery thread pushes a user's inbox entries 1..=4 in seq order, each after its commit,
 /// into an outbox that holds 2, while the session's task takes twice (and once more at the
 /// end), reading back from the store what a gap or the `lagging` flag says it missed, as
@@ -255,7 +321,7 @@ fn a_session_registering_races_the_tick() {
                 .into_iter()
                 .map(|now| {
                     let batch = e1.tick(now);
-                    let handed = r1.hand_out(&batch, &render(&batch), |_, _| true).handed;
+                    let handed = r1.hand_out(&batch, &render(&batch), |_, _| true, 1).handed;
                     (batch, handed)
                 })
                 .collect::<Vec<_>>()
