@@ -43,6 +43,12 @@ settings! {
     tick: String => Duration = duration,
         "tick", "PRESENCE_TICK", "200ms",
         "Presence batching period";
+    tick_phases: u32 => u32 = value,
+        "tick-phases", "PRESENCE_TICK_PHASES", "1",
+        "Engine ticks a batching period (1-20). Over 1, a session still gets one presence \
+         frame a period at most, but a change leaves at the next engine tick for a session \
+         sent none within the period: lower latency for more node CPU a frame \
+         (docs/benchmarks.md)";
     idle_thresholds: String => Vec<Duration> = increasing_durations,
         "idle-thresholds", "PRESENCE_IDLE_THRESHOLDS", "1m,2m,5m,10m",
         "Idle levels, increasing";
@@ -367,6 +373,11 @@ impl NodeConfig {
     /// heartbeat timeout. A poll is a sign of life when it starts and when it ends, so a
     /// client that keeps polling leaves gaps of one hold plus its round trip: the last third
     /// is the margin for that round trip (25 s of 45 s by default).
+    /// How often the engine ticks: the batching period over its phases.
+    pub fn engine_tick(&self) -> Duration {
+        self.tick / self.tick_phases.max(1)
+    }
+
     pub fn lp_hold_effective(&self) -> Duration {
         self.lp_hold.min(self.heartbeat_timeout * 2 / 3)
     }
@@ -396,6 +407,12 @@ impl NodeConfig {
         }
         if cfg.max_text == 0 {
             bail!("max-text must be at least 1");
+        }
+        if !(1..=20).contains(&cfg.tick_phases) {
+            bail!("tick-phases must be 1 to 20, got {}", cfg.tick_phases);
+        }
+        if cfg.engine_tick() < Duration::from_millis(1) {
+            bail!("tick / tick-phases must be at least 1ms");
         }
         if cfg.max_group < 2 {
             bail!("max-group must be at least 2");

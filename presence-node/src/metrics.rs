@@ -11,6 +11,8 @@ pub const ENTRIES_SENT: &str = "presence_entries_sent_total";
 pub const FRAMES_SENT: &str = "presence_frames_sent_total";
 pub const FRAME_DELAY_SECONDS: &str = "presence_frame_delay_seconds";
 pub const MERGES: &str = "presence_outbox_merges_total";
+pub const PACED_HELD: &str = "presence_paced_holds_total";
+pub const PACED_RELEASED: &str = "presence_paced_releases_total";
 pub const GROUP_COUNTS_SENT: &str = "presence_group_counts_sent_total";
 pub const WATCHED_GROUPS: &str = "presence_watched_groups";
 pub const VIEW_CHANGES: &str = "presence_view_changes_total";
@@ -107,6 +109,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         MERGES,
         Kind::Counter,
         "Presence frames merged into a slow client's pending frame",
+    ),
+    (
+        PACED_HELD,
+        Kind::Counter,
+        "Sessions whose presence waited for their next frame slot (one a batching period), \
+         by engine tick",
+    ),
+    (
+        PACED_RELEASED,
+        Kind::Counter,
+        "Sessions woken at their frame slot for presence that waited",
     ),
     (
         GROUP_COUNTS_SENT,

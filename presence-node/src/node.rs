@@ -205,7 +205,7 @@ impl Node {
             .name("presence-tick".into())
             .spawn(move || {
                 let svc = node.service();
-                let period = svc.config().tick;
+                let period = svc.config().engine_tick();
                 let ping_cycle = (svc.config().heartbeat_timeout / 3).max(period);
                 let per_tick = (registry::SHARDS as u128 * period.as_nanos())
                     .div_ceil(ping_cycle.as_nanos().max(1))

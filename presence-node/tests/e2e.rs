@@ -213,6 +213,61 @@ async fn vanished_client_expires_quic() {
     vanished_client_expires(Via::Quic).await;
 }
 
+/// Pacing on a real node (`--tick 2s --tick-phases 10`: engine ticks every 200 ms): a lone
+/// change after a quiet period arrives at the next engine tick, long before the 2 s period is
+/// up; changes within a period of the last frame wait for the session's next frame and arrive
+/// together in one frame, the latest state winning.
+#[tokio::test]
+async fn paced_sessions_get_lone_changes_at_once_and_one_frame_a_period() {
+    common::init();
+    let period = Duration::from_secs(2);
+    let node = Node::start(&["--tick", "2s", "--tick-phases", "10"]);
+    node.befriend(&[("alice", "bob")]).await;
+    let (mut alice, _) = Client::hello(&node, Via::Ws, "alice", "web").await;
+    // Quiet for a period: bob's connect leaves at the next engine tick (unpaced, a 2 s tick
+    // would make it wait 1 s on average).
+    tokio::time::sleep(period).await;
+    let (mut bob, _) = Client::hello(&node, Via::Ws, "bob", "phone").await;
+    let started = std::time::Instant::now();
+    alice.expect_presence("bob", SOON, is_state("online")).await;
+    let first = std::time::Instant::now();
+    assert!(
+        first - started < Duration::from_millis(1000),
+        "a lone change waits for an engine tick, not the period: {:?}",
+        first - started
+    );
+    // Three changes right after that frame: held, then one frame with the last.
+    for status in ["busy", "dnd", "busy"] {
+        bob.send(json!({"type": "status", "status": status, "text": status}))
+            .await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    bob.send(json!({"type": "status", "status": "dnd", "text": "last"}))
+        .await;
+    let mut frames = Vec::new();
+    while let Ok(Some(v)) = alice.recv_within(period + Duration::from_millis(800)).await {
+        if v["type"] == "presence" {
+            frames.push((std::time::Instant::now(), v));
+            break;
+        }
+    }
+    let (at, frame) = frames.pop().expect("the held changes arrive");
+    let e = &frame["changes"][0];
+    assert_eq!(
+        (e["status"].as_str(), e["text"].as_str()),
+        (Some("dnd"), Some("last"))
+    );
+    assert!(
+        at - first >= period - Duration::from_millis(400),
+        "the held frame left before its slot: {:?} after the first",
+        at - first
+    );
+    let quiet = alice.recv_within(Duration::from_millis(500)).await;
+    assert!(quiet.is_err(), "one frame for the held changes: {quiet:?}");
+    assert!(node.metric("presence_paced_holds_total").await >= 1.0);
+    assert!(node.metric("presence_paced_releases_total").await >= 1.0);
+}
+
 #[tokio::test]
 async fn two_devices_invisible_and_status_text() {
     common::init();

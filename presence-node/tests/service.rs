@@ -749,9 +749,155 @@ fn counts_of(out: &Out) -> Vec<Value> {
         .collect()
 }
 
+/// Pacing (`--tick-phases 4`, engine ticks 50 ms apart here): a lone change leaves at the
+/// next engine tick, later ones wait for the session's next slot a period after its last
+/// frame, merged, and a chat frame meanwhile does not take them early.
+#[test]
+fn paced_sessions_get_a_lone_change_at_once_and_one_frame_a_period() {
+    let h = Harness::new(|c| c.tick_phases = 4);
+    h.befriend("alice", "bob", T0);
+    h.befriend("alice", "carol", T0);
+    let (mut alice, _) = h.hello("alice", "web", T0 + 10);
+    h.svc.on_tick(T0 + 50);
+    assert!(presence_of(&h.wake(&mut alice, T0 + 50)).is_empty());
+    // Quiet for a period: bob's connect leaves at the next engine tick.
+    let (mut bob, _) = h.hello("bob", "b", T0 + 60);
+    let first = h.svc.on_tick(T0 + 100).tick;
+    let out = h.wake(&mut alice, T0 + 100);
+    assert_eq!(presence_of(&out), pairs(&[("bob", "online")]));
+    // Within the period after that frame: held, through a chat wakeup too.
+    let (mut carol, _) = h.hello("carol", "c", T0 + 110);
+    h.svc.on_tick(T0 + 150);
+    assert!(presence_of(&h.wake(&mut alice, T0 + 150)).is_empty());
+    h.send(
+        &mut bob,
+        json!({"type": "status", "status": "busy"}),
+        T0 + 160,
+    );
+    h.send(
+        &mut carol,
+        json!({"type": "send", "id": "c1", "to": "alice", "text": "hi"}),
+        T0 + 170,
+    );
+    assert!(h.commit().is_empty());
+    let tick = h.svc.on_tick(T0 + 200).tick;
+    let out = h.wake(&mut alice, T0 + 200);
+    assert_eq!(
+        out.types(),
+        ["inbox"],
+        "the chat frame only: {:?}",
+        out.frames
+    );
+    h.svc.on_tick(T0 + 250);
+    assert!(h.wake(&mut alice, T0 + 250).frames.is_empty());
+    // The slot: `first` + 4 engine ticks. Both changes in one frame, latest state each.
+    let slot = h.svc.on_tick(T0 + 300).tick;
+    assert_eq!(slot, first + 4);
+    assert!(slot > tick);
+    let out = h.wake(&mut alice, T0 + 300);
+    let frames: Vec<&Value> = out
+        .frames
+        .iter()
+        .filter(|f| f["type"] == "presence")
+        .collect();
+    assert_eq!(frames.len(), 1, "{:?}", out.frames);
+    assert_eq!(frames[0]["tick"], tick, "the tick of its newest entries");
+    assert_eq!(
+        presence_of(&out),
+        pairs(&[("bob", "online"), ("carol", "online")])
+    );
+    assert_eq!(frames[0]["changes"][0]["status"], "busy");
+    // Quiet for a period again (the engine ticks on): the next change leaves at once.
+    for k in 1..8 {
+        h.svc.on_tick(T0 + 300 + k * 50);
+    }
+    h.svc
+        .close(carol, presence_core::Disconnect::LoggedOut, T0 + 700);
+    h.svc.on_tick(T0 + 750);
+    let out = h.wake(&mut alice, T0 + 750);
+    assert_eq!(presence_of(&out), pairs(&[("carol", "offline")]));
+}
+
+/// With pacing, watched groups' counts go out on the period's first engine tick, with what
+/// moved since; moves that cancel out within the period send nothing.
+#[test]
+fn paced_group_counts_go_out_once_a_period() {
+    let h = Harness::new(|c| {
+        c.heartbeat_timeout = Duration::from_secs(300);
+        c.tick_phases = 4;
+    });
+    let members: Vec<String> = ["alice", "m1", "m2"].map(String::from).to_vec();
+    h.write(h.svc.plan_put_group("g", members));
+    let (mut alice, _) = h.hello("alice", "phone", T0);
+    let mut now = T0;
+    let mut tick = h.svc.on_tick(now).tick;
+    h.send(
+        &mut alice,
+        json!({"type": "watch_group", "group": "g"}),
+        now,
+    );
+    assert_eq!(
+        counts_of(&h.wake(&mut alice, now)).len(),
+        1,
+        "the counts at once"
+    );
+    // Run to the tick before a period's first.
+    while !(tick + 1).is_multiple_of(4) {
+        now += 50;
+        tick = h.svc.on_tick(now).tick;
+    }
+    // m1 connects now; m2 connects and goes invisible two ticks apart: only m1 counts.
+    let (_m1, _) = h.hello("m1", "d", now + 10);
+    let (mut m2, _) = h.hello("m2", "d", now + 10);
+    now += 50;
+    tick = h.svc.on_tick(now).tick;
+    assert_eq!(tick % 4, 0);
+    let c = counts_of(&h.wake(&mut alice, now));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["groups"][0]["online"], 3);
+    h.send(
+        &mut m2,
+        json!({"type": "status", "status": "invisible"}),
+        now + 10,
+    );
+    for _ in 0..3 {
+        now += 50;
+        h.svc.on_tick(now);
+        assert!(
+            counts_of(&h.wake(&mut alice, now)).is_empty(),
+            "counts only on the period's first tick"
+        );
+    }
+    now += 50;
+    tick = h.svc.on_tick(now).tick;
+    assert_eq!(tick % 4, 0);
+    let c = counts_of(&h.wake(&mut alice, now));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0]["groups"][0]["online"], 2);
+    // Invisible and back within one period: no frame.
+    h.send(
+        &mut m2,
+        json!({"type": "status", "status": "available"}),
+        now + 10,
+    );
+    now += 50;
+    h.svc.on_tick(now);
+    h.send(
+        &mut m2,
+        json!({"type": "status", "status": "invisible"}),
+        now + 10,
+    );
+    for _ in 0..3 {
+        now += 50;
+        h.svc.on_tick(now);
+    }
+    assert!(counts_of(&h.wake(&mut alice, now)).is_empty());
+}
+
 #[test]
 fn focus_narrows_a_session_and_null_restores_it() {
-    let h = Harness::new(|_| {});
+    // Tick by tick (no pacing: every tick may send a frame); pacing has its own tests.
+    let h = Harness::new(|c| c.tick_phases = 1);
     for f in ["bob", "carol", "dave"] {
         h.befriend("alice", f, T0);
     }
@@ -844,8 +990,12 @@ fn focus_narrows_a_session_and_null_restores_it() {
 
 #[test]
 fn group_counts_move_within_a_tick_one_frame_a_tick() {
-    // Sessions live past the 60 s idle threshold without a heartbeat each tick.
-    let h = Harness::new(|c| c.heartbeat_timeout = Duration::from_secs(300));
+    // Sessions live past the 60 s idle threshold without a heartbeat each tick; every tick
+    // may send (pacing has its own test).
+    let h = Harness::new(|c| {
+        c.heartbeat_timeout = Duration::from_secs(300);
+        c.tick_phases = 1;
+    });
     let members: Vec<String> = std::iter::once("alice".to_owned())
         .chain((0..999).map(|i| format!("m{i}")))
         .collect();

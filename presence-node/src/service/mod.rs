@@ -356,15 +356,25 @@ impl Service {
                 .collect()
         });
         let engine = &self.engine;
-        let registry::HandOut { handed, merges } =
-            self.registry.hand_out(&batch, &rendered, |w, u| {
-                engine.are_friends(UserId(w), UserId(u))
-            });
-        self.hand_out_counts(&batch);
+        let every = u64::from(self.cfg.tick_phases.max(1));
+        let registry::HandOut {
+            handed,
+            merges,
+            held,
+            released,
+        } = self.registry.hand_out(
+            &batch,
+            &rendered,
+            |w, u| engine.are_friends(UserId(w), UserId(u)),
+            every,
+        );
+        self.hand_out_counts(&batch, batch.tick.is_multiple_of(every));
         metrics::histogram!(m::TICK_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::TRANSITIONS).increment(batch.stats.transitions as u64);
         metrics::counter!(m::ENTRIES_SENT).increment(handed as u64);
         metrics::counter!(m::MERGES).increment(merges);
+        metrics::counter!(m::PACED_HELD).increment(held);
+        metrics::counter!(m::PACED_RELEASED).increment(released);
         metrics::counter!(m::EXPIRED).increment(batch.expired.len() as u64);
         metrics::gauge!(m::LIVE).set(batch.stats.live_watchers as f64);
         TickReport {

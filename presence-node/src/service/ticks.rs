@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Ticks remembered: at the default 200 ms tick, the last 12.8 s.
-const SLOTS: usize = 64;
+/// Ticks remembered: at the default 200 ms tick, the last 51 s; at 4 tick phases, 12.8 s.
+const SLOTS: usize = 256;
 /// Low bits of a slot hold the tick's low bits (to tell an old tick from a newer one in the
 /// same slot); the rest, the tick's time in ms since the epoch (2^44 ms is 557 years).
 const TICK_BITS: u32 = 20;
@@ -52,8 +52,12 @@ mod tests {
             t.record(tick, t0 + tick * 200);
         }
         assert_eq!(t.at(99), Some(t0 + 99 * 200));
-        assert_eq!(t.at(36), Some(t0 + 36 * 200), "the oldest kept");
-        assert_eq!(t.at(35), None, "overwritten by tick 99");
-        assert_eq!(t.at(100), None, "not run yet");
+        for tick in 100..300u64 {
+            t.record(tick, t0 + tick * 200);
+        }
+        assert_eq!(t.at(299), Some(t0 + 299 * 200));
+        assert_eq!(t.at(44), Some(t0 + 44 * 200), "the oldest kept");
+        assert_eq!(t.at(43), None, "overwritten by tick 299");
+        assert_eq!(t.at(300), None, "not run yet");
     }
 }

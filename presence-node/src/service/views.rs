@@ -92,7 +92,8 @@ pub struct Counter {
     groups: HashMap<Arc<str>, Tracked>,
     /// Tracked member -> the groups it counts in, and what it counts as.
     members: HashMap<u32, (Cat, Vec<Arc<str>>)>,
-    /// Groups whose members changed since the last tick (their counts go out with it).
+    /// Groups whose members or counts changed since the last hand-out of counts (their
+    /// counts go out with it).
     changed: Vec<Arc<str>>,
     next_key: u32,
     /// Bumped whenever the tracked members change (cluster mode: peers are told whom to
@@ -492,15 +493,21 @@ impl Service {
         });
     }
 
-    /// After a tick: moves the watched groups' counts and hands the changed ones out, one
-    /// `group_counts` frame per session at most.
-    pub(super) fn hand_out_counts(&self, batch: &Batch) {
+    /// After a tick: moves the watched groups' counts and, on the batching period's first
+    /// engine tick (`send`), hands the ones changed since out, one `group_counts` frame per
+    /// session at most.
+    pub(super) fn hand_out_counts(&self, batch: &Batch, send: bool) {
         let mut counter = self.counter.lock();
         metrics::gauge!(m::WATCHED_GROUPS).set(counter.groups.len() as f64);
         if counter.groups.is_empty() {
             return;
         }
         let mut moved = counter.apply(batch);
+        if !send {
+            // Kept for the period's hand-out, as a membership change is.
+            counter.changed.append(&mut moved);
+            return;
+        }
         // A membership change marks its group too (`group_changed`).
         moved.append(&mut counter.changed);
         let mut changed = Vec::new();
