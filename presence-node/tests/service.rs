@@ -818,6 +818,16 @@ fn paced_sessions_get_a_lone_change_at_once_and_one_frame_a_period() {
     assert_eq!(presence_of(&out), pairs(&[("carol", "offline")]));
 }
 
+/// Runs the tick at `now`, a pacing period's first (4 phases), and returns the one group's
+/// counts `s` gets then.
+fn counts_at_period_start(h: &Harness, s: &mut Session, now: u64) -> Value {
+    let tick = h.svc.on_tick(now).tick;
+    assert!(tick.is_multiple_of(4), "tick {tick} starts no period");
+    let c = counts_of(&h.wake(s, now));
+    assert_eq!(c.len(), 1, "{c:?}");
+    c[0]["groups"][0].clone()
+}
+
 /// With pacing, watched groups' counts go out on the period's first engine tick, with what
 /// moved since; moves that cancel out within the period send nothing.
 #[test]
@@ -846,15 +856,12 @@ fn paced_group_counts_go_out_once_a_period() {
         now += 50;
         tick = h.svc.on_tick(now).tick;
     }
-    // m1 connects now; m2 connects and goes invisible two ticks apart: only m1 counts.
+    // m1 and m2 connect: one frame at the period's first tick; m2 goes invisible just after:
+    // counted at the next period's first, not before.
     let (_m1, _) = h.hello("m1", "d", now + 10);
     let (mut m2, _) = h.hello("m2", "d", now + 10);
     now += 50;
-    tick = h.svc.on_tick(now).tick;
-    assert_eq!(tick % 4, 0);
-    let c = counts_of(&h.wake(&mut alice, now));
-    assert_eq!(c.len(), 1);
-    assert_eq!(c[0]["groups"][0]["online"], 3);
+    assert_eq!(counts_at_period_start(&h, &mut alice, now)["online"], 3);
     h.send(
         &mut m2,
         json!({"type": "status", "status": "invisible"}),
@@ -869,25 +876,18 @@ fn paced_group_counts_go_out_once_a_period() {
         );
     }
     now += 50;
-    tick = h.svc.on_tick(now).tick;
-    assert_eq!(tick % 4, 0);
-    let c = counts_of(&h.wake(&mut alice, now));
-    assert_eq!(c.len(), 1);
-    assert_eq!(c[0]["groups"][0]["online"], 2);
-    // Invisible and back within one period: no frame.
-    h.send(
-        &mut m2,
-        json!({"type": "status", "status": "available"}),
-        now + 10,
-    );
-    now += 50;
-    h.svc.on_tick(now);
-    h.send(
-        &mut m2,
-        json!({"type": "status", "status": "invisible"}),
-        now + 10,
-    );
-    for _ in 0..3 {
+    assert_eq!(counts_at_period_start(&h, &mut alice, now)["online"], 2);
+    // Back and invisible again within one period: no frame.
+    for status in ["available", "invisible"] {
+        h.send(
+            &mut m2,
+            json!({"type": "status", "status": status}),
+            now + 10,
+        );
+        now += 50;
+        h.svc.on_tick(now);
+    }
+    for _ in 0..2 {
         now += 50;
         h.svc.on_tick(now);
     }
