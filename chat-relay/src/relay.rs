@@ -453,27 +453,35 @@ impl Relay {
 
     /// Loads every owner's head first (the only fallible step), then appends one entry to
     /// each inbox. Infallible once the heads are loaded, so a store error changes nothing.
-    fn append_all(&mut self, owners: &[String], entry: &InboxEntry) -> Result<(), StoreError> {
+    /// Takes the owners and the entry by value: the last inbox gets the entry itself, each
+    /// owner's id moves into its row (a send's hot path, so no copy it can do without).
+    fn append_all(&mut self, owners: Vec<String>, entry: InboxEntry) -> Result<(), StoreError> {
+        let n = owners.len();
         if self.shared {
             // Seq 0: the store numbers them in the commit.
-            self.pending.inbox.reserve(owners.len());
-            for owner in owners {
-                self.pending.inbox.push((owner.clone(), entry.clone()));
-            }
+            self.pending.inbox.reserve(n);
+            self.pending
+                .inbox
+                .extend(owners.into_iter().zip(std::iter::repeat_n(entry, n)));
             return Ok(());
         }
-        let mut heads = Vec::with_capacity(owners.len());
-        for o in owners {
+        let mut heads = Vec::with_capacity(n);
+        for o in &owners {
             heads.push(self.head(o)?);
         }
         let batch = self.pending.id;
-        self.pending.inbox.reserve(owners.len());
-        for (owner, head) in owners.iter().zip(heads) {
+        self.pending.inbox.reserve(n);
+        let entries = std::iter::repeat_n(entry, n);
+        for ((owner, head), mut e) in owners.into_iter().zip(heads).zip(entries) {
             let seq = head + 1;
-            self.heads.insert(owner.clone(), Head { seq, batch });
-            let mut e = entry.clone();
+            match self.heads.get_mut(owner.as_str()) {
+                Some(h) => *h = Head { seq, batch },
+                None => {
+                    self.heads.insert(owner.clone(), Head { seq, batch });
+                }
+            }
             e.seq = seq;
-            self.pending.inbox.push((owner.clone(), e));
+            self.pending.inbox.push((owner, e));
         }
         Ok(())
     }
@@ -617,7 +625,7 @@ impl Relay {
             text: Some(text.to_owned()),
             ts: now_ms,
         };
-        self.append_all(&owners, &entry)?;
+        self.append_all(owners, entry)?;
         self.put_message(StoredMessage {
             msg_id,
             from: from.to_owned(),
@@ -700,7 +708,7 @@ impl Relay {
             text: Some(text.to_owned()),
             ts: now_ms,
         };
-        self.append_all(&owners, &entry)?;
+        self.append_all(owners, entry)?;
         m.text = text.to_owned();
         m.edited_ts = Some(now_ms);
         self.put_message(m);
@@ -741,7 +749,7 @@ impl Relay {
             text: None,
             ts: now_ms,
         };
-        self.append_all(&owners, &entry)?;
+        self.append_all(owners, entry)?;
         m.text.clear();
         m.deleted = true;
         self.put_message(m);
@@ -801,7 +809,7 @@ impl Relay {
             text: None,
             ts: now_ms,
         };
-        self.append_all(std::slice::from_ref(&m.from), &entry)?;
+        self.append_all(vec![m.from.clone()], entry)?;
         Ok(self.pending.id)
     }
 
