@@ -13,26 +13,12 @@ mod common;
 
 use std::sync::Arc;
 
-use chat_relay::{Directory, FjallStore, IdGen, Limits, Relay, Target};
+use chat_relay::{FjallStore, IdGen, Limits, Relay, Target};
+use common::{Everyone, TEXT};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const USERS: u64 = 10_000;
 const GROUP: usize = 50;
-const TEXT: &str =
-    "a chat message of about one hundred bytes, which is what a typical short line of text weighs";
-
-struct Everyone {
-    members: Vec<String>,
-}
-
-impl Directory for Everyone {
-    fn are_friends(&self, _: &str, _: &str) -> bool {
-        true
-    }
-    fn group_members(&self, _: &str) -> Option<Vec<String>> {
-        Some(self.members.clone())
-    }
-}
 
 fn sends(c: &mut Criterion) {
     let tmp = common::tempdir();

@@ -20,26 +20,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_relay::{ChatStore, Directory, FjallStore, IdGen, Limits, RedbStore, Relay, Target};
+use chat_relay::{ChatStore, FjallStore, IdGen, Limits, RedbStore, Relay, Target};
+use common::{Everyone, TEXT};
 use hdrhistogram::Histogram;
 
 const USERS: u64 = 100_000;
 const GROUP: usize = 50;
-const TEXT: &str =
-    "a chat message of about one hundred bytes, which is what a typical short line of text weighs";
-
-struct BenchDir {
-    members: Vec<String>,
-}
-
-impl Directory for BenchDir {
-    fn are_friends(&self, _: &str, _: &str) -> bool {
-        true
-    }
-    fn group_members(&self, _: &str) -> Option<Vec<String>> {
-        Some(self.members.clone())
-    }
-}
 
 fn open(kind: &str, dir: &Path) -> Arc<dyn ChatStore> {
     match kind {
@@ -65,7 +51,7 @@ fn write_run(kind: &str, batch: usize, group: bool, budget: Duration) -> WriteRe
     let tmp = common::tempdir();
     let store = open(kind, tmp.path());
     let mut relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
-    let dir = BenchDir {
+    let dir = Everyone {
         members: (0..GROUP).map(|i| format!("m{i}")).collect(),
     };
     let mut rng = common::Rng(42);
@@ -153,7 +139,7 @@ fn read_run(kind: &str, rounds: usize) -> ReadResult {
     let tmp = common::tempdir();
     let store = open(kind, tmp.path());
     let mut relay = Relay::new(store.clone(), IdGen::new(1).unwrap(), Limits::default()).unwrap();
-    let dir = BenchDir { members: vec![] };
+    let dir = Everyone { members: vec![] };
     // 20 users × 2,000 messages each with one partner, plus noise from other users
     let mut client = 0u64;
     for round in 0..2_000u64 {

@@ -38,3 +38,21 @@ impl Rng {
         z ^ (z >> 31)
     }
 }
+
+/// A chat message's text as the benches send it: about one hundred bytes.
+pub const TEXT: &str =
+    "a chat message of about one hundred bytes, which is what a typical short line of text weighs";
+
+/// A directory where everyone is friends with everyone and every group has `members`.
+pub struct Everyone {
+    pub members: Vec<String>,
+}
+
+impl chat_relay::Directory for Everyone {
+    fn are_friends(&self, _: &str, _: &str) -> bool {
+        true
+    }
+    fn group_members(&self, _: &str) -> Option<Vec<String>> {
+        Some(self.members.clone())
+    }
+}
