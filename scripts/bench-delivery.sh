@@ -15,8 +15,9 @@
 # every session is up; node and load generator over the whole run) and "CPU per durable send"
 # line are the figures (the last lines put the presence ones over the floor); presence p99
 # is the "change -> receipt" row (the line under it, the node's own part: its
-# presence_frame_delay_seconds, tick -> frame written), send -> sent p99 the chat one. Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and
-# summary.txt, which is also printed. About 12 minutes.
+# presence_frame_delay_seconds, tick -> frame written), send -> sent p99 the chat one.
+# Reports go to $OUT (default bench-delivery/): one JSON and one log a run, and summary.txt,
+# which is also printed. About 12 minutes.
 #   bash scripts/bench-delivery.sh [only these runs, e.g. presence-25k chat-5k]
 # NODE_BIN=path runs another node build (a before/after pair: same simulator, same graph);
 # SIM_BIN=path another simulator (the load generator) against the same node.
@@ -46,8 +47,7 @@ for run in "${runs[@]}"; do
     for rate in 14000 32000; do
       for mode in write task; do
         "$sim_bin" --no-progress write-floor --sessions 10000 --frame-rate "$rate" \
-          --duration 30s --mode "$mode" | tee "$out/floor-$rate-$mode.txt" >> "$out/summary.txt"
-        cat "$out/floor-$rate-$mode.txt"
+          --duration 30s --mode "$mode" | tee "$out/floor-$rate-$mode.txt" | tee -a "$out/summary.txt"
       done
     done
     continue

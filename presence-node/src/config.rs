@@ -369,15 +369,15 @@ fn valid_origin(s: &str) -> bool {
 }
 
 impl NodeConfig {
-    /// How long a long-poll request is held: `--lp-hold`, but at most two thirds of the
-    /// heartbeat timeout. A poll is a sign of life when it starts and when it ends, so a
-    /// client that keeps polling leaves gaps of one hold plus its round trip: the last third
-    /// is the margin for that round trip (25 s of 45 s by default).
     /// How often the engine ticks: the batching period over its phases.
     pub fn engine_tick(&self) -> Duration {
         self.tick / self.tick_phases.max(1)
     }
 
+    /// How long a long-poll request is held: `--lp-hold`, but at most two thirds of the
+    /// heartbeat timeout. A poll is a sign of life when it starts and when it ends, so a
+    /// client that keeps polling leaves gaps of one hold plus its round trip: the last third
+    /// is the margin for that round trip (25 s of 45 s by default).
     pub fn lp_hold_effective(&self) -> Duration {
         self.lp_hold.min(self.heartbeat_timeout * 2 / 3)
     }

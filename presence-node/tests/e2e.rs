@@ -244,14 +244,14 @@ async fn paced_sessions_get_lone_changes_at_once_and_one_frame_a_period() {
     }
     bob.send(json!({"type": "status", "status": "dnd", "text": "last"}))
         .await;
-    let mut frames = Vec::new();
+    let mut held = None;
     while let Ok(Some(v)) = alice.recv_within(period + Duration::from_millis(800)).await {
         if v["type"] == "presence" {
-            frames.push((std::time::Instant::now(), v));
+            held = Some((std::time::Instant::now(), v));
             break;
         }
     }
-    let (at, frame) = frames.pop().expect("the held changes arrive");
+    let (at, frame) = held.expect("the held changes arrive");
     let e = &frame["changes"][0];
     assert_eq!(
         (e["status"].as_str(), e["text"].as_str()),
