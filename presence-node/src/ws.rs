@@ -118,6 +118,11 @@ struct Corked<S> {
 /// Past this much buffered, writes go out before more is taken.
 const CORK_MAX: usize = 64 * 1024;
 
+/// What the first write after a flush reserves: a wakeup's few frames then fit one
+/// allocation instead of one and a regrowth or two (the regrowths were 1.6% of the node's
+/// CPU at 20,000 chat sends a second).
+const CORK_FIRST: usize = 4 * 1024;
+
 impl<S> Corked<S> {
     fn new(inner: S) -> Self {
         Self {
@@ -165,6 +170,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         }
         if this.buf.is_empty() && data.len() >= CORK_MAX {
             return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        if this.buf.capacity() == 0 {
+            this.buf.reserve(data.len().max(CORK_FIRST));
         }
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
