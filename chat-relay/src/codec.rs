@@ -6,8 +6,8 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | messages | msg_id (8 BE) | [`encode_message`] |
-//! | inbox | lp(user) ‖ seq (8 BE) | [`encode_entry`] (without the seq) |
+//! | messages | msg_id (8 BE) | [`put_message`] |
+//! | inbox | lp(user) ‖ seq (8 BE) | [`put_entry`] (without the seq) |
 //! | history | conversation ‖ msg_id (8 BE) | empty |
 //! | dedupe | lp(sender) ‖ client id | msg_id (8 BE) ‖ ts (8 BE) |
 //! | acks | lp(user) ‖ device | seq (8 BE) |
@@ -15,7 +15,7 @@
 //! A conversation is `d ‖ lp(a) ‖ lp(b)` (1:1, `a < b`) or `g ‖ lp(gid)`.
 
 use crate::ids::MsgId;
-use crate::types::{Conversation, EntryKind, InboxEntry, StoredMessage, Target};
+use crate::types::{Conversation, ConversationRef, EntryKind, InboxEntry, StoredMessage, Target};
 
 /// Stored bytes that do not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,17 +28,17 @@ fn lp(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[..usize::from(len)]);
 }
 
-/// `lp(user)`: the prefix of one user's inbox (or acks).
-pub fn user_prefix(user: &str) -> Vec<u8> {
+pub fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + user.len() + 8);
-    lp(&mut k, user.as_bytes());
+    put_inbox_key(&mut k, user, seq);
     k
 }
 
-pub fn inbox_key(user: &str, seq: u64) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
+/// [`inbox_key`] appended to `out` (the `put_` functions encode into a buffer the caller
+/// reuses: a group commit encodes all its rows into one).
+pub fn put_inbox_key(out: &mut Vec<u8>, user: &str, seq: u64) {
+    lp(out, user.as_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
 }
 
 /// Splits an inbox key into (user prefix length, seq).
@@ -48,38 +48,47 @@ pub fn split_inbox_key(key: &[u8]) -> Result<(usize, u64), Corrupt> {
     Ok((plen, seq))
 }
 
-pub fn conversation_key(c: &Conversation) -> Vec<u8> {
+pub fn history_key(c: &Conversation, id: MsgId) -> Vec<u8> {
     let mut k = Vec::with_capacity(64);
-    match c {
-        Conversation::Direct(a, b) => {
-            k.push(b'd');
-            lp(&mut k, a.as_bytes());
-            lp(&mut k, b.as_bytes());
-        }
-        Conversation::Group(g) => {
-            k.push(b'g');
-            lp(&mut k, g.as_bytes());
-        }
-    }
+    put_history_key(&mut k, c.as_ref(), id);
     k
 }
 
-pub fn history_key(c: &Conversation, id: MsgId) -> Vec<u8> {
-    let mut k = conversation_key(c);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+pub(crate) fn put_history_key(out: &mut Vec<u8>, c: ConversationRef<'_>, id: MsgId) {
+    match c {
+        ConversationRef::Direct(a, b) => {
+            out.push(b'd');
+            lp(out, a.as_bytes());
+            lp(out, b.as_bytes());
+        }
+        ConversationRef::Group(g) => {
+            out.push(b'g');
+            lp(out, g.as_bytes());
+        }
+    }
+    out.extend_from_slice(&id.to_be_bytes());
 }
 
 pub fn dedupe_key(sender: &str, client_id: &str) -> Vec<u8> {
-    let mut k = user_prefix(sender);
-    k.extend_from_slice(client_id.as_bytes());
+    let mut k = Vec::with_capacity(2 + sender.len() + client_id.len());
+    put_dedupe_key(&mut k, sender, client_id);
     k
 }
 
+pub fn put_dedupe_key(out: &mut Vec<u8>, sender: &str, client_id: &str) {
+    lp(out, sender.as_bytes());
+    out.extend_from_slice(client_id.as_bytes());
+}
+
 pub fn ack_key(user: &str, device: &str) -> Vec<u8> {
-    let mut k = user_prefix(user);
-    k.extend_from_slice(device.as_bytes());
+    let mut k = Vec::with_capacity(2 + user.len() + device.len());
+    put_ack_key(&mut k, user, device);
     k
+}
+
+pub fn put_ack_key(out: &mut Vec<u8>, user: &str, device: &str) {
+    lp(out, user.as_bytes());
+    out.extend_from_slice(device.as_bytes());
 }
 
 pub fn read_u64(b: &[u8]) -> Option<u64> {
@@ -161,24 +170,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Inbox value: kind ‖ msg_id ‖ ts ‖ from ‖ target ‖ has_text ‖ text.
+/// One inbox value alone ([`put_entry`] is what a commit uses).
+#[cfg(test)]
 pub fn encode_entry(e: &InboxEntry) -> Vec<u8> {
     let mut v = Vec::with_capacity(
         40 + e.from.len() + e.target.id().len() + e.text.as_ref().map_or(0, String::len),
     );
-    v.push(e.kind.code());
-    v.extend_from_slice(&e.msg_id.to_be_bytes());
-    v.extend_from_slice(&e.ts.to_be_bytes());
-    put_str(&mut v, &e.from);
-    put_target(&mut v, &e.target);
+    put_entry(&mut v, e);
+    v
+}
+
+/// Inbox value: kind ‖ msg_id ‖ ts ‖ from ‖ target ‖ has_text ‖ text.
+pub fn put_entry(out: &mut Vec<u8>, e: &InboxEntry) {
+    out.push(e.kind.code());
+    out.extend_from_slice(&e.msg_id.to_be_bytes());
+    out.extend_from_slice(&e.ts.to_be_bytes());
+    put_str(out, &e.from);
+    put_target(out, &e.target);
     match &e.text {
         Some(t) => {
-            v.push(1);
-            put_str(&mut v, t);
+            out.push(1);
+            put_str(out, t);
         }
-        None => v.push(0),
+        None => out.push(0),
     }
-    v
 }
 
 pub fn decode_entry(seq: u64, v: &[u8]) -> Result<InboxEntry, Corrupt> {
@@ -213,25 +228,31 @@ pub fn entry_ts(v: &[u8]) -> Result<u64, Corrupt> {
     v.get(9..).and_then(read_u64).ok_or(Corrupt("inbox"))
 }
 
-/// Message value: ts ‖ edited (0 | 1 ‖ ts) ‖ deleted ‖ from ‖ target ‖ text ‖ client id.
+/// One message value alone ([`put_message`] is what a commit uses).
+#[cfg(test)]
 pub fn encode_message(m: &StoredMessage) -> Vec<u8> {
     let mut v = Vec::with_capacity(
         48 + m.from.len() + m.target.id().len() + m.text.len() + m.client_id.len(),
     );
-    v.extend_from_slice(&m.ts.to_be_bytes());
+    put_message(&mut v, m);
+    v
+}
+
+/// Message value: ts ‖ edited (0 | 1 ‖ ts) ‖ deleted ‖ from ‖ target ‖ text ‖ client id.
+pub fn put_message(out: &mut Vec<u8>, m: &StoredMessage) {
+    out.extend_from_slice(&m.ts.to_be_bytes());
     match m.edited_ts {
         Some(t) => {
-            v.push(1);
-            v.extend_from_slice(&t.to_be_bytes());
+            out.push(1);
+            out.extend_from_slice(&t.to_be_bytes());
         }
-        None => v.push(0),
+        None => out.push(0),
     }
-    v.push(u8::from(m.deleted));
-    put_str(&mut v, &m.from);
-    put_target(&mut v, &m.target);
-    put_str(&mut v, &m.text);
-    put_str(&mut v, &m.client_id);
-    v
+    out.push(u8::from(m.deleted));
+    put_str(out, &m.from);
+    put_target(out, &m.target);
+    put_str(out, &m.text);
+    put_str(out, &m.client_id);
 }
 
 pub fn decode_message(id: MsgId, v: &[u8]) -> Result<StoredMessage, Corrupt> {
@@ -310,7 +331,7 @@ mod tests {
         // "a" with a seq must not fall inside the range of "a\0..."
         let a = inbox_key("a", u64::MAX);
         let ab = inbox_key("ab", 0);
-        assert!(!ab.starts_with(&user_prefix("a")));
+        assert!(!ab.starts_with(&a[..a.len() - 8]));
         assert!(a < ab);
     }
 }

@@ -119,15 +119,34 @@ pub enum Conversation {
 impl Conversation {
     /// The conversation of a message from `from` to `target`.
     pub fn of(from: &str, target: &Target) -> Self {
+        match ConversationRef::of(from, target) {
+            ConversationRef::Direct(a, b) => Conversation::Direct(a.to_owned(), b.to_owned()),
+            ConversationRef::Group(g) => Conversation::Group(g.to_owned()),
+        }
+    }
+
+    pub(crate) fn as_ref(&self) -> ConversationRef<'_> {
+        match self {
+            Conversation::Direct(a, b) => ConversationRef::Direct(a, b),
+            Conversation::Group(g) => ConversationRef::Group(g),
+        }
+    }
+}
+
+/// A [`Conversation`] borrowed from a message's fields (encoding a key needs no copy of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConversationRef<'a> {
+    Direct(&'a str, &'a str),
+    Group(&'a str),
+}
+
+impl<'a> ConversationRef<'a> {
+    /// The conversation of a message from `from` to `target`: a 1:1's users smaller first.
+    pub(crate) fn of(from: &'a str, target: &'a Target) -> Self {
         match target {
-            Target::User(to) => {
-                if from <= to.as_str() {
-                    Conversation::Direct(from.to_owned(), to.clone())
-                } else {
-                    Conversation::Direct(to.clone(), from.to_owned())
-                }
-            }
-            Target::Group(g) => Conversation::Group(g.clone()),
+            Target::User(to) if from <= to.as_str() => ConversationRef::Direct(from, to),
+            Target::User(to) => ConversationRef::Direct(to, from),
+            Target::Group(g) => ConversationRef::Group(g),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{ChatStore, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
+use super::{ChatStore, READ_RESERVE, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
 use crate::codec::{self, Corrupt};
 use crate::ids::MsgId;
 use crate::types::{Conversation, InboxEntry, StoredMessage};
@@ -101,7 +101,7 @@ impl ChatStore for FjallStore {
         if after == u64::MAX || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(READ_RESERVE));
         for g in self.inbox.range(seq_range(user, after)).take(limit) {
             let (k, v) = g.into_inner().map_err(backend)?;
             let (_, seq) = codec::split_inbox_key(&k)?;
@@ -153,7 +153,7 @@ impl ChatStore for FjallStore {
         } else {
             self.history.range(lo..=hi)
         };
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(READ_RESERVE));
         for g in iter.rev() {
             if out.len() >= limit {
                 break;
@@ -200,19 +200,19 @@ impl ChatStore for FjallStore {
         }
         let rows = batch.sorted_rows();
         let mut b = self.db.batch().durability(Some(self.persist));
-        for (id, v) in rows.messages {
+        for (id, v) in rows.messages() {
             b.insert(&self.messages, id.to_be_bytes(), v);
         }
-        for k in rows.history {
+        for k in rows.history() {
             b.insert(&self.history, k, [0u8; 0]);
         }
-        for (k, v) in rows.inbox {
+        for (k, v) in rows.inbox() {
             b.insert(&self.inbox, k, v);
         }
-        for (k, v) in rows.dedupe {
-            b.insert(&self.dedupe, k, v);
+        for (k, v) in rows.dedupe() {
+            b.insert(&self.dedupe, k, *v);
         }
-        for (k, seq) in rows.acks {
+        for (k, seq) in rows.acks() {
             b.insert(&self.acks, k, seq.to_be_bytes());
         }
         b.commit().map_err(backend)

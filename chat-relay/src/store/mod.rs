@@ -8,6 +8,7 @@
 mod fjall_store;
 mod redb_store;
 
+use std::ops::Range;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub use crate::codec::dedupe_key;
 
 use crate::codec::{self, Corrupt};
 use crate::ids::MsgId;
-use crate::types::{Conversation, InboxEntry, StoredMessage};
+use crate::types::{Conversation, ConversationRef, InboxEntry, StoredMessage};
 
 /// Why the store could not answer or write.
 #[derive(Debug, thiserror::Error)]
@@ -108,52 +109,123 @@ impl WriteBatch {
     /// all over them: in key order, each insert walks down the path the previous one just
     /// brought into the cache. `cargo bench -p chat-relay --bench memtable_order` measures it
     /// on fjall. The sort is stable, so a hand-built batch that repeats a key keeps its last
-    /// row winning.
+    /// row winning. Every key and value is encoded into one buffer: the stores copy what they
+    /// keep, so a row costs no allocation of its own here.
     pub(crate) fn sorted_rows(&self) -> SortedRows {
         let mut r = SortedRows {
+            buf: Vec::with_capacity(self.encoded_size_hint()),
             messages: Vec::with_capacity(self.messages.len()),
             history: Vec::with_capacity(self.messages.len()),
             inbox: Vec::with_capacity(self.inbox.len()),
             dedupe: Vec::with_capacity(self.dedupe.len()),
             acks: Vec::with_capacity(self.acks.len()),
         };
+        let buf = &mut r.buf;
         for m in &self.messages {
-            r.messages.push((m.msg_id, codec::encode_message(m)));
-            r.history
-                .push(codec::history_key(&m.conversation(), m.msg_id));
+            r.messages
+                .push((m.msg_id, span(buf, |b| codec::put_message(b, m))));
+            r.history.push(span(buf, |b| {
+                codec::put_history_key(b, ConversationRef::of(&m.from, &m.target), m.msg_id)
+            }));
         }
         for (user, e) in &self.inbox {
-            r.inbox
-                .push((codec::inbox_key(user, e.seq), codec::encode_entry(e)));
+            let k = span(buf, |b| codec::put_inbox_key(b, user, e.seq));
+            r.inbox.push((k, span(buf, |b| codec::put_entry(b, e))));
         }
         for d in &self.dedupe {
-            r.dedupe.push((
-                codec::dedupe_key(&d.sender, &d.client_id),
-                codec::encode_dedupe(d.msg_id, d.ts),
-            ));
+            let k = span(buf, |b| codec::put_dedupe_key(b, &d.sender, &d.client_id));
+            r.dedupe.push((k, codec::encode_dedupe(d.msg_id, d.ts)));
         }
         for a in &self.acks {
-            r.acks.push((codec::ack_key(&a.user, &a.device), a.seq));
+            let k = span(buf, |b| codec::put_ack_key(b, &a.user, &a.device));
+            r.acks.push((k, a.seq));
         }
+        let b = r.buf.as_slice();
         r.messages.sort_by_key(|(id, _)| *id);
-        r.history.sort();
-        r.inbox.sort_by(|a, b| a.0.cmp(&b.0));
-        r.dedupe.sort_by(|a, b| a.0.cmp(&b.0));
-        r.acks.sort_by(|a, b| a.0.cmp(&b.0));
+        r.history.sort_by(|x, y| b[x.clone()].cmp(&b[y.clone()]));
+        r.inbox.sort_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
+        r.dedupe.sort_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
+        r.acks.sort_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
         r
+    }
+
+    /// About how many bytes [`WriteBatch::sorted_rows`] encodes (a message row with its
+    /// history key, an inbox row, a dedupe key, an ack key: fixed fields plus the strings).
+    fn encoded_size_hint(&self) -> usize {
+        let messages: usize = (self.messages.iter())
+            .map(|m| {
+                64 + 2 * (m.from.len() + m.target.id().len()) + m.text.len() + m.client_id.len()
+            })
+            .sum();
+        let inbox: usize = (self.inbox.iter())
+            .map(|(u, e)| {
+                48 + u.len()
+                    + e.from.len()
+                    + e.target.id().len()
+                    + e.text.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        let dedupe: usize = (self.dedupe.iter())
+            .map(|d| 2 + d.sender.len() + d.client_id.len())
+            .sum();
+        let acks: usize = (self.acks.iter())
+            .map(|a| 2 + a.user.len() + a.device.len())
+            .sum();
+        messages + inbox + dedupe + acks
     }
 }
 
+/// Where `put` wrote its bytes in `buf`.
+fn span(buf: &mut Vec<u8>, put: impl FnOnce(&mut Vec<u8>)) -> Range<usize> {
+    let start = buf.len();
+    put(buf);
+    start..buf.len()
+}
+
 /// A [`WriteBatch`] encoded for a store ([`WriteBatch::sorted_rows`]): keys and values as the
-/// codec lays them out, each table in key order.
+/// codec lays them out, in one buffer, each table in key order.
 pub(crate) struct SortedRows {
+    buf: Vec<u8>,
     /// `(id, encoded message)`; the key is the id's big-endian bytes.
-    pub messages: Vec<(MsgId, Vec<u8>)>,
+    messages: Vec<(MsgId, Range<usize>)>,
     /// History index keys (the rows have no value).
-    pub history: Vec<Vec<u8>>,
-    pub inbox: Vec<(Vec<u8>, Vec<u8>)>,
-    pub dedupe: Vec<(Vec<u8>, [u8; 16])>,
-    pub acks: Vec<(Vec<u8>, u64)>,
+    history: Vec<Range<usize>>,
+    inbox: Vec<(Range<usize>, Range<usize>)>,
+    dedupe: Vec<(Range<usize>, [u8; 16])>,
+    acks: Vec<(Range<usize>, u64)>,
+}
+
+impl SortedRows {
+    /// `(id, encoded message)`, in id order.
+    pub(crate) fn messages(&self) -> impl Iterator<Item = (MsgId, &[u8])> {
+        self.messages
+            .iter()
+            .map(|(id, v)| (*id, &self.buf[v.clone()]))
+    }
+
+    /// History index keys, in order.
+    pub(crate) fn history(&self) -> impl Iterator<Item = &[u8]> {
+        self.history.iter().map(|k| &self.buf[k.clone()])
+    }
+
+    /// `(key, encoded entry)`, in key order.
+    pub(crate) fn inbox(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.inbox
+            .iter()
+            .map(|(k, v)| (&self.buf[k.clone()], &self.buf[v.clone()]))
+    }
+
+    /// `(key, msg_id ‖ ts)`, in key order.
+    pub(crate) fn dedupe(&self) -> impl Iterator<Item = (&[u8], &[u8; 16])> {
+        self.dedupe.iter().map(|(k, v)| (&self.buf[k.clone()], v))
+    }
+
+    /// `(key, seq)`, in key order.
+    pub(crate) fn acks(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.acks
+            .iter()
+            .map(|(k, seq)| (&self.buf[k.clone()], *seq))
+    }
 }
 
 /// What a retention pass removed.
@@ -266,6 +338,12 @@ impl FromStr for StoreKind {
     }
 }
 
+/// What a read reserves up front for its rows, at most. Most reads (a lagging session's inbox
+/// fill, a resume) return a few rows; reserving the whole page (1,024 inbox entries, ~110 KiB)
+/// made each of them a large allocation, which in glibc sweeps the thread's free lists
+/// (`malloc_consolidate`): about 1% of the node's CPU at 20,000 sends/s. Longer reads grow.
+pub(crate) const READ_RESERVE: usize = 32;
+
 /// The exclusive upper bound of a key range holding every key that starts with `prefix`
 /// (`None` when there is none: the prefix is all 0xff).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -349,40 +427,48 @@ mod tests {
             fences: Vec::new(),
         };
         let r = batch.sorted_rows();
+        let messages: Vec<_> = r.messages().map(|(id, v)| (id, v.to_vec())).collect();
         assert_eq!(
-            r.messages,
+            messages,
             vec![
                 (MsgId(3), codec::encode_message(&batch.messages[1])),
                 (MsgId(9), codec::encode_message(&batch.messages[0])),
             ]
         );
+        let history: Vec<_> = r.history().map(<[u8]>::to_vec).collect();
         assert_eq!(
-            r.history,
+            history,
             vec![
                 codec::history_key(&batch.messages[0].conversation(), MsgId(9)),
                 codec::history_key(&batch.messages[1].conversation(), MsgId(3)),
             ]
         );
-        let inbox: Vec<_> = r.inbox.into_iter().map(|(k, _)| k).collect();
+        let inbox: Vec<_> = r.inbox().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let row = |user: &str, i: usize| {
+            let e = &batch.inbox[i].1;
+            (codec::inbox_key(user, e.seq), codec::encode_entry(e))
+        };
         assert_eq!(
             inbox,
-            vec![
-                codec::inbox_key("amy", 2),
-                codec::inbox_key("amy", 3),
-                codec::inbox_key("bob", 7),
-                codec::inbox_key("zed", 4),
-            ]
+            vec![row("amy", 1), row("amy", 3), row("bob", 2), row("zed", 0)]
         );
-        let dedupe: Vec<_> = r.dedupe.into_iter().map(|(k, _)| k).collect();
+        let dedupe: Vec<_> = r.dedupe().map(|(k, v)| (k.to_vec(), *v)).collect();
         assert_eq!(
             dedupe,
             vec![
-                codec::dedupe_key("bob", "c3"),
-                codec::dedupe_key("zed", "c9")
+                (
+                    codec::dedupe_key("bob", "c3"),
+                    codec::encode_dedupe(MsgId(3), 1)
+                ),
+                (
+                    codec::dedupe_key("zed", "c9"),
+                    codec::encode_dedupe(MsgId(9), 1)
+                ),
             ]
         );
+        let acks: Vec<_> = r.acks().map(|(k, seq)| (k.to_vec(), seq)).collect();
         assert_eq!(
-            r.acks,
+            acks,
             vec![
                 (codec::ack_key("amy", "d"), 3),
                 (codec::ack_key("zed", "d"), 4)

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{ChatStore, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
+use super::{ChatStore, READ_RESERVE, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
 use crate::codec::{self, Corrupt};
 use crate::ids::MsgId;
 use crate::types::{Conversation, InboxEntry, StoredMessage};
@@ -78,7 +78,7 @@ impl ChatStore for RedbStore {
         let txn = self.db.begin_read().map_err(backend)?;
         let t = txn.open_table(INBOX).map_err(backend)?;
         let (lo, hi) = seq_range(user, after);
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(READ_RESERVE));
         for item in t
             .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
             .map_err(backend)?
@@ -144,7 +144,7 @@ impl ChatStore for RedbStore {
             index.range::<&[u8]>(lo.as_slice()..=hi.as_slice())
         }
         .map_err(backend)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(READ_RESERVE));
         for item in range.rev() {
             if out.len() >= limit {
                 break;
@@ -186,24 +186,24 @@ impl ChatStore for RedbStore {
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut messages = txn.open_table(MESSAGES).map_err(backend)?;
-            for (id, v) in &rows.messages {
-                messages.insert(id.0, v.as_slice()).map_err(backend)?;
+            for (id, v) in rows.messages() {
+                messages.insert(id.0, v).map_err(backend)?;
             }
             let mut history = txn.open_table(HISTORY).map_err(backend)?;
-            for k in &rows.history {
-                history.insert(k.as_slice(), ()).map_err(backend)?;
+            for k in rows.history() {
+                history.insert(k, ()).map_err(backend)?;
             }
             let mut inbox = txn.open_table(INBOX).map_err(backend)?;
-            for (k, v) in &rows.inbox {
-                inbox.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
+            for (k, v) in rows.inbox() {
+                inbox.insert(k, v).map_err(backend)?;
             }
             let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
-            for (k, v) in &rows.dedupe {
-                dedupe.insert(k.as_slice(), v.as_slice()).map_err(backend)?;
+            for (k, v) in rows.dedupe() {
+                dedupe.insert(k, v.as_slice()).map_err(backend)?;
             }
             let mut acks = txn.open_table(ACKS).map_err(backend)?;
-            for (k, seq) in &rows.acks {
-                acks.insert(k.as_slice(), *seq).map_err(backend)?;
+            for (k, seq) in rows.acks() {
+                acks.insert(k, seq).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)
