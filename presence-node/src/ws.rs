@@ -118,10 +118,12 @@ struct Corked<S> {
 /// Past this much buffered, writes go out before more is taken.
 const CORK_MAX: usize = 64 * 1024;
 
-/// What the first write after a flush reserves: a wakeup's few frames then fit one
-/// allocation instead of one and a regrowth or two (the regrowths were 1.6% of the node's
-/// CPU at 20,000 chat sends a second).
-const CORK_FIRST: usize = 4 * 1024;
+/// What the first write after a flush reserves: a wakeup's few frames (a `sent` and an inbox
+/// entry, or a presence frame of a few entries) then fit one allocation instead of one and a
+/// regrowth or two (the regrowths were 1.6% of the node's CPU at 20,000 chat sends a second).
+/// Kept under 1 KiB, the largest request glibc serves from its per-thread cache: 4 KiB cost
+/// presence frames at ~179 k entries/s 3–9% more CPU in two back-to-back pairs.
+const CORK_FIRST: usize = 1000;
 
 impl<S> Corked<S> {
     fn new(inner: S) -> Self {
