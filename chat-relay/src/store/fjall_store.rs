@@ -4,6 +4,11 @@
 //! fjall's default write only reaches the OS page cache. Every commit here is one atomic
 //! fjall batch written with `PersistMode::SyncAll`: the journal is fsync'd before `commit`
 //! returns, and the batch becomes visible to readers only after that.
+//!
+//! The layout's version ([`codec::FORMAT`]) is kept in the keyspace `meta`. A store without it
+//! is format 1 (or new): at open, its inbox, history, dedupe and acks keyspaces are copied into
+//! format 2's (`inbox_v2`, …) batch by batch, the version is written, and the old keyspaces
+//! are dropped. A crash in between copies again at the next open (the copy is idempotent).
 
 use std::path::Path;
 
@@ -11,7 +16,7 @@ use fjall::config::CompressionPolicy;
 use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{ChatStore, READ_RESERVE, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
-use crate::codec::{self, Corrupt};
+use crate::codec::{self, Corrupt, Keyed};
 use crate::ids::MsgId;
 use crate::types::{Conversation, InboxEntry, StoredMessage};
 
@@ -23,8 +28,23 @@ pub struct FjallStore {
     history: Keyspace,
     dedupe: Keyspace,
     acks: Keyspace,
+    meta: Keyspace,
     persist: PersistMode,
 }
+
+/// The tables whose keys changed in format 2: format 1's keyspace, then format 2's.
+const KEYED: [(Keyed, &str, &str); 4] = [
+    (Keyed::Inbox, "inbox", "inbox_v2"),
+    (Keyed::History, "history", "history_v2"),
+    (Keyed::Dedupe, "dedupe", "dedupe_v2"),
+    (Keyed::Acks, "acks", "acks_v2"),
+];
+
+/// The key of the layout version in `meta`.
+const FORMAT_KEY: &[u8] = b"format";
+
+/// Rows a format upgrade copies a batch (each batch fsync'd).
+const UPGRADE_BATCH: usize = 10_000;
 
 impl FjallStore {
     /// Opens or creates the store in `dir/fjall` (creating `dir`), fsyncing every commit
@@ -65,15 +85,76 @@ impl FjallStore {
             }
         };
         let ks = |name: &str| db.keyspace(name, options).map_err(backend);
-        Ok(Self {
+        let store = Self {
             messages: ks("messages")?,
-            inbox: ks("inbox")?,
-            history: ks("history")?,
-            dedupe: ks("dedupe")?,
-            acks: ks("acks")?,
+            inbox: ks(KEYED[0].2)?,
+            history: ks(KEYED[1].2)?,
+            dedupe: ks(KEYED[2].2)?,
+            acks: ks(KEYED[3].2)?,
+            meta: ks("meta")?,
             db,
             persist,
-        })
+        };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Brings a format-1 store to format 2 (see the module doc); refuses a newer format.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        match self.meta.get(FORMAT_KEY).map_err(backend)? {
+            Some(v) => {
+                let found = codec::read_u64(&v).ok_or(Corrupt("format"))?;
+                if found != codec::FORMAT {
+                    return Err(StoreError::Format { found });
+                }
+            }
+            None => {
+                for (table, old, _) in KEYED {
+                    if self.db.keyspace_exists(old) {
+                        let from = (self.db)
+                            .keyspace(old, KeyspaceCreateOptions::default)
+                            .map_err(backend)?;
+                        self.copy_v1(table, &from)?;
+                    }
+                }
+                let mut b = self.db.batch().durability(Some(PersistMode::SyncAll));
+                b.insert(&self.meta, FORMAT_KEY, codec::FORMAT.to_be_bytes());
+                b.commit().map_err(backend)?;
+            }
+        }
+        // Format 1's keyspaces once copied, also after a crash between the version and this.
+        for (_, old, _) in KEYED {
+            if self.db.keyspace_exists(old) {
+                let ks = (self.db)
+                    .keyspace(old, KeyspaceCreateOptions::default)
+                    .map_err(backend)?;
+                self.db.delete_keyspace(ks).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a format-1 keyspace's rows into `table`'s format-2 keyspace.
+    fn copy_v1(&self, table: Keyed, from: &Keyspace) -> Result<(), StoreError> {
+        let to = match table {
+            Keyed::Inbox => &self.inbox,
+            Keyed::History => &self.history,
+            Keyed::Dedupe => &self.dedupe,
+            Keyed::Acks => &self.acks,
+        };
+        let batch = || self.db.batch().durability(Some(PersistMode::SyncAll));
+        let (mut b, mut n) = (batch(), 0);
+        for g in from.iter() {
+            let (k, v) = g.into_inner().map_err(backend)?;
+            b.insert(to, codec::v1_key_to_v2(table, &k)?, v);
+            n += 1;
+            if n % UPGRADE_BATCH == 0 {
+                std::mem::replace(&mut b, batch())
+                    .commit()
+                    .map_err(backend)?;
+            }
+        }
+        b.commit().map_err(backend)
     }
 }
 
@@ -273,5 +354,47 @@ impl ChatStore for FjallStore {
         }
         b.commit().map_err(backend)?;
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{assert_holds_sample, sample_rows_v1};
+
+    #[test]
+    fn a_format_1_store_is_upgraded_at_open_with_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The layout the store wrote before format 2: no `meta`, format 1's keyspaces.
+            let db = Database::builder(dir.path().join("fjall")).open().unwrap();
+            let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+            for (table, k, v) in sample_rows_v1() {
+                let ks = db.keyspace(table, KeyspaceCreateOptions::default).unwrap();
+                b.insert(&ks, k, v);
+            }
+            b.commit().unwrap();
+        }
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_holds_sample(&store);
+        for (_, old, _) in KEYED {
+            assert!(!store.db.keyspace_exists(old), "{old} was left");
+        }
+        drop(store);
+        assert_holds_sample(&FjallStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_store_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FjallStore::open(dir.path()).unwrap();
+        store.meta.insert(FORMAT_KEY, 3u64.to_be_bytes()).unwrap();
+        store.db.persist(PersistMode::SyncAll).unwrap();
+        drop(store);
+        match FjallStore::open(dir.path()) {
+            Err(StoreError::Format { found: 3 }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a format 3 store opened"),
+        }
     }
 }

@@ -37,6 +37,12 @@ pub enum StoreError {
     /// writers) under a later epoch than the one the batch was written under.
     #[error("chat store: slot {slot} was taken by a newer owner (epoch {fenced} > {epoch})")]
     Fenced { slot: u16, epoch: u64, fenced: u64 },
+    /// The store's layout is one this build does not know (a newer node wrote it).
+    #[error(
+        "chat store: its layout is format {found}, this node reads format {} (a newer node wrote it)",
+        crate::codec::FORMAT
+    )]
+    Format { found: u64 },
 }
 
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -358,9 +364,136 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::{EntryKind, Target};
+
+    /// A batch with a row in every table: a 1:1 message and a group message, their inbox
+    /// entries, dedupe rows and two devices' acks.
+    pub(crate) fn sample_batch() -> WriteBatch {
+        let mut group = message(12, "amy", "x");
+        group.target = Target::Group("g1".into());
+        let e = |seq: u64, id: u64, target: Target| InboxEntry {
+            target,
+            ..entry(seq, id)
+        };
+        let bob = || Target::User("bob".into());
+        WriteBatch {
+            id: 1,
+            messages: vec![message(11, "amy", "bob"), group],
+            inbox: vec![
+                ("amy".into(), e(1, 11, bob())),
+                ("bob".into(), e(1, 11, bob())),
+                ("amy".into(), e(2, 12, Target::Group("g1".into()))),
+                ("cat".into(), e(1, 12, Target::Group("g1".into()))),
+            ],
+            dedupe: vec![
+                DedupeRow {
+                    sender: "amy".into(),
+                    client_id: "c11".into(),
+                    msg_id: MsgId(11),
+                    ts: 1,
+                },
+                DedupeRow {
+                    sender: "amy".into(),
+                    client_id: "c12".into(),
+                    msg_id: MsgId(12),
+                    ts: 1,
+                },
+            ],
+            acks: vec![
+                AckRow {
+                    user: "bob".into(),
+                    device: "phone".into(),
+                    seq: 1,
+                },
+                AckRow {
+                    user: "amy".into(),
+                    device: "laptop".into(),
+                    seq: 2,
+                },
+            ],
+            fences: Vec::new(),
+        }
+    }
+
+    /// Asserts that `store` answers every read about [`sample_batch`]'s rows as a store that
+    /// committed it does.
+    pub(crate) fn assert_holds_sample(store: &dyn ChatStore) {
+        let batch = sample_batch();
+        for user in ["amy", "bob", "cat"] {
+            let mut want: Vec<_> = (batch.inbox.iter())
+                .filter(|(u, _)| u == user)
+                .map(|(_, e)| e.clone())
+                .collect();
+            want.sort_by_key(|e| e.seq);
+            assert_eq!(store.read_inbox(user, 0, 100).unwrap(), want, "{user}");
+            assert_eq!(
+                store.inbox_head(user).unwrap(),
+                want.last().map_or(0, |e| e.seq)
+            );
+        }
+        for m in &batch.messages {
+            assert_eq!(store.message(m.msg_id).unwrap().as_ref(), Some(m));
+            assert_eq!(
+                store.history(&m.conversation(), None, 10).unwrap(),
+                vec![m.clone()]
+            );
+        }
+        for d in &batch.dedupe {
+            assert_eq!(
+                store.dedupe(&d.sender, &d.client_id).unwrap(),
+                Some((d.msg_id, d.ts))
+            );
+        }
+        let mut keys = Vec::new();
+        store.dedupe_keys(&mut |k| keys.push(k.to_vec())).unwrap();
+        keys.sort();
+        let mut want: Vec<_> = (batch.dedupe.iter())
+            .map(|d| codec::dedupe_key(&d.sender, &d.client_id))
+            .collect();
+        want.sort();
+        assert_eq!(keys, want);
+        for a in &batch.acks {
+            assert_eq!(store.device_ack(&a.user, &a.device).unwrap(), a.seq);
+        }
+        assert_eq!(store.last_msg_id().unwrap(), Some(MsgId(12)));
+    }
+
+    /// [`sample_batch`]'s rows as format 1 laid them out: `(table, key, value)`, the keys
+    /// without format 2's hash in front (messages, whose keys did not change, as they are).
+    pub(crate) fn sample_rows_v1() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let rows = sample_batch().sorted_rows();
+        let mut out = Vec::new();
+        for (id, v) in rows.messages() {
+            out.push(("messages", id.to_be_bytes().to_vec(), v.to_vec()));
+        }
+        for k in rows.history() {
+            out.push(("history", k[4..].to_vec(), Vec::new()));
+        }
+        for (k, v) in rows.inbox() {
+            out.push(("inbox", k[4..].to_vec(), v.to_vec()));
+        }
+        for (k, v) in rows.dedupe() {
+            out.push(("dedupe", k[4..].to_vec(), v.to_vec()));
+        }
+        for (k, seq) in rows.acks() {
+            out.push(("acks", k[4..].to_vec(), seq.to_be_bytes().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn both_stores_hold_what_they_commit() {
+        for kind in [StoreKind::Fjall, StoreKind::Redb] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = kind.open(dir.path()).unwrap();
+            store.commit(&sample_batch()).unwrap();
+            assert_holds_sample(&*store);
+            drop(store);
+            assert_holds_sample(&*kind.open(dir.path()).unwrap());
+        }
+    }
 
     fn message(id: u64, from: &str, to: &str) -> StoredMessage {
         StoredMessage {
@@ -435,44 +568,48 @@ mod tests {
                 (MsgId(9), codec::encode_message(&batch.messages[0])),
             ]
         );
-        let history: Vec<_> = r.history().map(<[u8]>::to_vec).collect();
-        assert_eq!(
-            history,
-            vec![
-                codec::history_key(&batch.messages[0].conversation(), MsgId(9)),
-                codec::history_key(&batch.messages[1].conversation(), MsgId(3)),
-            ]
-        );
+        // Each table in key order: the expected rows, sorted by their keys.
+        fn sorted<T: Clone>(mut rows: Vec<(Vec<u8>, T)>) -> Vec<(Vec<u8>, T)> {
+            rows.sort_by(|x, y| x.0.cmp(&y.0));
+            rows
+        }
+        let history: Vec<_> = r.history().map(|k| (k.to_vec(), ())).collect();
+        let history_key = |i: usize| {
+            let m = &batch.messages[i];
+            (codec::history_key(&m.conversation(), m.msg_id), ())
+        };
+        assert_eq!(history, sorted(vec![history_key(0), history_key(1)]));
         let inbox: Vec<_> = r.inbox().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        let row = |user: &str, i: usize| {
-            let e = &batch.inbox[i].1;
+        let row = |i: usize| {
+            let (user, e) = &batch.inbox[i];
             (codec::inbox_key(user, e.seq), codec::encode_entry(e))
         };
+        assert_eq!(inbox, sorted(vec![row(0), row(1), row(2), row(3)]));
+        // One user's rows stay together, in seq order.
+        let amy_prefix = codec::inbox_key("amy", 0);
+        let amy_prefix = &amy_prefix[..amy_prefix.len() - 8];
+        let amy: Vec<_> = (inbox.iter())
+            .filter(|(k, _)| k.len() == amy_prefix.len() + 8 && k.starts_with(amy_prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         assert_eq!(
-            inbox,
-            vec![row("amy", 1), row("amy", 3), row("bob", 2), row("zed", 0)]
+            amy,
+            vec![codec::inbox_key("amy", 2), codec::inbox_key("amy", 3)]
         );
         let dedupe: Vec<_> = r.dedupe().map(|(k, v)| (k.to_vec(), *v)).collect();
-        assert_eq!(
-            dedupe,
-            vec![
-                (
-                    codec::dedupe_key("bob", "c3"),
-                    codec::encode_dedupe(MsgId(3), 1)
-                ),
-                (
-                    codec::dedupe_key("zed", "c9"),
-                    codec::encode_dedupe(MsgId(9), 1)
-                ),
-            ]
-        );
+        let dedupe_row = |i: usize| {
+            let d = &batch.dedupe[i];
+            (
+                codec::dedupe_key(&d.sender, &d.client_id),
+                codec::encode_dedupe(d.msg_id, d.ts),
+            )
+        };
+        assert_eq!(dedupe, sorted(vec![dedupe_row(0), dedupe_row(1)]));
         let acks: Vec<_> = r.acks().map(|(k, seq)| (k.to_vec(), seq)).collect();
-        assert_eq!(
-            acks,
-            vec![
-                (codec::ack_key("amy", "d"), 3),
-                (codec::ack_key("zed", "d"), 4)
-            ]
-        );
+        let ack_row = |i: usize| {
+            let a = &batch.acks[i];
+            (codec::ack_key(&a.user, &a.device), a.seq)
+        };
+        assert_eq!(acks, sorted(vec![ack_row(0), ack_row(1)]));
     }
 }

@@ -3,22 +3,37 @@
 //! A redb write transaction commits with `Durability::Immediate` (the default): when `commit`
 //! returns, the new root is fsync'd, and a crash at any point leaves the last committed state.
 //! redb has one writer at a time, which is what group commit wants anyway.
+//!
+//! The layout's version ([`codec::FORMAT`]) is kept in the table `meta`. A store without it is
+//! format 1 (or new): at open, one transaction copies its inbox, history, dedupe and acks tables
+//! into format 2's (`inbox_v2`, …), drops them and writes the version (all or nothing; it holds
+//! the copied pages until it commits, which is fine at the sizes redb is chosen for here).
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    WriteTransaction,
+};
 
 use super::{ChatStore, READ_RESERVE, StoreError, TrimCounts, WriteBatch, backend, prefix_end};
-use crate::codec::{self, Corrupt};
+use crate::codec::{self, Corrupt, Keyed};
 use crate::ids::MsgId;
 use crate::types::{Conversation, InboxEntry, StoredMessage};
 
 type Bytes = &'static [u8];
 const MESSAGES: TableDefinition<u64, Bytes> = TableDefinition::new("messages");
-const INBOX: TableDefinition<Bytes, Bytes> = TableDefinition::new("inbox");
-const HISTORY: TableDefinition<Bytes, ()> = TableDefinition::new("history");
-const DEDUPE: TableDefinition<Bytes, Bytes> = TableDefinition::new("dedupe");
-const ACKS: TableDefinition<Bytes, u64> = TableDefinition::new("acks");
+const INBOX: TableDefinition<Bytes, Bytes> = TableDefinition::new("inbox_v2");
+const HISTORY: TableDefinition<Bytes, ()> = TableDefinition::new("history_v2");
+const DEDUPE: TableDefinition<Bytes, Bytes> = TableDefinition::new("dedupe_v2");
+const ACKS: TableDefinition<Bytes, u64> = TableDefinition::new("acks_v2");
+/// `"format"` → the layout version.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Format 1's tables (the same keys without the hash in front).
+const INBOX_V1: TableDefinition<Bytes, Bytes> = TableDefinition::new("inbox");
+const HISTORY_V1: TableDefinition<Bytes, ()> = TableDefinition::new("history");
+const DEDUPE_V1: TableDefinition<Bytes, Bytes> = TableDefinition::new("dedupe");
+const ACKS_V1: TableDefinition<Bytes, u64> = TableDefinition::new("acks");
 
 /// The redb chat store.
 pub struct RedbStore {
@@ -36,9 +51,53 @@ impl RedbStore {
         txn.open_table(HISTORY).map_err(backend)?;
         txn.open_table(DEDUPE).map_err(backend)?;
         txn.open_table(ACKS).map_err(backend)?;
+        let found = txn
+            .open_table(META)
+            .map_err(backend)?
+            .get("format")
+            .map_err(backend)?
+            .map(|v| v.value());
+        match found {
+            Some(f) if f == codec::FORMAT => {}
+            Some(found) => return Err(StoreError::Format { found }),
+            None => {
+                copy_v1(&txn, INBOX_V1, INBOX, Keyed::Inbox)?;
+                copy_v1(&txn, HISTORY_V1, HISTORY, Keyed::History)?;
+                copy_v1(&txn, DEDUPE_V1, DEDUPE, Keyed::Dedupe)?;
+                copy_v1(&txn, ACKS_V1, ACKS, Keyed::Acks)?;
+                (txn.open_table(META).map_err(backend)?)
+                    .insert("format", codec::FORMAT)
+                    .map_err(backend)?;
+            }
+        }
         txn.commit().map_err(backend)?;
         Ok(Self { db })
     }
+}
+
+/// Copies format 1's `old` table, if the store has it, into `new` with format 2's keys, and
+/// drops it.
+fn copy_v1<V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    old: TableDefinition<Bytes, V>,
+    new: TableDefinition<Bytes, V>,
+    table: Keyed,
+) -> Result<(), StoreError> {
+    let exists = (txn.list_tables().map_err(backend)?).any(|t| t.name() == old.name());
+    if !exists {
+        return Ok(());
+    }
+    {
+        let from = txn.open_table(old).map_err(backend)?;
+        let mut to = txn.open_table(new).map_err(backend)?;
+        for item in from.iter().map_err(backend)? {
+            let (k, v) = item.map_err(backend)?;
+            let key = codec::v1_key_to_v2(table, k.value())?;
+            to.insert(key.as_slice(), v.value()).map_err(backend)?;
+        }
+    }
+    txn.delete_table(old).map_err(backend)?;
+    Ok(())
 }
 
 fn seq_range(user: &str, after: u64) -> (Vec<u8>, Vec<u8>) {
@@ -281,5 +340,74 @@ impl ChatStore for RedbStore {
         }
         txn.commit().map_err(backend)?;
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{assert_holds_sample, sample_rows_v1};
+
+    #[test]
+    fn a_format_1_store_is_upgraded_at_open_with_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The layout the store wrote before format 2: no `meta`, format 1's tables.
+            let db = Database::create(dir.path().join("chat.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            for (table, k, v) in sample_rows_v1() {
+                match table {
+                    "messages" => {
+                        let id = codec::read_u64(&k).unwrap();
+                        let mut t = txn.open_table(MESSAGES).unwrap();
+                        t.insert(id, v.as_slice()).unwrap();
+                    }
+                    "history" => {
+                        let mut t = txn.open_table(HISTORY_V1).unwrap();
+                        t.insert(k.as_slice(), ()).unwrap();
+                    }
+                    "inbox" => {
+                        let mut t = txn.open_table(INBOX_V1).unwrap();
+                        t.insert(k.as_slice(), v.as_slice()).unwrap();
+                    }
+                    "dedupe" => {
+                        let mut t = txn.open_table(DEDUPE_V1).unwrap();
+                        t.insert(k.as_slice(), v.as_slice()).unwrap();
+                    }
+                    _ => {
+                        let mut t = txn.open_table(ACKS_V1).unwrap();
+                        t.insert(k.as_slice(), codec::read_u64(&v).unwrap())
+                            .unwrap();
+                    }
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_holds_sample(&store);
+        let txn = store.db.begin_read().unwrap();
+        let names: Vec<String> = (txn.list_tables().unwrap())
+            .map(|t| t.name().to_owned())
+            .collect();
+        for old in ["inbox", "history", "dedupe", "acks"] {
+            assert!(!names.iter().any(|n| n == old), "{old} was left: {names:?}");
+        }
+        drop((txn, store));
+        assert_holds_sample(&RedbStore::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_store_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        (txn.open_table(META).unwrap()).insert("format", 3).unwrap();
+        txn.commit().unwrap();
+        drop(store);
+        match RedbStore::open(dir.path()) {
+            Err(StoreError::Format { found: 3 }) => {}
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a format 3 store opened"),
+        }
     }
 }
