@@ -1,7 +1,7 @@
-//! Whether the store's keys would insert faster into fjall's memtables if their first four
-//! bytes told users apart: today's layout (`lp(user) ‖ …`, whose first four bytes are the
-//! id's length and its first two bytes, shared by most users) against the same keys behind a
-//! 4-byte hash of their user (inbox, dedupe) or conversation (history).
+//! Why the store's format 2 puts a hash in front of its keys: fjall memtable inserts of format
+//! 1's keys (`lp(user) ‖ …`, whose first four bytes are the id's length and its first two
+//! bytes, shared by most users) against format 2's, the same keys behind a 4-byte hash of
+//! their user (inbox, dedupe) or conversation (history) — the codec's `hash4`, FNV-1a.
 //!
 //! fjall keeps keys as `ByteView`s: up to 20 bytes inline, longer ones on the heap, each with
 //! its first four bytes inline as a prefix that a comparison checks first. A memtable insert
@@ -35,7 +35,7 @@ fn lp(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// FNV-1a, 32 bits: any hash that spreads ids over the first four bytes will do.
+/// FNV-1a, 32 bits, as the codec's `hash4` (the codec is private to the crate).
 fn hash4(s: &[u8]) -> [u8; 4] {
     let mut h: u32 = 0x811c_9dc5;
     for &b in s {
@@ -145,7 +145,7 @@ fn run(sends: usize, per_batch: usize, uuid: bool) {
     }
     let per_send = |j: usize| secs[j] / (counted[j] * per_batch) as f64 * 1e6;
     println!(
-        "{:>5} ids, {per_batch:>4} sends/batch | today's keys {:>6.2} µs/send | hash-first keys {:>6.2} µs/send | ratio {:.3}",
+        "{:>5} ids, {per_batch:>4} sends/batch | format 1 keys {:>6.2} µs/send | format 2 (hash first) {:>6.2} µs/send | ratio {:.3}",
         if uuid { "uuid" } else { "short" },
         per_send(0),
         per_send(1),
