@@ -385,6 +385,51 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_cut_short_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = sample_rows_v1();
+        {
+            let db = Database::builder(dir.path().join("fjall")).open().unwrap();
+            let mut b = db.batch().durability(Some(PersistMode::SyncAll));
+            for (table, k, v) in &rows {
+                let ks = db.keyspace(table, KeyspaceCreateOptions::default).unwrap();
+                b.insert(&ks, k.clone(), v.clone());
+            }
+            // Every other row already copied, no version yet: a node stopped mid-copy.
+            for (table, k, v) in rows.iter().step_by(2) {
+                if let Some((keyed, _, new)) = KEYED.iter().find(|(_, old, _)| old == table) {
+                    let ks = db.keyspace(new, KeyspaceCreateOptions::default).unwrap();
+                    b.insert(&ks, codec::v1_key_to_v2(*keyed, k).unwrap(), v.clone());
+                }
+            }
+            b.commit().unwrap();
+        }
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert_holds_sample(&store);
+        for (_, old, _) in KEYED {
+            assert!(!store.db.keyspace_exists(old), "{old} was left");
+        }
+    }
+
+    #[test]
+    fn format_1_keyspaces_left_after_the_version_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = FjallStore::open(dir.path()).unwrap();
+            store.commit(&crate::store::tests::sample_batch()).unwrap();
+            // A node stopped after writing the version, before dropping format 1's tables.
+            let old = (store.db)
+                .keyspace("inbox", KeyspaceCreateOptions::default)
+                .unwrap();
+            old.insert(b"not copied again", b"x").unwrap();
+            store.db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = FjallStore::open(dir.path()).unwrap();
+        assert!(!store.db.keyspace_exists("inbox"));
+        assert_holds_sample(&store);
+    }
+
+    #[test]
     fn a_store_of_a_newer_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = FjallStore::open(dir.path()).unwrap();
