@@ -155,15 +155,12 @@ fn run(sends: usize, per_batch: usize, uuid: bool) {
 
 fn main() {
     let sends: usize = common::env_or("MEMTABLE_BENCH_SENDS", 400_000);
-    let sizes: String = common::env_or("MEMTABLE_BENCH_BATCHES", "100".to_string());
+    let sizes = common::env_sizes("MEMTABLE_BENCH_BATCHES", "100");
     let ids: String = common::env_or("MEMTABLE_BENCH_IDS", "short,uuid".to_string());
     println!("fjall memtable inserts, {sends} sends of five rows a layout (see the file's doc)");
     for uuid in ids.split(',').map(|s| s.trim() == "uuid") {
-        for b in sizes
-            .split(',')
-            .filter_map(|s| s.trim().parse::<usize>().ok())
-        {
-            run(sends, b.max(1), uuid);
+        for &b in &sizes {
+            run(sends, b, uuid);
         }
     }
 }

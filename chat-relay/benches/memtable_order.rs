@@ -95,12 +95,8 @@ fn run(sends: usize, per_batch: usize) {
 
 fn main() {
     let sends: usize = common::env_or("MEMTABLE_BENCH_SENDS", 400_000);
-    let sizes: String = common::env_or("MEMTABLE_BENCH_BATCHES", "7,100,500".to_string());
     println!("fjall memtable inserts, {sends} sends of five rows (see the file's doc)");
-    for b in sizes
-        .split(',')
-        .filter_map(|s| s.trim().parse::<usize>().ok())
-    {
-        run(sends, b.max(1));
+    for b in common::env_sizes("MEMTABLE_BENCH_BATCHES", "7,100,500") {
+        run(sends, b);
     }
 }

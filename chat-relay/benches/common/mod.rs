@@ -9,6 +9,16 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The environment variable `name` as a comma-separated list of sizes (`default` when unset);
+/// entries that do not parse are skipped, zero counts as one.
+pub fn env_sizes(name: &str, default: &str) -> Vec<usize> {
+    let list = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    list.split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+        .map(|n| n.max(1))
+        .collect()
+}
+
 /// A scratch folder in `CHAT_BENCH_DIR` (the system's temp dir if unset), removed on drop.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(

@@ -119,7 +119,8 @@ impl WriteBatch {
     /// keep, so a row costs no allocation of its own here.
     pub(crate) fn sorted_rows(&self) -> SortedRows {
         let mut r = SortedRows {
-            buf: Vec::with_capacity(self.encoded_size_hint()),
+            // About a row's bytes with a short text (the buffer grows for longer ones).
+            buf: Vec::with_capacity(128 * self.rows()),
             messages: Vec::with_capacity(self.messages.len()),
             history: Vec::with_capacity(self.messages.len()),
             inbox: Vec::with_capacity(self.inbox.len()),
@@ -153,31 +154,6 @@ impl WriteBatch {
         r.dedupe.sort_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
         r.acks.sort_by(|x, y| b[x.0.clone()].cmp(&b[y.0.clone()]));
         r
-    }
-
-    /// About how many bytes [`WriteBatch::sorted_rows`] encodes (a message row with its
-    /// history key, an inbox row, a dedupe key, an ack key: fixed fields plus the strings).
-    fn encoded_size_hint(&self) -> usize {
-        let messages: usize = (self.messages.iter())
-            .map(|m| {
-                64 + 2 * (m.from.len() + m.target.id().len()) + m.text.len() + m.client_id.len()
-            })
-            .sum();
-        let inbox: usize = (self.inbox.iter())
-            .map(|(u, e)| {
-                48 + u.len()
-                    + e.from.len()
-                    + e.target.id().len()
-                    + e.text.as_ref().map_or(0, String::len)
-            })
-            .sum();
-        let dedupe: usize = (self.dedupe.iter())
-            .map(|d| 2 + d.sender.len() + d.client_id.len())
-            .sum();
-        let acks: usize = (self.acks.iter())
-            .map(|a| 2 + a.user.len() + a.device.len())
-            .sum();
-        messages + inbox + dedupe + acks
     }
 }
 
