@@ -15,12 +15,8 @@
 //! Every push, close and ping gives the outbox's [`Wakeup`] its permit; the session task awaits
 //! `outbox.wakeup.notified()` and then takes everything at once.
 //!
-//! **Pacing.** The tick's entries come through [`Outbox::push_paced`]: a session is woken for
-//! presence at most once every `every` ticks. Entries that come sooner are *held*: merged as
-//! above, not taken (a wakeup for chat leaves them), until [`Outbox::release`] at the due tick,
-//! which the registry calls. So with engine ticks a fraction of the batching period, a session
-//! still gets one presence frame a period at most, an isolated change leaves at the next
-//! engine tick, and the sessions' frames spread over the period instead of all leaving at once.
+//! **Pacing** happens before the outbox, in the registry ([`crate::registry::Registry::hand_out`]):
+//! what reaches an outbox is due, and every push wakes the session.
 
 use std::collections::VecDeque;
 
@@ -68,21 +64,6 @@ struct Inner {
     inbox_cap: u32,
     lagging: bool,
     ping: bool,
-    /// Presence is waiting for [`Outbox::release`]: not taken, no wakeup.
-    held: bool,
-    /// The first tick a paced push may wake the session at (one `every` after the last paced
-    /// wakeup).
-    free_at: u64,
-}
-
-/// What [`Outbox::push_paced`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Paced {
-    /// Merged into entries the client had not taken yet.
-    pub merged: bool,
-    /// Held: call [`Outbox::release`] at this tick (`None` if woken now, or already held,
-    /// whose release is already due).
-    pub release_at: Option<u64>,
 }
 
 /// What the session task takes from its outbox.
@@ -126,58 +107,19 @@ impl Outbox {
         }
     }
 
-    /// Queues one tick's entries (any order); returns true if they were merged into a frame the
-    /// client had not taken yet.
-    /// Unpaced: a snapshot (a welcome's, a new focus's) leaves at once, with whatever is held.
+    /// Queues one tick's entries (any order) and wakes the session; returns true if they were
+    /// merged into a frame the client had not taken yet.
     pub fn push(&self, tick: u64, items: Vec<(u32, Bytes)>) -> bool {
-        let merged = {
-            let mut inner = self.inner.lock();
-            inner.held = false;
-            inner.queue(tick, items)
-        };
+        self.push_since(tick, tick, items)
+    }
+
+    /// Queues entries of ticks `since..=tick` (any order; entries held over several ticks,
+    /// latest per friend) and wakes the session; returns true if they were merged into a frame
+    /// the client had not taken yet. `since` is what the frame's delay is measured from.
+    pub fn push_since(&self, since: u64, tick: u64, items: Vec<(u32, Bytes)>) -> bool {
+        let merged = self.inner.lock().queue(since, tick, items);
         self.wakeup.notify();
         merged
-    }
-
-    /// Queues one tick's entries (any order), waking the session only if its last paced
-    /// wakeup is at least `every` ticks old; otherwise the entries are held (merged with what
-    /// waits) until [`Outbox::release`]. `every` 1 wakes on every push, as [`Outbox::push`].
-    #[must_use]
-    pub fn push_paced(&self, tick: u64, items: Vec<(u32, Bytes)>, every: u64) -> Paced {
-        let (merged, release_at, wake) = {
-            let mut inner = self.inner.lock();
-            let merged = inner.queue(tick, items);
-            if inner.held {
-                (merged, None, false)
-            } else if tick >= inner.free_at {
-                inner.free_at = tick.saturating_add(every);
-                (merged, None, true)
-            } else {
-                inner.held = true;
-                (merged, Some(inner.free_at), false)
-            }
-        };
-        if wake {
-            self.wakeup.notify();
-        }
-        Paced { merged, release_at }
-    }
-
-    /// Ends a hold at tick `tick`, a paced wakeup (the next free tick is `every` later): the
-    /// session is woken for what waits. Does nothing if nothing is held (an unpaced push ended
-    /// the hold).
-    pub fn release(&self, tick: u64, every: u64) {
-        let wake = {
-            let mut inner = self.inner.lock();
-            let held = std::mem::take(&mut inner.held);
-            if held {
-                inner.free_at = tick.saturating_add(every);
-            }
-            held && !inner.pending.is_empty()
-        };
-        if wake {
-            self.wakeup.notify();
-        }
     }
 
     /// Asks the session to ping its client.
@@ -224,11 +166,10 @@ impl Outbox {
         self.wakeup.notify();
     }
 
-    /// Everything waiting, at once, but held presence (a close stays: every later take
-    /// reports it too).
+    /// Everything waiting, at once (a close stays: every later take reports it too).
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
-        let presence = (!inner.pending.is_empty() && !inner.held)
+        let presence = (!inner.pending.is_empty())
             .then(|| (inner.tick, std::mem::take(&mut inner.pending)));
         let presence_since = inner.tick.saturating_sub(u64::from(inner.behind));
         if presence.is_some() {
@@ -258,21 +199,22 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Adds one tick's entries to what waits; true if merged into entries not taken yet.
-    fn queue(&mut self, tick: u64, mut items: Vec<(u32, Bytes)>) -> bool {
+    /// Adds entries of ticks `since..=tick` to what waits; true if merged into entries not
+    /// taken yet.
+    fn queue(&mut self, since: u64, tick: u64, mut items: Vec<(u32, Bytes)>) -> bool {
         items.sort_unstable_by_key(|(u, _)| *u);
         // A snapshot pushed between ticks carries the tick it was read at, which may be
         // behind the tick of entries already waiting.
         let (newest, merging) = (self.tick.max(tick), !self.pending.is_empty());
         let since = if merging {
-            self.tick.saturating_sub(u64::from(self.behind)).min(tick)
+            self.tick.saturating_sub(u64::from(self.behind)).min(since)
         } else {
-            tick
+            since.min(tick)
         };
         self.behind = u32::try_from(newest - since).unwrap_or(u32::MAX);
         self.tick = newest;
         if merging && items.len() <= SMALL_MERGE {
-            // The common merge, a held session's next tick: a few entries into a short list,
+            // The common merge, a slow reader's next tick: a few entries into a short list,
             // in place (no new list a tick).
             for item in items {
                 match self.pending.binary_search_by_key(&item.0, |e| e.0) {
@@ -380,76 +322,19 @@ mod tests {
     }
 
     #[test]
-    fn paced_pushes_wake_once_an_interval_and_hold_the_rest() {
+    fn entries_held_over_ticks_are_timed_from_the_oldest() {
         let o = Outbox::default();
-        let p = o.push_paced(1, vec![e(1, "a1")], 4);
-        assert_eq!(
-            p,
-            Paced {
-                merged: false,
-                release_at: None
-            },
-            "the first wakes at once"
-        );
-        assert!(o.wakeup.try_take());
-        assert!(o.take().presence.is_some());
-        // Ticks 2..4 are within 4 ticks of the wakeup at 1: held until 5.
-        let p = o.push_paced(2, vec![e(2, "b2")], 4);
-        assert_eq!(p.release_at, Some(5));
-        assert!(!o.wakeup.try_take(), "held: no wakeup");
-        let p = o.push_paced(3, vec![e(2, "c2"), e(3, "c3")], 4);
-        assert_eq!(
-            p,
-            Paced {
-                merged: true,
-                release_at: None
-            },
-            "already held"
-        );
-        o.push_chat(ChatItem::Frame(Bytes::from_static(b"sent")));
-        assert!(o.wakeup.try_take());
+        assert!(!o.push_since(2, 4, vec![e(2, "b2"), e(1, "d1")]));
+        assert!(o.wakeup.try_take(), "every push wakes");
         let t = o.take();
-        assert!(t.presence.is_none(), "a chat wakeup leaves held presence");
-        assert_eq!(t.chat.len(), 1);
-        o.release(5, 4);
-        assert!(o.wakeup.try_take(), "the release wakes");
+        assert_eq!(t.presence, Some((4, vec![e(1, "d1"), e(2, "b2")])));
+        assert_eq!(t.presence_since, 2, "held since tick 2");
+        // Merged into a frame not taken: the oldest of both.
+        assert!(!o.push(9, vec![e(1, "x1")]));
+        assert!(o.push_since(6, 10, vec![e(3, "y3")]));
         let t = o.take();
-        assert_eq!(t.presence, Some((3, vec![e(2, "c2"), e(3, "c3")])));
-        assert_eq!(t.presence_since, 2, "the held frame waited since tick 2");
-        // The release was a paced wakeup: tick 9 is the next free one.
-        assert_eq!(o.push_paced(8, vec![e(1, "d1")], 4).release_at, Some(9));
-        o.release(9, 4);
-        assert!(o.wakeup.try_take());
-        assert!(o.take().presence.is_some());
-        // Quiet for longer than the interval: the next push wakes at once.
-        assert_eq!(o.push_paced(20, vec![e(1, "f1")], 4).release_at, None);
-        assert!(o.wakeup.try_take());
-    }
-
-    #[test]
-    fn an_unpaced_push_ends_a_hold() {
-        let o = Outbox::default();
-        let _ = o.push_paced(1, vec![e(1, "a1")], 4);
-        let _ = o.take();
-        assert_eq!(o.push_paced(2, vec![e(2, "b2")], 4).release_at, Some(5));
-        // A snapshot (a new focus) leaves at once, with what was held.
-        o.push(2, vec![e(3, "s3")]);
-        assert!(o.wakeup.try_take());
-        assert_eq!(o.take().presence, Some((2, vec![e(2, "b2"), e(3, "s3")])));
-        o.release(5, 4);
-        assert!(
-            !o.wakeup.try_take(),
-            "nothing held any more: the release does nothing"
-        );
-    }
-
-    #[test]
-    fn pacing_every_tick_is_the_unpaced_push() {
-        let o = Outbox::default();
-        for t in 1..10 {
-            assert_eq!(o.push_paced(t, vec![e(1, "x")], 1).release_at, None);
-            assert!(o.wakeup.try_take());
-        }
+        assert_eq!(t.presence.map(|(tick, _)| tick), Some(10));
+        assert_eq!(t.presence_since, 6);
     }
 
     #[test]

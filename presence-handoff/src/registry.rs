@@ -6,8 +6,17 @@
 //! [`Registry::hand_out`] takes the same lock for each watcher: a tick's hand-out either comes
 //! first (and its batch is at or before the welcome's tick) or sees the session, so a session
 //! is handed exactly the batches after its welcome.
+//!
+//! **Pacing.** With engine ticks a fraction of the batching period (`every` engine ticks a
+//! period), [`Registry::hand_out`] wakes each watcher's sessions for presence at most once a
+//! period: a watcher woken less than `every` ticks ago has its diffs *held* here, merged
+//! latest per friend, and handed out together at its next free tick. An isolated change still
+//! leaves at the next engine tick, and the watchers' frames spread over the period instead of
+//! all leaving at its start. Holding here rather than in each session's outbox keeps a held
+//! diff off the session's handle and outbox (cache lines its I/O thread owns): a held tick
+//! costs the tick thread a map lookup and a merge, not a hand-out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -127,24 +136,66 @@ pub struct HandOut {
     pub handed: usize,
     /// Frames merged into one the session had not taken yet.
     pub merges: u64,
-    /// Sessions whose entries were held this tick (woken less than the interval ago).
+    /// Watchers whose diffs were held this tick (woken less than the interval ago).
     pub held: u64,
-    /// Sessions woken this tick for entries held before.
+    /// Watchers whose held diffs were handed out this tick.
     pub released: u64,
+}
+
+/// One entry of a held diff: the friend, the tick it came from, whether it is a removal (for
+/// a narrowed view), the rendered entry.
+struct HeldEntry {
+    friend: u32,
+    tick: u64,
+    removal: bool,
+    frame: Bytes,
+}
+
+/// The tick thread's pacing state (see the module docs), under one lock the hand-out takes
+/// once a tick.
+#[derive(Default)]
+struct Pacer {
+    /// Watchers woken within the last interval: the first tick each may be woken at again
+    /// (pruned once passed).
+    free_at: HashMap<u32, u64>,
+    /// Held diffs by watcher, ascending by friend, the latest per friend.
+    held: HashMap<u32, Vec<HeldEntry>>,
+    /// Held watchers by the tick of their release.
+    due: BTreeMap<u64, Vec<u32>>,
 }
 
 /// The sessions of every user with one.
 pub struct Registry {
     stripes: Box<[Mutex<Stripe>]>,
-    /// Held outboxes by the tick of their release (see [`Outbox::push_paced`]).
-    due: Mutex<BTreeMap<u64, Vec<Arc<SessionHandle>>>>,
+    pacer: Mutex<Pacer>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self {
             stripes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            due: Mutex::new(BTreeMap::new()),
+            pacer: Mutex::new(Pacer::default()),
+        }
+    }
+}
+
+/// A watcher's entries to hand to its sessions: a batch's diff, or a held one.
+#[derive(Clone, Copy)]
+enum Diff<'a> {
+    Batch {
+        batch: &'a Batch,
+        rendered: &'a [Bytes],
+        items: &'a [u32],
+    },
+    Held(&'a [HeldEntry]),
+}
+
+/// Merges a later tick's entries (ascending by friend) into a held diff, the later winning.
+fn merge_held(held: &mut Vec<HeldEntry>, new: impl Iterator<Item = HeldEntry>) {
+    for e in new {
+        match held.binary_search_by_key(&e.friend, |h| h.friend) {
+            Ok(i) => held[i] = e,
+            Err(i) => held.insert(i, e),
         }
     }
 }
@@ -178,9 +229,10 @@ impl Registry {
 
     /// Hands one tick's batch to the sessions: each watcher's diff to the outboxes of its
     /// sessions welcomed before the tick (`rendered[i]` is entry `i`, rendered once for every
-    /// watcher), paced to one presence wakeup a session every `every` ticks (entries that
-    /// come sooner wait in the outbox and leave at the session's next free tick); and a close
-    /// to the sessions the heartbeat timeout expired.
+    /// watcher), paced to one presence wakeup a watcher every `every` ticks (diffs that come
+    /// sooner are held and leave merged at the watcher's next free tick: see the module docs);
+    /// and a close to the sessions the heartbeat timeout expired. Called by one thread, with
+    /// ticks in order.
     pub fn hand_out(
         &self,
         batch: &Batch,
@@ -189,49 +241,72 @@ impl Registry {
         every: u64,
     ) -> HandOut {
         let mut out = HandOut::default();
-        let mut held = Vec::new();
-        for (watcher, items) in batch.diffs() {
-            let stripe = self.lock(watcher.0);
-            let Some(list) = stripe.get(&watcher.0) else {
-                continue;
-            };
-            // The user's diff is the union of its sessions' views: with any of them narrowed,
-            // each session gets its own share.
-            let narrowed = list.iter().any(|h| h.narrowed());
-            for h in list {
-                if batch.tick <= h.welcome_tick {
-                    continue;
-                }
-                let entry =
-                    |&i: &u32| (batch.entries[i as usize].0.0, rendered[i as usize].clone());
-                let entries: Vec<(u32, Bytes)> = if narrowed {
-                    let extras = h.view.lock();
-                    let view = extras.as_deref().map_or(&DEFAULT_VIEW, |e| &e.view);
-                    items
-                        .iter()
-                        .filter(|&&i| {
-                            let (u, change) = &batch.entries[i as usize];
-                            let removal = matches!(change, presence_core::Change::Removed);
-                            view.shows(u.0, removal, || friends(watcher.0, u.0))
-                        })
-                        .map(entry)
-                        .collect()
-                } else {
-                    items.iter().map(entry).collect()
+        let tick = batch.tick;
+        if every <= 1 {
+            for (watcher, items) in batch.diffs() {
+                let diff = Diff::Batch {
+                    batch,
+                    rendered,
+                    items,
                 };
-                if entries.is_empty() {
+                self.deliver(watcher.0, diff, &friends, &mut out);
+            }
+        } else {
+            let mut pacer = self.pacer.lock();
+            let pacer = &mut *pacer;
+            for (watcher, items) in batch.diffs() {
+                let w = watcher.0;
+                let entries = || {
+                    items.iter().map(|&i| {
+                        let (user, change) = &batch.entries[i as usize];
+                        HeldEntry {
+                            friend: user.0,
+                            tick,
+                            removal: matches!(change, presence_core::Change::Removed),
+                            frame: rendered[i as usize].clone(),
+                        }
+                    })
+                };
+                if let Some(held) = pacer.held.get_mut(&w) {
+                    merge_held(held, entries());
                     continue;
                 }
-                out.handed += entries.len();
-                let paced = h.outbox.push_paced(batch.tick, entries, every);
-                out.merges += u64::from(paced.merged);
-                if let Some(at) = paced.release_at {
-                    held.push((at, h.clone()));
+                match pacer.free_at.entry(w) {
+                    Entry::Occupied(at) if *at.get() > tick => {
+                        pacer.due.entry(*at.get()).or_default().push(w);
+                        pacer.held.insert(w, entries().collect());
+                        out.held += 1;
+                        continue;
+                    }
+                    Entry::Occupied(mut at) => *at.get_mut() = tick + every,
+                    Entry::Vacant(v) => {
+                        v.insert(tick + every);
+                    }
                 }
+                let diff = Diff::Batch {
+                    batch,
+                    rendered,
+                    items,
+                };
+                self.deliver(w, diff, &friends, &mut out);
+            }
+            // Ticks come one by one: everything due by now is this tick's.
+            let later = pacer.due.split_off(&(tick + 1));
+            for w in std::mem::replace(&mut pacer.due, later)
+                .into_values()
+                .flatten()
+            {
+                let Some(held) = pacer.held.remove(&w) else {
+                    continue;
+                };
+                pacer.free_at.insert(w, tick + every);
+                self.deliver(w, Diff::Held(&held), &friends, &mut out);
+                out.released += 1;
+            }
+            if tick.is_multiple_of(every) {
+                pacer.free_at.retain(|_, at| *at > tick);
             }
         }
-        out.held = held.len() as u64;
-        out.released = self.release_due(batch.tick, held, every);
         for sid in &batch.expired {
             let stripe = self.lock(sid.user);
             if let Some(h) = stripe
@@ -244,23 +319,70 @@ impl Registry {
         out
     }
 
-    /// Files the sessions held this tick and wakes those due by `tick` (an engine tick can be
-    /// skipped by no number: each hand-out's tick is the last plus one).
-    fn release_due(&self, tick: u64, held: Vec<(u64, Arc<SessionHandle>)>, every: u64) -> u64 {
-        let ready = {
-            let mut due = self.due.lock();
-            for (at, h) in held {
-                due.entry(at).or_default().push(h);
-            }
-            let later = due.split_off(&(tick + 1));
-            std::mem::replace(&mut *due, later)
+    /// Hands `watcher`'s diff to the outboxes of its sessions, each the entries after its
+    /// welcome that its view shows.
+    fn deliver(
+        &self,
+        watcher: u32,
+        diff: Diff<'_>,
+        friends: &impl Fn(u32, u32) -> bool,
+        out: &mut HandOut,
+    ) {
+        let stripe = self.lock(watcher);
+        let Some(list) = stripe.get(&watcher) else {
+            return;
         };
-        let mut released = 0;
-        for h in ready.into_values().flatten() {
-            h.outbox.release(tick, every);
-            released += 1;
+        // The user's diff is the union of its sessions' views: with any of them narrowed,
+        // each session gets its own share.
+        let narrowed = list.iter().any(|h| h.narrowed());
+        for h in list {
+            let extras = narrowed.then(|| h.view.lock());
+            let view = extras
+                .as_ref()
+                .map(|x| x.as_deref().map_or(&DEFAULT_VIEW, |e| &e.view));
+            let shows = |friend: u32, removal: bool| {
+                view.is_none_or(|v| v.shows(friend, removal, || friends(watcher, friend)))
+            };
+            let (since, tick, entries) = match diff {
+                Diff::Batch {
+                    batch,
+                    rendered,
+                    items,
+                } => {
+                    if batch.tick <= h.welcome_tick {
+                        continue;
+                    }
+                    let entries: Vec<(u32, Bytes)> = items
+                        .iter()
+                        .filter_map(|&i| {
+                            let (user, change) = &batch.entries[i as usize];
+                            let removal = matches!(change, presence_core::Change::Removed);
+                            shows(user.0, removal).then(|| (user.0, rendered[i as usize].clone()))
+                        })
+                        .collect();
+                    (batch.tick, batch.tick, entries)
+                }
+                Diff::Held(held) => {
+                    let (mut since, mut tick) = (u64::MAX, 0);
+                    let entries: Vec<(u32, Bytes)> = held
+                        .iter()
+                        .filter(|e| e.tick > h.welcome_tick && shows(e.friend, e.removal))
+                        .map(|e| {
+                            since = since.min(e.tick);
+                            tick = tick.max(e.tick);
+                            (e.friend, e.frame.clone())
+                        })
+                        .collect();
+                    (since, tick, entries)
+                }
+            };
+            drop(extras);
+            if entries.is_empty() {
+                continue;
+            }
+            out.handed += entries.len();
+            out.merges += u64::from(h.outbox.push_since(since, tick, entries));
         }
-        released
     }
 
     /// Runs `f` on `user`'s live sessions under its stripe lock: no hand-out to them runs

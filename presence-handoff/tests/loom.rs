@@ -127,64 +127,102 @@ fn tick_pushes_race_the_session_task() {
     ]);
 }
 
-/// Pacing: the tick pushes tick 1 (a wakeup), holds tick 2 and releases it at tick 5, while
+/// Pacing (`every` 4): the tick thread hands out a tick with b's change (a wakeup), holds the
+/// next with c's, and hands the held diff out at its release four ticks after the first, while
 /// a chat frame arrives from the delivery thread and the session's task takes whenever it is
-/// woken. Held entries are never taken before their release (one presence frame an interval),
-/// and never left without a wakeup once released.
+/// woken. Held entries never reach the session before their release (one presence frame an
+/// interval), and are never left without a wakeup once released.
 #[test]
-fn paced_pushes_race_a_chat_wakeup_and_the_session_task() {
+fn paced_hand_outs_race_a_chat_wakeup_and_the_session_task() {
     static SEEN: Seen<2> = Seen::new();
     explore(
-        "paced_pushes_race_a_chat_wakeup_and_the_session_task",
+        "paced_hand_outs_race_a_chat_wakeup_and_the_session_task",
         || {
-            let outbox = Arc::new(Outbox::default());
+            let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
+            let [a, b, c] = ["a", "b", "c"].map(|n| e.intern(n).expect("id"));
+            e.add_friendship(a, b).expect("edge");
+            e.add_friendship(a, c).expect("edge");
+            e.connect(b, "w", T0).expect("connect");
+            e.connect(c, "w", T0).expect("connect");
+            let registry = Arc::new(Registry::default());
+            let (web, _) = registry
+                .register(a, || e.connect(a, "web", T0))
+                .expect("connect");
+            let setup = e.tick(T0).tick; // publishes the setup; not handed out
             let released = Arc::new(AtomicU64::new(0));
-            let (o, r) = (outbox.clone(), released.clone());
-            let tick = thread::spawn(move || {
-                assert_eq!(o.push_paced(1, vec![entry(1, "1:1")], 4).release_at, None);
-                assert_eq!(
-                    o.push_paced(2, vec![entry(1, "2:1")], 4).release_at,
-                    Some(5)
-                );
-                r.store(1, Ordering::Release);
-                o.release(5, 4);
+
+            let (e1, r1, rel) = (e.clone(), registry.clone(), released.clone());
+            let ticker = thread::spawn(move || {
+                let mut out = Vec::new();
+                for k in 1..=5u64 {
+                    match k {
+                        1 => e1.set_status(b, Status::Busy, None, T0 + k),
+                        2 => e1.set_status(c, Status::Busy, None, T0 + k),
+                        _ => Ok(()),
+                    }
+                    .expect("status");
+                    let batch = e1.tick(T0 + 10 * k);
+                    if k == 5 {
+                        // The release, announced just before.
+                        rel.store(1, Ordering::Release);
+                    }
+                    out.push(r1.hand_out(&batch, &render(&batch), |_, _| true, 4));
+                }
+                out
             });
-            let o = outbox.clone();
+            let w = web.clone();
             let chat = thread::spawn(move || {
-                o.push_chat(ChatItem::Frame(Bytes::from_static(b"sent")));
+                w.outbox
+                    .push_chat(ChatItem::Frame(Bytes::from_static(b"sent")));
             });
-            let (o, r) = (outbox.clone(), released.clone());
+            let (w, rel) = (web.clone(), released.clone());
             let session = thread::spawn(move || {
-                loom::future::block_on(o.wakeup.notified());
-                let taken = o.take().presence.map(|(tick, _)| tick);
-                // Tick 2 is held until the release (which the tick announces just before): taking
-                // it before would be a second presence frame within the interval.
-                assert!(
-                    taken != Some(2) || r.load(Ordering::Acquire) == 1,
-                    "held entries taken early"
-                );
+                loom::future::block_on(w.outbox.wakeup.notified());
+                let taken = w.outbox.take().presence;
+                // c's change (tick setup + 2) is held until the release: taking it before
+                // would be a second presence frame within the interval.
+                if let Some((tick, _)) = &taken {
+                    assert!(
+                        *tick == setup + 1 || rel.load(Ordering::Acquire) == 1,
+                        "held entries taken early (tick {tick})"
+                    );
+                }
                 taken
             });
-            let mut frames: Vec<u64> = session.join().expect("join").into_iter().collect();
-            tick.join().expect("join");
+            let mut frames: Vec<(u64, usize)> = session
+                .join()
+                .expect("join")
+                .into_iter()
+                .map(|(t, items)| (t, items.len()))
+                .collect();
+            let outs = ticker.join().expect("join");
             chat.join().expect("join");
+            assert_eq!((outs[0].held, outs[1].held), (0, 1), "{outs:?}");
+            assert_eq!(outs[4].released, 1, "{outs:?}");
             // Everything is done: what is left must come with a wakeup.
-            if let Some((tick, _)) = outbox.take().presence {
+            if let Some((tick, items)) = web.outbox.take().presence {
                 assert!(
-                    outbox.wakeup.try_take(),
+                    web.outbox.wakeup.try_take(),
                     "released entries left with no wakeup"
                 );
-                frames.push(tick);
+                frames.push((tick, items.len()));
                 SEEN.saw(0);
             } else {
                 SEEN.saw(1);
             }
+            // b's change at once (merged with c's if the session was slow), c's at the release
+            // (a frame's tick is that of its newest entries).
+            let last = frames.last().copied();
             assert_eq!(
-                frames.last(),
-                Some(&2),
+                last.map(|(t, _)| t),
+                Some(setup + 2),
                 "the held tick was lost: {frames:?}"
             );
             assert!(frames.is_sorted(), "frames out of order: {frames:?}");
+            assert!(
+                frames.iter().map(|(_, n)| n).sum::<usize>() >= 2,
+                "{frames:?}"
+            );
         },
     );
     SEEN.all(&[
