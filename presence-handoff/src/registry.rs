@@ -16,12 +16,14 @@
 //! diff off the session's handle and outbox (cache lines its I/O thread owns): a held tick
 //! costs the tick thread a map lookup and a merge, not a hand-out.
 
-use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use presence_core::{Batch, SessionId, UserId, Welcome};
+use rustc_hash::FxHashMap;
 
 use crate::outbox::{CloseReason, Outbox};
 use crate::sync::{Mutex, MutexGuard};
@@ -155,13 +157,18 @@ struct HeldEntry {
 /// once a tick.
 #[derive(Default)]
 struct Pacer {
-    /// Watchers woken within the last interval: the first tick each may be woken at again
-    /// (pruned once passed).
-    free_at: HashMap<u32, u64>,
-    /// Held diffs by watcher, ascending by friend, the latest per friend.
-    held: HashMap<u32, Vec<HeldEntry>>,
+    /// Watchers woken within the last interval or held (pruned once neither).
+    watchers: FxHashMap<u32, Pace>,
     /// Held watchers by the tick of their release.
     due: BTreeMap<u64, Vec<u32>>,
+}
+
+/// One watcher's pacing.
+struct Pace {
+    /// The first tick the watcher's sessions may be woken at for presence again.
+    free_at: u64,
+    /// Held diffs, ascending by friend, the latest per friend; due at `free_at` when not empty.
+    held: Vec<HeldEntry>,
 }
 
 /// The sessions of every user with one.
@@ -267,20 +274,28 @@ impl Registry {
                         }
                     })
                 };
-                if let Some(held) = pacer.held.get_mut(&w) {
-                    merge_held(held, entries());
-                    continue;
-                }
-                match pacer.free_at.entry(w) {
-                    Entry::Occupied(at) if *at.get() > tick => {
-                        pacer.due.entry(*at.get()).or_default().push(w);
-                        pacer.held.insert(w, entries().collect());
-                        out.held += 1;
-                        continue;
+                match pacer.watchers.entry(w) {
+                    Entry::Occupied(mut p) => {
+                        let p = p.get_mut();
+                        if !p.held.is_empty() {
+                            merge_held(&mut p.held, entries());
+                            continue;
+                        }
+                        if p.free_at > tick {
+                            p.held = entries().collect();
+                            if !p.held.is_empty() {
+                                pacer.due.entry(p.free_at).or_default().push(w);
+                                out.held += 1;
+                            }
+                            continue;
+                        }
+                        p.free_at = tick + every;
                     }
-                    Entry::Occupied(mut at) => *at.get_mut() = tick + every,
                     Entry::Vacant(v) => {
-                        v.insert(tick + every);
+                        v.insert(Pace {
+                            free_at: tick + every,
+                            held: Vec::new(),
+                        });
                     }
                 }
                 let diff = Diff::Batch {
@@ -296,15 +311,18 @@ impl Registry {
                 .into_values()
                 .flatten()
             {
-                let Some(held) = pacer.held.remove(&w) else {
+                let Some(p) = pacer.watchers.get_mut(&w) else {
                     continue;
                 };
-                pacer.free_at.insert(w, tick + every);
+                let held = std::mem::take(&mut p.held);
+                p.free_at = tick + every;
                 self.deliver(w, Diff::Held(&held), &friends, &mut out);
                 out.released += 1;
             }
             if tick.is_multiple_of(every) {
-                pacer.free_at.retain(|_, at| *at > tick);
+                pacer
+                    .watchers
+                    .retain(|_, p| p.free_at > tick || !p.held.is_empty());
             }
         }
         for sid in &batch.expired {
