@@ -169,8 +169,8 @@ impl Outbox {
     /// Everything waiting, at once (a close stays: every later take reports it too).
     pub fn take(&self) -> Taken {
         let mut inner = self.inner.lock();
-        let presence = (!inner.pending.is_empty())
-            .then(|| (inner.tick, std::mem::take(&mut inner.pending)));
+        let presence =
+            (!inner.pending.is_empty()).then(|| (inner.tick, std::mem::take(&mut inner.pending)));
         let presence_since = inner.tick.saturating_sub(u64::from(inner.behind));
         if presence.is_some() {
             inner.behind = 0;
