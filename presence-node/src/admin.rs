@@ -122,7 +122,7 @@ pub(crate) fn body<T: serde::de::DeserializeOwned>(b: Bytes) -> Result<T, ApiErr
     serde_json::from_slice(&b).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
-/// [`body`] for tests (tests/fuzz.rs): a refusal as its status and message.
+/// `body` for tests (tests/fuzz.rs): a refusal as its status and message.
 pub fn parse_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, (StatusCode, String)> {
     body(Bytes::copy_from_slice(b)).map_err(|ApiError(status, msg)| (status, msg))
 }

@@ -126,7 +126,7 @@ settings! {
          (at most two thirds of the heartbeat timeout)";
     cors_origin: String => Option<String> = optional,
         "cors-origin", "PRESENCE_CORS_ORIGIN", "none",
-        "Lets browser pages from this origin (scheme://host[:port]) call the long-poll \
+        "Lets browser pages from this origin (scheme://host or scheme://host:port) call the long-poll \
          endpoints; requests with any other Origin than this one or the node's own are refused";
     demo_dir: String => Option<Vec<String>> = optional_list,
         "demo-dir", "PRESENCE_DEMO_DIR", "none",

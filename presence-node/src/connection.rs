@@ -1,5 +1,5 @@
 //! One client connection, the same behind WebSocket and QUIC: the driver of a
-//! [`Session`](crate::service::Session). It waits for the hello, then for whatever comes
+//! [`Session`]. It waits for the hello, then for whatever comes
 //! first — a client frame, the session's outbox, shutdown — hands it to the service with
 //! `now`, and executes the effects: writes frames, runs store reads off the async workers
 //! and feeds their results back, closes. Every protocol decision is the service's.

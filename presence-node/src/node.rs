@@ -186,7 +186,7 @@ impl Node {
         &self.shutdown
     }
 
-    /// Waits until tick `tick` has been handed out (at most [`PUBLISH_WAIT`]: a node that
+    /// Waits until tick `tick` has been handed out (at most `PUBLISH_WAIT`: a node that
     /// stops ticking, shutting down, does not hold answers forever).
     pub async fn published(&self, tick: u64) {
         let mut rx = self.published.subscribe();

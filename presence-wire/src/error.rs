@@ -41,7 +41,7 @@ pub const ERROR_TABLE: &[(ErrorCode, &str, bool)] = &[
     (ErrorCode::Unavailable, "unavailable", true),
 ];
 
-/// Every error code's wire name, in the order of [`ERROR_TABLE`].
+/// Every error code's wire name, in the order of `ERROR_TABLE`.
 pub const ERROR_CODES: &[&str] = &[
     "protocol",
     "unauthorized",

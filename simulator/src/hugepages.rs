@@ -83,7 +83,7 @@ pub fn advise_large_mappings(min_bytes: u64) -> HugePages {
 const MALLOC_TUNABLE: &str = "glibc.malloc.hugetlb=1";
 const REEXEC_MARK: &str = "SIMULATOR_HUGEPAGE_REEXEC";
 
-/// Re-executes this process with [`MALLOC_TUNABLE`] added to `GLIBC_TUNABLES` unless it is
+/// Re-executes this process with `MALLOC_TUNABLE` added to `GLIBC_TUNABLES` unless it is
 /// there already: glibc reads tunables only at start, and with it most of the graph lands in
 /// huge pages while it loads, leaving little for [`advise_large_mappings`] to collapse (which
 /// needs free 2 MiB blocks and fails with ENOMEM on a fragmented machine). Same pid, same

@@ -446,7 +446,7 @@ impl Chat {
     }
 
     /// The next batch to commit, blocking on the chat lock's condition variable until sends
-    /// are pending, held acks are due (every [`ACK_DELAY`] after `acks_written`, which this
+    /// are pending, held acks are due (every `ACK_DELAY` after `acks_written`, which this
     /// moves on when it hands out acks), or the chat is stopping; `None` once stopping and
     /// drained. The commit thread calls it, commits the batch to [`Chat::store`] (one fsync)
     /// and hands the result to [`Chat::committed`].

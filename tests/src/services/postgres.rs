@@ -52,7 +52,7 @@ impl Postgres {
         Ok(dir)
     }
 
-    /// Creates a cluster listening on loopback, starts it, creates the database [`DATABASE`].
+    /// Creates a cluster listening on loopback, starts it, creates the database `DATABASE`.
     pub fn start() -> Result<Postgres, ServiceError> {
         Self::start_listening(Listen::Loopback)
     }
