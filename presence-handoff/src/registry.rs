@@ -16,7 +16,6 @@
 //! diff off the session's handle and outbox (cache lines its I/O thread owns): a held tick
 //! costs the tick thread a map lookup and a merge, not a hand-out.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -274,36 +273,32 @@ impl Registry {
                         }
                     })
                 };
-                match pacer.watchers.entry(w) {
-                    Entry::Occupied(mut p) => {
-                        let p = p.get_mut();
-                        if !p.held.is_empty() {
-                            merge_held(&mut p.held, entries());
-                            continue;
-                        }
-                        if p.free_at > tick {
-                            p.held = entries().collect();
-                            if !p.held.is_empty() {
-                                pacer.due.entry(p.free_at).or_default().push(w);
-                                out.held += 1;
-                            }
-                            continue;
-                        }
-                        p.free_at = tick + every;
+                let p = pacer.watchers.entry(w).or_insert_with(|| Pace {
+                    free_at: 0,
+                    held: Vec::new(),
+                });
+                if !p.held.is_empty() {
+                    merge_held(&mut p.held, entries());
+                    continue;
+                }
+                if p.free_at > tick {
+                    p.held = entries().collect();
+                    if !p.held.is_empty() {
+                        pacer.due.entry(p.free_at).or_default().push(w);
+                        out.held += 1;
                     }
-                    Entry::Vacant(v) => {
-                        v.insert(Pace {
-                            free_at: tick + every,
-                            held: Vec::new(),
-                        });
-                    }
+                    continue;
                 }
                 let diff = Diff::Batch {
                     batch,
                     rendered,
                     items,
                 };
-                self.deliver(w, diff, &friends, &mut out);
+                // A frame opens the period: a diff that no session's view shows (all of them
+                // focused elsewhere) leaves the watcher free for its next change.
+                if self.deliver(w, diff, &friends, &mut out) {
+                    p.free_at = tick + every;
+                }
             }
             // Ticks come one by one: everything due by now is this tick's.
             let later = pacer.due.split_off(&(tick + 1));
@@ -315,8 +310,9 @@ impl Registry {
                     continue;
                 };
                 let held = std::mem::take(&mut p.held);
-                p.free_at = tick + every;
-                self.deliver(w, Diff::Held(&held), &friends, &mut out);
+                if self.deliver(w, Diff::Held(&held), &friends, &mut out) {
+                    p.free_at = tick + every;
+                }
                 out.released += 1;
             }
             if tick.is_multiple_of(every) {
@@ -338,18 +334,19 @@ impl Registry {
     }
 
     /// Hands `watcher`'s diff to the outboxes of its sessions, each the entries after its
-    /// welcome that its view shows.
+    /// welcome that its view shows; whether any session got any.
     fn deliver(
         &self,
         watcher: u32,
         diff: Diff<'_>,
         friends: &impl Fn(u32, u32) -> bool,
         out: &mut HandOut,
-    ) {
+    ) -> bool {
         let stripe = self.lock(watcher);
         let Some(list) = stripe.get(&watcher) else {
-            return;
+            return false;
         };
+        let mut any = false;
         // The user's diff is the union of its sessions' views: with any of them narrowed,
         // each session gets its own share.
         let narrowed = list.iter().any(|h| h.narrowed());
@@ -400,7 +397,9 @@ impl Registry {
             }
             out.handed += entries.len();
             out.merges += u64::from(h.outbox.push_since(since, tick, entries));
+            any = true;
         }
+        any
     }
 
     /// Runs `f` on `user`'s live sessions under its stripe lock: no hand-out to them runs

@@ -3,12 +3,14 @@
 //! `paced_hand_outs_race_a_chat_wakeup_and_the_session_task` covers the same path racing the
 //! session task; these cover what one thread can show exactly: a hold merges latest per friend
 //! and leaves at the watcher's slot, a session welcomed during a hold gets only what came after
-//! its welcome, and a watcher quiet for a period gets its next change at once.
+//! its welcome, a watcher quiet for a period gets its next change at once, and a diff that no
+//! session shows (a focus elsewhere) does not open a period.
 #![cfg(not(loom))]
 
 use bytes::Bytes;
 use presence_core::{Batch, Config, Engine, Status, UserId};
 use presence_handoff::registry::{HandOut, Registry, SessionHandle};
+use presence_handoff::view::View;
 
 const T0: u64 = 1_000_000;
 /// Engine ticks a period.
@@ -188,4 +190,28 @@ fn a_session_welcomed_during_a_hold_gets_only_what_came_after_its_welcome() {
         "c's change (tick {}) is in the welcome, not handed again",
         s + 2
     );
+}
+
+#[test]
+fn a_diff_no_session_shows_leaves_the_watcher_free() {
+    let w = World::new();
+    let s = w.setup;
+    // a's only session focuses on c: b's changes reach a's diff (the engine follows the
+    // user's friends) but no session of a shows them.
+    w.registry.with_sessions(w.a.0, |us| {
+        let focus = View {
+            focus: Some(vec![w.c.0]),
+            groups: Vec::new(),
+        };
+        us.set_view(&us.sessions[0], focus);
+    });
+    let out = w.tick(1, w.status(w.b, Status::Busy, 1));
+    assert_eq!((out.held, out.handed), (0, 0), "{out:?}");
+    assert!(take(&w.web).is_none(), "the focus hides b");
+    // No frame went out, so no period began: c's change leaves at once, not at a slot.
+    let out = w.tick(2, w.status(w.c, Status::Busy, 2));
+    assert_eq!((out.held, out.handed), (0, 1), "{out:?}");
+    let (tick, items) = take(&w.web).expect("c's change at once");
+    assert_eq!((tick, items.len()), (s + 2, 1));
+    assert_eq!(items[0].0, w.c.0);
 }
