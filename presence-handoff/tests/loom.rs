@@ -20,10 +20,13 @@ use bytes::Bytes;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
-use presence_core::{Batch, Change, Config, Engine, Presence, Status, UserId};
+use presence_core::{Change, Engine, Presence, Status, UserId};
 use presence_handoff::outbox::{ChatItem, Outbox};
 use presence_handoff::registry::Registry;
 use presence_handoff::sync::Wakeup;
+
+mod common;
+use common::{T0, cfg, render};
 
 /// Counts, across a model's executions, how often each case of interest came up, so a model
 /// can check it reached every case it is about.
@@ -309,27 +312,6 @@ fn inbox_entries_race_takes_past_the_cap() {
         SEEN.saw(usize::from(kept.contains(&false)));
     });
     SEEN.all(&["every entry was queued", "an entry was left out"]);
-}
-
-const T0: u64 = 1_000_000;
-
-fn cfg() -> Config {
-    Config {
-        idle_thresholds_ms: vec![1_000],
-        grace_ms: 100,
-        heartbeat_timeout_ms: 1_000_000,
-        shards: 2,
-        threads: 1,
-        ..Config::default()
-    }
-}
-
-/// Renders entry `i` of the batch of tick `t` as `"t/i"`, so what a session takes says which
-/// tick and entry it came from.
-fn render(batch: &Batch) -> Vec<Bytes> {
-    (0..batch.entries.len())
-        .map(|i| Bytes::from(format!("{}/{i}", batch.tick)))
-        .collect()
 }
 
 /// A second device of "a" registers (with the engine's real `connect`) while the tick thread

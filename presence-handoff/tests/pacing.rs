@@ -7,33 +7,15 @@
 //! session shows (a focus elsewhere) does not open a period.
 #![cfg(not(loom))]
 
-use bytes::Bytes;
-use presence_core::{Batch, Config, Engine, Status, UserId};
+use presence_core::{Engine, Status, UserId};
 use presence_handoff::registry::{HandOut, Registry, SessionHandle};
 use presence_handoff::view::View;
 
-const T0: u64 = 1_000_000;
+mod common;
+use common::{T0, cfg, render};
+
 /// Engine ticks a period.
 const EVERY: u64 = 4;
-
-fn cfg() -> Config {
-    Config {
-        idle_thresholds_ms: vec![60_000],
-        grace_ms: 100,
-        heartbeat_timeout_ms: 1_000_000,
-        shards: 2,
-        threads: 1,
-        ..Config::default()
-    }
-}
-
-/// Renders entry `i` of the batch of tick `t` as `"t/i"`, so a frame says which tick each of
-/// its entries came from.
-fn render(batch: &Batch) -> Vec<Bytes> {
-    (0..batch.entries.len())
-        .map(|i| Bytes::from(format!("{}/{i}", batch.tick)))
-        .collect()
-}
 
 /// `a` with friends `b` and `c`, all online, `a` on one device whose welcome is handed
 /// nothing; the engine's clock at `T0`.
