@@ -5,7 +5,8 @@
 #   presence-25k   status probes at 500/s   -> ~25,000 presence deliveries/s offered
 #   presence-250k  status probes at 5,000/s -> ~250,000 presence deliveries/s offered
 #   presence-250k-paced  the same with the node paced (--tick-phases 4, through its
-#                  PRESENCE_TICK_PHASES): the configuration that meets the p99 target here
+#                  PRESENCE_TICK_PHASES): the configuration that meets the p99 target here,
+#                  narrowly (six runs of eight in docs/benchmarks.md, sixth round)
 #   chat-5k        1:1 chat at 5,000 sends/s (probes at 20/s)
 #   chat-20k       1:1 chat at 20,000 sends/s
 #   floor          the baseline under the presence figures (simulator write-floor): 10,000
