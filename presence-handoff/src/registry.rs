@@ -301,19 +301,24 @@ impl Registry {
                 }
             }
             // Ticks come one by one: everything due by now is this tick's.
-            let later = pacer.due.split_off(&(tick + 1));
-            for w in std::mem::replace(&mut pacer.due, later)
-                .into_values()
-                .flatten()
+            while pacer
+                .due
+                .first_key_value()
+                .is_some_and(|(&at, _)| at <= tick)
             {
-                let Some(p) = pacer.watchers.get_mut(&w) else {
-                    continue;
+                let Some((_, ws)) = pacer.due.pop_first() else {
+                    break;
                 };
-                let held = std::mem::take(&mut p.held);
-                if self.deliver(w, Diff::Held(&held), &friends, &mut out) {
-                    p.free_at = tick + every;
+                for w in ws {
+                    let Some(p) = pacer.watchers.get_mut(&w) else {
+                        continue;
+                    };
+                    let held = std::mem::take(&mut p.held);
+                    if self.deliver(w, Diff::Held(&held), &friends, &mut out) {
+                        p.free_at = tick + every;
+                    }
+                    out.released += 1;
                 }
-                out.released += 1;
             }
             if tick.is_multiple_of(every) {
                 pacer

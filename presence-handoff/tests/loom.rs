@@ -26,7 +26,7 @@ use presence_handoff::registry::Registry;
 use presence_handoff::sync::Wakeup;
 
 mod common;
-use common::{T0, cfg, render};
+use common::{T0, World, cfg, render};
 
 /// Counts, across a model's executions, how often each case of interest came up, so a model
 /// can check it reached every case it is about.
@@ -141,17 +141,16 @@ fn paced_hand_outs_race_a_chat_wakeup_and_the_session_task() {
     explore(
         "paced_hand_outs_race_a_chat_wakeup_and_the_session_task",
         || {
-            let e = Arc::new(Engine::new(cfg(), T0).expect("config"));
-            let [a, b, c] = ["a", "b", "c"].map(|n| e.intern(n).expect("id"));
-            e.add_friendship(a, b).expect("edge");
-            e.add_friendship(a, c).expect("edge");
-            e.connect(b, "w", T0).expect("connect");
-            e.connect(c, "w", T0).expect("connect");
-            let registry = Arc::new(Registry::default());
-            let (web, _) = registry
-                .register(a, || e.connect(a, "web", T0))
-                .expect("connect");
-            let setup = e.tick(T0).tick; // publishes the setup; not handed out
+            let World {
+                e,
+                registry,
+                b,
+                c,
+                web,
+                setup,
+                ..
+            } = World::new();
+            let (e, registry) = (Arc::new(e), Arc::new(registry));
             let released = Arc::new(AtomicU64::new(0));
 
             let (e1, r1, rel) = (e.clone(), registry.clone(), released.clone());

@@ -8,52 +8,16 @@
 #![cfg(not(loom))]
 
 use presence_core::{Engine, Status, UserId};
-use presence_handoff::registry::{HandOut, Registry, SessionHandle};
+use presence_handoff::registry::{HandOut, SessionHandle};
 use presence_handoff::view::View;
 
 mod common;
-use common::{T0, cfg, render};
+use common::{T0, World, render};
 
 /// Engine ticks a period.
 const EVERY: u64 = 4;
 
-/// `a` with friends `b` and `c`, all online, `a` on one device whose welcome is handed
-/// nothing; the engine's clock at `T0`.
-struct World {
-    e: Engine,
-    registry: Registry,
-    a: UserId,
-    b: UserId,
-    c: UserId,
-    web: std::sync::Arc<SessionHandle>,
-    /// The tick that published the setup (not handed out).
-    setup: u64,
-}
-
 impl World {
-    fn new() -> Self {
-        let e = Engine::new(cfg(), T0).expect("config");
-        let [a, b, c] = ["a", "b", "c"].map(|n| e.intern(n).expect("id"));
-        e.add_friendship(a, b).expect("edge");
-        e.add_friendship(a, c).expect("edge");
-        e.connect(b, "w", T0).expect("connect");
-        e.connect(c, "w", T0).expect("connect");
-        let registry = Registry::default();
-        let (web, _) = registry
-            .register(a, || e.connect(a, "web", T0))
-            .expect("connect");
-        let setup = e.tick(T0).tick;
-        Self {
-            e,
-            registry,
-            a,
-            b,
-            c,
-            web,
-            setup,
-        }
-    }
-
     /// Engine tick `setup + k` (at `T0 + 10k` ms), after `change` ran, handed out paced.
     fn tick(&self, k: u64, change: impl FnOnce(&Engine)) -> HandOut {
         change(&self.e);
